@@ -1,0 +1,312 @@
+//! The fetcher: one shared HTTP client (or one per proxy, used round-robin) with the
+//! process-wide `concurrency` and per-host `per_host` limits, body size limit, and retries with
+//! exponential backoff and jitter on network errors, 5xx and 429 (honouring `Retry-After`).
+//!
+//! Redirects are not followed here: they are returned, so the crawl can deduplicate the target
+//! like any other link.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{HeaderValue, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
+use reqwest::{Client, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::EngineConfig;
+
+/// A successful fetch.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A 2xx response with its body.
+    Body {
+        /// HTTP status.
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: Option<String>,
+        /// The (decompressed) body.
+        body: Bytes,
+    },
+    /// A 2xx response whose content type is not HTML; its body was not read.
+    NotHtml {
+        /// The `Content-Type` header.
+        content_type: String,
+    },
+    /// A 3xx response with a `Location`.
+    Redirect {
+        /// HTTP status.
+        status: u16,
+        /// The `Location` header, unresolved.
+        location: String,
+    },
+}
+
+/// Why a fetch failed after its retries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// A non-success status that was not (or no longer) retried.
+    #[error("http status {0}")]
+    Status(u16),
+    /// Connection, TLS or protocol failure.
+    #[error("network: {0}")]
+    Network(String),
+    /// No complete response within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The body was larger than `max_body`.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The crawl was stopped.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The result of [`Fetcher::fetch`], with how many HTTP responses it took.
+#[derive(Debug)]
+pub struct FetchReport {
+    /// The final outcome.
+    pub result: Result<Fetched, FetchError>,
+    /// Responses received, retries included.
+    pub responses: u32,
+    /// Tries made (1 + retries used).
+    pub tries: u32,
+}
+
+/// Shared fetching machinery. Cheap to share via `Arc`; one per process.
+pub struct Fetcher {
+    clients: Vec<Client>,
+    next: AtomicUsize,
+    global: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    cfg: EngineConfig,
+}
+
+/// The client could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+#[error("http client: {0}")]
+pub struct ClientError(String);
+
+enum Attempt {
+    Done(Fetched),
+    Retry(FetchError, Option<Duration>),
+    Fail(FetchError),
+}
+
+impl Fetcher {
+    /// Builds the shared client(s). Call [`EngineConfig::validate`] first.
+    pub fn new(cfg: EngineConfig) -> Result<Fetcher, ClientError> {
+        let build = |proxy: Option<&str>| -> Result<Client, ClientError> {
+            let mut b = Client::builder()
+                .user_agent(cfg.user_agent.clone())
+                .timeout(cfg.timeout.0)
+                .connect_timeout(cfg.timeout.0)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(cfg.per_host.min(cfg.concurrency))
+                .tcp_nodelay(true)
+                .gzip(true)
+                .brotli(true);
+            b = match proxy {
+                // The config is the one source of proxies; environment variables are ignored.
+                None => b.no_proxy(),
+                Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| ClientError(e.to_string()))?),
+            };
+            b.build().map_err(|e| ClientError(e.to_string()))
+        };
+        let clients = if cfg.proxies.is_empty() {
+            vec![build(None)?]
+        } else {
+            cfg.proxies.iter().map(|p| build(Some(p))).collect::<Result<_, _>>()?
+        };
+        Ok(Fetcher {
+            clients,
+            next: AtomicUsize::new(0),
+            global: Arc::new(Semaphore::new(cfg.concurrency)),
+            hosts: Mutex::new(HashMap::new()),
+            cfg,
+        })
+    }
+
+    /// The settings this fetcher was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Fetches a URL with retries. With `html_only`, a 2xx non-HTML response is not read.
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        cookie: Option<&HeaderValue>,
+        html_only: bool,
+        cancel: &CancellationToken,
+    ) -> FetchReport {
+        let mut responses = 0;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let attempt = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Attempt::Fail(FetchError::Cancelled),
+                a = self.attempt(url, cookie, html_only, &mut responses) => a,
+            };
+            let (error, retry_after) = match attempt {
+                Attempt::Done(f) => return FetchReport { result: Ok(f), responses, tries },
+                Attempt::Fail(e) => return FetchReport { result: Err(e), responses, tries },
+                Attempt::Retry(e, _) if tries > self.cfg.retries => {
+                    return FetchReport { result: Err(e), responses, tries }
+                }
+                Attempt::Retry(e, after) => (e, after),
+            };
+            let delay = retry_after.unwrap_or_else(|| backoff(self.cfg.backoff.0, tries));
+            tracing::debug!(url = %url, %error, delay_ms = delay.as_millis() as u64, "retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn permits(&self, url: &Url) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+        let sem = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+            hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.cfg.per_host))).clone()
+        };
+        // Host first: a request waiting for its host must not hold a global slot.
+        let host = sem.acquire_owned().await.expect("semaphore never closed");
+        let global = self.global.clone().acquire_owned().await.expect("semaphore never closed");
+        (host, global)
+    }
+
+    async fn attempt(
+        &self,
+        url: &Url,
+        cookie: Option<&HeaderValue>,
+        html_only: bool,
+        responses: &mut u32,
+    ) -> Attempt {
+        let _permits = self.permits(url).await;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        let mut req = self.clients[i].get(url.as_str());
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, c.clone());
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retry(classify(&e), None),
+        };
+        *responses += 1;
+        let status = resp.status();
+        let header =
+            |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
+        if status.is_redirection() {
+            return match header(LOCATION) {
+                Some(location) => Attempt::Done(Fetched::Redirect { status: status.as_u16(), location }),
+                None => Attempt::Fail(FetchError::Status(status.as_u16())),
+            };
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v, SystemTime::now()));
+            return Attempt::Retry(FetchError::Status(status.as_u16()), after);
+        }
+        if !status.is_success() {
+            return Attempt::Fail(FetchError::Status(status.as_u16()));
+        }
+        let content_type = header(CONTENT_TYPE);
+        if html_only && !content_type.as_deref().is_none_or(is_html) {
+            return Attempt::Done(Fetched::NotHtml { content_type: content_type.unwrap_or_default() });
+        }
+        let max = self.cfg.max_body.0;
+        if resp.content_length().is_some_and(|l| l > max) {
+            return Attempt::Fail(FetchError::TooLarge(max));
+        }
+        let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(max) as usize);
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Attempt::Fail(FetchError::TooLarge(max));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Attempt::Retry(classify(&e), None),
+            }
+        }
+        Attempt::Done(Fetched::Body { status: status.as_u16(), content_type, body: body.freeze() })
+    }
+}
+
+/// Whether a `Content-Type` is one we parse.
+pub fn is_html(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("text/html") || mime.eq_ignore_ascii_case("application/xhtml+xml")
+}
+
+fn classify(e: &reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        return FetchError::Timeout;
+    }
+    // The innermost cause says the most ("connection refused"), the outer ones the least.
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    FetchError::Network(cause.to_string())
+}
+
+/// The delay before try number `tries + 1`: `base * 2^(tries-1)`, jittered to 50-150%, at most 30 s.
+pub fn backoff(base: Duration, tries: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << (tries.saturating_sub(1)).min(16));
+    exp.mul_f64(0.5 + fastrand::f64()).min(Duration::from_secs(30))
+}
+
+/// Parses `Retry-After` (seconds or an HTTP date), capped at 60 s so a server cannot stall a
+/// crawl indefinitely.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let d = match value.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(value.trim()).ok()?.duration_since(now).unwrap_or_default(),
+    };
+    Some(d.min(Duration::from_secs(60)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_a_cap() {
+        let base = Duration::from_millis(100);
+        for _ in 0..50 {
+            let b1 = backoff(base, 1);
+            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(150), "{b1:?}");
+            let b3 = backoff(base, 3);
+            assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(600), "{b3:?}");
+            assert!(backoff(base, 40) <= Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("9999", now), Some(Duration::from_secs(60)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(5));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn html_content_types() {
+        assert!(is_html("text/html; charset=utf-8"));
+        assert!(is_html("Application/XHTML+XML"));
+        assert!(!is_html("application/octet-stream"));
+        assert!(!is_html("image/png"));
+    }
+}

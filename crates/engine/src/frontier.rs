@@ -1,0 +1,205 @@
+//! The frontier of one task run: which URL to fetch next, and which were already seen.
+//!
+//! A pure state machine (no I/O, no clock). Ordering is breadth-first: lower depth first, then
+//! higher rule priority, then first-come. Deduplication happens when a URL is queued, on its
+//! normalized form; the visited set keeps only a 64-bit key per URL.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use url::Url;
+
+use crate::scope::url_key;
+
+/// A request waiting in the frontier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Normalized URL.
+    pub url: Url,
+    /// Link distance from a seed (seeds are 0).
+    pub depth: u32,
+    /// Index of the rule that handles the response.
+    pub rule: usize,
+    /// Priority of that rule; higher goes first within a depth.
+    pub priority: i32,
+}
+
+/// What happened to a URL offered to the frontier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued for fetching.
+    Queued,
+    /// Already queued or fetched in this run.
+    Seen,
+    /// Deeper than the task's `max_depth`.
+    TooDeep,
+}
+
+/// A hasher for keys that are already uniformly distributed 64-bit hashes.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Entry {
+    seq: u64,
+    req: Request,
+}
+
+impl Entry {
+    fn rank(&self) -> (std::cmp::Reverse<u32>, i32, std::cmp::Reverse<u64>) {
+        (std::cmp::Reverse(self.req.depth), self.req.priority, std::cmp::Reverse(self.seq))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// The queue and visited set of one task run.
+pub struct Frontier {
+    queue: BinaryHeap<Entry>,
+    visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    seq: u64,
+    max_depth: u32,
+    reload: bool,
+}
+
+impl Frontier {
+    /// An empty frontier. With `reload`, URLs are not deduplicated.
+    pub fn new(max_depth: u32, reload: bool) -> Frontier {
+        Frontier { queue: BinaryHeap::new(), visited: HashSet::default(), seq: 0, max_depth, reload }
+    }
+
+    /// Offers a request; it is queued unless too deep or already seen.
+    pub fn push(&mut self, req: Request) -> Admission {
+        if req.depth > self.max_depth {
+            return Admission::TooDeep;
+        }
+        if !self.visited.insert(url_key(&req.url)) && !self.reload {
+            return Admission::Seen;
+        }
+        self.seq += 1;
+        self.queue.push(Entry { seq: self.seq, req });
+        Admission::Queued
+    }
+
+    /// The next request to fetch.
+    pub fn pop(&mut self) -> Option<Request> {
+        self.queue.pop().map(|e| e.req)
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Distinct URLs seen in this run (queued or fetched).
+    pub fn seen(&self) -> usize {
+        self.visited.len()
+    }
+
+    /// Bytes held by the visited set (its table, not counting the queue).
+    pub fn visited_bytes(&self) -> usize {
+        // hashbrown keeps buckets at a power of two, at most 7/8 full, each a u64 slot plus
+        // one control byte.
+        let buckets = (self.visited.capacity() * 8 / 7).next_power_of_two();
+        buckets * (8 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(path: &str, depth: u32, priority: i32) -> Request {
+        Request { url: Url::parse(&format!("http://h{path}")).unwrap(), depth, rule: 0, priority }
+    }
+
+    #[test]
+    fn dedups_depth_limits_and_orders_breadth_first() {
+        let mut f = Frontier::new(2, false);
+        assert_eq!(f.push(req("/a", 1, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/a", 0, 0)), Admission::Seen);
+        assert_eq!(f.push(req("/deep", 3, 0)), Admission::TooDeep);
+        assert_eq!(f.push(req("/b", 2, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/c", 0, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/d", 1, 5)), Admission::Queued);
+        let order: Vec<_> = std::iter::from_fn(|| f.pop()).map(|r| r.url.path().to_owned()).collect();
+        assert_eq!(order, ["/c", "/d", "/a", "/b"]);
+        assert_eq!(f.seen(), 4);
+    }
+
+    #[test]
+    fn reload_allows_refetching() {
+        let mut f = Frontier::new(5, true);
+        assert_eq!(f.push(req("/a", 0, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/a", 1, 0)), Admission::Queued);
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn visited_set_is_small_per_url() {
+        let mut f = Frontier::new(1, false);
+        for i in 0..100_000 {
+            f.push(req(&format!("/p{i}"), 0, 0));
+        }
+        while f.pop().is_some() {}
+        let per_url = f.visited_bytes() as f64 / 100_000.0;
+        assert!(per_url < 40.0, "{per_url} bytes per visited URL");
+    }
+
+    proptest! {
+        #[test]
+        fn pops_are_ordered_and_unique(items in proptest::collection::vec((0u32..50, 0u32..6, -2i32..3), 1..200)) {
+            let mut f = Frontier::new(4, false);
+            let mut queued = HashSet::new();
+            for (id, depth, prio) in &items {
+                let r = req(&format!("/{id}"), *depth, *prio);
+                let fresh = queued.insert(*id);
+                let got = f.push(r);
+                if *depth > 4 { prop_assert_eq!(got, Admission::TooDeep); if fresh { queued.remove(id); } }
+                else if fresh { prop_assert_eq!(got, Admission::Queued); }
+                else { prop_assert_eq!(got, Admission::Seen); }
+            }
+            let popped: Vec<Request> = std::iter::from_fn(|| f.pop()).collect();
+            prop_assert_eq!(popped.len(), queued.len());
+            for w in popped.windows(2) {
+                prop_assert!((w[0].depth, -w[0].priority) <= (w[1].depth, -w[1].priority));
+            }
+            prop_assert!(popped.iter().all(|r| r.depth <= 4));
+        }
+    }
+}

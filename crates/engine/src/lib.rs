@@ -1,0 +1,50 @@
+//! The crawl engine: declarative tasks, a deduplicating breadth-first frontier, a polite shared
+//! fetcher, streaming extraction and batched item sinks.
+//!
+//! It knows nothing of clusters, etcd or API servers; embed it as a plain library:
+//!
+//! ```no_run
+//! # async fn demo(spec: crawler_engine::TaskSpec) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use crawler_engine::{Crawl, EngineConfig, Fetcher, SinkWriter, SqliteSink, Task};
+//!
+//! let fetcher = Arc::new(Fetcher::new(EngineConfig::default())?);
+//! let writer = SinkWriter::spawn(vec![Box::new(SqliteSink::open("crawl.db".as_ref())?)], 100,
+//!                                std::time::Duration::from_secs(1));
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let crawl = Crawl::start(Task::compile(spec)?, fetcher, writer.sender(), &shutdown);
+//! let stats = crawl.join().await;
+//! drop(crawl);
+//! writer.close().await?;
+//! println!("{} pages, {} items", stats.pages, stats.items);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod charset;
+mod config;
+mod crawl;
+mod entities;
+mod extract;
+mod fetch;
+mod frontier;
+mod item;
+mod limiter;
+mod robots;
+mod scope;
+mod sink;
+mod spec;
+mod units;
+
+pub use charset::decode_html;
+pub use config::EngineConfig;
+pub use crawl::{Crawl, CrawlStats};
+pub use fetch::{FetchError, FetchReport, Fetched, Fetcher};
+pub use frontier::{Admission, Frontier, Request};
+pub use item::{rfc3339, Item};
+pub use limiter::RateLimiter;
+pub use robots::Robots;
+pub use scope::{host_allowed, normalize, resolve_link, url_key};
+pub use sink::{ItemSender, JsonlSink, Sink, SinkError, SinkWriter, SqliteSink};
+pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, TaskSpec};
+pub use units::{ByteSize, HumanDuration};

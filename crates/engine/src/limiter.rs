@@ -1,0 +1,124 @@
+//! The per-task rate limiter: several sliding-window limits, every one of which must allow a
+//! request ("at most `events` requests in any window of `per`").
+//!
+//! Pure: the caller passes the current instant and sleeps until the returned one.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A set of sliding-window limits that all must allow a request.
+#[derive(Debug)]
+pub struct RateLimiter {
+    windows: Vec<Window>,
+    last: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Window {
+    events: usize,
+    per: Duration,
+    /// Start times of the last `events` reserved requests, oldest first.
+    recent: VecDeque<Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter over `(events, per)` limits; with none it never delays.
+    pub fn new(limits: &[(u32, Duration)]) -> RateLimiter {
+        RateLimiter {
+            windows: limits
+                .iter()
+                .map(|&(events, per)| Window {
+                    events: events.max(1) as usize,
+                    per,
+                    recent: VecDeque::with_capacity(events.max(1) as usize),
+                })
+                .collect(),
+            last: None,
+        }
+    }
+
+    /// Reserves the earliest start time at or after `now` that every limit allows, and
+    /// returns it. Reservations never go backwards in time.
+    pub fn reserve(&mut self, now: Instant) -> Instant {
+        if self.windows.is_empty() {
+            return now;
+        }
+        let mut at = self.last.map_or(now, |l| l.max(now));
+        for w in &self.windows {
+            if w.recent.len() == w.events {
+                at = at.max(w.recent[0] + w.per);
+            }
+        }
+        for w in &mut self.windows {
+            if w.recent.len() == w.events {
+                w.recent.pop_front();
+            }
+            w.recent.push_back(at);
+        }
+        self.last = Some(at);
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn no_limits_never_wait() {
+        let mut l = RateLimiter::new(&[]);
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(l.reserve(now), now);
+        }
+    }
+
+    #[test]
+    fn a_burst_then_the_window() {
+        let mut l = RateLimiter::new(&[(3, Duration::from_secs(1))]);
+        let t0 = Instant::now();
+        assert_eq!(l.reserve(t0), t0);
+        assert_eq!(l.reserve(t0), t0);
+        assert_eq!(l.reserve(t0), t0);
+        assert_eq!(l.reserve(t0), t0 + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_strictest_limit_wins() {
+        let mut l = RateLimiter::new(&[(10, Duration::from_secs(1)), (2, Duration::from_millis(100))]);
+        let t0 = Instant::now();
+        let times: Vec<_> = (0..4).map(|_| l.reserve(t0) - t0).collect();
+        assert_eq!(
+            times,
+            [Duration::ZERO, Duration::ZERO, Duration::from_millis(100), Duration::from_millis(100)]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_window_ever_holds_more_than_its_events(
+            limits in proptest::collection::vec((1u32..5, 1u64..50), 1..3),
+            arrivals in proptest::collection::vec(0u64..20, 1..60),
+        ) {
+            let limits: Vec<(u32, Duration)> = limits.iter().map(|&(e, ms)| (e, Duration::from_millis(ms))).collect();
+            let mut l = RateLimiter::new(&limits);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut granted = Vec::new();
+            for gap in arrivals {
+                now += Duration::from_millis(gap);
+                let at = l.reserve(now);
+                prop_assert!(at >= now);
+                granted.push(at);
+            }
+            prop_assert!(granted.windows(2).all(|w| w[0] <= w[1]));
+            for &(events, per) in &limits {
+                for (i, start) in granted.iter().enumerate() {
+                    let inside = granted[i..].iter().take_while(|t| **t < *start + per).count();
+                    prop_assert!(inside <= events as usize, "{} in a window of {:?} > {}", inside, per, events);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Declarative crawl tasks: the serde form users write (TOML in the config file, JSON in the
+//! cluster API) and its validated, compiled form the engine runs.
+//!
+//! Validation happens once, here; every error names the key (`task[books].rule[book].fields.title`)
+//! and the problem. Nothing in this module does I/O.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lol_html::Selector;
+use regex::Regex;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+use crate::scope::normalize;
+use crate::units::HumanDuration;
+
+/// A crawl task as written by a user.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Unique task name; also the `task` column of every item.
+    pub name: String,
+    /// Start URLs, fetched at depth 0 under the first rule.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Hosts links may lead to; empty means the seeds' hosts.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Deepest link distance from a seed that is still fetched.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: u32,
+    /// Stop after this many requests; 0 means no limit.
+    #[serde(default)]
+    pub max_pages: u64,
+    /// Rate limits; every one must allow a request before it is sent.
+    #[serde(default)]
+    pub limits: Vec<LimitSpec>,
+    /// A random wait in `[0, wait)` before each request.
+    #[serde(default)]
+    pub wait: HumanDuration,
+    /// A `Cookie` header sent with every request of this task.
+    #[serde(default)]
+    pub cookie: String,
+    /// Whether an already visited URL may be fetched again.
+    #[serde(default)]
+    pub reload: bool,
+    /// The rules; the first handles the seeds.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleSpec>,
+}
+
+fn default_max_depth() -> u32 {
+    5
+}
+
+/// One rate limit: at most `events` requests per `per`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// Requests allowed per window (also the burst size).
+    pub events: u32,
+    /// The window.
+    pub per: HumanDuration,
+}
+
+/// How the pages reached under one rule are handled.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Rule name, referred to by `follow` entries.
+    pub name: String,
+    /// Higher runs first among requests of the same depth.
+    #[serde(default)]
+    pub priority: i32,
+    /// Links to queue from pages of this rule.
+    #[serde(default)]
+    pub follow: Vec<FollowSpec>,
+    /// When set, each page of this rule emits one item into this table.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The item's fields.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldSpec>,
+}
+
+/// Which links to follow from a page.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FollowSpec {
+    /// CSS selector of the link elements.
+    pub select: String,
+    /// Rule that handles the linked pages.
+    pub rule: String,
+    /// Attribute holding the URL; `href` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr: Option<String>,
+    /// Only URLs matching this regex are followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+/// A field: a bare CSS selector string, or a table with `select`, `attr` and `regex`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct FieldSpec {
+    /// CSS selector; the first match is used.
+    pub select: Option<String>,
+    /// Take this attribute of the match instead of its text.
+    pub attr: Option<String>,
+    /// First capture group of this regex over the match's text (or over the page's HTML
+    /// when there is no `select`).
+    pub regex: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldTable {
+    select: Option<String>,
+    attr: Option<String>,
+    regex: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl<'de> Visitor<'de> for FieldVisitor {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a CSS selector string or a table with select, attr or regex")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec { select: Some(v.to_owned()), ..FieldSpec::default() })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                let t = FieldTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(FieldSpec { select: t.select, attr: t.attr, regex: t.regex })
+            }
+        }
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+impl Serialize for FieldSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if let (Some(sel), None, None) = (&self.select, &self.attr, &self.regex) {
+            return s.serialize_str(sel);
+        }
+        let mut m = s.serialize_map(None)?;
+        if let Some(v) = &self.select {
+            m.serialize_entry("select", v)?;
+        }
+        if let Some(v) = &self.attr {
+            m.serialize_entry("attr", v)?;
+        }
+        if let Some(v) = &self.regex {
+            m.serialize_entry("regex", v)?;
+        }
+        m.end()
+    }
+}
+
+/// A task that failed validation: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct SpecError {
+    /// Dotted path of the offending key, e.g. `task[books].rule[book].fields.title`.
+    pub key: String,
+    /// What is wrong, in a few words.
+    pub problem: String,
+}
+
+/// A validated task, ready to run. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Task(pub(crate) Arc<TaskInner>);
+
+#[derive(Debug)]
+pub(crate) struct TaskInner {
+    pub spec: TaskSpec,
+    pub name: Arc<str>,
+    pub seeds: Vec<Url>,
+    pub allow_hosts: HashSet<String>,
+    pub limits: Vec<(u32, Duration)>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub priority: i32,
+    pub table: Option<Arc<str>>,
+    pub follows: Vec<Follow>,
+    pub fields: Vec<Field>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Follow {
+    pub selector: Selector,
+    pub attr: String,
+    pub pattern: Option<Regex>,
+    pub rule: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Field {
+    pub name: Arc<str>,
+    pub selector: Option<Selector>,
+    pub attr: Option<String>,
+    pub regex: Option<Regex>,
+}
+
+impl Task {
+    /// Validates a spec and compiles its selectors and patterns.
+    pub fn compile(spec: TaskSpec) -> Result<Task, SpecError> {
+        let base = format!("task[{}]", spec.name);
+        let err = |key: String, problem: String| SpecError { key, problem };
+        if !is_identifier_like(&spec.name) {
+            return Err(err(
+                "task.name".into(),
+                format!("{:?} must be 1-64 letters, digits, '_' or '-'", spec.name),
+            ));
+        }
+        if spec.seeds.is_empty() {
+            return Err(err(format!("{base}.seeds"), "at least one seed URL is needed".into()));
+        }
+        let mut seeds = Vec::with_capacity(spec.seeds.len());
+        for (i, s) in spec.seeds.iter().enumerate() {
+            let url = Url::parse(s)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .ok_or_else(|| err(format!("{base}.seeds[{i}]"), format!("{s:?} is not an http(s) URL")))?;
+            seeds.push(normalize(url));
+        }
+        let mut allow_hosts: HashSet<String> =
+            spec.allow_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+        if allow_hosts.iter().any(|h| h.is_empty()) {
+            return Err(err(format!("{base}.allow_hosts"), "empty host name".into()));
+        }
+        if allow_hosts.is_empty() {
+            allow_hosts = seeds.iter().filter_map(|u| u.host_str().map(str::to_owned)).collect();
+        }
+        let mut limits = Vec::new();
+        for (i, l) in spec.limits.iter().enumerate() {
+            if l.events == 0 || l.per.0.is_zero() {
+                return Err(err(
+                    format!("{base}.limits[{i}]"),
+                    "events and per must both be above zero".into(),
+                ));
+            }
+            limits.push((l.events, l.per.0));
+        }
+        if spec.rules.is_empty() {
+            return Err(err(format!("{base}.rule"), "at least one rule is needed".into()));
+        }
+        let mut names = Vec::with_capacity(spec.rules.len());
+        for (i, r) in spec.rules.iter().enumerate() {
+            if r.name.is_empty() {
+                return Err(err(format!("{base}.rule[{i}].name"), "must not be empty".into()));
+            }
+            if names.contains(&r.name.as_str()) {
+                return Err(err(format!("{base}.rule[{}].name", r.name), "duplicate rule name".into()));
+            }
+            names.push(r.name.as_str());
+        }
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for r in &spec.rules {
+            let key = format!("{base}.rule[{}]", r.name);
+            let mut follows = Vec::new();
+            for (i, f) in r.follow.iter().enumerate() {
+                let fkey = format!("{key}.follow[{i}]");
+                let rule = names
+                    .iter()
+                    .position(|n| *n == f.rule)
+                    .ok_or_else(|| err(format!("{fkey}.rule"), format!("no rule named {:?}", f.rule)))?;
+                follows.push(Follow {
+                    selector: parse_selector(&f.select, &format!("{fkey}.select"))?,
+                    attr: f.attr.clone().unwrap_or_else(|| "href".into()),
+                    pattern: f
+                        .pattern
+                        .as_deref()
+                        .map(|p| parse_regex(p, &format!("{fkey}.pattern"), false))
+                        .transpose()?,
+                    rule,
+                });
+            }
+            let table = match &r.table {
+                Some(t) if !is_sql_identifier(t) => {
+                    return Err(err(
+                        format!("{key}.table"),
+                        format!("{t:?} must be letters, digits and '_', not starting with a digit"),
+                    ))
+                }
+                Some(t) => Some(Arc::<str>::from(t.as_str())),
+                None => None,
+            };
+            if table.is_none() && !r.fields.is_empty() {
+                return Err(err(format!("{key}.fields"), "fields need a table to go into".into()));
+            }
+            let mut fields = Vec::new();
+            for (name, f) in &r.fields {
+                let fkey = format!("{key}.fields.{name}");
+                if !is_sql_identifier(name) || ["task", "url", "crawled_at"].contains(&name.as_str()) {
+                    return Err(err(
+                        fkey,
+                        "field names are letters, digits and '_' and not task, url or crawled_at".into(),
+                    ));
+                }
+                if f.select.is_none() && f.regex.is_none() {
+                    return Err(err(fkey, "needs select or regex".into()));
+                }
+                if f.select.is_none() && f.attr.is_some() {
+                    return Err(err(format!("{fkey}.attr"), "attr needs select".into()));
+                }
+                fields.push(Field {
+                    name: name.as_str().into(),
+                    selector: f
+                        .select
+                        .as_deref()
+                        .map(|s| parse_selector(s, &format!("{fkey}.select")))
+                        .transpose()?,
+                    attr: f.attr.clone(),
+                    regex: f
+                        .regex
+                        .as_deref()
+                        .map(|p| parse_regex(p, &format!("{fkey}.regex"), true))
+                        .transpose()?,
+                });
+            }
+            rules.push(Rule { priority: r.priority, table, follows, fields });
+        }
+        Ok(Task(Arc::new(TaskInner {
+            name: spec.name.as_str().into(),
+            seeds,
+            allow_hosts,
+            limits,
+            rules,
+            spec,
+        })))
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The spec this task was compiled from.
+    pub fn spec(&self) -> &TaskSpec {
+        &self.0.spec
+    }
+
+    /// The tables this task writes into, with their field names, in rule order.
+    pub fn tables(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        let mut out: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
+        for r in &self.0.rules {
+            let Some(t) = &r.table else { continue };
+            let names = r.fields.iter().map(|f| f.name.clone());
+            match out.iter_mut().find(|(name, _)| name == t) {
+                Some((_, cols)) => {
+                    for n in names {
+                        if !cols.contains(&n) {
+                            cols.push(n);
+                        }
+                    }
+                }
+                None => out.push((t.clone(), names.collect())),
+            }
+        }
+        out
+    }
+}
+
+fn parse_selector(s: &str, key: &str) -> Result<Selector, SpecError> {
+    s.parse::<Selector>()
+        .map_err(|e| SpecError { key: key.to_owned(), problem: format!("bad CSS selector {s:?}: {e}") })
+}
+
+fn parse_regex(p: &str, key: &str, needs_group: bool) -> Result<Regex, SpecError> {
+    let re = Regex::new(p).map_err(|e| SpecError {
+        key: key.to_owned(),
+        problem: format!("bad regex: {}", e.to_string().lines().last().unwrap_or("invalid")),
+    })?;
+    if needs_group && re.captures_len() < 2 {
+        return Err(SpecError { key: key.to_owned(), problem: format!("regex {p:?} needs a capture group") });
+    }
+    Ok(re)
+}
+
+fn is_identifier_like(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_sql_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.as_bytes()[0].is_ascii_digit()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml_rules: &str) -> TaskSpec {
+        let json = format!(r#"{{"name":"t","seeds":["http://127.0.0.1:1/"],"rule":{toml_rules}}}"#);
+        serde_json::from_str(&json).unwrap()
+    }
+
+    #[test]
+    fn a_good_task_compiles() {
+        let t = Task::compile(spec(
+            r#"[{"name":"index","follow":[{"select":"a.book","rule":"book"}]},
+                {"name":"book","table":"book","fields":{"title":"h1","link":{"select":"a","attr":"href"},"id":{"regex":"id=(\\d+)"}}}]"#,
+        ))
+        .unwrap();
+        assert_eq!(t.name(), "t");
+        assert_eq!(t.0.rules[0].follows[0].rule, 1);
+        assert_eq!(t.0.allow_hosts, HashSet::from(["127.0.0.1".to_owned()]));
+        let tables = t.tables();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].1.len(), 3);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e =
+            Task::compile(spec(r#"[{"name":"index","follow":[{"select":"a","rule":"nope"}]}]"#)).unwrap_err();
+        assert_eq!(e.key, "task[t].rule[index].follow[0].rule");
+        let e = Task::compile(spec(r#"[{"name":"i","table":"b","fields":{"x":"h1[[["}}]"#)).unwrap_err();
+        assert_eq!(e.key, "task[t].rule[i].fields.x.select");
+        let e =
+            Task::compile(spec(r#"[{"name":"i","table":"b","fields":{"x":{"regex":"\\d+"}}}]"#)).unwrap_err();
+        assert!(e.problem.contains("capture group"), "{e}");
+        let e = Task::compile(spec(r#"[{"name":"i","table":"1b"}]"#)).unwrap_err();
+        assert_eq!(e.key, "task[t].rule[i].table");
+        let e = Task::compile(spec(r#"[{"name":"i","fields":{"x":"h1"}}]"#)).unwrap_err();
+        assert_eq!(e.key, "task[t].rule[i].fields");
+        let e = Task::compile(spec("[]")).unwrap_err();
+        assert_eq!(e.key, "task[t].rule");
+    }
+
+    #[test]
+    fn unknown_field_keys_are_rejected() {
+        let r: Result<TaskSpec, _> = serde_json::from_str(
+            r#"{"name":"t","seeds":[],"rule":[{"name":"i","table":"b","fields":{"x":{"selct":"h1"}}}]}"#,
+        );
+        assert!(r.unwrap_err().to_string().contains("selct"));
+    }
+
+    #[test]
+    fn field_spec_round_trips_through_json() {
+        let s = spec(r#"[{"name":"i","table":"b","fields":{"a":"h1","b":{"select":"a","attr":"href"}}}]"#);
+        let back: TaskSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(s, back);
+    }
+}
