@@ -1,1 +1,127 @@
-fn main() {}
+//! The `crawler` binary: parse arguments, set up logging, load config, run a command.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use crawler::cli::{Cli, Command, CrawlArgs};
+use crawler::commands::{crawl, version};
+use crawler::config::{Config, ConfigError};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad flags or config.
+const EXIT_USAGE: u8 = 2;
+/// Exit code after an interrupt (128 + SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("crawler: {first}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Version => {
+            println!("{}", version::line());
+            ExitCode::SUCCESS
+        }
+        Command::Crawl(args) => standalone(args),
+        Command::Worker(w) if !w.cluster => {
+            standalone(CrawlArgs { config: w.config, tasks: w.tasks, output: w.output })
+        }
+        Command::Worker(_) => not_yet("worker --cluster"),
+        Command::Master(_) => not_yet("master"),
+    }
+}
+
+fn not_yet(what: &str) -> ExitCode {
+    eprintln!("crawler: {what}: cluster mode is not available in this build yet; use `crawler crawl`");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn usage_error(e: &ConfigError) -> ExitCode {
+    eprintln!("crawler: config: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn standalone(args: CrawlArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    let tasks = match config.validate().and_then(|all| crawl::select_tasks(all, &args.tasks)) {
+        Ok(t) => t,
+        Err(e) => return usage_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crawler: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let sinks = match crawl::open_sinks(&config, args.output.as_deref()) {
+            Ok(s) => s,
+            Err(crawl::RunError::Config(e)) => return usage_error(&e),
+            Err(e) => {
+                eprintln!("crawler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let progress = std::io::stderr().is_terminal();
+        match crawl::run(&config, tasks, sinks, shutdown.clone(), progress).await {
+            Ok(summary) => {
+                println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+                if shutdown.is_cancelled() {
+                    ExitCode::from(EXIT_INTERRUPTED)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("crawler: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Cancels on the first SIGINT or SIGTERM; a second one exits at once.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if round == 0 {
+            tracing::warn!("stopping: finishing writes (signal again to exit at once)");
+            shutdown.cancel();
+        }
+    }
+    std::process::exit(i32::from(EXIT_INTERRUPTED));
+}

@@ -1,0 +1,252 @@
+//! End-to-end crawls of the fixture site on 127.0.0.1: what the site received, what the
+//! database holds.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_engine::{
+    ByteSize, Crawl, CrawlStats, EngineConfig, Fetcher, HumanDuration, SinkWriter, SqliteSink, Task, TaskSpec,
+};
+use crawler_fixture::{
+    book_author, book_price, book_rating, book_title, Fixture, Site, GBK_AUTHOR, GBK_TITLE,
+};
+use tokio_util::sync::CancellationToken;
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        concurrency: 8,
+        per_host: 4,
+        retries: 2,
+        backoff: HumanDuration(Duration::from_millis(20)),
+        timeout: HumanDuration(Duration::from_secs(1)),
+        max_body: ByteSize(1 << 20),
+        ..EngineConfig::default()
+    }
+}
+
+/// The fixture's task: index -> tags -> books, plus the trap and the odd pages.
+fn task(fx: &Fixture) -> TaskSpec {
+    let json = format!(
+        r#"{{"name":"books","seeds":["{seed}"],"max_depth":5,"rule":[
+          {{"name":"index","follow":[{{"select":"a.tag","rule":"tag"}},{{"select":"a.trap","rule":"trap"}},{{"select":"a.odd","rule":"book"}}]}},
+          {{"name":"tag","follow":[{{"select":"a.book","rule":"book"}},{{"select":"a.next","rule":"tag"}}]}},
+          {{"name":"book","table":"book","fields":{{"title":"h1.title","author":"span.author","price":"span.price","rating":"span.rating"}},
+            "follow":[{{"select":"a.book","rule":"book"}}]}},
+          {{"name":"trap","follow":[{{"select":"a.trap","rule":"trap"}}]}}]}}"#,
+        seed = fx.url("/index.html"),
+    );
+    serde_json::from_str(&json).unwrap()
+}
+
+/// Makes the named rule the first one (the one that handles the seeds).
+fn seeds_under(spec: &mut TaskSpec, rule: &str, seeds: Vec<String>) {
+    let i = spec.rules.iter().position(|r| r.name == rule).unwrap();
+    let r = spec.rules.remove(i);
+    spec.rules.insert(0, r);
+    spec.seeds = seeds;
+}
+
+async fn crawl(cfg: EngineConfig, spec: TaskSpec, db: &Path) -> CrawlStats {
+    let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], 10, Duration::from_millis(50));
+    let crawl =
+        Crawl::start(Task::compile(spec).unwrap(), fetcher, writer.sender(), &CancellationToken::new());
+    let stats = crawl.join().await;
+    drop(crawl);
+    assert_eq!(writer.close().await.unwrap(), stats.items);
+    stats
+}
+
+type Row = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+
+fn rows(db: &Path) -> HashMap<String, Row> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT task, url, title, author, price, rating FROM book").unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(1)?, (r.get(0)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").unwrap().1;
+    &rest[rest.find('/').unwrap()..]
+}
+
+#[tokio::test]
+async fn crawls_the_site_once_per_url_and_stores_every_book() {
+    let site = Site::default();
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crawl.db");
+    let cfg = engine();
+    let ua = cfg.user_agent.clone();
+    let stats = crawl(cfg, task(&fx), &db).await;
+
+    let log = fx.requests();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for r in &log {
+        *counts.entry(r.path.as_str()).or_default() += 1;
+        assert_eq!(r.user_agent, ua);
+    }
+    // Retried: always-500 and the slow page (timeouts) 1 + 2 times, the 429 page once more.
+    assert_eq!(counts.remove("/error500.html"), Some(3));
+    assert_eq!(counts.remove("/slow.html"), Some(3));
+    assert_eq!(counts.remove("/busy.html"), Some(2));
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(repeated.is_empty(), "fetched more than once: {repeated:?}");
+    for must in [
+        "/robots.txt",
+        "/index.html",
+        "/loop/a",
+        "/loop/b",
+        "/redirect/book/2",
+        "/redirect/offsite",
+        "/trap/5.html",
+        "/missing.html",
+        "/huge.html",
+        "/binary.bin",
+    ] {
+        assert!(counts.contains_key(must), "{must} was never requested");
+    }
+    for never in ["/private/secret.html", "/trap/6.html"] {
+        assert!(!counts.contains_key(never), "{never} was requested");
+    }
+    for path in site.clean_paths() {
+        assert!(counts.contains_key(path.as_str()), "{path} was never requested");
+    }
+
+    // Every book, the two GBK pages and the page that answered 429 first.
+    let rows = rows(&db);
+    assert_eq!(rows.len() as u32, site.books + 3, "{:?}", rows.keys().collect::<Vec<_>>());
+    for id in 0..site.books {
+        let row = &rows[&fx.url(&format!("/book/{id}.html"))];
+        assert_eq!(
+            row,
+            &(
+                "books".into(),
+                Some(book_title(id)),
+                Some(book_author(id)),
+                Some(book_price(id)),
+                Some(book_rating(id))
+            )
+        );
+    }
+    for gbk in ["/gbk-meta.html", "/gbk-header.html"] {
+        let row = &rows[&fx.url(gbk)];
+        assert_eq!((row.1.as_deref(), row.2.as_deref()), (Some(GBK_TITLE), Some(GBK_AUTHOR)));
+    }
+    assert_eq!(rows[&fx.url("/busy.html")].1, Some(book_title(0)));
+
+    // 404, always-500, timeout, oversized, binary.
+    assert_eq!(stats.errors, 5);
+    assert_eq!(stats.retries, 5);
+    assert_eq!(stats.robots_blocked, 1);
+    assert_eq!(stats.items, site.books as u64 + 3);
+    // Every request but robots.txt and the three that timed out got a response.
+    assert_eq!(stats.pages, log.len() as u64 - 1 - 3);
+    assert!(rows.keys().all(|u| !path_of(u).contains('#')));
+}
+
+#[tokio::test]
+async fn nothing_beyond_max_depth_is_fetched() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = task(&fx);
+    spec.max_depth = 3;
+    seeds_under(&mut spec, "trap", vec![fx.url("/trap/1.html")]);
+    let stats = crawl(engine(), spec, &dir.path().join("c.db")).await;
+    let paths: Vec<String> =
+        fx.requests().into_iter().map(|r| r.path).filter(|p| p != "/robots.txt").collect();
+    assert_eq!(paths, ["/trap/1.html", "/trap/2.html", "/trap/3.html", "/trap/4.html"]);
+    assert_eq!(stats.pages, 4);
+    assert_eq!(stats.errors, 0);
+}
+
+#[tokio::test]
+async fn rate_limits_hold_in_every_window_and_max_pages_stops() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = task(&fx);
+    spec.max_pages = 12;
+    spec.limits = serde_json::from_str(r#"[{"events":4,"per":"500ms"},{"events":100,"per":"1m"}]"#).unwrap();
+    seeds_under(&mut spec, "tag", vec![fx.url("/tag/0/page-1.html")]);
+    let stats = crawl(engine(), spec, &dir.path().join("c.db")).await;
+    let times: Vec<_> = fx.requests().into_iter().filter(|r| r.path != "/robots.txt").map(|r| r.at).collect();
+    assert_eq!(times.len(), 12, "max_pages");
+    assert_eq!(stats.pages, 12);
+    // The server sees arrivals a little after the limiter's start times; allow 50 ms of jitter.
+    for (i, start) in times.iter().enumerate() {
+        let inside =
+            times[i..].iter().filter(|t| t.duration_since(*start) < Duration::from_millis(450)).count();
+        assert!(inside <= 4, "{inside} requests within 450ms");
+    }
+    let span = times.last().unwrap().duration_since(times[0]);
+    assert!(span >= Duration::from_millis(1000), "12 requests at 4 per 500ms took only {span:?}");
+}
+
+#[tokio::test]
+async fn per_host_and_global_concurrency_are_respected() {
+    let site = Site { latency: Duration::from_millis(30), ..Site::default() };
+    for (concurrency, per_host, expect) in [(16, 3, 3), (2, 8, 2)] {
+        let fx = Fixture::start(site).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EngineConfig { concurrency, per_host, ..engine() };
+        let mut spec = task(&fx);
+        seeds_under(&mut spec, "book", (0..10).map(|i| fx.url(&format!("/book/{i}.html"))).collect());
+        spec.rules[0].follow.clear();
+        crawl(cfg, spec, &dir.path().join("c.db")).await;
+        assert_eq!(fx.max_in_flight(), expect, "concurrency {concurrency}, per_host {per_host}");
+    }
+}
+
+#[tokio::test]
+async fn cookie_is_sent_and_robots_can_be_ignored() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = task(&fx);
+    spec.cookie = "session=abc; lang=en".into();
+    spec.max_depth = 1;
+    let cfg = EngineConfig { obey_robots: false, ..engine() };
+    crawl(cfg, spec, &dir.path().join("c.db")).await;
+    let log = fx.requests();
+    assert_eq!(fx.count("/robots.txt"), 0);
+    assert_eq!(fx.count("/private/secret.html"), 1);
+    assert!(log.iter().all(|r| r.cookie == "session=abc; lang=en"));
+}
+
+#[tokio::test]
+async fn cancel_stops_fetching_and_keeps_what_was_stored() {
+    let site = Site { books: 5000, tags: 2, per_page: 50, latency: Duration::from_millis(5) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let mut spec = task(&fx);
+    spec.max_depth = 1000;
+    spec.rules[2].follow.clear();
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 100, Duration::from_secs(30));
+    let shutdown = CancellationToken::new();
+    let crawl = Crawl::start(Task::compile(spec).unwrap(), fetcher, writer.sender(), &shutdown);
+    while crawl.stats().items < 150 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    let stats = tokio::time::timeout(Duration::from_secs(2), crawl.join()).await.expect("stops within 2s");
+    assert!(crawl.is_finished());
+    drop(crawl);
+    // The last partial batch is written on close, long before the 30 s linger.
+    let written = writer.close().await.unwrap();
+    assert_eq!(written, stats.items);
+    assert_eq!(rows(&db).len() as u64, stats.items);
+    assert!(stats.items < 5000);
+    let seen = fx.requests().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fx.requests().len(), seen, "requests continued after the crawl ended");
+}
