@@ -137,7 +137,8 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let problem = inner.message().to_owned();
+            // One line: TOML's messages may span several.
+            let problem = inner.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
             match inner.span() {
                 // A syntax error has no key path: name the line instead.
                 Some(span) if path == "." || path.is_empty() => {
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         assert!(err("[engine]\nconcurrency = \"x\"").starts_with("engine.concurrency: invalid type"));
-        assert!(err("[engine]\nconcurency = 3").starts_with("engine: unknown field `concurency`"));
+        assert!(err("[engine]\nconcurency = 3").starts_with("engine.concurency: unknown field `concurency`"));
         assert_eq!(err("[engine]\nconcurrency = 0"), "engine.concurrency: must be between 1 and 100000");
         assert!(
             err("[engine]\ntimeout = \"10 parsecs\"").starts_with("engine.timeout: unknown duration unit")

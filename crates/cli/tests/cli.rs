@@ -1,0 +1,231 @@
+//! The `crawler` binary as a user runs it: exit codes, the summary line, SQLite rows, JSON
+//! lines, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crawler_fixture::{book_title, Fixture, Site};
+
+fn crawler() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_crawler"))
+}
+
+fn config(fx: &Fixture, dir: &Path, extra_task: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[engine]
+concurrency = 8
+retries = 1
+backoff = "10ms"
+timeout = "1s"
+max_body = "1MiB"
+
+[storage]
+url = "sqlite://{db}"
+batch = 7
+
+[[task]]
+name = "books"
+seeds = ["{seed}"]
+max_depth = 5
+
+  [[task.rule]]
+  name = "index"
+  follow = [{{ select = "a.tag", rule = "tag" }}, {{ select = "a.odd", rule = "book" }}]
+
+  [[task.rule]]
+  name = "tag"
+  follow = [{{ select = "a.book", rule = "book" }}, {{ select = "a.next", rule = "tag" }}]
+
+  [[task.rule]]
+  name = "book"
+  table = "book"
+  fields = {{ title = "h1.title", author = "span.author", price = "span.price", rating = "span.rating" }}
+  follow = [{{ select = "a.book", rule = "book" }}]
+{extra_task}
+"#,
+        db = dir.join("crawl.db").display(),
+        seed = fx.url("/index.html"),
+    );
+    let path = dir.join("crawler.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["elapsed_ms", "errors", "items", "pages"]);
+    v
+}
+
+fn sqlite_titles(db: &Path) -> Vec<(String, Option<String>)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT url, title FROM book WHERE task = 'books' ORDER BY url").unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_stores_sqlite_and_jsonl_and_prints_the_summary_last() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    let jsonl = dir.path().join("items.jsonl");
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg).arg("--output").arg(&jsonl);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    // 60 books, two GBK pages, the 429-then-200 page.
+    assert_eq!(s["items"], 63);
+    // 404, 500, slow (timeout), huge, binary.
+    assert_eq!(s["errors"], 5);
+    assert!(s["pages"].as_u64().unwrap() >= 63 + 1 + 3 * 2);
+
+    let rows = sqlite_titles(&dir.path().join("crawl.db"));
+    assert_eq!(rows.len(), 63);
+    assert!(rows.contains(&(fx.url("/book/7.html"), Some(book_title(7)))));
+
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let mut urls: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["task"], "books");
+        assert_eq!(v["table"], "book");
+        assert!(v["crawled_at"].as_str().unwrap().ends_with('Z'));
+        let url = v["url"].as_str().unwrap().to_owned();
+        let title = v["data"]["title"].as_str().map(str::to_owned);
+        assert!(rows.contains(&(url.clone(), title)), "{line}");
+        urls.push(url);
+    }
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), 63);
+
+    // The seed system's name for standalone mode does the same.
+    let db2 = dir.path().join("again.db");
+    let cfg2 = std::fs::read_to_string(&cfg).unwrap().replace("crawl.db", "again.db");
+    std::fs::write(&cfg, cfg2).unwrap();
+    let mut cmd = crawler();
+    cmd.args(["worker", "--cluster=false", "--config"]).arg(&cfg);
+    let out = run(cmd).await;
+    assert!(out.status.success());
+    assert_eq!(summary(&out)["items"], 63);
+    assert_eq!(sqlite_titles(&db2).len(), 63);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_flag_runs_only_the_named_tasks() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let trap = format!(
+        "\n[[task]]\nname = \"trap\"\nseeds = [\"{}\"]\nmax_depth = 2\n  [[task.rule]]\n  name = \"t\"\n  follow = [{{ select = \"a.trap\", rule = \"t\" }}]\n",
+        fx.url("/trap/1.html")
+    );
+    let cfg = config(&fx, dir.path(), &trap);
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg).args(["--task", "trap"]);
+    let out = run(cmd).await;
+    assert!(out.status.success());
+    assert_eq!(summary(&out)["pages"], 3);
+    let paths: Vec<String> = fx.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/robots.txt", "/trap/1.html", "/trap/2.html", "/trap/3.html"]);
+
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg).args(["--task", "nope"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "crawler: config: --task: no task named \"nope\" in the config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(config(&fx, dir.path(), "")).unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("concurrency = 8", "concurrency = \"lots\"", "engine.concurrency: invalid type"),
+        ("concurrency = 8", "concurency = 8", "engine.concurency: unknown field `concurency`"),
+        ("retries = 1", "retries = 1\nproxies = [\"not a url\"]", "engine.proxies[0]:"),
+        ("title = \"h1.title\"", "title = \"h1[[\"", "task[books].rule[book].fields.title.select: bad CSS selector"),
+        ("rule = \"tag\" }, { select = \"a.odd\"", "rule = \"tags\" }, { select = \"a.odd\"", "task[books].rule[index].follow[0].rule: no rule named \"tags\""),
+        ("max_depth = 5", "max_depth = 5\nlimits = [{ events = 0, per = \"1s\" }]", "task[books].limits[0]: events and per must both be above zero"),
+        ("batch = 7", "batch = 0", "storage.batch: must be between"),
+        ("[storage]", "[storage\n", "line "),
+    ];
+    for (from, to, expect) in cases {
+        assert!(good.contains(from), "{from}");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let mut cmd = crawler();
+        cmd.arg("crawl").arg("--config").arg(&path);
+        let out = run(cmd).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(&format!("crawler: config: {expect}")), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let mut missing = crawler();
+    missing.args(["crawl", "--config", "/nonexistent/crawler.toml"]);
+    let out = run(missing).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/crawler.toml"));
+    let mut bad_flag = crawler();
+    bad_flag.args(["crawl", "--frobnicate"]);
+    let out = run(bad_flag).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--frobnicate"), "{stderr}");
+
+    assert!(fx.requests().is_empty(), "a bad config started a crawl");
+    assert!(!dir.path().join("crawl.db").exists(), "a bad config created the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
+    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500").replace("batch = 7", "batch = 1000");
+    std::fs::write(&cfg, text).unwrap();
+    let child = crawler()
+        .arg("crawl")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count() < 100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    let items = s["items"].as_u64().unwrap();
+    assert!((50..3000).contains(&items), "{items}");
+    // Every item counted was written, although the batch (1000) was never full.
+    assert_eq!(sqlite_titles(&dir.path().join("crawl.db")).len() as u64, items);
+}
+
+#[test]
+fn version_names_commit_and_profile() {
+    let out = crawler().arg("version").output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.starts_with(&format!("crawler {} (commit ", env!("CARGO_PKG_VERSION"))), "{line}");
+    assert!(line.contains(" build)"), "{line}");
+}
