@@ -138,7 +138,13 @@ impl Config {
             let path = e.path().to_string();
             let inner = e.into_inner();
             // One line: TOML's messages may span several.
-            let problem = inner.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+            let problem = inner
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             match inner.span() {
                 // A syntax error has no key path: name the line instead.
                 Some(span) if path == "." || path.is_empty() => {
@@ -247,6 +253,22 @@ mod tests {
             .starts_with("task[t].rule[a].follow[0].rule: no rule named"));
         assert!(err("[[task]]\nname = \"t\"\nmax_depth = -1").starts_with("task[0].max_depth: invalid value"));
         assert!(err("[engine\n").starts_with("line 1:"));
+    }
+
+    #[test]
+    fn the_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let tasks = c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!tasks.is_empty(), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
     }
 
     #[test]

@@ -59,7 +59,10 @@ async fn run(mut cmd: Command) -> Output {
 
 fn summary(out: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let last = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, ["elapsed_ms", "errors", "items", "pages"]);
@@ -143,7 +146,10 @@ async fn task_flag_runs_only_the_named_tasks() {
     cmd.arg("crawl").arg("--config").arg(&cfg).args(["--task", "nope"]);
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "crawler: config: --task: no task named \"nope\" in the config");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "crawler: config: --task: no task named \"nope\" in the config"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,9 +161,21 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
         ("concurrency = 8", "concurrency = \"lots\"", "engine.concurrency: invalid type"),
         ("concurrency = 8", "concurency = 8", "engine.concurency: unknown field `concurency`"),
         ("retries = 1", "retries = 1\nproxies = [\"not a url\"]", "engine.proxies[0]:"),
-        ("title = \"h1.title\"", "title = \"h1[[\"", "task[books].rule[book].fields.title.select: bad CSS selector"),
-        ("rule = \"tag\" }, { select = \"a.odd\"", "rule = \"tags\" }, { select = \"a.odd\"", "task[books].rule[index].follow[0].rule: no rule named \"tags\""),
-        ("max_depth = 5", "max_depth = 5\nlimits = [{ events = 0, per = \"1s\" }]", "task[books].limits[0]: events and per must both be above zero"),
+        (
+            "title = \"h1.title\"",
+            "title = \"h1[[\"",
+            "task[books].rule[book].fields.title.select: bad CSS selector",
+        ),
+        (
+            "rule = \"tag\" }, { select = \"a.odd\"",
+            "rule = \"tags\" }, { select = \"a.odd\"",
+            "task[books].rule[index].follow[0].rule: no rule named \"tags\"",
+        ),
+        (
+            "max_depth = 5",
+            "max_depth = 5\nlimits = [{ events = 0, per = \"1s\" }]",
+            "task[books].limits[0]: events and per must both be above zero",
+        ),
         ("batch = 7", "batch = 0", "storage.batch: must be between"),
         ("[storage]", "[storage\n", "line "),
     ];
@@ -197,7 +215,10 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
     let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&fx, dir.path(), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500").replace("batch = 7", "batch = 1000");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_depth = 5", "max_depth = 500")
+        .replace("batch = 7", "batch = 1000");
     std::fs::write(&cfg, text).unwrap();
     let child = crawler()
         .arg("crawl")

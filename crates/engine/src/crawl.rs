@@ -189,10 +189,14 @@ async fn run(ctx: Arc<Ctx>) {
         let may_dispatch = jobs.len() < max_in_flight && (max_pages == 0 || dispatched < max_pages);
         if may_dispatch {
             if let Some(req) = frontier.pop() {
-                let at = limiter.reserve(Instant::now());
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => break,
-                    _ = tokio::time::sleep_until(at.into()) => {}
+                let now = Instant::now();
+                let at = limiter.reserve(now);
+                // Even a zero sleep waits for the next timer tick (1 ms): sleep only when limited.
+                if at > now {
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => break,
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
                 }
                 dispatched += 1;
                 jobs.spawn(handle(ctx.clone(), req));
