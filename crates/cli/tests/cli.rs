@@ -87,14 +87,14 @@ async fn crawl_stores_sqlite_and_jsonl_and_prints_the_summary_last() {
     let out = run(cmd).await;
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&out);
-    // 60 books, two GBK pages, the 429-then-200 page.
-    assert_eq!(s["items"], 63);
-    // 404, 500, slow (timeout), huge, binary.
-    assert_eq!(s["errors"], 5);
-    assert!(s["pages"].as_u64().unwrap() >= 63 + 1 + 3 * 2);
+    // 60 books, three GBK pages, the 429-then-200 page, the gzip page, the malformed page.
+    assert_eq!(s["items"], 66);
+    // 404, 500, slow (timeout), huge, binary, redirect loop.
+    assert_eq!(s["errors"], 6);
+    assert!(s["pages"].as_u64().unwrap() >= 66 + 1 + 3 * 2);
 
     let rows = sqlite_titles(&dir.path().join("crawl.db"));
-    assert_eq!(rows.len(), 63);
+    assert_eq!(rows.len(), 66);
     assert!(rows.contains(&(fx.url("/book/7.html"), Some(book_title(7)))));
 
     let text = std::fs::read_to_string(&jsonl).unwrap();
@@ -111,7 +111,7 @@ async fn crawl_stores_sqlite_and_jsonl_and_prints_the_summary_last() {
     }
     urls.sort();
     urls.dedup();
-    assert_eq!(urls.len(), 63);
+    assert_eq!(urls.len(), 66);
 
     // The seed system's name for standalone mode does the same.
     let db2 = dir.path().join("again.db");
@@ -121,8 +121,8 @@ async fn crawl_stores_sqlite_and_jsonl_and_prints_the_summary_last() {
     cmd.args(["worker", "--cluster=false", "--config"]).arg(&cfg);
     let out = run(cmd).await;
     assert!(out.status.success());
-    assert_eq!(summary(&out)["items"], 63);
-    assert_eq!(sqlite_titles(&db2).len(), 63);
+    assert_eq!(summary(&out)["items"], 66);
+    assert_eq!(sqlite_titles(&db2).len(), 66);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ fn rss_bytes() -> usize {
 fn request(i: usize) -> Request {
     let url =
         Url::parse(&format!("http://books.example.com/catalogue/book-{i}/index.html?ref=list")).unwrap();
-    Request { url, depth: 1, rule: 0, priority: 0 }
+    Request::new(url, 1, 0, 0)
 }
 
 fn main() {

@@ -23,7 +23,10 @@ use crate::frontier::{Admission, Frontier, Request};
 use crate::item::{rfc3339, Item};
 use crate::limiter::RateLimiter;
 use crate::robots::Robots;
-use crate::scope::{host_allowed, resolve_link};
+use crate::scope::{host_allowed, resolve_link, url_key};
+
+/// Redirect hops followed from one link before it counts as an error.
+const MAX_REDIRECTS: usize = 10;
 use crate::sink::ItemSender;
 use crate::spec::Task;
 
@@ -169,7 +172,7 @@ async fn run(ctx: Arc<Ctx>) {
     let inner = &ctx.task.0;
     let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload);
     for seed in &inner.seeds {
-        frontier.push(Request { url: seed.clone(), depth: 0, rule: 0, priority: inner.rules[0].priority });
+        frontier.push(Request::new(seed.clone(), 0, 0, inner.rules[0].priority));
     }
     let mut limiter = RateLimiter::new(&inner.limits);
     let mut jobs: JoinSet<Outcome> = JoinSet::new();
@@ -230,13 +233,26 @@ fn settle(ctx: &Ctx, frontier: &mut Frontier, done: Result<Outcome, tokio::task:
     match done {
         Ok(Outcome::Links { depth, links }) => {
             for (url, rule) in links {
-                let req = Request { url, depth: depth + 1, rule, priority: rules[rule].priority };
-                frontier.push(req);
+                frontier.push(Request::new(url, depth + 1, rule, rules[rule].priority));
             }
         }
         Ok(Outcome::Redirect(req)) => {
-            if frontier.push(req.clone()) == Admission::Seen {
-                tracing::debug!(url = %req.url, "redirect target already seen");
+            let target = url_key(&req.url);
+            let problem = if req.redirected_from.contains(&target) {
+                Some("redirect loop")
+            } else if req.redirected_from.len() > MAX_REDIRECTS {
+                Some("too many redirects")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                ctx.counters.errors.fetch_add(1, Relaxed);
+                tracing::warn!(task = %ctx.task.name(), url = %req.url, error = problem, "page failed");
+                return;
+            }
+            let url = req.url.clone();
+            if frontier.push(req) == Admission::Seen {
+                tracing::debug!(%url, "redirect target already seen");
             }
         }
         Ok(Outcome::Nothing) => {}
@@ -282,7 +298,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         Ok(Fetched::Redirect { location, .. }) => {
             return match resolve_link(&req.url, &location) {
                 Some(url) if host_allowed(&url, &ctx.task.0.allow_hosts) => {
-                    Outcome::Redirect(Request { url, ..req })
+                    let mut redirected_from = req.redirected_from;
+                    redirected_from.push(url_key(&req.url));
+                    Outcome::Redirect(Request { url, redirected_from, ..req })
                 }
                 Some(url) => {
                     tracing::debug!(from = %req.url, to = %url, "redirect out of scope");

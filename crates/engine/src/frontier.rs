@@ -23,6 +23,15 @@ pub struct Request {
     pub rule: usize,
     /// Priority of that rule; higher goes first within a depth.
     pub priority: i32,
+    /// Dedup keys of the URLs whose redirects led here, oldest first (empty for links).
+    pub redirected_from: Vec<u64>,
+}
+
+impl Request {
+    /// A request reached by a link (not by a redirect).
+    pub fn new(url: Url, depth: u32, rule: usize, priority: i32) -> Request {
+        Request { url, depth, rule, priority, redirected_from: Vec::new() }
+    }
 }
 
 /// What happened to a URL offered to the frontier.
@@ -54,14 +63,19 @@ impl Hasher for KeyHasher {
     }
 }
 
+/// A queued request in compact form: the URL as text (re-parsed on pop), no spare capacity.
 struct Entry {
     seq: u64,
-    req: Request,
+    url: Box<str>,
+    depth: u32,
+    priority: i32,
+    rule: u32,
+    redirected_from: Box<[u64]>,
 }
 
 impl Entry {
     fn rank(&self) -> (std::cmp::Reverse<u32>, i32, std::cmp::Reverse<u64>) {
-        (std::cmp::Reverse(self.req.depth), self.req.priority, std::cmp::Reverse(self.seq))
+        (std::cmp::Reverse(self.depth), self.priority, std::cmp::Reverse(self.seq))
     }
 }
 
@@ -106,13 +120,31 @@ impl Frontier {
             return Admission::Seen;
         }
         self.seq += 1;
-        self.queue.push(Entry { seq: self.seq, req });
+        self.queue.push(Entry {
+            seq: self.seq,
+            url: String::from(req.url).into_boxed_str(),
+            depth: req.depth,
+            priority: req.priority,
+            rule: req.rule as u32,
+            redirected_from: req.redirected_from.into_boxed_slice(),
+        });
         Admission::Queued
     }
 
     /// The next request to fetch.
     pub fn pop(&mut self) -> Option<Request> {
-        self.queue.pop().map(|e| e.req)
+        while let Some(e) = self.queue.pop() {
+            // The text came from a parsed URL, so it parses again.
+            let Ok(url) = Url::parse(&e.url) else { continue };
+            return Some(Request {
+                url,
+                depth: e.depth,
+                rule: e.rule as usize,
+                priority: e.priority,
+                redirected_from: e.redirected_from.into_vec(),
+            });
+        }
+        None
     }
 
     /// Requests waiting.
@@ -145,7 +177,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn req(path: &str, depth: u32, priority: i32) -> Request {
-        Request { url: Url::parse(&format!("http://h{path}")).unwrap(), depth, rule: 0, priority }
+        Request::new(Url::parse(&format!("http://h{path}")).unwrap(), depth, 0, priority)
     }
 
     #[test]

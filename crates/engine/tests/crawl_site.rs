@@ -86,7 +86,11 @@ async fn crawls_the_site_once_per_url_and_stores_every_book() {
     let db = dir.path().join("crawl.db");
     let cfg = engine();
     let ua = cfg.user_agent.clone();
-    let stats = crawl(cfg, task(&fx), &db).await;
+    let mut spec = task(&fx);
+    // A second seed on a port nobody listens on: an unreachable host.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    spec.seeds.push(format!("http://{closed}/index.html"));
+    let stats = crawl(cfg, spec, &db).await;
 
     let log = fx.requests();
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -121,9 +125,17 @@ async fn crawls_the_site_once_per_url_and_stores_every_book() {
         assert!(counts.contains_key(path.as_str()), "{path} was never requested");
     }
 
-    // Every book, the two GBK pages and the page that answered 429 first.
+    // Retry-After: 1 was honoured (the backoff alone would have been ~20 ms).
+    let busy: Vec<_> = log.iter().filter(|r| r.path == "/busy.html").map(|r| r.at).collect();
+    assert!(
+        busy[1].duration_since(busy[0]) >= Duration::from_millis(950),
+        "{:?}",
+        busy[1].duration_since(busy[0])
+    );
+
+    // Every book, three GBK pages, the 429-then-200 page, the gzip page, the malformed page.
     let rows = rows(&db);
-    assert_eq!(rows.len() as u32, site.books + 3, "{:?}", rows.keys().collect::<Vec<_>>());
+    assert_eq!(rows.len() as u32, site.books + 6, "{:?}", rows.keys().collect::<Vec<_>>());
     for id in 0..site.books {
         let row = &rows[&fx.url(&format!("/book/{id}.html"))];
         assert_eq!(
@@ -137,17 +149,21 @@ async fn crawls_the_site_once_per_url_and_stores_every_book() {
             )
         );
     }
-    for gbk in ["/gbk-meta.html", "/gbk-header.html"] {
+    assert_eq!(rows[&fx.url("/gzip.html")].1, Some(book_title(4)));
+    let malformed = &rows[&fx.url("/malformed.html")];
+    assert_eq!((malformed.1.as_deref(), malformed.4.as_deref()), (Some("Malformed bold"), Some("3")));
+    for gbk in ["/gbk-meta.html", "/gbk-header.html", "/gbk-sniff.html"] {
         let row = &rows[&fx.url(gbk)];
         assert_eq!((row.1.as_deref(), row.2.as_deref()), (Some(GBK_TITLE), Some(GBK_AUTHOR)));
     }
     assert_eq!(rows[&fx.url("/busy.html")].1, Some(book_title(0)));
 
-    // 404, always-500, timeout, oversized, binary.
-    assert_eq!(stats.errors, 5);
-    assert_eq!(stats.retries, 5);
+    // 404, always-500, timeout, oversized, binary, the redirect loop, the unreachable seed.
+    assert_eq!(stats.errors, 7);
+    // always-500 and timeout twice each, 429 once, the unreachable seed twice.
+    assert_eq!(stats.retries, 7);
     assert_eq!(stats.robots_blocked, 1);
-    assert_eq!(stats.items, site.books as u64 + 3);
+    assert_eq!(stats.items, site.books as u64 + 6);
     // Every request but robots.txt and the three that timed out got a response.
     assert_eq!(stats.pages, log.len() as u64 - 1 - 3);
     assert!(rows.keys().all(|u| !path_of(u).contains('#')));
@@ -249,4 +265,29 @@ async fn cancel_stops_fetching_and_keeps_what_was_stored() {
     let seen = fx.requests().len();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fx.requests().len(), seen, "requests continued after the crawl ended");
+}
+
+#[tokio::test]
+async fn requests_go_through_the_proxies_round_robin() {
+    // Two fixture servers stand in for HTTP proxies: a proxy receives the absolute URL and
+    // answers it; the origin itself is never contacted.
+    let (a, b) =
+        (Fixture::start(Site::default()).await.unwrap(), Fixture::start(Site::default()).await.unwrap());
+    let origin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec: TaskSpec = serde_json::from_str(&format!(
+        r#"{{"name":"p","seeds":["http://{origin}/tag/0/page-1.html"],"rule":[{{"name":"tag","follow":[{{"select":"a.book","rule":"book"}}]}},
+           {{"name":"book","table":"book","fields":{{"title":"h1.title"}}}}]}}"#
+    ))
+    .unwrap();
+    spec.max_depth = 1;
+    let cfg =
+        EngineConfig { proxies: vec![a.url(""), b.url("")], obey_robots: false, concurrency: 1, ..engine() };
+    let stats = crawl(cfg, spec, &dir.path().join("c.db")).await;
+    assert_eq!(stats.errors, 0);
+    assert_eq!(stats.items, 5);
+    let (na, nb) = (a.requests().len(), b.requests().len());
+    assert_eq!(na + nb, 6);
+    assert!(na == 3 && nb == 3, "round robin: {na} and {nb}");
+    assert!(a.requests().iter().chain(&b.requests()).all(|r| r.host == origin.to_string()));
 }
