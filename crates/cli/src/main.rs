@@ -1,6 +1,6 @@
 //! The `crawler` binary: parse arguments, set up logging, load config, run a command.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -28,12 +28,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let tty = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(move || {
+            // On a terminal, clear the progress line before a log line; it is redrawn later.
+            let mut err = std::io::stderr();
+            if tty {
+                let _ = err.write_all(b"\r\x1b[2K");
+            }
+            err
+        })
+        .with_ansi(tty)
         .init();
     match cli.command {
         Command::Version => {

@@ -19,7 +19,7 @@ impl Progress {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            let started = Instant::now();
+            let mut last = (Instant::now(), 0u64);
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
@@ -34,7 +34,10 @@ impl Progress {
                     errors += s.errors;
                     queued += s.queued + s.in_flight;
                 }
-                let rate = pages as f64 / started.elapsed().as_secs_f64().max(0.001);
+                // The rate over the last tick, so a stall shows at once.
+                let now = Instant::now();
+                let rate = (pages - last.1.min(pages)) as f64 / (now - last.0).as_secs_f64().max(0.001);
+                last = (now, pages);
                 let mut err = std::io::stderr().lock();
                 let _ = write!(
                     err,
