@@ -4,8 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use crawler::cli::{Cli, Command, CrawlArgs};
-use crawler::commands::{crawl, version};
+use crawler::cli::{Cli, Command, CrawlArgs, MasterArgs};
+use crawler::commands::{crawl, master, version};
 use crawler::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +53,56 @@ fn main() -> ExitCode {
             standalone(CrawlArgs { config: w.config, tasks: w.tasks, output: w.output })
         }
         Command::Worker(_) => not_yet("worker --cluster"),
-        Command::Master(_) => not_yet("master"),
+        Command::Master(args) => master(args),
     }
 }
 
 fn not_yet(what: &str) -> ExitCode {
     eprintln!("crawler: {what}: cluster mode is not available in this build yet; use `crawler crawl`");
     ExitCode::from(EXIT_USAGE)
+}
+
+fn master(args: MasterArgs) -> ExitCode {
+    let prepared = Config::load(args.config.as_deref()).and_then(|config| {
+        config.validate()?;
+        let http = master::parse_listen("--http", &args.http)?;
+        let grpc = master::parse_listen("--grpc", &args.grpc)?;
+        let cfg = master::master_config(&args, &config, http, grpc)?;
+        Ok((cfg, http, grpc))
+    });
+    let (cfg, http, grpc) = match prepared {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crawler: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (http_listener, grpc_listener) =
+            match (tokio::net::TcpListener::bind(http).await, tokio::net::TcpListener::bind(grpc).await) {
+                (Ok(h), Ok(g)) => (h, g),
+                (Err(e), _) => return bind_error("--http", http, e),
+                (_, Err(e)) => return bind_error("--grpc", grpc, e),
+            };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match crawler_master::run(cfg, http_listener, grpc_listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crawler: master: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn bind_error(flag: &str, addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {
+    eprintln!("crawler: {flag}: cannot listen on {addr}: {e}");
+    ExitCode::FAILURE
 }
 
 fn usage_error(e: &ConfigError) -> ExitCode {
@@ -127,7 +170,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             _ = term.recv() => {}
         }
         if round == 0 {
-            tracing::warn!("stopping: finishing writes (signal again to exit at once)");
+            tracing::warn!("stopping (signal again to exit at once)");
             shutdown.cancel();
         }
     }

@@ -1,0 +1,129 @@
+//! Resources under `/resources/<name>`, written only by the leader: every write is one etcd
+//! transaction fenced on the leader's election key, so a deposed leader can never write.
+
+use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{CoordError, Etcd};
+use crate::election::Fence;
+use crate::keys;
+
+/// A resource as stored in etcd.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRecord {
+    /// Unique id of this resource instance.
+    pub id: String,
+    /// Resource (task) name.
+    pub name: String,
+    /// Worker the resource runs on.
+    pub assigned_node: String,
+    /// Creation time, Unix milliseconds.
+    pub creation_time: i64,
+    /// Inline task spec, when the resource was added with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<serde_json::Value>,
+}
+
+impl ResourceRecord {
+    /// Decodes a stored record.
+    pub fn decode(key: &str, value: &[u8]) -> Result<ResourceRecord, CoordError> {
+        serde_json::from_slice(value)
+            .map_err(|e| CoordError::BadValue { key: key.to_owned(), problem: e.to_string() })
+    }
+
+    fn encode(&self) -> String {
+        serde_json::to_string(self).expect("records serialize")
+    }
+}
+
+/// The result of a create.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreateOutcome {
+    /// Stored, at this etcd revision.
+    Created(i64),
+    /// A resource of that name already exists (this one).
+    Exists(Box<ResourceRecord>),
+}
+
+fn fence_cmp(fence: &Fence) -> Compare {
+    Compare::create_revision(fence.key.clone(), CompareOp::Equal, fence.revision)
+}
+
+/// Creates `/resources/<name>` if absent, fenced on the leadership. Retried calls that find
+/// their own record (same id) report `Created`.
+pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<CreateOutcome, CoordError> {
+    let key = keys::resource(&rec.name);
+    let value = rec.encode();
+    let resp = etcd
+        .call("create resource", |mut c| {
+            let inner = etcd_client::Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let txn = etcd_client::Txn::new().when([fence_cmp(fence)]).and_then([TxnOp::txn(inner)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    if !resp.succeeded() {
+        return Err(CoordError::NotLeader);
+    }
+    let revision = resp.header().map_or(0, |h| h.revision());
+    match resp.op_responses().into_iter().next() {
+        Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => Ok(CreateOutcome::Created(revision)),
+        Some(TxnOpResponse::Txn(inner)) => {
+            let existing = match inner.op_responses().into_iter().next() {
+                Some(TxnOpResponse::Get(g)) => {
+                    g.kvs().first().map(|kv| ResourceRecord::decode(&key, kv.value())).transpose()?
+                }
+                _ => None,
+            };
+            match existing {
+                Some(e) if e.id == rec.id => Ok(CreateOutcome::Created(revision)),
+                Some(e) => Ok(CreateOutcome::Exists(Box::new(e))),
+                None => Err(CoordError::Etcd("create: conflicting key vanished".into())),
+            }
+        }
+        _ => Err(CoordError::Etcd("create: unexpected transaction response".into())),
+    }
+}
+
+/// Deletes `/resources/<name>`, fenced. Returns whether it existed.
+pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<bool, CoordError> {
+    let key = keys::resource(name);
+    let resp = etcd
+        .call("delete resource", |mut c| {
+            let txn =
+                etcd_client::Txn::new().when([fence_cmp(fence)]).and_then([TxnOp::delete(key.clone(), None)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    if !resp.succeeded() {
+        return Err(CoordError::NotLeader);
+    }
+    Ok(matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
+}
+
+/// Rewrites a resource if it is unchanged since `mod_revision`, fenced. Returns whether it
+/// was written (false: it changed or vanished meanwhile).
+pub async fn update(
+    etcd: &Etcd,
+    fence: &Fence,
+    rec: &ResourceRecord,
+    mod_revision: i64,
+) -> Result<bool, CoordError> {
+    let key = keys::resource(&rec.name);
+    let value = rec.encode();
+    let resp = etcd
+        .call("update resource", |mut c| {
+            let inner = etcd_client::Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision)])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+            let txn = etcd_client::Txn::new().when([fence_cmp(fence)]).and_then([TxnOp::txn(inner)]);
+            async move { c.txn(txn).await }
+        })
+        .await?;
+    if !resp.succeeded() {
+        return Err(CoordError::NotLeader);
+    }
+    Ok(matches!(resp.op_responses().first(), Some(TxnOpResponse::Txn(t)) if t.succeeded()))
+}

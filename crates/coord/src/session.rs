@@ -1,0 +1,123 @@
+//! A session: an etcd lease kept alive in the background. Its `done` token fires the moment
+//! the lease is known to be lost (expired, revoked, or not renewed within its TTL), so work
+//! bound to the session (leadership, registrations) stops at once.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{CoordError, Etcd};
+
+/// A lease with keep-alive. Close it with [`Session::close`] to revoke the lease at once.
+pub struct Session {
+    etcd: Etcd,
+    lease: i64,
+    ttl: Duration,
+    done: CancellationToken,
+    keeper: JoinHandle<()>,
+}
+
+impl Session {
+    /// Grants a lease of `ttl` (whole seconds, at least 1) and keeps it alive.
+    pub async fn start(etcd: &Etcd, ttl: Duration) -> Result<Session, CoordError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let lease =
+            etcd.call("lease grant", |mut c| async move { c.lease_grant(secs, None).await }).await?.id();
+        let done = CancellationToken::new();
+        let keeper =
+            tokio::spawn(keep_alive(etcd.clone(), lease, Duration::from_secs(secs as u64), done.clone()));
+        tracing::debug!(lease, ttl_s = secs, "session started");
+        Ok(Session { etcd: etcd.clone(), lease, ttl: Duration::from_secs(secs as u64), done, keeper })
+    }
+
+    /// The lease id.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Fires when the session is lost (or closed).
+    pub fn done(&self) -> CancellationToken {
+        self.done.clone()
+    }
+
+    /// Whether the session is still alive as far as this process knows.
+    pub fn is_alive(&self) -> bool {
+        !self.done.is_cancelled()
+    }
+
+    /// Stops the keep-alive and revokes the lease, deleting every key attached to it.
+    pub async fn close(self) {
+        self.done.cancel();
+        self.keeper.abort();
+        let lease = self.lease;
+        if let Err(e) =
+            self.etcd.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await
+        {
+            tracing::warn!(lease, error = %e, "could not revoke the lease; it will expire");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        self.done.cancel();
+    }
+}
+
+async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, done: CancellationToken) {
+    let every = (ttl / 3).max(Duration::from_millis(500));
+    let mut expires = Instant::now() + ttl;
+    'reconnect: loop {
+        if done.is_cancelled() {
+            return;
+        }
+        if Instant::now() >= expires {
+            tracing::warn!(lease, "session lost: lease not renewed within its ttl");
+            done.cancel();
+            return;
+        }
+        let mut client = etcd.client();
+        let opened = tokio::time::timeout(every, client.lease_keep_alive(lease)).await;
+        let (mut keeper, mut stream) = match opened {
+            Ok(Ok(pair)) => pair,
+            _ => {
+                etcd.rotate();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'reconnect;
+            }
+        };
+        loop {
+            let sent = Instant::now();
+            let renewed = tokio::time::timeout(every, async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match renewed {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                    expires = sent + Duration::from_secs(resp.ttl() as u64)
+                }
+                Ok(Ok(Some(_))) => {
+                    tracing::warn!(lease, "session lost: lease expired");
+                    done.cancel();
+                    return;
+                }
+                _ => {
+                    etcd.rotate();
+                    continue 'reconnect;
+                }
+            }
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

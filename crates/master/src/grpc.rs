@@ -1,0 +1,52 @@
+//! The gRPC front end (`proto/crawler.proto`), a thin translation to the service layer.
+
+use crawler_proto::crawler_master_server::CrawlerMaster;
+use crawler_proto::{NodeSpec, ResourceSpec};
+use tonic::{Request, Response, Status};
+
+use crate::forward::{to_add, FORWARDED};
+use crate::service::Master;
+
+/// The `CrawlerMaster` service of one master.
+pub struct GrpcApi(pub Master);
+
+fn bearer<T>(req: &Request<T>) -> Option<String> {
+    req.metadata().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+impl GrpcApi {
+    /// Authorization and rate limit; forwarded calls were admitted by the first master.
+    fn gate<T>(&self, req: &Request<T>, route: &str) -> Result<(bool, Option<String>), Status> {
+        let forwarded = req.metadata().contains_key(FORWARDED);
+        let token = bearer(req);
+        let checked =
+            self.0.authorize(token.as_deref()).and_then(|()| if forwarded { Ok(()) } else { self.0.admit() });
+        if let Err(e) = checked {
+            self.0.metrics().call(route, e.http_status());
+            return Err(e.to_status());
+        }
+        Ok((forwarded, token))
+    }
+}
+
+#[tonic::async_trait]
+impl CrawlerMaster for GrpcApi {
+    async fn add_resource(&self, req: Request<ResourceSpec>) -> Result<Response<NodeSpec>, Status> {
+        let route = "grpc AddResource";
+        let (forwarded, token) = self.gate(&req, route)?;
+        let result = match to_add(req.get_ref()) {
+            Ok(add) => self.0.add(add, forwarded, token).await,
+            Err(e) => Err(e),
+        };
+        self.0.metrics().call(route, result.as_ref().map_or_else(|e| e.http_status(), |_| 200));
+        result.map(|n| Response::new(NodeSpec { id: n.id, address: n.address })).map_err(|e| e.to_status())
+    }
+
+    async fn delete_resource(&self, req: Request<ResourceSpec>) -> Result<Response<()>, Status> {
+        let route = "grpc DeleteResource";
+        let (forwarded, token) = self.gate(&req, route)?;
+        let result = self.0.delete(&req.get_ref().name, forwarded, token).await;
+        self.0.metrics().call(route, result.as_ref().map_or_else(|e| e.http_status(), |_| 200));
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP front end (axum): JSON in and out, errors as `{"error": "..."}`, a thin
+//! translation to the service layer.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::service::{AddRequest, Master};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 1 << 20;
+/// Longest a call may take before it is answered 503.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The master's HTTP routes.
+pub fn router(master: Master) -> Router {
+    Router::new()
+        .route("/crawler/resource", post(add).delete(delete))
+        .route("/crawler/resources", get(resources))
+        .route("/crawler/workers", get(workers))
+        .route("/crawler/leader", get(leader))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(master)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    name: String,
+    #[serde(default)]
+    task: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    name: String,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+fn reply(master: &Master, route: &str, result: Result<Value, ApiError>) -> Response {
+    let (status, body) = match result {
+        Ok(v) => (200, v),
+        Err(e) => (e.http_status(), json!({ "error": e.to_string() })),
+    };
+    master.metrics().call(route, status);
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidArgument(format!("bad body: {e}")))
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    tokio::time::timeout(CALL_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::Unavailable("timed out".into())))
+}
+
+async fn add(State(m): State<Master>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = bearer(&headers);
+    let result = async {
+        m.authorize(token.as_deref())?;
+        m.admit()?;
+        let b: AddBody = parse(&body)?;
+        let node = timed(m.add(AddRequest { name: b.name, task: b.task, id: None }, false, token)).await?;
+        Ok(json!({ "id": node.id, "address": node.address }))
+    }
+    .await;
+    reply(&m, "POST /crawler/resource", result)
+}
+
+async fn delete(State(m): State<Master>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = bearer(&headers);
+    let result = async {
+        m.authorize(token.as_deref())?;
+        m.admit()?;
+        let b: DeleteBody = parse(&body)?;
+        timed(m.delete(&b.name, false, token)).await?;
+        Ok(json!({}))
+    }
+    .await;
+    reply(&m, "DELETE /crawler/resource", result)
+}
+
+async fn resources(State(m): State<Master>) -> Response {
+    let result = m.admit().map(|()| json!(m.resources()));
+    reply(&m, "GET /crawler/resources", result)
+}
+
+async fn workers(State(m): State<Master>) -> Response {
+    let result = m.admit().map(|()| json!(m.workers()));
+    reply(&m, "GET /crawler/workers", result)
+}
+
+async fn leader(State(m): State<Master>) -> Response {
+    let result = m.admit().and_then(|()| {
+        m.leader()
+            .map(|l| json!({ "id": l.id, "http": l.http, "grpc": l.grpc }))
+            .ok_or_else(|| ApiError::Unavailable("no leader".into()))
+    });
+    reply(&m, "GET /crawler/leader", result)
+}
+
+async fn metrics(State(m): State<Master>) -> Response {
+    let text = m.metrics().render(m.is_leader(), m.resources().len(), m.workers().len());
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}

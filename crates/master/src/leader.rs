@@ -1,0 +1,128 @@
+//! The coordination loop of a master: a session, its master record, the campaign, and while
+//! leading, the reconciliation that moves resources off dead workers. Leader-only work runs
+//! under the leadership token, which fires the moment the session is lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crawler_coord::assign::plan_moves;
+use crawler_coord::resources::{self, ResourceRecord};
+use crawler_coord::{keys, CoordError, Leadership, MasterRecord, Session};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{live_workers, LeaderState, Master};
+
+/// Runs until `stop` fires; then resigns (if leading) and revokes the session.
+pub(crate) async fn coordinate(
+    master: Master,
+    tx: watch::Sender<Option<LeaderState>>,
+    stop: CancellationToken,
+) {
+    let etcd = master.0.etcd.clone();
+    let cfg = &master.0.cfg;
+    let record = serde_json::to_string(&MasterRecord {
+        id: cfg.id.clone(),
+        http: cfg.http_advertise.clone(),
+        grpc: cfg.grpc_advertise.clone(),
+    })
+    .expect("records serialize");
+    while !stop.is_cancelled() {
+        let session = match Session::start(&etcd, cfg.lease_ttl).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start an etcd session; retrying");
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
+            }
+        };
+        let (key, lease) = (keys::master(&cfg.id), session.lease());
+        let put = etcd
+            .call("register master", |mut c| {
+                let (key, record) = (key.clone(), record.clone());
+                async move { c.put(key, record, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
+            })
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(error = %e, "cannot register the master; retrying");
+            session.close().await;
+            continue;
+        }
+        while session.is_alive() && !stop.is_cancelled() {
+            let lead = match Leadership::campaign(&etcd, &session, &cfg.id, &stop).await {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "campaign failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            tracing::info!(id = %cfg.id, "became the leader");
+            let state = LeaderState { fence: lead.fence().clone(), token: lead.token() };
+            let _ = tx.send(Some(state.clone()));
+            reconcile(&master, &state, &stop).await;
+            let _ = tx.send(None);
+            if stop.is_cancelled() {
+                lead.resign(&etcd).await;
+                tracing::info!(id = %cfg.id, "resigned");
+                break;
+            }
+            tracing::warn!(id = %cfg.id, "lost leadership");
+        }
+        if stop.is_cancelled() {
+            session.close().await;
+            return;
+        }
+        tracing::warn!(id = %cfg.id, "session lost; starting a new one");
+    }
+}
+
+/// While leading: whenever workers or resources change, move resources off dead workers.
+async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken) {
+    let mut workers = master.0.views.workers.clone();
+    let mut resources = master.0.views.resources.clone();
+    loop {
+        if let Err(e) = move_orphans(master, lead).await {
+            match e {
+                CoordError::NotLeader => {
+                    lead.token.cancel();
+                    return;
+                }
+                e => tracing::warn!(error = %e, "reassignment failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = lead.token.cancelled() => return,
+            _ = stop.cancelled() => return,
+            _ = workers.changed() => {}
+            _ = resources.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn move_orphans(master: &Master, lead: &LeaderState) -> Result<(), CoordError> {
+    let _assigning = master.0.assign.lock().await;
+    let views = &master.0.views;
+    let (Some(res), Some(wk)) = (views.resources.current(), views.workers.current()) else { return Ok(()) };
+    let live: BTreeSet<String> = live_workers(Some(&wk)).into_keys().collect();
+    let mut records: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
+    for (name, e) in &res.entries {
+        match ResourceRecord::decode(name, &e.value) {
+            Ok(r) => {
+                records.insert(name.clone(), (r, e.mod_revision));
+            }
+            Err(err) => tracing::warn!(resource = %name, error = %err, "skipping an unreadable resource"),
+        }
+    }
+    let assigned: BTreeMap<String, String> =
+        records.iter().map(|(n, (r, _))| (n.clone(), r.assigned_node.clone())).collect();
+    for (name, to) in plan_moves(&assigned, &live) {
+        let (mut rec, rev) = records.remove(&name).expect("planned from these records");
+        let from = std::mem::replace(&mut rec.assigned_node, to.clone());
+        if resources::update(&master.0.etcd, &lead.fence, &rec, rev).await? {
+            tracing::info!(resource = %name, %from, %to, "resource moved off a dead worker");
+        }
+    }
+    Ok(())
+}

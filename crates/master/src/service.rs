@@ -1,0 +1,407 @@
+//! The service layer behind both APIs: validation, authorization, rate limiting, the
+//! leader's resource writes, and forwarding to the leader on followers. The HTTP and gRPC
+//! front ends only translate to and from it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crawler_coord::assign::pick_worker;
+use crawler_coord::resources::{self, CreateOutcome, ResourceRecord};
+use crawler_coord::{CoordError, Etcd, Fence, MasterRecord, PrefixWatch, Snapshot, WorkerRecord};
+use crawler_engine::{Task, TaskSpec};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+
+/// Settings of one master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// Master id.
+    pub id: String,
+    /// HTTP address other masters and clients reach this one at.
+    pub http_advertise: String,
+    /// gRPC address followers forward to.
+    pub grpc_advertise: String,
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// Session lease TTL.
+    pub lease_ttl: Duration,
+    /// Tasks that may be added by name.
+    pub tasks: Vec<TaskSpec>,
+    /// Bearer token for mutating calls; empty: no check.
+    pub token: String,
+    /// API calls per second this master accepts.
+    pub rate_per_sec: f64,
+}
+
+/// An add request.
+#[derive(Clone, Debug, Default)]
+pub struct AddRequest {
+    /// Resource (task) name.
+    pub name: String,
+    /// Inline task spec (JSON), if any.
+    pub task: Option<serde_json::Value>,
+    /// Resource id, set by the first master that handled the request (makes retries idempotent).
+    pub id: Option<String>,
+}
+
+/// Where a resource went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeSpec {
+    /// Worker id.
+    pub id: String,
+    /// Worker address.
+    pub address: String,
+}
+
+/// A resource as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResourceView {
+    /// Resource id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Worker it runs on.
+    pub assigned_node: String,
+    /// Creation time, Unix milliseconds.
+    pub creation_time: i64,
+}
+
+/// A worker as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkerView {
+    /// Worker id.
+    pub id: String,
+    /// Address.
+    pub address: String,
+    /// Resources assigned to it.
+    pub load: usize,
+}
+
+/// What the leader loop publishes while this master leads.
+#[derive(Clone)]
+pub struct LeaderState {
+    /// The fence for writes.
+    pub fence: Fence,
+    /// Fires when leadership is lost.
+    pub token: CancellationToken,
+}
+
+/// The views a master keeps of etcd.
+#[derive(Clone)]
+pub struct Views {
+    /// `/crawler/workers/`.
+    pub workers: PrefixWatch,
+    /// `/resources/`.
+    pub resources: PrefixWatch,
+    /// `/crawler/masters/`.
+    pub masters: PrefixWatch,
+    /// `/crawler/election/`.
+    pub election: PrefixWatch,
+}
+
+/// One master's service. Cheap to clone.
+#[derive(Clone)]
+pub struct Master(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub cfg: MasterConfig,
+    pub tasks: HashMap<String, TaskSpec>,
+    pub etcd: Etcd,
+    pub views: Views,
+    pub leadership: watch::Receiver<Option<LeaderState>>,
+    /// Serializes assignment decisions and the writes that carry them out.
+    pub assign: tokio::sync::Mutex<()>,
+    pub forwarder: Forwarder,
+    pub metrics: Metrics,
+    limiter: Mutex<(f64, Instant)>,
+}
+
+impl Master {
+    pub(crate) fn new(
+        cfg: MasterConfig,
+        etcd: Etcd,
+        views: Views,
+        leadership: watch::Receiver<Option<LeaderState>>,
+    ) -> Master {
+        let tasks = cfg.tasks.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let burst = cfg.rate_per_sec.max(1.0);
+        Master(Arc::new(Inner {
+            cfg,
+            tasks,
+            etcd,
+            views,
+            leadership,
+            assign: tokio::sync::Mutex::new(()),
+            forwarder: Forwarder::default(),
+            metrics: Metrics::default(),
+            limiter: Mutex::new((burst, Instant::now())),
+        }))
+    }
+
+    /// This master's id.
+    pub fn id(&self) -> &str {
+        &self.0.cfg.id
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Checks the bearer token of a mutating call.
+    pub fn authorize(&self, bearer: Option<&str>) -> Result<(), ApiError> {
+        let want = &self.0.cfg.token;
+        if want.is_empty() || bearer == Some(want.as_str()) {
+            return Ok(());
+        }
+        Err(ApiError::Unauthenticated(if bearer.is_none() {
+            "missing bearer token".into()
+        } else {
+            "wrong bearer token".into()
+        }))
+    }
+
+    /// Takes one token from the master's rate limiter.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        let rate = self.0.cfg.rate_per_sec;
+        let mut b = self.0.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + (now - b.1).as_secs_f64() * rate).min(rate.max(1.0));
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(ApiError::ResourceExhausted(format!("rate limit of {rate}/s exceeded; retry later")))
+        }
+    }
+
+    /// The leadership state, while this master leads.
+    pub fn leader_state(&self) -> Option<LeaderState> {
+        self.0.leadership.borrow().clone().filter(|l| !l.token.is_cancelled())
+    }
+
+    /// Whether this master leads now.
+    pub fn is_leader(&self) -> bool {
+        self.leader_state().is_some()
+    }
+
+    /// The current leader's record, from the election and the master records.
+    pub fn leader(&self) -> Option<MasterRecord> {
+        let election = self.0.views.election.current()?;
+        let (_, first) = election.entries.iter().min_by_key(|(_, e)| e.create_revision)?;
+        let id = String::from_utf8_lossy(&first.value).into_owned();
+        let masters = self.0.views.masters.current()?;
+        let entry = masters.entries.get(&id)?;
+        serde_json::from_slice(&entry.value).ok()
+    }
+
+    /// Live workers with their loads.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let loads = loads(self.0.views.resources.current().as_deref());
+        live_workers(self.0.views.workers.current().as_deref())
+            .into_values()
+            .map(|w| WorkerView {
+                load: loads.get(&w.id).copied().unwrap_or(0),
+                id: w.id,
+                address: w.address,
+            })
+            .collect()
+    }
+
+    /// Stored resources.
+    pub fn resources(&self) -> Vec<ResourceView> {
+        let Some(snap) = self.0.views.resources.current() else { return Vec::new() };
+        snap.entries
+            .iter()
+            .filter_map(|(k, e)| ResourceRecord::decode(k, &e.value).ok())
+            .map(|r| ResourceView {
+                id: r.id,
+                name: r.name,
+                assigned_node: r.assigned_node,
+                creation_time: r.creation_time,
+            })
+            .collect()
+    }
+
+    /// Adds a resource: locally on the leader, else forwarded to it. `forwarded` calls that
+    /// reach a non-leader fail with `Unavailable` instead of being forwarded again.
+    pub async fn add(
+        &self,
+        mut req: AddRequest,
+        forwarded: bool,
+        bearer: Option<String>,
+    ) -> Result<NodeSpec, ApiError> {
+        validate_name(&req.name)?;
+        req.id.get_or_insert_with(new_id);
+        if self.is_leader() {
+            return self.add_local(req).await;
+        }
+        if forwarded {
+            return Err(ApiError::Unavailable("not the leader".into()));
+        }
+        // Reject what is certainly bad here rather than after a round trip.
+        self.task_for(&req)?;
+        self.0.forwarder.add(self, req, bearer).await
+    }
+
+    /// Deletes a resource: locally on the leader, else forwarded to it.
+    pub async fn delete(&self, name: &str, forwarded: bool, bearer: Option<String>) -> Result<(), ApiError> {
+        validate_name(name)?;
+        if self.is_leader() {
+            return self.delete_local(name).await;
+        }
+        if forwarded {
+            return Err(ApiError::Unavailable("not the leader".into()));
+        }
+        self.0.forwarder.delete(self, name, bearer).await
+    }
+
+    /// The task JSON to store for a request: the inline spec (validated), or `None` for a
+    /// task of the config.
+    fn task_for(&self, req: &AddRequest) -> Result<Option<serde_json::Value>, ApiError> {
+        match &req.task {
+            Some(v) => {
+                let mut v = v.clone();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.entry("name").or_insert_with(|| serde_json::Value::String(req.name.clone()));
+                }
+                let spec: TaskSpec = serde_json::from_value(v.clone())
+                    .map_err(|e| ApiError::InvalidArgument(format!("task: {e}")))?;
+                if spec.name != req.name {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "task.name {:?} differs from name {:?}",
+                        spec.name, req.name
+                    )));
+                }
+                Task::compile(spec).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+                Ok(Some(v))
+            }
+            None if self.0.tasks.contains_key(&req.name) => Ok(None),
+            None => {
+                Err(ApiError::InvalidArgument(format!("unknown task {:?} and no inline task spec", req.name)))
+            }
+        }
+    }
+
+    pub(crate) async fn add_local(&self, req: AddRequest) -> Result<NodeSpec, ApiError> {
+        let task = self.task_for(&req)?;
+        let lead =
+            self.leader_state().ok_or_else(|| ApiError::Unavailable("leadership changing; retry".into()))?;
+        let _assigning = self.0.assign.lock().await;
+        let resources =
+            self.0.views.resources.current().ok_or_else(|| ApiError::Unavailable("starting".into()))?;
+        if let Some(e) = resources.entries.get(&req.name) {
+            let same =
+                ResourceRecord::decode(&req.name, &e.value).ok().filter(|r| Some(&r.id) == req.id.as_ref());
+            if same.is_none() {
+                return Err(ApiError::AlreadyExists(format!("resource {:?} exists", req.name)));
+            }
+        }
+        let workers = live_workers(self.0.views.workers.current().as_deref());
+        let live: BTreeSet<String> = workers.keys().cloned().collect();
+        let Some(worker) = pick_worker(&live, &loads(Some(&resources))).cloned() else {
+            return Err(ApiError::Unavailable(NO_WORKER.into()));
+        };
+        let rec = ResourceRecord {
+            id: req.id.clone().unwrap_or_else(new_id),
+            name: req.name.clone(),
+            assigned_node: worker.clone(),
+            creation_time: now_ms(),
+            task,
+        };
+        match resources::create(&self.0.etcd, &lead.fence, &rec).await {
+            Ok(CreateOutcome::Created(rev)) => {
+                // Keep the lock until our own view has the write, so the next decision sees it.
+                let mut view = self.0.views.resources.clone();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), view.wait_for(|s| s.revision >= rev)).await;
+                tracing::info!(resource = %rec.name, worker = %worker, "resource added");
+                Ok(NodeSpec { address: workers[&worker].address.clone(), id: worker })
+            }
+            Ok(CreateOutcome::Exists(_)) => {
+                Err(ApiError::AlreadyExists(format!("resource {:?} exists", req.name)))
+            }
+            Err(e) => Err(self.store_error(&lead, e)),
+        }
+    }
+
+    pub(crate) async fn delete_local(&self, name: &str) -> Result<(), ApiError> {
+        let lead =
+            self.leader_state().ok_or_else(|| ApiError::Unavailable("leadership changing; retry".into()))?;
+        let _assigning = self.0.assign.lock().await;
+        match resources::delete(&self.0.etcd, &lead.fence, name).await {
+            Ok(true) => {
+                tracing::info!(resource = %name, "resource deleted");
+                Ok(())
+            }
+            Ok(false) => Err(ApiError::NotFound(format!("no resource {name:?}"))),
+            Err(e) => Err(self.store_error(&lead, e)),
+        }
+    }
+
+    pub(crate) fn store_error(&self, lead: &LeaderState, e: CoordError) -> ApiError {
+        match e {
+            CoordError::NotLeader => {
+                tracing::warn!("a fenced write failed: leadership lost");
+                lead.token.cancel();
+                ApiError::Unavailable("leadership lost; retry".into())
+            }
+            CoordError::Unavailable(m) => ApiError::Unavailable(m),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The answer when no worker is alive: final, not retried by forwarding followers.
+pub const NO_WORKER: &str = "no live worker";
+
+/// Worker records by id, from the registry snapshot.
+pub(crate) fn live_workers(snap: Option<&Snapshot>) -> BTreeMap<String, WorkerRecord> {
+    let Some(snap) = snap else { return BTreeMap::new() };
+    snap.entries
+        .iter()
+        .map(|(id, e)| {
+            let rec = serde_json::from_slice(&e.value)
+                .unwrap_or(WorkerRecord { id: id.clone(), address: String::new() });
+            (id.clone(), rec)
+        })
+        .collect()
+}
+
+/// Resources per worker, from the resources snapshot.
+pub(crate) fn loads(snap: Option<&Snapshot>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (k, e) in snap.map(|s| s.entries.iter()).into_iter().flatten() {
+        if let Ok(r) = ResourceRecord::decode(k, &e.value) {
+            *out.entry(r.assigned_node).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!("name {name:?} must be 1-64 letters, digits, '_' or '-'")))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A new resource id: time and randomness, unique enough across masters.
+pub(crate) fn new_id() -> String {
+    format!("{:x}-{:08x}", now_ms(), fastrand::u32(..))
+}

@@ -1,0 +1,325 @@
+//! Masters against a real etcd on 127.0.0.1: leader election, writes through followers,
+//! status codes, assignment, reassignment, handover, governance.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crawler_coord::{keys, Etcd, ResourceRecord, Session};
+use crawler_fixture::etcd::EtcdCluster;
+use crawler_master::MasterConfig;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+struct MasterProc {
+    id: String,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> MasterProc {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    let cfg = MasterConfig {
+        id: id.into(),
+        http_advertise: h.to_string(),
+        grpc_advertise: g.to_string(),
+        etcd: etcd.to_vec(),
+        lease_ttl: Duration::from_secs(2),
+        tasks: vec![serde_json::from_value(
+            json!({"name": "books", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
+        )
+        .unwrap()],
+        token: token.into(),
+        rate_per_sec: rate,
+    };
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move { crawler_master::run(cfg, http, grpc, s).await.unwrap() });
+    MasterProc { id: id.into(), http: h, grpc: g, stop, task }
+}
+
+/// A worker as masters see it: a record under a lease.
+async fn register_worker(etcd: &Etcd, id: &str) -> Session {
+    let session = Session::start(etcd, Duration::from_secs(2)).await.unwrap();
+    let lease = session.lease();
+    let (key, value) = (keys::worker(id), json!({"id": id, "address": format!("{id}.local:1")}).to_string());
+    etcd.call("put", |mut c| {
+        let (key, value) = (key.clone(), value.clone());
+        async move { c.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
+    })
+    .await
+    .unwrap();
+    session
+}
+
+async fn stored(etcd: &Etcd) -> Vec<ResourceRecord> {
+    let resp = etcd
+        .call("get", |mut c| async move {
+            c.get(keys::RESOURCES, Some(etcd_client::GetOptions::new().with_prefix())).await
+        })
+        .await
+        .unwrap();
+    resp.kvs().iter().map(|kv| serde_json::from_slice(kv.value()).unwrap()).collect()
+}
+
+async fn call(
+    method: reqwest::Method,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn leader_of(m: &MasterProc) -> Option<String> {
+    let (status, v) = call(reqwest::Method::GET, m.http, "/crawler/leader", None, None).await;
+    (status == 200).then(|| v["id"].as_str().unwrap().to_owned())
+}
+
+async fn agreed_leader(ms: &[&MasterProc], within: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let mut ids = Vec::new();
+        for m in ms {
+            ids.push(leader_of(m).await);
+        }
+        if let Some(Some(first)) = ids.first() {
+            if ids.iter().all(|i| i.as_deref() == Some(first)) && ms.iter().any(|m| &m.id == first) {
+                return first.clone();
+            }
+        }
+        assert!(started.elapsed() < within, "no agreed leader: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn is_leader_metric(m: &MasterProc) -> bool {
+    let (_, v) = call(reqwest::Method::GET, m.http, "/metrics", None, None).await;
+    v.as_str().unwrap().lines().any(|l| l == "crawler_master_is_leader 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_writes_through_followers_and_status_codes() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [
+        start_master("m1", &eps, "", 1000.0).await,
+        start_master("m2", &eps, "", 1000.0).await,
+        start_master("m3", &eps, "", 1000.0).await,
+    ];
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let mut flags = Vec::new();
+    for m in &ms {
+        flags.push(is_leader_metric(m).await);
+    }
+    assert_eq!(flags.iter().filter(|f| **f).count(), 1, "{flags:?}");
+    let followers: Vec<&MasterProc> = ms.iter().filter(|m| m.id != leader).collect();
+    use reqwest::Method as M;
+
+    // No worker yet: 503.
+    let (s, v) =
+        call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (503, "no live worker"));
+
+    let _w1 = register_worker(&etcd, "w1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, v) =
+        call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!((s, &v), (200, &json!({"id": "w1", "address": "w1.local:1"})));
+    let recs = stored(&etcd).await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].name.as_str(), recs[0].assigned_node.as_str(), recs[0].task.is_none()),
+        ("books", "w1", true)
+    );
+
+    // Inline task through the other follower; then its listing on every master.
+    let inline =
+        json!({"name": "inline", "task": {"seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}});
+    let (s, _) = call(M::POST, followers[1].http, "/crawler/resource", Some(inline.clone()), None).await;
+    assert_eq!(s, 200);
+    for m in &ms {
+        let (s, v) = call(M::GET, m.http, "/crawler/resources", None, None).await;
+        assert_eq!(s, 200);
+        let mut names: Vec<&str> =
+            v.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        names.sort();
+        if names.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(names, ["books", "inline"]);
+    }
+    let (s, v) = call(M::GET, followers[0].http, "/crawler/workers", None, None).await;
+    assert_eq!((s, v), (200, json!([{"id": "w1", "address": "w1.local:1", "load": 2}])));
+
+    // 409, 400s.
+    let (s, v) =
+        call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = call(M::POST, followers[0].http, "/crawler/resource", Some(inline), None).await;
+    assert_eq!(s, 409);
+    let (s, v) =
+        call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"name": "nope"})), None).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (400, "unknown task \"nope\" and no inline task spec"));
+    let (s, v) = call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"nam": "x"})), None).await;
+    assert!(s == 400 && v["error"].as_str().unwrap().starts_with("bad body"), "{v}");
+    let bad_spec = json!({"name": "bad", "task": {"seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a", "follow": [{"select": "a", "rule": "zz"}]}]}});
+    let (s, v) = call(M::POST, followers[1].http, "/crawler/resource", Some(bad_spec), None).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "task[bad].rule[a].follow[0].rule: no rule named \"zz\"")
+    );
+    let (s, _) =
+        call(M::POST, followers[0].http, "/crawler/resource", Some(json!({"name": "../etc"})), None).await;
+    assert_eq!(s, 400);
+
+    // Delete through a follower, then 404.
+    let (s, v) =
+        call(M::DELETE, followers[1].http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!((s, v), (200, json!({})));
+    let (s, _) =
+        call(M::DELETE, followers[0].http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!(s, 404);
+    assert_eq!(stored(&etcd).await.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["inline"]);
+
+    // The same through gRPC on a follower: codes map like HTTP.
+    let mut grpc = crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!(
+        "http://{}",
+        followers[0].grpc
+    ))
+    .await
+    .unwrap();
+    let spec = |name: &str| crawler_proto::ResourceSpec { name: name.into(), ..Default::default() };
+    let node = grpc.add_resource(spec("books")).await.unwrap().into_inner();
+    assert_eq!(node.id, "w1");
+    assert_eq!(grpc.add_resource(spec("books")).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+    assert_eq!(grpc.add_resource(spec("nope")).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    grpc.delete_resource(spec("books")).await.unwrap();
+    assert_eq!(grpc.delete_resource(spec("books")).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_assignment_and_moves_off_a_dead_worker() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("a", &eps, "", 1000.0).await, start_master("b", &eps, "", 1000.0).await];
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let follower = ms.iter().find(|m| m.id != leader).unwrap();
+    let w1 = register_worker(&etcd, "w1").await;
+    let _w2 = register_worker(&etcd, "w2").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let body = json!({"name": format!("t{i}"), "task": {"seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}});
+        let (s, v) = call(reqwest::Method::POST, follower.http, "/crawler/resource", Some(body), None).await;
+        assert_eq!(s, 200, "{v}");
+        got.push(v["id"].as_str().unwrap().to_owned());
+    }
+    // Least loaded, ties to the smallest id: alternating, w1 first.
+    assert_eq!(got, ["w1", "w2", "w1", "w2", "w1", "w2"]);
+
+    // w1's lease is revoked: the leader moves its three resources to w2.
+    let started = Instant::now();
+    w1.close().await;
+    loop {
+        let recs = stored(&etcd).await;
+        if recs.iter().all(|r| r.assigned_node == "w2") {
+            assert_eq!(recs.len(), 6);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not moved: {recs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("resources moved off a dead worker in {:?}", started.elapsed());
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_resigns_and_a_follower_takes_over_at_once() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let ms = vec![
+        start_master("x", &eps, "", 1000.0).await,
+        start_master("y", &eps, "", 1000.0).await,
+        start_master("z", &eps, "", 1000.0).await,
+    ];
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let (stopping, rest): (Vec<MasterProc>, Vec<MasterProc>) = ms.into_iter().partition(|m| m.id == leader);
+    let started = Instant::now();
+    stopping[0].stop.cancel();
+    let new = agreed_leader(&rest.iter().collect::<Vec<_>>(), Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    println!("handover after a graceful stop: {took:?}");
+    assert_ne!(new, leader);
+    assert!(took < Duration::from_secs(1), "handover took {took:?}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !stopping[0].task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await
+        }
+    })
+    .await
+    .expect("the stopped master exits");
+    for m in &rest {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_and_rate_limit() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let m = start_master("solo", &eps, "s3cret", 5.0).await;
+    use reqwest::Method as M;
+    let (s, v) = call(M::POST, m.http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (401, "missing bearer token"));
+    let (s, _) =
+        call(M::DELETE, m.http, "/crawler/resource", Some(json!({"name": "books"})), Some("wrong")).await;
+    assert_eq!(s, 401);
+    let mut grpc =
+        crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!("http://{}", m.grpc))
+            .await
+            .unwrap();
+    let err = grpc
+        .add_resource(crawler_proto::ResourceSpec { name: "books".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // Reads need no token but count against the rate: 5/s with a burst of 5.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(call(M::GET, m.http, "/crawler/resources", None, None).await.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3, "{statuses:?}");
+    let (_, metrics) = call(M::GET, m.http, "/metrics", None, None).await;
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("crawler_api_calls_total{route=\"GET /crawler/resources\",status=\"429\"} 3"));
+    m.stop.cancel();
+}
