@@ -45,6 +45,7 @@ pub(crate) fn transient(e: &etcd_client::Error) -> bool {
                 s.code(),
                 tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
                     | tonic::Code::Unknown
                     | tonic::Code::Aborted
             ) || s.message().contains("leader changed")

@@ -116,7 +116,12 @@ impl Forwarder {
             match result {
                 Ok(v) => return Ok(v),
                 Err(status) => {
-                    let e = ApiError::from_status(&status);
+                    // A leader never answers Unknown: that is tonic's transport failure
+                    // (connection refused or reset by a dead leader), so retry it.
+                    let e = match status.code() {
+                        tonic::Code::Unknown => ApiError::Unavailable(status.message().to_owned()),
+                        _ => ApiError::from_status(&status),
+                    };
                     // Unavailable means "leadership is moving" (retry), except the leader's
                     // final word that no worker is alive.
                     if !matches!(&e, ApiError::Unavailable(m) if m != NO_WORKER) {
