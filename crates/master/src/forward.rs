@@ -40,6 +40,7 @@ impl Forwarder {
         let c = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ApiError::Internal(format!("leader address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
             .timeout(ATTEMPT)
             .connect_lazy();
         map.insert(addr.to_owned(), c.clone());

@@ -54,15 +54,23 @@ pub async fn run(
     tracing::info!(id = %master.id(), http = ?http.local_addr().ok(), grpc = ?grpc.local_addr().ok(), "master serving");
 
     let coordinator = tokio::spawn(leader::coordinate(master.clone(), tx, shutdown.clone()));
+    // Small calls on kept-alive connections: disable Nagle on every accepted socket, or
+    // concurrent calls wait for delayed ACKs (40 ms each).
+    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http_server = axum::serve(http, http::router(master.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc), |conn| {
+        if let Ok(tcp) = &conn {
+            let _ = tcp.set_nodelay(true);
+        }
+        conn
+    });
     let grpc_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(10))
         .add_service(CrawlerMasterServer::new(grpc::GrpcApi(master.clone())))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
     let (h, g) = tokio::join!(
         async { http_server.await.map_err(|e| MasterError::Server(format!("http: {e}"))) },
         async { grpc_server.await.map_err(|e| MasterError::Server(format!("grpc: {e}"))) }
