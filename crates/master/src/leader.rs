@@ -81,7 +81,19 @@ pub(crate) async fn coordinate(
 async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken) {
     let mut workers = master.0.views.workers.clone();
     let mut resources = master.0.views.resources.clone();
+    let mut election = master.0.views.election.clone();
+    let own_key = String::from_utf8_lossy(&lead.fence.key).into_owned();
     loop {
+        // Our election key gone (lease revoked or expired, key deleted): we no longer lead,
+        // whatever the keep-alive has noticed so far.
+        if let Some(snap) = election.current() {
+            let present = snap.entries.keys().any(|k| format!("{}/{k}", keys::ELECTION) == own_key);
+            if !present && snap.revision >= lead.fence.revision {
+                tracing::warn!("our election key is gone: stepping down");
+                lead.token.cancel();
+                return;
+            }
+        }
         if let Err(e) = move_orphans(master, lead).await {
             match e {
                 CoordError::NotLeader => {
@@ -96,6 +108,7 @@ async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken
             _ = stop.cancelled() => return,
             _ = workers.changed() => {}
             _ = resources.changed() => {}
+            _ = election.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }

@@ -323,3 +323,66 @@ async fn bearer_token_and_rate_limit() {
         .contains("crawler_api_calls_total{route=\"GET /crawler/resources\",status=\"429\"} 3"));
     m.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_revoked_steps_down_and_the_cluster_recovers() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("r1", &eps, "", 1000.0).await, start_master("r2", &eps, "", 1000.0).await];
+    let all: Vec<&MasterProc> = ms.iter().collect();
+    let leader = agreed_leader(&all, Duration::from_secs(10)).await;
+    let _w = register_worker(&etcd, "w1").await;
+
+    // Revoke the leader's session lease behind its back (as if etcd expired it).
+    let resp = etcd
+        .call("get", |mut c| async move {
+            c.get(format!("{}/", keys::ELECTION), Some(etcd_client::GetOptions::new().with_prefix())).await
+        })
+        .await
+        .unwrap();
+    let first = resp.kvs().iter().min_by_key(|kv| kv.create_revision()).unwrap();
+    assert_eq!(first.value(), leader.as_bytes());
+    let lease = first.lease();
+    etcd.call("revoke", |mut c| async move { c.lease_revoke(lease).await }).await.unwrap();
+
+    // The old leader stops claiming leadership within a second (it does not wait for its
+    // keep-alive), a leader is agreed again, and exactly one master says it leads.
+    let old = ms.iter().find(|m| m.id == leader).unwrap();
+    let started = Instant::now();
+    loop {
+        let new = leader_of(old).await;
+        if !is_leader_metric(old).await || new.as_deref() == Some(&leader) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "the old leader still claims to lead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = agreed_leader(&all, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut flags = Vec::new();
+    for m in &ms {
+        flags.push((m.id.clone(), is_leader_metric(m).await));
+    }
+    assert_eq!(flags.iter().filter(|(_, f)| *f).map(|(id, _)| id.clone()).collect::<Vec<_>>(), [now.clone()]);
+
+    // Writes work through either master.
+    for (i, m) in ms.iter().enumerate() {
+        let body = json!({"name": format!("after{i}"), "task": {"seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}});
+        let (s, v) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(body), None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused() {
+    let etcd_srv = EtcdCluster::start(1);
+    let m = start_master("big", &etcd_srv.endpoints(), "", 1000.0).await;
+    let huge = json!({"name": "x", "task": {"pad": "y".repeat(2 << 20)}});
+    let (s, _) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(huge), None).await;
+    assert_eq!(s, 413);
+    m.stop.cancel();
+}
