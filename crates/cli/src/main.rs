@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use crawler::cli::{Cli, Command, CrawlArgs, MasterArgs};
+use crawler::cli::{Cli, Command, CrawlArgs, MasterArgs, WorkerArgs};
 use crawler::commands::{crawl, master, version};
 use crawler::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
@@ -52,14 +52,9 @@ fn main() -> ExitCode {
         Command::Worker(w) if !w.cluster => {
             standalone(CrawlArgs { config: w.config, tasks: w.tasks, output: w.output })
         }
-        Command::Worker(_) => not_yet("worker --cluster"),
+        Command::Worker(args) => worker(args),
         Command::Master(args) => master(args),
     }
-}
-
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("crawler: {what}: cluster mode is not available in this build yet; use `crawler crawl`");
-    ExitCode::from(EXIT_USAGE)
 }
 
 fn master(args: MasterArgs) -> ExitCode {
@@ -94,6 +89,65 @@ fn master(args: MasterArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("crawler: master: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn worker(args: WorkerArgs) -> ExitCode {
+    let prepared = Config::load(args.config.as_deref()).and_then(|config| {
+        config.validate()?;
+        let id = args.id.clone().filter(|i| !i.trim().is_empty() && !i.contains('/')).ok_or_else(|| {
+            ConfigError::Key {
+                key: "--id".into(),
+                problem: "a worker id without '/' is required in cluster mode".into(),
+            }
+        })?;
+        let http = master::parse_listen("--http", args.http.as_deref().unwrap_or("127.0.0.1:0"))?;
+        let etcd = master::etcd_endpoints(args.etcd.as_deref(), &config)?;
+        Ok((config, id, http, etcd))
+    });
+    let (config, id, http, etcd) = match prepared {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crawler: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let sinks = match crawl::open_sinks(&config, None) {
+            Ok(s) => s,
+            Err(crawl::RunError::Config(e)) => return usage_error(&e),
+            Err(e) => {
+                eprintln!("crawler: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(http).await {
+            Ok(l) => l,
+            Err(e) => return bind_error("--http", http, e),
+        };
+        let bound = listener.local_addr().unwrap_or(http);
+        let cfg = crawler_worker::WorkerConfig {
+            id,
+            advertise: args.advertise.clone().unwrap_or_else(|| master::advertise(bound)),
+            etcd,
+            lease_ttl: config.cluster.lease_ttl.0,
+            engine: config.engine.clone(),
+            tasks: config.tasks.clone(),
+            batch: config.storage.batch,
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        match crawler_worker::run(cfg, listener, sinks, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crawler: worker: {e}");
                 ExitCode::FAILURE
             }
         }

@@ -364,7 +364,10 @@ async fn a_leader_whose_lease_is_revoked_steps_down_and_the_cluster_recovers() {
     for m in &ms {
         flags.push((m.id.clone(), is_leader_metric(m).await));
     }
-    assert_eq!(flags.iter().filter(|(_, f)| *f).map(|(id, _)| id.as_str()).collect::<Vec<_>>(), [now.as_str()]);
+    assert_eq!(
+        flags.iter().filter(|(_, f)| *f).map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [now.as_str()]
+    );
 
     // Writes work through either master.
     for (i, m) in ms.iter().enumerate() {

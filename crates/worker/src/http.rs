@@ -1,0 +1,71 @@
+//! The worker's HTTP server: `/healthz`, `/tasks`, `/metrics`.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::runner::Runner;
+
+/// The worker's routes.
+pub fn router(runner: Runner) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/tasks", get(tasks))
+        .route("/metrics", get(metrics))
+        .with_state(runner)
+}
+
+async fn healthz(State(r): State<Runner>) -> Response {
+    if r.registered() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not registered\n").into_response()
+    }
+}
+
+async fn tasks(State(r): State<Runner>) -> Response {
+    Json(r.statuses().await).into_response()
+}
+
+async fn metrics(State(r): State<Runner>) -> Response {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# TYPE crawler_worker_registered gauge\ncrawler_worker_registered {}",
+        u8::from(r.registered())
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE crawler_worker_unknown_tasks_total counter\ncrawler_worker_unknown_tasks_total {}",
+        r.unknown_tasks()
+    );
+    let statuses = r.statuses().await;
+    for (metric, kind) in [
+        ("pages", "counter"),
+        ("items", "counter"),
+        ("errors", "counter"),
+        ("queued", "gauge"),
+        ("fetch_ms", "gauge"),
+    ] {
+        let name = match kind {
+            "counter" => format!("crawler_task_{metric}_total"),
+            _ => format!("crawler_task_{metric}"),
+        };
+        let _ = writeln!(s, "# TYPE {name} {kind}");
+        for t in &statuses {
+            let v = match metric {
+                "pages" => t.pages as f64,
+                "items" => t.items as f64,
+                "errors" => t.errors as f64,
+                "queued" => t.queued as f64,
+                _ => t.fetch_ms,
+            };
+            let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", t.name);
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}

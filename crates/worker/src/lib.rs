@@ -1,0 +1,145 @@
+//! The cluster worker: registers `/crawler/workers/<id>` under a lease, follows `/resources/`
+//! (list, then watch from that revision), and keeps exactly the crawls of the resources
+//! assigned to it running: one [`Crawl`] per resource, each with its own frontier and
+//! cancellation. Items of every crawl go through one batching writer.
+#![warn(missing_docs)]
+
+mod http;
+mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_coord::{keys, CoordError, Etcd, PrefixWatch, Session, WorkerRecord};
+use crawler_engine::{EngineConfig, Fetcher, Sink, SinkWriter, TaskSpec};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use runner::{Runner, TaskStatus};
+
+/// Settings of one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Worker id.
+    pub id: String,
+    /// Address stored in the registry (its HTTP address, or `--advertise`).
+    pub advertise: String,
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// Lease TTL of the registration.
+    pub lease_ttl: Duration,
+    /// Fetch settings for every crawl of this worker.
+    pub engine: EngineConfig,
+    /// Tasks a resource may name without an inline spec.
+    pub tasks: Vec<TaskSpec>,
+    /// Rows per insert transaction.
+    pub batch: usize,
+}
+
+/// A worker that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// etcd could not be used.
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    /// The HTTP client could not be built.
+    #[error("{0}")]
+    Client(String),
+    /// Items could not be stored.
+    #[error(transparent)]
+    Sink(#[from] crawler_engine::SinkError),
+    /// The HTTP server failed.
+    #[error("server: {0}")]
+    Server(String),
+}
+
+/// Runs a worker until `shutdown` fires. Shutdown order: stop accepting, stop the crawls,
+/// flush the items, revoke the lease (so the masters reassign at once).
+pub async fn run(
+    cfg: WorkerConfig,
+    http: TcpListener,
+    sinks: Vec<Box<dyn Sink>>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let etcd = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await?;
+    let fetcher = Arc::new(Fetcher::new(cfg.engine.clone()).map_err(|e| WorkerError::Client(e.to_string()))?);
+    let writer = SinkWriter::spawn(sinks, cfg.batch, Duration::from_secs(1));
+    let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender());
+    let watchers = CancellationToken::new();
+    let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
+
+    let server = axum::serve(http, http::router(runner.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await.map_err(|e| WorkerError::Server(e.to_string())) });
+
+    follow(&cfg, &etcd, &runner, resources, &shutdown).await;
+
+    runner.stop_all().await;
+    watchers.cancel();
+    drop(runner);
+    let written = writer.close().await?;
+    tracing::info!(items = written, "worker stopped");
+    server.await.map_err(|e| WorkerError::Server(e.to_string()))??;
+    Ok(())
+}
+
+/// Registers, follows the resources while the session lives, and starts over when it is lost.
+async fn follow(
+    cfg: &WorkerConfig,
+    etcd: &Etcd,
+    runner: &Runner,
+    mut resources: PrefixWatch,
+    shutdown: &CancellationToken,
+) {
+    let record = serde_json::to_string(&WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() })
+        .expect("records serialize");
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let session = match Session::start(etcd, cfg.lease_ttl).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach etcd; running crawls go on; retrying");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (key, lease) = (keys::worker(&cfg.id), session.lease());
+        let put = etcd
+            .call("register worker", |mut c| {
+                let (key, record) = (key.clone(), record.clone());
+                async move { c.put(key, record, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
+            })
+            .await;
+        if let Err(e) = put {
+            tracing::warn!(error = %e, "cannot register; retrying");
+            session.close().await;
+            continue;
+        }
+        backoff = Duration::from_millis(200);
+        runner.set_registered(true);
+        tracing::info!(id = %cfg.id, lease, "registered");
+        let done = session.done();
+        loop {
+            if let Some(snap) = resources.current() {
+                runner.reconcile(&snap).await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = done.cancelled() => break,
+                changed = resources.changed() => if changed.is_none() { break },
+            }
+        }
+        runner.set_registered(false);
+        if shutdown.is_cancelled() {
+            // Stop the crawls and flush before the lease goes, then revoke it.
+            runner.stop_all().await;
+            session.close().await;
+            return;
+        }
+        // The lease is gone: the masters move our resources; stop them here so no task runs
+        // on two workers, then register again and take whatever is assigned then.
+        tracing::warn!(id = %cfg.id, "lease lost: stopping every task and registering again");
+        runner.stop_all().await;
+    }
+}

@@ -1,0 +1,184 @@
+//! The crawls of one worker: a map from resource name to its running crawl, reconciled with
+//! the resources assigned here. Reconciling by state, not by event, means a repeated or
+//! modified event can never start a second copy, and a missed one is caught up on the next.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_coord::{ResourceRecord, Snapshot};
+use crawler_engine::{rfc3339, Crawl, CrawlStats, Fetcher, ItemSender, Task, TaskSpec};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping crawl may take to end its in-flight requests.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A task running (or finished) on this worker, as `GET /tasks` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskStatus {
+    /// Resource (task) name.
+    pub name: String,
+    /// Responses received.
+    pub pages: u64,
+    /// Items stored.
+    pub items: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Requests waiting.
+    pub queued: u64,
+    /// When the crawl started, RFC 3339.
+    pub started_at: String,
+    /// Whether the crawl has ended (frontier exhausted).
+    pub finished: bool,
+    /// Average fetch latency in milliseconds.
+    pub fetch_ms: f64,
+}
+
+struct Running {
+    resource_id: String,
+    crawl: Option<Crawl>,
+}
+
+/// The crawls of one worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner(Arc<Inner>);
+
+struct Inner {
+    id: String,
+    tasks: HashMap<String, TaskSpec>,
+    fetcher: Arc<Fetcher>,
+    items: ItemSender,
+    running: tokio::sync::Mutex<BTreeMap<String, Running>>,
+    registered: AtomicBool,
+    unknown_tasks: AtomicU64,
+    parent: CancellationToken,
+}
+
+impl Runner {
+    /// A runner with no crawls.
+    pub fn new(id: String, tasks: Vec<TaskSpec>, fetcher: Arc<Fetcher>, items: ItemSender) -> Runner {
+        Runner(Arc::new(Inner {
+            id,
+            tasks: tasks.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            fetcher,
+            items,
+            running: tokio::sync::Mutex::new(BTreeMap::new()),
+            registered: AtomicBool::new(false),
+            unknown_tasks: AtomicU64::new(0),
+            parent: CancellationToken::new(),
+        }))
+    }
+
+    /// Whether the worker is registered in etcd now.
+    pub fn registered(&self) -> bool {
+        self.0.registered.load(Relaxed)
+    }
+
+    pub(crate) fn set_registered(&self, v: bool) {
+        self.0.registered.store(v, Relaxed);
+    }
+
+    /// Resources whose task could not be resolved or compiled.
+    pub fn unknown_tasks(&self) -> u64 {
+        self.0.unknown_tasks.load(Relaxed)
+    }
+
+    /// Makes the running crawls match the resources assigned to this worker.
+    pub async fn reconcile(&self, snap: &Snapshot) {
+        let mut desired: BTreeMap<String, ResourceRecord> = BTreeMap::new();
+        for (name, e) in &snap.entries {
+            match ResourceRecord::decode(name, &e.value) {
+                Ok(r) if r.assigned_node == self.0.id => {
+                    desired.insert(name.clone(), r);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(resource = %name, error = %err, "unreadable resource"),
+            }
+        }
+        let mut running = self.0.running.lock().await;
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| desired.get(*name).is_none_or(|d| d.id != r.resource_id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(r) = running.remove(&name) {
+                stop(&name, r).await;
+            }
+        }
+        for (name, rec) in desired {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let crawl = match self.task_for(&rec) {
+                Ok(task) => {
+                    tracing::info!(resource = %name, id = %rec.id, "starting crawl");
+                    Some(Crawl::start(task, self.0.fetcher.clone(), self.0.items.clone(), &self.0.parent))
+                }
+                Err(problem) => {
+                    self.0.unknown_tasks.fetch_add(1, Relaxed);
+                    tracing::error!(resource = %name, %problem, "cannot run this resource");
+                    None
+                }
+            };
+            running.insert(name, Running { resource_id: rec.id, crawl });
+        }
+    }
+
+    fn task_for(&self, rec: &ResourceRecord) -> Result<Task, String> {
+        let spec = match &rec.task {
+            Some(v) => {
+                serde_json::from_value::<TaskSpec>(v.clone()).map_err(|e| format!("inline task: {e}"))?
+            }
+            None => self
+                .0
+                .tasks
+                .get(&rec.name)
+                .cloned()
+                .ok_or_else(|| format!("no task named {:?} in this worker's config", rec.name))?,
+        };
+        Task::compile(spec).map_err(|e| e.to_string())
+    }
+
+    /// Stops every crawl (their items are flushed by the writer).
+    pub async fn stop_all(&self) {
+        let mut running = self.0.running.lock().await;
+        for (name, r) in std::mem::take(&mut *running) {
+            stop(&name, r).await;
+        }
+    }
+
+    /// The crawls and their figures.
+    pub async fn statuses(&self) -> Vec<TaskStatus> {
+        let running = self.0.running.lock().await;
+        running
+            .iter()
+            .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name, c)))
+            .map(|(name, c)| status(name, c.stats(), c))
+            .collect()
+    }
+}
+
+fn status(name: &str, s: CrawlStats, c: &Crawl) -> TaskStatus {
+    TaskStatus {
+        name: name.to_owned(),
+        pages: s.pages,
+        items: s.items,
+        errors: s.errors,
+        queued: s.queued + s.in_flight,
+        started_at: rfc3339(c.started_at()),
+        finished: c.is_finished(),
+        fetch_ms: if s.fetches == 0 { 0.0 } else { s.fetch_micros as f64 / s.fetches as f64 / 1000.0 },
+    }
+}
+
+async fn stop(name: &str, r: Running) {
+    let Some(crawl) = r.crawl else { return };
+    crawl.cancel();
+    match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
+        Ok(s) => tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped"),
+        Err(_) => tracing::warn!(resource = %name, "crawl did not stop in time"),
+    }
+}
