@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Installs what building and testing need beyond the Rust toolchain, when missing:
-#   protoc (gRPC code generation) and etcd (cluster tests), from Debian's packages.
+#   protoc (gRPC code generation), etcd and MariaDB (cluster tests), from Debian's packages.
+# The tests start their own etcd and MariaDB servers on free loopback ports.
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+[ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || missing+=(mariadb-server)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${missing[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The package starts a system etcd on the default ports; the tests start their own.
-  if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
-    $sudo systemctl disable --now etcd >/dev/null 2>&1 || $sudo service etcd stop >/dev/null 2>&1 || true
-  fi
+  # The packages may start system services on the default ports; the tests start their own.
+  for svc in etcd mariadb; do
+    $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || $sudo service "$svc" stop >/dev/null 2>&1 || true
+  done
 fi
-command -v protoc >/dev/null && command -v etcd >/dev/null
+command -v protoc >/dev/null && command -v etcd >/dev/null && { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; }

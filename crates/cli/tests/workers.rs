@@ -1,5 +1,5 @@
 //! The whole system on real processes: etcd, two `crawler master`s, two `crawler worker
-//! --cluster`s sharing one SQLite file, and the fixture site. Adds, deletes, worker SIGKILL,
+//! --cluster`s sharing MariaDB (or one SQLite file), and the fixture site. Adds, deletes, worker SIGKILL,
 //! SIGTERM and SIGSTOP, and a master leader killed while workers crawl.
 
 use std::net::TcpListener;
@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crawler_fixture::etcd::EtcdCluster;
+use crawler_fixture::mariadb::MariaDb;
 use crawler_fixture::{Fixture, Site};
 use serde_json::{json, Value};
 
@@ -61,6 +62,7 @@ impl Drop for Proc {
 
 struct Sandbox {
     _etcd: EtcdCluster,
+    mariadb: Option<MariaDb>,
     dir: tempfile::TempDir,
     fixture: Fixture,
     masters: Vec<Proc>,
@@ -69,8 +71,10 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    async fn start(site: Site) -> Sandbox {
+    /// Items go to a shared SQLite file, or to MariaDB with `mysql`.
+    async fn start(site: Site, mysql: bool) -> Sandbox {
         let etcd = EtcdCluster::start(1);
+        let mariadb = mysql.then(MariaDb::start);
         let fixture = Fixture::start(site).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("crawler.toml");
@@ -86,7 +90,7 @@ backoff = "10ms"
 timeout = "2s"
 
 [storage]
-url = "sqlite://{db}"
+url = "{storage}"
 batch = 5
 
 [cluster]
@@ -113,7 +117,10 @@ max_depth = 100
   table = "book"
   fields = {{ title = "h1.title" }}
 "#,
-                db = dir.path().join("items.db").display(),
+                storage = match &mariadb {
+                    Some(m) => m.url.clone(),
+                    None => format!("sqlite://{}", dir.path().join("items.db").display()),
+                },
                 seed = fixture.url("/index.html"),
             ),
         )
@@ -128,7 +135,8 @@ max_depth = 100
             .iter()
             .map(|id| Proc::spawn(id, &["worker", "--cluster", "--etcd", &eps, "--config", &cfg], dir.path()))
             .collect();
-        let sb = Sandbox { _etcd: etcd, dir, fixture, masters, workers, client: reqwest::Client::new() };
+        let sb =
+            Sandbox { _etcd: etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
         sb.wait_workers(2).await;
         sb
     }
@@ -223,6 +231,16 @@ max_depth = 100
     }
 
     fn rows(&self) -> Vec<(String, String)> {
+        if let Some(m) = &self.mariadb {
+            return m
+                .query("SELECT url, title FROM book WHERE task = 'books'")
+                .lines()
+                .map(|l| {
+                    let (u, t) = l.split_once('\t').unwrap();
+                    (u.to_owned(), t.to_owned())
+                })
+                .collect();
+        }
         let conn = rusqlite::Connection::open(self.db()).unwrap();
         let mut stmt = conn.prepare("SELECT url, title FROM book WHERE task = 'books'").unwrap();
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
@@ -236,7 +254,7 @@ fn slow_site() -> Site {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_delete_and_readd_through_a_follower() {
-    let sb = Sandbox::start(slow_site()).await;
+    let sb = Sandbox::start(slow_site(), false).await;
     let (_, follower) = sb.leader_and_follower().await;
     let t0 = Instant::now();
     let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
@@ -263,7 +281,7 @@ async fn add_delete_and_readd_through_a_follower() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_worker_s_resource_moves_and_every_item_is_stored_once() {
-    let mut sb = Sandbox::start(slow_site()).await;
+    let mut sb = Sandbox::start(slow_site(), true).await;
     let (_, follower) = sb.leader_and_follower().await;
     let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
     assert_eq!(s, 200, "{v}");
@@ -292,7 +310,11 @@ async fn a_sigkilled_worker_s_resource_moves_and_every_item_is_stored_once() {
     let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
     urls.sort();
     urls.dedup();
-    assert_eq!((rows.len(), urls.len()), (60, 60), "every book exactly once");
+    assert_eq!((rows.len(), urls.len()), (60, 60), "every book exactly once, in MariaDB");
+    for (u, t) in &rows {
+        let id: u32 = u.rsplit('/').next().unwrap().trim_end_matches(".html").parse().unwrap();
+        assert_eq!(t, &crawler_fixture::book_title(id));
+    }
     let fetched = sb.requests("/book/");
     println!("book fetches: {fetched} for 60 books ({} extra from restarting at the seeds)", fetched - 60);
 }
@@ -300,7 +322,8 @@ async fn a_sigkilled_worker_s_resource_moves_and_every_item_is_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_a_worker_hands_over_at_once_and_a_paused_worker_never_doubles_up() {
     let sb =
-        Sandbox::start(Site { books: 400, tags: 2, per_page: 5, latency: Duration::from_millis(40) }).await;
+        Sandbox::start(Site { books: 400, tags: 2, per_page: 5, latency: Duration::from_millis(40) }, false)
+            .await;
     let (_, follower) = sb.leader_and_follower().await;
     let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
     assert_eq!(s, 200, "{v}");
@@ -340,7 +363,8 @@ async fn sigterm_of_a_worker_hands_over_at_once_and_a_paused_worker_never_double
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_leader_does_not_interrupt_crawling() {
     let mut sb =
-        Sandbox::start(Site { books: 200, tags: 2, per_page: 5, latency: Duration::from_millis(20) }).await;
+        Sandbox::start(Site { books: 200, tags: 2, per_page: 5, latency: Duration::from_millis(20) }, false)
+            .await;
     let (leader, follower) = sb.leader_and_follower().await;
     let (s, _) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
     assert_eq!(s, 200);

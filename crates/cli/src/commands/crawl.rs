@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crawler_engine::{Crawl, CrawlStats, Fetcher, JsonlSink, Sink, SinkError, SinkWriter, SqliteSink, Task};
+use crawler_engine::{
+    Crawl, CrawlStats, Fetcher, JsonlSink, MysqlSink, Sink, SinkError, SinkWriter, SqliteSink, Task,
+};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -63,13 +65,7 @@ pub fn open_sinks(config: &Config, output: Option<&Path>) -> Result<Vec<Box<dyn 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     match config.storage()? {
         Storage::Sqlite(path) => sinks.push(Box::new(SqliteSink::open(&path)?)),
-        Storage::Mysql(_) => {
-            return Err(ConfigError::Key {
-                key: "storage.url".into(),
-                problem: "mysql storage is not available in this build yet; use sqlite://PATH".into(),
-            }
-            .into())
-        }
+        Storage::Mysql(url) => sinks.push(Box::new(MysqlSink::open(&url)?)),
     }
     if let Some(path) = output {
         sinks.push(Box::new(JsonlSink::create(path)?));
