@@ -1,0 +1,253 @@
+//! A cluster sandbox on real processes: etcd, two `crawler master`s, two `crawler worker
+//! --cluster`s sharing MariaDB (or one SQLite file), and the fixture site, all on 127.0.0.1.
+//! Any process can be SIGKILLed, SIGSTOPped or SIGTERMed. Shared by the tests and the worker
+//! benchmark.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crawler_fixture::etcd::EtcdCluster;
+use crawler_fixture::mariadb::MariaDb;
+use crawler_fixture::{Fixture, Site};
+use serde_json::Value;
+
+fn free_addr() -> String {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
+}
+
+pub struct Proc {
+    pub id: String,
+    pub http: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, id: &str, args: &[&str], dir: &Path) -> Proc {
+        let http = free_addr();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .args(["--id", id, "--http", &http])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if args[0] == "master" {
+            cmd.args(["--grpc", &free_addr()]);
+        }
+        Proc { id: id.into(), http, child: Some(cmd.spawn().unwrap()) }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+pub struct Sandbox {
+    _etcd: EtcdCluster,
+    mariadb: Option<MariaDb>,
+    dir: tempfile::TempDir,
+    pub fixture: Fixture,
+    pub masters: Vec<Proc>,
+    pub workers: Vec<Proc>,
+    client: reqwest::Client,
+}
+
+impl Sandbox {
+    /// Items go to a shared SQLite file, or to MariaDB with `mysql`.
+    pub async fn start(bin: &Path, site: Site, mysql: bool) -> Sandbox {
+        let etcd = EtcdCluster::start(1);
+        let mariadb = mysql.then(MariaDb::start);
+        let fixture = Fixture::start(site).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("crawler.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[engine]
+concurrency = 4
+per_host = 4
+retries = 1
+backoff = "10ms"
+timeout = "2s"
+
+[storage]
+url = "{storage}"
+batch = 5
+
+[cluster]
+lease_ttl = "2s"
+
+[api]
+rate = "10000/s"
+
+[[task]]
+name = "books"
+seeds = ["{seed}"]
+max_depth = 100
+
+  [[task.rule]]
+  name = "index"
+  follow = [{{ select = "a.tag", rule = "tag" }}]
+
+  [[task.rule]]
+  name = "tag"
+  follow = [{{ select = "a.book", rule = "book" }}, {{ select = "a.next", rule = "tag" }}]
+
+  [[task.rule]]
+  name = "book"
+  table = "book"
+  fields = {{ title = "h1.title" }}
+"#,
+                storage = match &mariadb {
+                    Some(m) => m.url.clone(),
+                    None => format!("sqlite://{}", dir.path().join("items.db").display()),
+                },
+                seed = fixture.url("/index.html"),
+            ),
+        )
+        .unwrap();
+        let eps = etcd.endpoints().join(",");
+        let cfg = config.to_str().unwrap().to_owned();
+        let masters = ["m1", "m2"]
+            .iter()
+            .map(|id| Proc::spawn(bin, id, &["master", "--etcd", &eps, "--config", &cfg], dir.path()))
+            .collect();
+        let workers = ["w1", "w2"]
+            .iter()
+            .map(|id| {
+                Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", &eps, "--config", &cfg], dir.path())
+            })
+            .collect();
+        let sb =
+            Sandbox { _etcd: etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
+        sb.wait_workers(2).await;
+        sb
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("items.db")
+    }
+
+    pub async fn get(&self, addr: &str, path: &str) -> Option<(u16, Value)> {
+        let r = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let s = r.status().as_u16();
+        let text = r.text().await.ok()?;
+        Some((s, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn send(&self, method: reqwest::Method, addr: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .request(method, format!("http://{addr}/crawler/resource"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+    }
+
+    /// A follower's address (any master that is not the leader).
+    pub async fn leader_and_follower(&self) -> (String, String) {
+        loop {
+            for m in &self.masters {
+                if let Some((200, v)) = self.get(&m.http, "/crawler/leader").await {
+                    let leader = v["id"].as_str().unwrap().to_owned();
+                    if let Some(f) = self.masters.iter().find(|x| x.id != leader && x.child.is_some()) {
+                        return (leader, f.http.clone());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_workers(&self, n: usize) {
+        let started = Instant::now();
+        loop {
+            for m in self.masters.iter().filter(|m| m.child.is_some()) {
+                if let Some((200, v)) = self.get(&m.http, "/crawler/workers").await {
+                    if v.as_array().unwrap().len() == n {
+                        return;
+                    }
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "workers did not register");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn tasks_on(&self, worker: &Proc) -> Vec<String> {
+        match self.get(&worker.http, "/tasks").await {
+            Some((200, v)) => v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["finished"] == false)
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn requests(&self, path_prefix: &str) -> usize {
+        self.fixture.requests().iter().filter(|r| r.path.starts_with(path_prefix)).count()
+    }
+
+    pub async fn wait_requests(&self, path_prefix: &str, at_least: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        while self.requests(path_prefix) < at_least {
+            assert!(
+                started.elapsed() < within,
+                "{path_prefix}: {} requests, wanted {at_least}",
+                self.requests(path_prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+
+    pub fn rows(&self) -> Vec<(String, String)> {
+        if let Some(m) = &self.mariadb {
+            return m
+                .query("SELECT url, title FROM book WHERE task = 'books'")
+                .lines()
+                .map(|l| {
+                    let (u, t) = l.split_once('\t').unwrap();
+                    (u.to_owned(), t.to_owned())
+                })
+                .collect();
+        }
+        let conn = rusqlite::Connection::open(self.db()).unwrap();
+        let mut stmt = conn.prepare("SELECT url, title FROM book WHERE task = 'books'").unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+}
