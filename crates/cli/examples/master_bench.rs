@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crawler_coord::{keys, Etcd, Session};
+use crawler_coord::{keys, Etcd, Session, WorkerRecord};
 use crawler_fixture::etcd::EtcdCluster;
 use serde_json::json;
 
@@ -128,14 +128,8 @@ async fn main() {
     let mut workers = Vec::new();
     for w in ["w1", "w2"] {
         let s = Session::start(&etcd, Duration::from_secs(10)).await.unwrap();
-        let lease = s.lease();
-        let (key, val) = (keys::worker(w), json!({"id": w, "address": format!("{w}:1")}).to_string());
-        etcd.call("put", |mut c| {
-            let (key, val) = (key.clone(), val.clone());
-            async move { c.put(key, val, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
-        })
-        .await
-        .unwrap();
+        let record = WorkerRecord { id: w.into(), address: format!("{w}:1") };
+        crawler_coord::put_leased(&etcd, &keys::worker(w), &record, &s).await.unwrap();
         workers.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -69,13 +69,7 @@ fn master(args: MasterArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crawler: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
         let (http_listener, grpc_listener) =
             match (tokio::net::TcpListener::bind(http).await, tokio::net::TcpListener::bind(grpc).await) {
@@ -112,13 +106,7 @@ fn worker(args: WorkerArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crawler: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
         let sinks = match crawl::open_sinks(&config, None) {
             Ok(s) => s,
@@ -154,6 +142,17 @@ fn worker(args: WorkerArgs) -> ExitCode {
     })
 }
 
+/// The multi-threaded runtime every long-running command uses.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("crawler: runtime: {e}");
+            None
+        }
+    }
+}
+
 fn bind_error(flag: &str, addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {
     eprintln!("crawler: {flag}: cannot listen on {addr}: {e}");
     ExitCode::FAILURE
@@ -173,13 +172,7 @@ fn standalone(args: CrawlArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crawler: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
         let sinks = match crawl::open_sinks(&config, args.output.as_deref()) {
             Ok(s) => s,

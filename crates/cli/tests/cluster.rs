@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crawler_coord::{keys, Etcd, ResourceRecord, Session};
+use crawler_coord::{keys, Etcd, ResourceRecord, Session, WorkerRecord};
 use crawler_fixture::etcd::EtcdCluster;
 use serde_json::{json, Value};
 
@@ -71,25 +71,13 @@ fn config(dir: &Path) -> std::path::PathBuf {
 
 async fn register_worker(etcd: &Etcd, id: &str) -> Session {
     let session = Session::start(etcd, Duration::from_secs(2)).await.unwrap();
-    let lease = session.lease();
-    let (key, value) = (keys::worker(id), json!({"id": id, "address": format!("{id}.local:1")}).to_string());
-    etcd.call("put", |mut c| {
-        let (key, value) = (key.clone(), value.clone());
-        async move { c.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
-    })
-    .await
-    .unwrap();
+    let record = WorkerRecord { id: id.into(), address: format!("{id}.local:1") };
+    crawler_coord::put_leased(etcd, &keys::worker(id), &record, &session).await.unwrap();
     session
 }
 
 async fn stored(etcd: &Etcd) -> Vec<ResourceRecord> {
-    let resp = etcd
-        .call("get", |mut c| async move {
-            c.get(keys::RESOURCES, Some(etcd_client::GetOptions::new().with_prefix())).await
-        })
-        .await
-        .unwrap();
-    resp.kvs().iter().map(|kv| serde_json::from_slice(kv.value()).unwrap()).collect()
+    crawler_coord::list_resources(etcd).await.unwrap()
 }
 
 async fn http(

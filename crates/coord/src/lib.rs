@@ -20,6 +20,37 @@ pub use resources::{CreateOutcome, ResourceRecord};
 pub use session::Session;
 pub use watcher::{Entry, PrefixWatch, Snapshot};
 
+/// Stores `value` as JSON under `key`, attached to the session's lease (deleted with it).
+pub async fn put_leased(
+    etcd: &Etcd,
+    key: &str,
+    value: &impl serde::Serialize,
+    session: &Session,
+) -> Result<(), CoordError> {
+    let value = serde_json::to_string(value)
+        .map_err(|e| CoordError::BadValue { key: key.to_owned(), problem: e.to_string() })?;
+    let lease = session.lease();
+    etcd.call("put leased", |mut c| {
+        let (key, value) = (key.to_owned(), value.clone());
+        async move { c.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Every stored resource, read straight from etcd.
+pub async fn list_resources(etcd: &Etcd) -> Result<Vec<ResourceRecord>, CoordError> {
+    let resp = etcd
+        .call("list resources", |mut c| async move {
+            c.get(keys::RESOURCES, Some(etcd_client::GetOptions::new().with_prefix())).await
+        })
+        .await?;
+    resp.kvs()
+        .iter()
+        .map(|kv| ResourceRecord::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+        .collect()
+}
+
 /// A master's record under `/crawler/masters/<id>`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MasterRecord {

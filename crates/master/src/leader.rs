@@ -21,12 +21,11 @@ pub(crate) async fn coordinate(
 ) {
     let etcd = master.0.etcd.clone();
     let cfg = &master.0.cfg;
-    let record = serde_json::to_string(&MasterRecord {
+    let record = MasterRecord {
         id: cfg.id.clone(),
         http: cfg.http_advertise.clone(),
         grpc: cfg.grpc_advertise.clone(),
-    })
-    .expect("records serialize");
+    };
     while !stop.is_cancelled() {
         let session = match Session::start(&etcd, cfg.lease_ttl).await {
             Ok(s) => s,
@@ -35,13 +34,7 @@ pub(crate) async fn coordinate(
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
             }
         };
-        let (key, lease) = (keys::master(&cfg.id), session.lease());
-        let put = etcd
-            .call("register master", |mut c| {
-                let (key, record) = (key.clone(), record.clone());
-                async move { c.put(key, record, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
-            })
-            .await;
+        let put = crawler_coord::put_leased(&etcd, &keys::master(&cfg.id), &record, &session).await;
         if let Err(e) = put {
             tracing::warn!(error = %e, "cannot register the master; retrying");
             session.close().await;

@@ -104,13 +104,7 @@ async fn follow(
                 continue;
             }
         };
-        let (key, lease) = (keys::worker(&cfg.id), session.lease());
-        let put = etcd
-            .call("register worker", |mut c| {
-                let (key, record) = (key.clone(), record.clone());
-                async move { c.put(key, record, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
-            })
-            .await;
+        let put = crawler_coord::put_leased(etcd, &keys::worker(&cfg.id), &record, &session).await;
         if let Err(e) = put {
             tracing::warn!(error = %e, "cannot register; retrying");
             session.close().await;
@@ -118,7 +112,7 @@ async fn follow(
         }
         backoff = Duration::from_millis(200);
         runner.set_registered(true);
-        tracing::info!(id = %cfg.id, lease, "registered");
+        tracing::info!(id = %cfg.id, lease = session.lease(), "registered");
         let done = session.done();
         loop {
             if let Some(snap) = resources.current() {

@@ -182,3 +182,99 @@ async fn stop(name: &str, r: Running) {
         Err(_) => tracing::warn!(resource = %name, "crawl did not stop in time"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crawler_coord::Entry;
+    use crawler_engine::{EngineConfig, SinkWriter};
+    use serde_json::json;
+
+    fn snapshot(records: &[(&str, &str, &str, Option<serde_json::Value>)]) -> Snapshot {
+        let mut s = Snapshot { revision: 1, ..Snapshot::default() };
+        for (name, id, node, task) in records {
+            let rec = ResourceRecord {
+                id: (*id).into(),
+                name: (*name).into(),
+                assigned_node: (*node).into(),
+                creation_time: 0,
+                task: task.clone(),
+            };
+            let entry = Entry {
+                value: serde_json::to_vec(&rec).unwrap(),
+                create_revision: 1,
+                mod_revision: 1,
+                lease: 0,
+            };
+            s.entries.insert((*name).into(), entry);
+        }
+        s
+    }
+
+    /// A task whose only seed is a closed loopback port: it starts, fails fast, finishes.
+    fn inline() -> Option<serde_json::Value> {
+        Some(json!({"name": "x", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}))
+    }
+
+    async fn runner() -> (Runner, SinkWriter) {
+        let cfg = EngineConfig { obey_robots: false, retries: 0, ..EngineConfig::default() };
+        let writer = SinkWriter::spawn(Vec::new(), 10, Duration::from_millis(10));
+        let known: TaskSpec = serde_json::from_value(
+            json!({"name": "known", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
+        )
+        .unwrap();
+        (Runner::new("w1".into(), vec![known], Arc::new(Fetcher::new(cfg).unwrap()), writer.sender()), writer)
+    }
+
+    async fn names(r: &Runner) -> Vec<String> {
+        r.0.running.lock().await.keys().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn runs_only_what_is_assigned_here_once_and_follows_changes() {
+        let (r, _w) = runner().await;
+        // Resources that existed before the worker started, one of them for another worker.
+        let snap = snapshot(&[
+            ("x", "id1", "w1", inline()),
+            ("known", "id2", "w1", None),
+            ("other", "id3", "w2", inline()),
+        ]);
+        r.reconcile(&snap).await;
+        assert_eq!(names(&r).await, ["known", "x"]);
+        // The same state again (a repeated or modified event) starts no second copy.
+        let first_id = r.0.running.lock().await["x"].resource_id.clone();
+        r.reconcile(&snap).await;
+        assert_eq!(names(&r).await, ["known", "x"]);
+        assert_eq!(r.0.running.lock().await["x"].resource_id, first_id);
+        // Moved elsewhere, deleted, re-added with a new id.
+        r.reconcile(&snapshot(&[("x", "id9", "w1", inline()), ("known", "id2", "w2", None)])).await;
+        assert_eq!(names(&r).await, ["x"]);
+        assert_eq!(r.0.running.lock().await["x"].resource_id, "id9");
+        r.reconcile(&snapshot(&[])).await;
+        assert!(names(&r).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_or_invalid_task_is_counted_not_fatal() {
+        let (r, _w) = runner().await;
+        let bad = Some(
+            json!({"name": "bad", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a", "follow": [{"select": "a", "rule": "nope"}]}]}),
+        );
+        r.reconcile(&snapshot(&[
+            ("mystery", "id1", "w1", None),
+            ("bad", "id2", "w1", bad),
+            ("x", "id3", "w1", inline()),
+        ]))
+        .await;
+        assert_eq!(r.unknown_tasks(), 2);
+        assert_eq!(r.statuses().await.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["x"]);
+        // Not retried on every event.
+        r.reconcile(&snapshot(&[
+            ("mystery", "id1", "w1", None),
+            ("bad", "id2", "w1", None),
+            ("x", "id3", "w1", inline()),
+        ]))
+        .await;
+        assert_eq!(r.unknown_tasks(), 2);
+    }
+}
