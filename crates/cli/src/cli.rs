@@ -58,15 +58,9 @@ pub struct WorkerArgs {
     /// Address to advertise instead of --http.
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Config file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Standalone mode only: run only this task (repeatable).
-    #[arg(long = "task", value_name = "NAME")]
-    pub tasks: Vec<String>,
-    /// Standalone mode only: also write items as JSON lines to this file.
-    #[arg(long, value_name = "FILE.jsonl")]
-    pub output: Option<PathBuf>,
+    /// Config file, and in standalone mode `--task` and `--output`.
+    #[command(flatten)]
+    pub common: CrawlArgs,
 }
 
 /// `crawler master`.

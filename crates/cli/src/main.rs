@@ -49,9 +49,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crawl(args) => standalone(args),
-        Command::Worker(w) if !w.cluster => {
-            standalone(CrawlArgs { config: w.config, tasks: w.tasks, output: w.output })
-        }
+        Command::Worker(w) if !w.cluster => standalone(w.common),
         Command::Worker(args) => worker(args),
         Command::Master(args) => master(args),
     }
@@ -90,7 +88,7 @@ fn master(args: MasterArgs) -> ExitCode {
 }
 
 fn worker(args: WorkerArgs) -> ExitCode {
-    let prepared = Config::load(args.config.as_deref()).and_then(|config| {
+    let prepared = Config::load(args.common.config.as_deref()).and_then(|config| {
         config.validate()?;
         let id = args.id.clone().filter(|i| !i.trim().is_empty() && !i.contains('/')).ok_or_else(|| {
             ConfigError::Key {

@@ -205,6 +205,26 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--frobnicate"), "{stderr}");
 
+    // Cluster commands check their flags before starting anything.
+    for (args, expect) in [
+        (vec!["worker", "--cluster", "--etcd", "http://127.0.0.1:9"], "crawler: config: --id: a worker id"),
+        (
+            vec!["master", "--id", "m", "--http", "nope", "--grpc", ":0"],
+            "crawler: config: --http: \"nope\" is not an address",
+        ),
+        (
+            vec!["master", "--id", "m", "--http", ":0", "--grpc", ":0", "--etcd", "127.0.0.1:2379"],
+            "crawler: config: --etcd:",
+        ),
+    ] {
+        let mut cmd = crawler();
+        cmd.args(&args).current_dir(dir.path());
+        let out = run(cmd).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(expect) && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
+
     assert!(fx.requests().is_empty(), "a bad config started a crawl");
     assert!(!dir.path().join("crawl.db").exists(), "a bad config created the database");
 }
