@@ -152,3 +152,31 @@ async fn killing_the_master_leader_does_not_interrupt_crawling() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawls_go_on_while_etcd_is_briefly_unreachable() {
+    let mut sb = Sandbox::start(
+        bin(),
+        Site { books: 3000, tags: 2, per_page: 5, latency: Duration::from_millis(20) },
+        false,
+    )
+    .await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    let runner = v["id"].as_str().unwrap().to_owned();
+    sb.wait_requests("/book/", 5, Duration::from_secs(10)).await;
+    // etcd down for a second (less than the 2 s lease): the crawl keeps fetching.
+    sb.etcd.members[0].kill();
+    let before = sb.requests("/book/");
+    sb.wait_requests("/book/", before + 10, Duration::from_millis(900)).await;
+    sb.etcd.members[0].restart();
+    sb.etcd.wait_healthy(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Still one copy, on the same worker; the crawl goes on.
+    let w = sb.workers.iter().find(|w| w.id == runner).unwrap();
+    let other = sb.workers.iter().find(|w| w.id != runner).unwrap();
+    assert_eq!(sb.tasks_on(w).await, ["books"]);
+    assert!(sb.tasks_on(other).await.is_empty());
+    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted");
+}

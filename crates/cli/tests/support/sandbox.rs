@@ -63,7 +63,7 @@ impl Drop for Proc {
 }
 
 pub struct Sandbox {
-    _etcd: EtcdCluster,
+    pub etcd: EtcdCluster,
     mariadb: Option<MariaDb>,
     dir: tempfile::TempDir,
     pub fixture: Fixture,
@@ -140,7 +140,7 @@ max_depth = 100
             })
             .collect();
         let sb =
-            Sandbox { _etcd: etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
+            Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
         sb.wait_workers(2).await;
         sb
     }
