@@ -139,8 +139,7 @@ max_depth = 100
                 Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", &eps, "--config", &cfg], dir.path())
             })
             .collect();
-        let sb =
-            Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
+        let sb = Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
         sb.wait_workers(2).await;
         sb
     }
