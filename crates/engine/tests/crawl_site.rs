@@ -190,20 +190,21 @@ async fn rate_limits_hold_in_every_window_and_max_pages_stops() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = task(&fx);
     spec.max_pages = 12;
-    spec.limits = serde_json::from_str(r#"[{"events":4,"per":"500ms"},{"events":100,"per":"1m"}]"#).unwrap();
+    spec.limits = serde_json::from_str(r#"[{"events":4,"per":"1s"},{"events":100,"per":"1m"}]"#).unwrap();
     seeds_under(&mut spec, "tag", vec![fx.url("/tag/0/page-1.html")]);
     let stats = crawl(engine(), spec, &dir.path().join("c.db")).await;
     let times: Vec<_> = fx.requests().into_iter().filter(|r| r.path != "/robots.txt").map(|r| r.at).collect();
     assert_eq!(times.len(), 12, "max_pages");
     assert_eq!(stats.pages, 12);
-    // The server sees arrivals a little after the limiter's start times; allow 50 ms of jitter.
+    // The server sees arrivals a little after the limiter's start times; allow 200 ms of
+    // scheduling jitter on a loaded machine.
     for (i, start) in times.iter().enumerate() {
         let inside =
-            times[i..].iter().filter(|t| t.duration_since(*start) < Duration::from_millis(450)).count();
-        assert!(inside <= 4, "{inside} requests within 450ms");
+            times[i..].iter().filter(|t| t.duration_since(*start) < Duration::from_millis(800)).count();
+        assert!(inside <= 4, "{inside} requests within 800ms");
     }
     let span = times.last().unwrap().duration_since(times[0]);
-    assert!(span >= Duration::from_millis(1000), "12 requests at 4 per 500ms took only {span:?}");
+    assert!(span >= Duration::from_millis(1800), "12 requests at 4 per second took only {span:?}");
 }
 
 #[tokio::test]
