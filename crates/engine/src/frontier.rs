@@ -2,10 +2,12 @@
 //!
 //! A pure state machine (no I/O, no clock). Ordering is breadth-first: lower depth first, then
 //! higher rule priority, then first-come. Deduplication happens when a URL is queued, on its
-//! normalized form; the visited set keeps only a 64-bit key per URL.
+//! normalized form; the visited set keeps only a 64-bit key per URL. A URL found again at a
+//! smaller depth while it still waits moves up to that depth (with concurrent fetches a deeper
+//! path can be found first), so `max_depth` never cuts off a page within reach.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use url::Url;
@@ -66,6 +68,7 @@ impl Hasher for KeyHasher {
 /// A queued request in compact form: the URL as text (re-parsed on pop), no spare capacity.
 struct Entry {
     seq: u64,
+    key: u64,
     url: Box<str>,
     depth: u32,
     priority: i32,
@@ -100,6 +103,8 @@ impl Ord for Entry {
 pub struct Frontier {
     queue: BinaryHeap<Entry>,
     visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    /// Best depth of each URL still waiting; entries of the queue at another depth are stale.
+    waiting: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     seq: u64,
     max_depth: u32,
     reload: bool,
@@ -108,20 +113,37 @@ pub struct Frontier {
 impl Frontier {
     /// An empty frontier. With `reload`, URLs are not deduplicated.
     pub fn new(max_depth: u32, reload: bool) -> Frontier {
-        Frontier { queue: BinaryHeap::new(), visited: HashSet::default(), seq: 0, max_depth, reload }
+        Frontier {
+            queue: BinaryHeap::new(),
+            visited: HashSet::default(),
+            waiting: HashMap::default(),
+            seq: 0,
+            max_depth,
+            reload,
+        }
     }
 
-    /// Offers a request; it is queued unless too deep or already seen.
+    /// Offers a request; it is queued unless too deep or already seen (a URL still waiting at
+    /// a greater depth is queued again at this one).
     pub fn push(&mut self, req: Request) -> Admission {
         if req.depth > self.max_depth {
             return Admission::TooDeep;
         }
-        if !self.visited.insert(url_key(&req.url)) && !self.reload {
-            return Admission::Seen;
+        let key = url_key(&req.url);
+        if !self.reload {
+            if self.visited.insert(key) {
+                self.waiting.insert(key, req.depth);
+            } else {
+                match self.waiting.get_mut(&key) {
+                    Some(best) if req.depth < *best => *best = req.depth,
+                    _ => return Admission::Seen,
+                }
+            }
         }
         self.seq += 1;
         self.queue.push(Entry {
             seq: self.seq,
+            key,
             url: String::from(req.url).into_boxed_str(),
             depth: req.depth,
             priority: req.priority,
@@ -134,6 +156,13 @@ impl Frontier {
     /// The next request to fetch.
     pub fn pop(&mut self) -> Option<Request> {
         while let Some(e) = self.queue.pop() {
+            if !self.reload {
+                // Skip the entry left behind when its URL moved to a smaller depth.
+                if self.waiting.get(&e.key) != Some(&e.depth) {
+                    continue;
+                }
+                self.waiting.remove(&e.key);
+            }
             // The text came from a parsed URL, so it parses again.
             let Ok(url) = Url::parse(&e.url) else { continue };
             return Some(Request {
@@ -149,12 +178,16 @@ impl Frontier {
 
     /// Requests waiting.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        if self.reload {
+            self.queue.len()
+        } else {
+            self.waiting.len()
+        }
     }
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 
     /// Distinct URLs seen in this run (queued or fetched).
@@ -184,7 +217,7 @@ mod tests {
     fn dedups_depth_limits_and_orders_breadth_first() {
         let mut f = Frontier::new(2, false);
         assert_eq!(f.push(req("/a", 1, 0)), Admission::Queued);
-        assert_eq!(f.push(req("/a", 0, 0)), Admission::Seen);
+        assert_eq!(f.push(req("/a", 2, 0)), Admission::Seen);
         assert_eq!(f.push(req("/deep", 3, 0)), Admission::TooDeep);
         assert_eq!(f.push(req("/b", 2, 0)), Admission::Queued);
         assert_eq!(f.push(req("/c", 0, 0)), Admission::Queued);
@@ -192,6 +225,22 @@ mod tests {
         let order: Vec<_> = std::iter::from_fn(|| f.pop()).map(|r| r.url.path().to_owned()).collect();
         assert_eq!(order, ["/c", "/d", "/a", "/b"]);
         assert_eq!(f.seen(), 4);
+    }
+
+    #[test]
+    fn a_url_found_again_closer_to_a_seed_moves_up() {
+        let mut f = Frontier::new(3, false);
+        assert_eq!(f.push(req("/x", 3, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/y", 2, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/x", 1, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/x", 2, 0)), Admission::Seen);
+        assert_eq!(f.len(), 2);
+        let order: Vec<_> =
+            std::iter::from_fn(|| f.pop()).map(|r| (r.url.path().to_owned(), r.depth)).collect();
+        assert_eq!(order, [("/x".to_owned(), 1), ("/y".to_owned(), 2)]);
+        // Once fetched, it stays seen.
+        assert_eq!(f.push(req("/x", 0, 0)), Admission::Seen);
+        assert!(f.is_empty());
     }
 
     #[test]
@@ -215,23 +264,30 @@ mod tests {
 
     proptest! {
         #[test]
-        fn pops_are_ordered_and_unique(items in proptest::collection::vec((0u32..50, 0u32..6, -2i32..3), 1..200)) {
+        fn pops_are_ordered_unique_and_at_the_best_depth(items in proptest::collection::vec((0u32..50, 0u32..6, -2i32..3), 1..200)) {
             let mut f = Frontier::new(4, false);
-            let mut queued = HashSet::new();
+            // The model: best depth per id among the admissible offers.
+            let mut best: HashMap<u32, u32> = HashMap::new();
             for (id, depth, prio) in &items {
-                let r = req(&format!("/{id}"), *depth, *prio);
-                let fresh = queued.insert(*id);
-                let got = f.push(r);
-                if *depth > 4 { prop_assert_eq!(got, Admission::TooDeep); if fresh { queued.remove(id); } }
-                else if fresh { prop_assert_eq!(got, Admission::Queued); }
-                else { prop_assert_eq!(got, Admission::Seen); }
+                let got = f.push(req(&format!("/{id}"), *depth, *prio));
+                if *depth > 4 {
+                    prop_assert_eq!(got, Admission::TooDeep);
+                    continue;
+                }
+                let improves = best.get(id).is_none_or(|b| depth < b);
+                prop_assert_eq!(got, if improves { Admission::Queued } else { Admission::Seen });
+                if improves { best.insert(*id, *depth); }
             }
+            prop_assert_eq!(f.len(), best.len());
             let popped: Vec<Request> = std::iter::from_fn(|| f.pop()).collect();
-            prop_assert_eq!(popped.len(), queued.len());
-            for w in popped.windows(2) {
-                prop_assert!((w[0].depth, -w[0].priority) <= (w[1].depth, -w[1].priority));
+            prop_assert_eq!(popped.len(), best.len());
+            for r in &popped {
+                let id: u32 = r.url.path()[1..].parse().unwrap();
+                prop_assert_eq!(r.depth, best[&id]);
             }
-            prop_assert!(popped.iter().all(|r| r.depth <= 4));
+            for w in popped.windows(2) {
+                prop_assert!(w[0].depth <= w[1].depth);
+            }
         }
     }
 }
