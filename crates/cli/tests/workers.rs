@@ -25,6 +25,9 @@ async fn add_delete_and_readd_through_a_follower() {
     let t0 = Instant::now();
     let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
     assert_eq!(s, 200, "{v}");
+    // The answer names the worker and the address it registered (its --http).
+    let assigned = sb.workers.iter().find(|w| w.id == v["id"].as_str().unwrap()).unwrap();
+    assert_eq!(v["address"].as_str().unwrap(), assigned.http);
     let first = sb.wait_requests("/index.html", 1, Duration::from_secs(5)).await;
     println!("add to first fetch: {:?} (add answered after {:?})", t0.elapsed(), t0.elapsed() - first);
     sb.wait_requests("/book/", 5, Duration::from_secs(10)).await;

@@ -38,6 +38,15 @@ pub async fn put_leased(
     .map(|_| ())
 }
 
+/// Registers a worker: its record under `/crawler/workers/<id>`, attached to the session.
+pub async fn register_worker(
+    etcd: &Etcd,
+    record: &WorkerRecord,
+    session: &Session,
+) -> Result<(), CoordError> {
+    put_leased(etcd, &keys::worker(&record.id), record, session).await
+}
+
 /// Every stored resource, read straight from etcd.
 pub async fn list_resources(etcd: &Etcd) -> Result<Vec<ResourceRecord>, CoordError> {
     let resp = etcd

@@ -91,8 +91,7 @@ async fn follow(
     mut resources: PrefixWatch,
     shutdown: &CancellationToken,
 ) {
-    let record = serde_json::to_string(&WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() })
-        .expect("records serialize");
+    let record = WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() };
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let session = match Session::start(etcd, cfg.lease_ttl).await {
@@ -104,7 +103,7 @@ async fn follow(
                 continue;
             }
         };
-        let put = crawler_coord::put_leased(etcd, &keys::worker(&cfg.id), &record, &session).await;
+        let put = crawler_coord::register_worker(etcd, &record, &session).await;
         if let Err(e) = put {
             tracing::warn!(error = %e, "cannot register; retrying");
             session.close().await;
