@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crawler_coord::{keys, Etcd, Session, WorkerRecord};
+use crawler_coord::{Etcd, Session, WorkerRecord};
 use crawler_fixture::etcd::EtcdCluster;
 use serde_json::json;
 
@@ -129,7 +129,7 @@ async fn main() {
     for w in ["w1", "w2"] {
         let s = Session::start(&etcd, Duration::from_secs(10)).await.unwrap();
         let record = WorkerRecord { id: w.into(), address: format!("{w}:1") };
-        crawler_coord::put_leased(&etcd, &keys::worker(w), &record, &s).await.unwrap();
+        crawler_coord::register_worker(&etcd, &record, &s).await.unwrap();
         workers.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -75,15 +75,10 @@ fn master(args: MasterArgs) -> ExitCode {
                 (Err(e), _) => return bind_error("--http", http, e),
                 (_, Err(e)) => return bind_error("--grpc", grpc, e),
             };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        match crawler_master::run(cfg, http_listener, grpc_listener, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("crawler: master: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        serve_until_signal("master", |shutdown| {
+            crawler_master::run(cfg, http_listener, grpc_listener, shutdown)
+        })
+        .await
     })
 }
 
@@ -106,13 +101,9 @@ fn worker(args: WorkerArgs) -> ExitCode {
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
-        let sinks = match crawl::open_sinks(&config, None) {
+        let sinks = match sinks_or_exit(&config, None) {
             Ok(s) => s,
-            Err(crawl::RunError::Config(e)) => return usage_error(&e),
-            Err(e) => {
-                eprintln!("crawler: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         let listener = match tokio::net::TcpListener::bind(http).await {
             Ok(l) => l,
@@ -128,16 +119,39 @@ fn worker(args: WorkerArgs) -> ExitCode {
             tasks: config.tasks.clone(),
             batch: config.storage.batch,
         };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        match crawler_worker::run(cfg, listener, sinks, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("crawler: worker: {e}");
-                ExitCode::FAILURE
-            }
+        serve_until_signal("worker", |shutdown| crawler_worker::run(cfg, listener, sinks, shutdown)).await
+    })
+}
+
+/// Opens the configured sinks; a config problem exits 2, a storage failure 1.
+fn sinks_or_exit(
+    config: &Config,
+    output: Option<&std::path::Path>,
+) -> Result<Vec<Box<dyn crawler_engine::Sink>>, ExitCode> {
+    crawl::open_sinks(config, output).map_err(|e| match e {
+        crawl::RunError::Config(e) => usage_error(&e),
+        e => {
+            eprintln!("crawler: {e}");
+            ExitCode::FAILURE
         }
     })
+}
+
+/// Runs a server until SIGINT or SIGTERM, then lets it shut down in order.
+async fn serve_until_signal<E, F>(what: &str, serve: impl FnOnce(CancellationToken) -> F) -> ExitCode
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    match serve(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crawler: {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The multi-threaded runtime every long-running command uses.
@@ -172,13 +186,9 @@ fn standalone(args: CrawlArgs) -> ExitCode {
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
-        let sinks = match crawl::open_sinks(&config, args.output.as_deref()) {
+        let sinks = match sinks_or_exit(&config, args.output.as_deref()) {
             Ok(s) => s,
-            Err(crawl::RunError::Config(e)) => return usage_error(&e),
-            Err(e) => {
-                eprintln!("crawler: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(code) => return code,
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

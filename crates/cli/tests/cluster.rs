@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crawler_coord::{keys, Etcd, ResourceRecord, Session, WorkerRecord};
+use crawler_coord::{Etcd, ResourceRecord, Session, WorkerRecord};
 use crawler_fixture::etcd::EtcdCluster;
 use serde_json::{json, Value};
 
@@ -72,7 +72,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
 async fn register_worker(etcd: &Etcd, id: &str) -> Session {
     let session = Session::start(etcd, Duration::from_secs(2)).await.unwrap();
     let record = WorkerRecord { id: id.into(), address: format!("{id}.local:1") };
-    crawler_coord::put_leased(etcd, &keys::worker(id), &record, &session).await.unwrap();
+    crawler_coord::register_worker(etcd, &record, &session).await.unwrap();
     session
 }
 

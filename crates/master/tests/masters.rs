@@ -46,7 +46,7 @@ async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> Mast
 async fn register_worker(etcd: &Etcd, id: &str) -> Session {
     let session = Session::start(etcd, Duration::from_secs(2)).await.unwrap();
     let record = WorkerRecord { id: id.into(), address: format!("{id}.local:1") };
-    crawler_coord::put_leased(etcd, &keys::worker(id), &record, &session).await.unwrap();
+    crawler_coord::register_worker(etcd, &record, &session).await.unwrap();
     session
 }
 
