@@ -38,6 +38,9 @@ pub struct CrawlArgs {
     /// Also write items as JSON lines to this file.
     #[arg(long, value_name = "FILE.jsonl")]
     pub output: Option<PathBuf>,
+    /// Discard the tasks' stored runs and start over from the seeds.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// `crawler worker`.

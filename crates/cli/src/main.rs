@@ -101,7 +101,7 @@ fn worker(args: WorkerArgs) -> ExitCode {
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
-        let sinks = match sinks_or_exit(&config, None) {
+        let (sinks, state) = match storage_or_exit(&config) {
             Ok(s) => s,
             Err(code) => return code,
         };
@@ -119,16 +119,17 @@ fn worker(args: WorkerArgs) -> ExitCode {
             tasks: config.tasks.clone(),
             batch: config.storage.batch,
         };
-        serve_until_signal("worker", |shutdown| crawler_worker::run(cfg, listener, sinks, shutdown)).await
+        serve_until_signal("worker", |shutdown| crawler_worker::run(cfg, listener, sinks, state, shutdown))
+            .await
     })
 }
 
-/// Opens the configured sinks; a config problem exits 2, a storage failure 1.
-fn sinks_or_exit(
-    config: &Config,
-    output: Option<&std::path::Path>,
-) -> Result<Vec<Box<dyn crawler_engine::Sink>>, ExitCode> {
-    crawl::open_sinks(config, output).map_err(|e| match e {
+type Storage = (Vec<Box<dyn crawler_engine::Sink>>, std::sync::Arc<dyn crawler_engine::StateStore>);
+
+/// Opens the configured storage; a config problem exits 2, a storage failure 1.
+fn storage_or_exit(config: &Config) -> Result<Storage, ExitCode> {
+    let opened = crawl::open_sinks(config, None, false).and_then(|s| Ok((s, crawl::open_state(config)?)));
+    opened.map_err(|e| match e {
         crawl::RunError::Config(e) => usage_error(&e),
         e => {
             eprintln!("crawler: {e}");
@@ -186,14 +187,11 @@ fn standalone(args: CrawlArgs) -> ExitCode {
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
-        let sinks = match sinks_or_exit(&config, args.output.as_deref()) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let progress = std::io::stderr().is_terminal();
-        match crawl::run(&config, tasks, sinks, shutdown.clone(), progress).await {
+        let output = args.output.as_deref();
+        match crawl::run(&config, tasks, output, args.fresh, shutdown.clone(), progress).await {
             Ok(summary) => {
                 println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
                 if shutdown.is_cancelled() {
@@ -202,6 +200,7 @@ fn standalone(args: CrawlArgs) -> ExitCode {
                     ExitCode::SUCCESS
                 }
             }
+            Err(crawl::RunError::Config(e)) => usage_error(&e),
             Err(e) => {
                 eprintln!("crawler: {e}");
                 ExitCode::FAILURE

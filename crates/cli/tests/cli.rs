@@ -65,7 +65,7 @@ fn summary(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["elapsed_ms", "errors", "items", "pages"]);
+    assert_eq!(keys, ["elapsed_ms", "errors", "items", "pages", "resumed", "robots_blocked"]);
     v
 }
 
@@ -260,6 +260,135 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
     assert!((50..3000).contains(&items), "{items}");
     // Every item counted was written, although the batch (1000) was never full.
     assert_eq!(sqlite_titles(&dir.path().join("crawl.db")).len() as u64, items);
+    assert_eq!(s["resumed"], false);
+
+    // The run is left resumable: the next crawl continues it and fetches no stored page again.
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&out)["resumed"], true);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming books: "));
+    assert_eq!(sqlite_titles(&dir.path().join("crawl.db")).len(), 3000 + 6);
+    let twice = book_fetches(&fx).values().filter(|n| **n > 1).count();
+    assert!(twice <= 8, "{twice} books fetched twice (8 in flight at most)");
+}
+
+/// How often each book page was requested.
+fn book_fetches(fx: &Fixture) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for r in fx.requests().into_iter().filter(|r| r.path.starts_with("/book/")) {
+        *counts.entry(r.path).or_default() += 1;
+    }
+    counts
+}
+
+/// Every row of the book table, with the host part of the URL cut off.
+fn book_rows(db: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT task, substr(url, instr(substr(url, 8), '/') + 7), title, author, price, rating FROM book ORDER BY url",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            let cols: Vec<Option<String>> = (0..6).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+            Ok(format!("{cols:?}"))
+        })
+        .unwrap();
+    let mut rows: Vec<String> = rows.map(Result::unwrap).collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_any_moment_then_rerun_ends_with_the_tables_of_an_uninterrupted_crawl() {
+    let site = Site { books: 2000, tags: 2, per_page: 40, latency: Duration::from_millis(3) };
+    let deep = |cfg: &Path| {
+        let text = std::fs::read_to_string(cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
+        std::fs::write(cfg, text).unwrap();
+    };
+    // The reference: one uninterrupted run on its own copy of the site.
+    let reference = {
+        let fx = Fixture::start(site).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(&fx, dir.path(), "");
+        deep(&cfg);
+        let mut cmd = crawler();
+        cmd.arg("crawl").arg("--config").arg(&cfg);
+        assert!(run(cmd).await.status.success());
+        book_rows(&dir.path().join("crawl.db"))
+    };
+    assert_eq!(reference.len(), 2000 + 6);
+
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    deep(&cfg);
+    let db = dir.path().join("crawl.db");
+    // Killed at three moments (by books requested so far), each time restarted.
+    for (round, at) in [150usize, 800, 1500].into_iter().enumerate() {
+        let mut child = crawler()
+            .arg("crawl")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while book_fetches(&fx).len() < at {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: only {} books in 60 s",
+                book_fetches(&fx).len()
+            );
+            assert!(child.try_wait().unwrap().is_none(), "round {round}: the crawl ended before the kill");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        child.kill().unwrap();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.contains("resuming books: "), round > 0, "round {round}: {stderr}");
+    }
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&out)["resumed"], true);
+    assert_eq!(book_rows(&db), reference);
+    // Each kill may lose the requests in flight (8) and the commits not yet written
+    // (2 batches of 7): at most 3 x 22 pages fetched a second time.
+    let counts = book_fetches(&fx);
+    assert_eq!(counts.len(), 2000);
+    let extra: usize = counts.values().map(|n| n - 1).sum();
+    assert!(extra <= 3 * 22, "{extra} extra book fetches");
+
+    // A finished run is not resumed: the next crawl starts over; --fresh discards an
+    // unfinished one.
+    for fresh in [false, true] {
+        if fresh {
+            let mut child =
+                crawler().arg("crawl").arg("--config").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
+            let start = fx.requests().len();
+            while fx.requests().len() < start + 300 {
+                assert!(child.try_wait().unwrap().is_none(), "the crawl ended before the kill");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let mut cmd = crawler();
+        cmd.arg("crawl").arg("--config").arg(&cfg);
+        if fresh {
+            cmd.arg("--fresh");
+        }
+        let out = run(cmd).await;
+        assert!(out.status.success());
+        assert_eq!(summary(&out)["resumed"], false);
+        assert_eq!(summary(&out)["items"], 2006);
+    }
 }
 
 #[test]

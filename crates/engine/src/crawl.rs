@@ -3,6 +3,9 @@
 //!
 //! The dispatcher owns the frontier (no locks); fetch-and-extract jobs run concurrently and
 //! report back through a `JoinSet`, so a panicking job is counted as an error, never a hang.
+//! Every handled request becomes one [`Commit`] (its status, its item, the URLs it queued), so
+//! a crawl started from a stored run ([`Crawl::resume`]) can be killed at any moment and
+//! resumed without losing or repeating a stored page.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,8 +30,8 @@ use crate::scope::{host_allowed, resolve_link, url_key};
 
 /// Redirect hops followed from one link before it counts as an error.
 const MAX_REDIRECTS: usize = 10;
-use crate::sink::ItemSender;
 use crate::spec::Task;
+use crate::store::{Commit, CommitSender, OpenedRun, PageStatus, RunHandle};
 
 /// Live counters of one crawl.
 #[derive(Debug, Default)]
@@ -87,7 +90,9 @@ impl Counters {
 struct Ctx {
     task: Task,
     fetcher: Arc<Fetcher>,
-    items: ItemSender,
+    commits: CommitSender,
+    /// The stored run, if the crawl has one.
+    run: Option<Arc<RunHandle>>,
     cookie: Option<HeaderValue>,
     counters: Counters,
     cancel: CancellationToken,
@@ -103,26 +108,58 @@ pub struct Crawl {
 }
 
 impl Crawl {
-    /// Starts crawling a task on the current tokio runtime. The crawl stops when its frontier
-    /// is exhausted, when `max_pages` is reached, or when cancelled (directly or through
-    /// `parent`).
-    pub fn start(task: Task, fetcher: Arc<Fetcher>, items: ItemSender, parent: &CancellationToken) -> Crawl {
+    /// Starts crawling a task from its seeds on the current tokio runtime, with no stored
+    /// state (only items are committed). The crawl stops when its frontier is exhausted, when
+    /// `max_pages` is reached, or when cancelled (directly or through `parent`).
+    pub fn start(
+        task: Task,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        Self::spawn(task, None, fetcher, commits, parent)
+    }
+
+    /// Starts or continues a stored run (opened by a [`crate::StateStore`]): a resumed run
+    /// skips what it already handled and fetches what was queued; a new one starts from the
+    /// seeds. Its state is committed with its items; once another owner takes the run over,
+    /// the store refuses its commits and the crawl stops.
+    pub fn resume(
+        task: Task,
+        run: OpenedRun,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        Self::spawn(task, Some(run), fetcher, commits, parent)
+    }
+
+    fn spawn(
+        task: Task,
+        run: Option<OpenedRun>,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
         let cookie = Some(task.0.spec.cookie.as_str())
             .filter(|c| !c.is_empty())
             .and_then(|c| HeaderValue::from_str(c).ok());
+        let cancel = parent.child_token();
+        let handle = run.as_ref().map(|r| Arc::new(RunHandle::new(r.id, r.epoch, cancel.clone())));
         let ctx = Arc::new(Ctx {
             task,
             fetcher,
-            items,
+            commits,
+            run: handle,
             cookie,
             counters: Counters::default(),
-            cancel: parent.child_token(),
+            cancel,
             robots: Mutex::new(HashMap::new()),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
         tokio::spawn(async move {
-            run(runner).await;
+            run_crawl(runner, run).await;
             let _ = done_tx.send(true);
         });
         Crawl { ctx, done, started_at: SystemTime::now() }
@@ -136,6 +173,11 @@ impl Crawl {
     /// When the crawl started.
     pub fn started_at(&self) -> SystemTime {
         self.started_at
+    }
+
+    /// Whether a newer owner took the stored run over (the crawl stopped without finishing).
+    pub fn is_fenced(&self) -> bool {
+        self.ctx.run.as_ref().is_some_and(|r| r.is_fenced())
     }
 
     /// Current counters.
@@ -161,28 +203,60 @@ impl Crawl {
     }
 }
 
-/// What a job reports back to the dispatcher.
-enum Outcome {
-    Links { depth: u32, links: Vec<(Url, usize)> },
-    Redirect(Request),
-    Nothing,
+/// What a job reports back to the dispatcher about a handled request: what to store and what
+/// to queue. A job stopped before its request was handled reports `None`: it stays queued.
+struct Handled {
+    key: u64,
+    depth: u32,
+    status: PageStatus,
+    item: Option<Item>,
+    links: Vec<(Url, usize)>,
+    redirect: Option<Request>,
 }
 
-async fn run(ctx: Arc<Ctx>) {
+type Outcome = Option<Handled>;
+
+async fn run_crawl(ctx: Arc<Ctx>, stored: Option<OpenedRun>) {
     let inner = &ctx.task.0;
+    let record = ctx.run.is_some();
     let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload);
-    for seed in &inner.seeds {
-        frontier.push(Request::new(seed.clone(), 0, 0, inner.rules[0].priority));
+    let mut dispatched = 0u64;
+    let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
+    match stored {
+        Some(run) if run.resumed => {
+            dispatched = run.handled.len() as u64;
+            for key in run.handled {
+                frontier.mark_handled(key);
+            }
+            for q in run.queued {
+                match (Url::parse(&q.url), inner.rules.get(q.rule as usize)) {
+                    (Ok(url), Some(rule)) => {
+                        frontier.push(Request::new(url, q.depth, q.rule as usize, rule.priority));
+                    }
+                    _ => {
+                        tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped")
+                    }
+                }
+            }
+        }
+        _ => {
+            for seed in &inner.seeds {
+                let req = Request::new(seed.clone(), 0, 0, inner.rules[0].priority);
+                first.queued.extend(frontier.offer(req, record).1);
+            }
+        }
+    }
+    if !first.queued.is_empty() && ctx.commits.send(first).await.is_err() {
+        writer_gone(&ctx);
     }
     let mut limiter = RateLimiter::new(&inner.limits);
     let mut jobs: JoinSet<Outcome> = JoinSet::new();
     let max_in_flight = ctx.fetcher.config().concurrency;
     let max_pages = inner.spec.max_pages;
-    let mut dispatched = 0u64;
     let counters = &ctx.counters;
     loop {
         while let Some(done) = jobs.try_join_next() {
-            settle(&ctx, &mut frontier, done);
+            settle(&ctx, &mut frontier, done).await;
         }
         counters.queued.store(frontier.len() as u64, Relaxed);
         counters.in_flight.store(jobs.len() as u64, Relaxed);
@@ -211,56 +285,94 @@ async fn run(ctx: Arc<Ctx>) {
         }
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            Some(done) = jobs.join_next() => settle(&ctx, &mut frontier, done),
+            Some(done) = jobs.join_next() => settle(&ctx, &mut frontier, done).await,
         }
     }
+    let finished = !ctx.cancel.is_cancelled();
+    // Pages already handled are committed; requests still in flight are abandoned and stay
+    // queued in the stored run.
     jobs.abort_all();
     while let Some(done) = jobs.join_next().await {
-        if let Err(e) = done {
-            if e.is_panic() {
-                counters.errors.fetch_add(1, Relaxed);
-            }
-        }
+        settle(&ctx, &mut frontier, done).await;
+    }
+    if finished
+        && record
+        && ctx
+            .commits
+            .send(Commit { run: ctx.run.clone(), finished: true, ..Commit::default() })
+            .await
+            .is_err()
+    {
+        writer_gone(&ctx);
     }
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
-    tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), cancelled = ctx.cancel.is_cancelled(), "crawl finished");
+    tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
 }
 
-/// Applies a finished job's outcome to the frontier.
-fn settle(ctx: &Ctx, frontier: &mut Frontier, done: Result<Outcome, tokio::task::JoinError>) {
+fn writer_gone(ctx: &Ctx) {
+    if !ctx.cancel.is_cancelled() {
+        ctx.counters.errors.fetch_add(1, Relaxed);
+        tracing::error!(task = %ctx.task.name(), "item writer is gone; stopping the crawl");
+        ctx.cancel.cancel();
+    }
+}
+
+/// Applies a finished job's outcome to the frontier and commits it.
+async fn settle(ctx: &Ctx, frontier: &mut Frontier, done: Result<Outcome, tokio::task::JoinError>) {
     let rules = &ctx.task.0.rules;
-    match done {
-        Ok(Outcome::Links { depth, links }) => {
-            for (url, rule) in links {
-                frontier.push(Request::new(url, depth + 1, rule, rules[rule].priority));
-            }
+    let record = ctx.run.is_some();
+    let (key, depth, mut status, item, links, redirect) = match done {
+        Ok(Some(Handled { key, depth, status, item, links, redirect })) => {
+            (key, depth, status, item, links, redirect)
         }
-        Ok(Outcome::Redirect(req)) => {
-            let target = url_key(&req.url);
-            let problem = if req.redirected_from.contains(&target) {
-                Some("redirect loop")
-            } else if req.redirected_from.len() > MAX_REDIRECTS {
-                Some("too many redirects")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
+        Ok(None) => return,
+        Err(e) => {
+            if e.is_panic() {
                 ctx.counters.errors.fetch_add(1, Relaxed);
-                tracing::warn!(task = %ctx.task.name(), url = %req.url, error = problem, "page failed");
-                return;
+                tracing::error!(task = %ctx.task.name(), "a page handler panicked; counted as an error");
             }
+            return;
+        }
+    };
+    let mut commit =
+        Commit { run: ctx.run.clone(), page: record.then_some((key, status)), ..Commit::default() };
+    for (url, rule) in links {
+        let req = Request::new(url, depth + 1, rule, rules[rule].priority);
+        commit.queued.extend(frontier.offer(req, record).1);
+    }
+    if let Some(req) = redirect {
+        let target = url_key(&req.url);
+        let problem = if req.redirected_from.contains(&target) {
+            Some("redirect loop")
+        } else if req.redirected_from.len() > MAX_REDIRECTS {
+            Some("too many redirects")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            tracing::warn!(task = %ctx.task.name(), url = %req.url, error = problem, "page failed");
+            status = PageStatus::Failed;
+            commit.page = record.then_some((key, status));
+        } else {
             let url = req.url.clone();
-            if frontier.push(req) == Admission::Seen {
+            let (admission, row) = frontier.offer(req, record);
+            if admission == Admission::Seen {
                 tracing::debug!(%url, "redirect target already seen");
             }
+            commit.queued.extend(row);
         }
-        Ok(Outcome::Nothing) => {}
-        Err(e) if e.is_panic() => {
-            ctx.counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(task = %ctx.task.name(), "a page handler panicked; counted as an error");
-        }
-        Err(_) => {}
+    }
+    let has_item = item.is_some();
+    commit.item = item;
+    if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
+        return;
+    }
+    if ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
+    } else if has_item {
+        ctx.counters.items.fetch_add(1, Relaxed);
     }
 }
 
@@ -268,15 +380,23 @@ fn settle(ctx: &Ctx, frontier: &mut Frontier, done: Result<Outcome, tokio::task:
 async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let counters = &ctx.counters;
     let cfg = ctx.fetcher.config();
+    let key = url_key(&req.url);
+    let depth = req.depth;
+    let ended = |status: PageStatus| {
+        Some(Handled { key, depth, status, item: None, links: Vec::new(), redirect: None })
+    };
     if cfg.obey_robots && !robots_for(&ctx, &req.url).await.allowed(&path_and_query(&req.url)) {
+        if ctx.cancel.is_cancelled() {
+            return None;
+        }
         counters.robots_blocked.fetch_add(1, Relaxed);
         tracing::debug!(url = %req.url, "disallowed by robots.txt");
-        return Outcome::Nothing;
+        return ended(PageStatus::Skipped);
     }
     let wait = ctx.task.0.spec.wait.0;
     if !wait.is_zero() {
         tokio::select! {
-            _ = ctx.cancel.cancelled() => return Outcome::Nothing,
+            _ = ctx.cancel.cancelled() => return None,
             _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
         }
     }
@@ -289,22 +409,29 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let fail = |error: &dyn std::fmt::Display| {
         counters.errors.fetch_add(1, Relaxed);
         tracing::warn!(task = %ctx.task.name(), url = %req.url, %error, "page failed");
-        Outcome::Nothing
+        ended(PageStatus::Failed)
     };
     let (content_type, body) = match report.result {
-        Err(FetchError::Cancelled) => return Outcome::Nothing,
+        Err(FetchError::Cancelled) => return None,
         Err(e) => return fail(&e),
         Ok(Fetched::NotHtml { content_type }) => return fail(&format!("not html: {content_type}")),
         Ok(Fetched::Redirect { location, .. }) => {
             return match resolve_link(&req.url, &location) {
                 Some(url) if host_allowed(&url, &ctx.task.0.allow_hosts) => {
                     let mut redirected_from = req.redirected_from;
-                    redirected_from.push(url_key(&req.url));
-                    Outcome::Redirect(Request { url, redirected_from, ..req })
+                    redirected_from.push(key);
+                    Some(Handled {
+                        key,
+                        depth,
+                        status: PageStatus::Done,
+                        item: None,
+                        links: Vec::new(),
+                        redirect: Some(Request { url, redirected_from, ..req }),
+                    })
                 }
                 Some(url) => {
                     tracing::debug!(from = %req.url, to = %url, "redirect out of scope");
-                    Outcome::Nothing
+                    ended(PageStatus::Skipped)
                 }
                 None => fail(&format!("bad redirect location {location:?}")),
             };
@@ -319,23 +446,17 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         Err(e) => return fail(&e),
     };
     drop(html);
-    if let (Some(fields), Some(table)) = (extracted.fields, &rule.table) {
-        let item = Item {
+    let item = match (extracted.fields, &rule.table) {
+        (Some(fields), Some(table)) => Some(Item {
             task: ctx.task.0.name.clone(),
             table: table.clone(),
             url: req.url.to_string(),
             crawled_at: rfc3339(received),
             fields,
-        };
-        if ctx.items.send(item).await.is_err() {
-            counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(task = %ctx.task.name(), "item writer is gone; stopping the crawl");
-            ctx.cancel.cancel();
-            return Outcome::Nothing;
-        }
-        counters.items.fetch_add(1, Relaxed);
-    }
-    Outcome::Links { depth: req.depth, links: extracted.links }
+        }),
+        _ => None,
+    };
+    Some(Handled { key, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
 }
 
 fn path_and_query(url: &Url) -> String {

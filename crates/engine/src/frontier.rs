@@ -13,6 +13,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use url::Url;
 
 use crate::scope::url_key;
+use crate::store::QueuedUrl;
 
 /// A request waiting in the frontier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,8 +127,14 @@ impl Frontier {
     /// Offers a request; it is queued unless too deep or already seen (a URL still waiting at
     /// a greater depth is queued again at this one).
     pub fn push(&mut self, req: Request) -> Admission {
+        self.offer(req, false).0
+    }
+
+    /// Like [`Frontier::push`]; with `record`, a queued request also comes back as the state row
+    /// to store.
+    pub fn offer(&mut self, req: Request, record: bool) -> (Admission, Option<QueuedUrl>) {
         if req.depth > self.max_depth {
-            return Admission::TooDeep;
+            return (Admission::TooDeep, None);
         }
         let key = url_key(&req.url);
         if !self.reload {
@@ -136,21 +143,34 @@ impl Frontier {
             } else {
                 match self.waiting.get_mut(&key) {
                     Some(best) if req.depth < *best => *best = req.depth,
-                    _ => return Admission::Seen,
+                    _ => return (Admission::Seen, None),
                 }
             }
         }
         self.seq += 1;
+        let url = String::from(req.url).into_boxed_str();
+        let row = record.then(|| QueuedUrl {
+            key,
+            url: url.to_string(),
+            depth: req.depth,
+            rule: req.rule as u32,
+            priority: req.priority,
+        });
         self.queue.push(Entry {
             seq: self.seq,
             key,
-            url: String::from(req.url).into_boxed_str(),
+            url,
             depth: req.depth,
             priority: req.priority,
             rule: req.rule as u32,
             redirected_from: req.redirected_from.into_boxed_slice(),
         });
-        Admission::Queued
+        (Admission::Queued, row)
+    }
+
+    /// Marks a URL key as already handled (a resumed run's done, failed and skipped URLs).
+    pub fn mark_handled(&mut self, key: u64) {
+        self.visited.insert(key);
     }
 
     /// The next request to fetch.

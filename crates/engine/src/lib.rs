@@ -30,11 +30,10 @@ mod fetch;
 mod frontier;
 mod item;
 mod limiter;
-mod mysql_sink;
 mod robots;
 mod scope;
-mod sink;
 mod spec;
+mod store;
 mod units;
 
 pub use charset::decode_html;
@@ -44,9 +43,11 @@ pub use fetch::{FetchError, FetchReport, Fetched, Fetcher};
 pub use frontier::{Admission, Frontier, Request};
 pub use item::{rfc3339, Item};
 pub use limiter::RateLimiter;
-pub use mysql_sink::MysqlSink;
 pub use robots::Robots;
 pub use scope::{host_allowed, normalize, resolve_link, url_key};
-pub use sink::{ItemSender, JsonlSink, Sink, SinkError, SinkWriter, SqliteSink};
 pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, TaskSpec};
+pub use store::{
+    Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus, QueuedUrl,
+    RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore,
+};
 pub use units::{ByteSize, HumanDuration};

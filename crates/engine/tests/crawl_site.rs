@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_engine::{
-    ByteSize, Crawl, CrawlStats, EngineConfig, Fetcher, HumanDuration, SinkWriter, SqliteSink, Task, TaskSpec,
+    ByteSize, Crawl, CrawlStats, EngineConfig, Epoch, Fetcher, HumanDuration, SinkWriter, SqliteSink,
+    SqliteState, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::{
     book_author, book_price, book_rating, book_title, Fixture, Site, GBK_AUTHOR, GBK_TITLE,
@@ -48,12 +49,14 @@ fn seeds_under(spec: &mut TaskSpec, rule: &str, seeds: Vec<String>) {
     spec.seeds = seeds;
 }
 
+/// Crawls a task to the end as a stored run (resumed if the database holds an unfinished one).
 async fn crawl(cfg: EngineConfig, spec: TaskSpec, db: &Path) -> CrawlStats {
     let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
+    let run = SqliteState::open(db).unwrap().open_run(&spec.name, "test", Epoch::Next, false).unwrap();
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], 10, Duration::from_millis(50));
     let crawl =
-        Crawl::start(Task::compile(spec).unwrap(), fetcher, writer.sender(), &CancellationToken::new());
+        Crawl::resume(Task::compile(spec).unwrap(), run, fetcher, writer.sender(), &CancellationToken::new());
     let stats = crawl.join().await;
     drop(crawl);
     assert_eq!(writer.close().await.unwrap(), stats.items);
@@ -266,6 +269,71 @@ async fn cancel_stops_fetching_and_keeps_what_was_stored() {
     let seen = fx.requests().len();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(fx.requests().len(), seen, "requests continued after the crawl ended");
+}
+
+#[tokio::test]
+async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
+    let books = 3000;
+    let site = Site { books, tags: 3, per_page: 50, latency: Duration::from_millis(2) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let cfg = engine();
+    let mut spec = task(&fx);
+    spec.max_depth = 1000;
+    // Books only: no trap, no odd pages.
+    spec.rules[0].follow.retain(|f| f.select == "a.tag");
+    let state = SqliteState::open(&db).unwrap();
+
+    // First run: stopped a third of the way, the way Ctrl-C stops it.
+    let run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    assert!(!run.resumed);
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 100, Duration::from_millis(200));
+    let shutdown = CancellationToken::new();
+    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
+    let first = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &shutdown);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while first.stats().items < u64::from(books) / 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run stored {} items in 60 s",
+            first.stats().items
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    first.join().await;
+    drop(first);
+    writer.close().await.unwrap();
+    let stored = rows(&db).len();
+    assert!(stored < books as usize, "the first run was not interrupted");
+    let before = fx.requests().len();
+
+    // Second run: resumes, fetches only what was not stored, and finishes the task.
+    let resumed = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    assert!(resumed.resumed);
+    assert!(resumed.handled.len() >= stored, "{} handled < {stored} stored", resumed.handled.len());
+    let stats = crawl(cfg.clone(), spec.clone(), &db).await;
+    assert!(stats.pages > 0);
+    let all = rows(&db);
+    assert_eq!(all.len(), books as usize);
+    for (url, (task, title, ..)) in &all {
+        let id: u32 = path_of(url).trim_start_matches("/book/").trim_end_matches(".html").parse().unwrap();
+        assert_eq!((task.as_str(), title.as_deref()), ("books", Some(book_title(id).as_str())));
+    }
+    // Only the requests in flight at the stop may be fetched twice.
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in fx.requests() {
+        *counts.entry(r.path).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(p, n)| **n > 1 && p.starts_with("/book/")).collect();
+    assert!(twice.len() <= cfg.concurrency, "{} pages fetched twice: {twice:?}", twice.len());
+    assert!(fx.requests().len() > before);
+
+    // The run finished, so the next one starts over from the seeds.
+    let next = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    assert!(!next.resumed);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_coord::{keys, CoordError, Etcd, PrefixWatch, Session, WorkerRecord};
-use crawler_engine::{EngineConfig, Fetcher, Sink, SinkWriter, TaskSpec};
+use crawler_engine::{EngineConfig, Fetcher, Sink, SinkWriter, StateStore, TaskSpec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -59,12 +59,13 @@ pub async fn run(
     cfg: WorkerConfig,
     http: TcpListener,
     sinks: Vec<Box<dyn Sink>>,
+    state: Arc<dyn StateStore>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let etcd = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await?;
     let fetcher = Arc::new(Fetcher::new(cfg.engine.clone()).map_err(|e| WorkerError::Client(e.to_string()))?);
     let writer = SinkWriter::spawn(sinks, cfg.batch, Duration::from_secs(1));
-    let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender());
+    let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender(), Some(state));
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
 

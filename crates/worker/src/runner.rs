@@ -1,6 +1,11 @@
 //! The crawls of one worker: a map from resource name to its running crawl, reconciled with
 //! the resources assigned here. Reconciling by state, not by event, means a repeated or
 //! modified event can never start a second copy, and a missed one is caught up on the next.
+//!
+//! With a state store, each resource's crawl is a stored run labelled with the resource id and
+//! opened at the epoch of its assignment (the record's etcd revision): a task that moves here
+//! continues where its previous worker stopped, and the previous worker, should it come back,
+//! can no longer commit for it. A deleted (or re-added) resource's run is ended.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -8,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_coord::{ResourceRecord, Snapshot};
-use crawler_engine::{rfc3339, Crawl, CrawlStats, Fetcher, ItemSender, Task, TaskSpec};
+use crawler_engine::{rfc3339, CommitSender, Crawl, CrawlStats, Epoch, Fetcher, StateStore, Task, TaskSpec};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +44,8 @@ pub struct TaskStatus {
 struct Running {
     resource_id: String,
     crawl: Option<Crawl>,
+    /// The stored run, when there is a state store.
+    run: Option<i64>,
 }
 
 /// The crawls of one worker. Cheap to clone.
@@ -49,7 +56,8 @@ struct Inner {
     id: String,
     tasks: HashMap<String, TaskSpec>,
     fetcher: Arc<Fetcher>,
-    items: ItemSender,
+    commits: CommitSender,
+    state: Option<Arc<dyn StateStore>>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     registered: AtomicBool,
     unknown_tasks: AtomicU64,
@@ -57,13 +65,21 @@ struct Inner {
 }
 
 impl Runner {
-    /// A runner with no crawls.
-    pub fn new(id: String, tasks: Vec<TaskSpec>, fetcher: Arc<Fetcher>, items: ItemSender) -> Runner {
+    /// A runner with no crawls. Without a state store, crawls keep their frontier in memory
+    /// and a moved task starts over from its seeds.
+    pub fn new(
+        id: String,
+        tasks: Vec<TaskSpec>,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        state: Option<Arc<dyn StateStore>>,
+    ) -> Runner {
         Runner(Arc::new(Inner {
             id,
             tasks: tasks.into_iter().map(|t| (t.name.clone(), t)).collect(),
             fetcher,
-            items,
+            commits,
+            state,
             running: tokio::sync::Mutex::new(BTreeMap::new()),
             registered: AtomicBool::new(false),
             unknown_tasks: AtomicU64::new(0),
@@ -87,44 +103,100 @@ impl Runner {
 
     /// Makes the running crawls match the resources assigned to this worker.
     pub async fn reconcile(&self, snap: &Snapshot) {
-        let mut desired: BTreeMap<String, ResourceRecord> = BTreeMap::new();
+        let mut desired: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
+        let mut ids: HashMap<&str, String> = HashMap::new();
         for (name, e) in &snap.entries {
             match ResourceRecord::decode(name, &e.value) {
-                Ok(r) if r.assigned_node == self.0.id => {
-                    desired.insert(name.clone(), r);
+                Ok(r) => {
+                    ids.insert(name, r.id.clone());
+                    if r.assigned_node == self.0.id {
+                        desired.insert(name.clone(), (r, e.mod_revision));
+                    }
                 }
-                Ok(_) => {}
                 Err(err) => tracing::warn!(resource = %name, error = %err, "unreadable resource"),
             }
         }
         let mut running = self.0.running.lock().await;
         let stale: Vec<String> = running
             .iter()
-            .filter(|(name, r)| desired.get(*name).is_none_or(|d| d.id != r.resource_id))
+            .filter(|(name, r)| desired.get(*name).is_none_or(|(d, _)| d.id != r.resource_id))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
             if let Some(r) = running.remove(&name) {
+                // Deleted or re-added (not moved to another worker): its run is over.
+                let ended = ids.get(name.as_str()).is_none_or(|id| *id != r.resource_id);
+                let run = r.run;
                 stop(&name, r).await;
+                if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
+                    let state = state.clone();
+                    match tokio::task::spawn_blocking(move || state.end_run(run)).await {
+                        Ok(Ok(())) => tracing::info!(resource = %name, run, "run ended"),
+                        Ok(Err(e)) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
+                        Err(e) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
+                    }
+                }
             }
         }
-        for (name, rec) in desired {
+        for (name, (rec, revision)) in desired {
             if running.contains_key(&name) {
                 continue;
             }
-            let crawl = match self.task_for(&rec) {
-                Ok(task) => {
-                    tracing::info!(resource = %name, id = %rec.id, "starting crawl");
-                    Some(Crawl::start(task, self.0.fetcher.clone(), self.0.items.clone(), &self.0.parent))
-                }
+            let (crawl, run) = match self.task_for(&rec) {
+                Ok(task) => match self.start(task, &rec, revision).await {
+                    Ok((crawl, run)) => (Some(crawl), run),
+                    Err(e) => {
+                        // Not recorded as running, so the next event tries again.
+                        tracing::error!(resource = %name, error = %e, "cannot open the task's run");
+                        continue;
+                    }
+                },
                 Err(problem) => {
                     self.0.unknown_tasks.fetch_add(1, Relaxed);
                     tracing::error!(resource = %name, %problem, "cannot run this resource");
-                    None
+                    (None, None)
                 }
             };
-            running.insert(name, Running { resource_id: rec.id, crawl });
+            running.insert(name, Running { resource_id: rec.id, crawl, run });
         }
+    }
+
+    /// Starts a resource's crawl: its stored run (resumed if the task moved here) or, without
+    /// a state store, a crawl from the seeds.
+    async fn start(
+        &self,
+        task: Task,
+        rec: &ResourceRecord,
+        revision: i64,
+    ) -> Result<(Crawl, Option<i64>), crawler_engine::SinkError> {
+        let inner = &self.0;
+        let Some(state) = inner.state.clone() else {
+            tracing::info!(resource = %rec.name, id = %rec.id, "starting crawl");
+            return Ok((
+                Crawl::start(task, inner.fetcher.clone(), inner.commits.clone(), &inner.parent),
+                None,
+            ));
+        };
+        let (name, label) = (rec.name.clone(), rec.id.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || state.open_run(&name, &label, Epoch::At(revision), false))
+                .await
+                .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
+        tracing::info!(
+            resource = %rec.name,
+            id = %rec.id,
+            run = opened.id,
+            epoch = opened.epoch,
+            resumed = opened.resumed,
+            done = opened.handled.len(),
+            queued = opened.queued.len(),
+            "starting crawl"
+        );
+        let run = opened.id;
+        Ok((
+            Crawl::resume(task, opened, inner.fetcher.clone(), inner.commits.clone(), &inner.parent),
+            Some(run),
+        ))
     }
 
     fn task_for(&self, rec: &ResourceRecord) -> Result<Task, String> {
@@ -223,7 +295,16 @@ mod tests {
             json!({"name": "known", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
         )
         .unwrap();
-        (Runner::new("w1".into(), vec![known], Arc::new(Fetcher::new(cfg).unwrap()), writer.sender()), writer)
+        (
+            Runner::new(
+                "w1".into(),
+                vec![known],
+                Arc::new(Fetcher::new(cfg).unwrap()),
+                writer.sender(),
+                None,
+            ),
+            writer,
+        )
     }
 
     async fn names(r: &Runner) -> Vec<String> {

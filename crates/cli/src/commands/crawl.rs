@@ -1,12 +1,14 @@
 //! `crawler crawl` (and `crawler worker --cluster=false`): run tasks in this process until
-//! their frontiers are exhausted, store items, and report a summary.
+//! their frontiers are exhausted, store items, and report a summary. Each task's run lives in
+//! the storage database, so a killed or interrupted crawl resumes where it stopped.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crawler_engine::{
-    Crawl, CrawlStats, Fetcher, JsonlSink, MysqlSink, Sink, SinkError, SinkWriter, SqliteSink, Task,
+    Crawl, CrawlStats, Epoch, Fetcher, JsonlSink, MysqlSink, MysqlState, OpenedRun, Sink, SinkError,
+    SinkWriter, SqliteSink, SqliteState, StateStore, Task,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,14 @@ pub struct Summary {
     pub errors: u64,
     /// Wall time.
     pub elapsed_ms: u64,
+    /// Whether any task continued an unfinished run found in the database.
+    pub resumed: bool,
+    /// Requests skipped because robots.txt disallows them.
+    pub robots_blocked: u64,
 }
+
+/// The run label of standalone crawls in the state tables (cluster runs use resource ids).
+pub const STANDALONE: &str = "standalone";
 
 /// Why a standalone run failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,32 +69,91 @@ pub fn select_tasks(all: Vec<Task>, names: &[String]) -> Result<Vec<Task>, Confi
     Ok(all.into_iter().filter(|t| names.iter().any(|n| n == t.name())).collect())
 }
 
-/// Opens the sinks the config and `--output` ask for.
-pub fn open_sinks(config: &Config, output: Option<&Path>) -> Result<Vec<Box<dyn Sink>>, RunError> {
+/// Opens the sinks the config and `--output` ask for; the JSON-lines file is appended to when
+/// a run resumes.
+pub fn open_sinks(
+    config: &Config,
+    output: Option<&Path>,
+    append: bool,
+) -> Result<Vec<Box<dyn Sink>>, RunError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     match config.storage()? {
         Storage::Sqlite(path) => sinks.push(Box::new(SqliteSink::open(&path)?)),
         Storage::Mysql(url) => sinks.push(Box::new(MysqlSink::open(&url)?)),
     }
     if let Some(path) = output {
-        sinks.push(Box::new(JsonlSink::create(path)?));
+        sinks.push(Box::new(JsonlSink::open(path, append)?));
     }
     Ok(sinks)
 }
 
-/// Runs the tasks to the end (or until `shutdown`), then flushes the sinks.
+/// Opens the run bookkeeping of the configured storage database.
+pub fn open_state(config: &Config) -> Result<Arc<dyn StateStore>, RunError> {
+    Ok(match config.storage()? {
+        Storage::Sqlite(path) => Arc::new(SqliteState::open(&path)?),
+        Storage::Mysql(url) => Arc::new(MysqlState::open(&url)?),
+    })
+}
+
+/// Opens (or resumes) the standalone run of every task, saying on stderr which ones resume.
+pub async fn open_runs(
+    state: Arc<dyn StateStore>,
+    tasks: &[Task],
+    fresh: bool,
+) -> Result<Vec<OpenedRun>, RunError> {
+    let names: Vec<String> = tasks.iter().map(|t| t.name().to_owned()).collect();
+    let runs = tokio::task::spawn_blocking(move || {
+        names.iter().map(|n| state.open_run(n, STANDALONE, Epoch::Next, fresh)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| SinkError { sink: "state", message: e.to_string() })??;
+    for (task, run) in tasks.iter().zip(&runs) {
+        if run.resumed {
+            eprintln!(
+                "resuming {}: {} done, {} queued",
+                task.name(),
+                thousands(run.handled.len()),
+                thousands(run.queued.len())
+            );
+        }
+    }
+    Ok(runs)
+}
+
+/// `8123` as `8,123`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Runs the tasks to the end (or until `shutdown`) from their stored runs, then flushes the
+/// sinks.
 pub async fn run(
     config: &Config,
     tasks: Vec<Task>,
-    sinks: Vec<Box<dyn Sink>>,
+    output: Option<&Path>,
+    fresh: bool,
     shutdown: CancellationToken,
     progress: bool,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
     let fetcher = Arc::new(Fetcher::new(config.engine.clone()).map_err(|e| RunError::Client(e.to_string()))?);
+    let runs = open_runs(open_state(config)?, &tasks, fresh).await?;
+    let resumed = runs.iter().any(|r| r.resumed);
+    let sinks = open_sinks(config, output, resumed)?;
     let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_secs(1));
-    let crawls: Vec<Crawl> =
-        tasks.into_iter().map(|t| Crawl::start(t, fetcher.clone(), writer.sender(), &shutdown)).collect();
+    let crawls: Vec<Crawl> = tasks
+        .into_iter()
+        .zip(runs)
+        .map(|(t, run)| Crawl::resume(t, run, fetcher.clone(), writer.sender(), &shutdown))
+        .collect();
     let ticker = progress.then(|| Progress::spawn(crawls.clone()));
     let mut total = CrawlStats::default();
     for crawl in &crawls {
@@ -100,17 +168,19 @@ pub async fn run(
         total.pages += s.pages;
         total.items += s.items;
         total.errors += s.errors;
+        total.robots_blocked += s.robots_blocked;
     }
     if let Some(t) = ticker {
         t.finish().await;
     }
     drop(crawls);
     let written = writer.close().await?;
-    debug_assert_eq!(written, total.items);
     Ok(Summary {
         pages: total.pages,
         items: written,
         errors: total.errors,
         elapsed_ms: started.elapsed().as_millis() as u64,
+        resumed,
+        robots_blocked: total.robots_blocked,
     })
 }

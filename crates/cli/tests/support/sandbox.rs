@@ -144,6 +144,23 @@ max_depth = 100
         sb
     }
 
+    /// What a master or worker logged so far.
+    pub fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until `worker` runs the task `name`; returns how long that took.
+    pub async fn wait_task(&self, worker: &Proc, name: &str, within: Duration) -> Duration {
+        let t = std::time::Instant::now();
+        loop {
+            if self.tasks_on(worker).await.iter().any(|n| n == name) {
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < within, "{} did not take {name} within {within:?}", worker.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("items.db")
     }

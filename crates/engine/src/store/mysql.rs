@@ -1,0 +1,300 @@
+//! MySQL/MariaDB, the shared store of a cluster: items (one table per rule table, one row per
+//! `(task, url)` upserted, so a task that moves between workers never duplicates rows) and the
+//! crawl state, written together in one transaction per batch. Each batch locks the rows of its
+//! runs (`SELECT ... FOR UPDATE`) and checks their epochs, so a worker that lost a run can never
+//! commit for it, even while the new owner is opening it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use mysql::prelude::Queryable;
+use mysql::{Conn, Opts, Transaction, TxOpts, Value};
+
+use super::sqlite::host_of;
+use super::{key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, Sink, SinkError, StateStore};
+use super::{FINISHED, RUNNING};
+use crate::item::{rfc3339, Item};
+
+fn err(e: impl std::fmt::Display) -> SinkError {
+    SinkError { sink: "mysql", message: e.to_string() }
+}
+
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS crawler_runs (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+     task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
+     epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
+     KEY crawler_runs_by_task (task, label, state)) DEFAULT CHARSET = utf8mb4",
+    "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, url_key BIGINT NOT NULL, \
+     url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, rule INT NOT NULL, \
+     priority INT NOT NULL, status TINYINT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
+     PRIMARY KEY (run, url_key)) DEFAULT CHARSET = utf8mb4",
+];
+
+fn connect(opts: &Opts) -> Result<Conn, SinkError> {
+    let mut conn = Conn::new(opts.clone()).map_err(err)?;
+    for ddl in SCHEMA {
+        conn.query_drop(ddl).map_err(err)?;
+    }
+    Ok(conn)
+}
+
+/// Items and crawl state in MySQL/MariaDB over one connection (reconnected once per batch on
+/// failure).
+pub struct MysqlSink {
+    opts: Opts,
+    conn: Conn,
+    columns: HashMap<Arc<str>, HashSet<String>>,
+}
+
+impl MysqlSink {
+    /// Connects to `mysql://user:pass@host:port/db` and creates the state tables.
+    pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
+        let opts = Opts::from_url(url).map_err(err)?;
+        let conn = connect(&opts)?;
+        Ok(MysqlSink { opts, conn, columns: HashMap::new() })
+    }
+
+    fn ensure_table(&mut self, item: &Item) -> Result<(), SinkError> {
+        if let Some(cols) = self.columns.get(&item.table) {
+            if item.fields.iter().all(|(f, _)| cols.contains(&**f)) {
+                return Ok(());
+            }
+        }
+        let table = &item.table;
+        // URLs are ASCII once normalized; ASCII keys keep the primary key within InnoDB's limit.
+        self.conn
+            .query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS `{table}` (task VARCHAR(64) CHARACTER SET ascii NOT NULL, \
+                 url VARCHAR(3000) CHARACTER SET ascii NOT NULL, crawled_at VARCHAR(32) NOT NULL, \
+                 PRIMARY KEY (task, url)) DEFAULT CHARSET = utf8mb4"
+            ))
+            .map_err(err)?;
+        let existing: Vec<String> = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                (&**table,),
+            )
+            .map_err(err)?;
+        let mut existing: HashSet<String> = existing.into_iter().collect();
+        for (f, _) in &item.fields {
+            if existing.contains(&**f) {
+                continue;
+            }
+            match self.conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN `{f}` TEXT")) {
+                Ok(()) => {}
+                // Another worker added it first.
+                Err(mysql::Error::MySqlError(e)) if e.code == 1060 => {}
+                Err(e) => return Err(err(e)),
+            }
+            existing.insert(f.to_string());
+        }
+        self.columns.insert(table.clone(), existing);
+        Ok(())
+    }
+
+    fn write_once(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
+        // DDL commits implicitly in MySQL: tables first, then the transaction.
+        for item in batch.iter().filter_map(|c| c.item.as_ref()) {
+            self.ensure_table(item)?;
+        }
+        let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
+        let mut holds: HashMap<i64, bool> = HashMap::new();
+        let mut fenced = Vec::new();
+        for c in batch {
+            if let Some(run) = &c.run {
+                let held = match holds.get(&run.id) {
+                    Some(h) => *h,
+                    None => {
+                        let current: Option<(i64, String)> = tx
+                            .exec_first(
+                                "SELECT epoch, state FROM crawler_runs WHERE id = ? FOR UPDATE",
+                                (run.id,),
+                            )
+                            .map_err(err)?;
+                        let h = current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING);
+                        holds.insert(run.id, h);
+                        h
+                    }
+                };
+                if !held {
+                    fenced.push(run.clone());
+                    continue;
+                }
+            }
+            if let Some(item) = &c.item {
+                write_item(&mut tx, item)?;
+            }
+            if let Some(run) = &c.run {
+                write_state(&mut tx, run.id, c)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        for run in fenced {
+            run.fence();
+        }
+        Ok(())
+    }
+}
+
+fn write_item(tx: &mut Transaction, item: &Item) -> Result<(), SinkError> {
+    let mut cols = String::from("task, url, crawled_at");
+    let mut marks = String::from("?, ?, ?");
+    let mut set = String::from("crawled_at = VALUES(crawled_at)");
+    for (f, _) in &item.fields {
+        cols.push_str(&format!(", `{f}`"));
+        marks.push_str(", ?");
+        set.push_str(&format!(", `{f}` = VALUES(`{f}`)"));
+    }
+    let sql = format!("INSERT INTO `{}` ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {set}", item.table);
+    let mut params: Vec<Value> =
+        vec![(*item.task).into(), item.url.as_str().into(), item.crawled_at.as_str().into()];
+    params.extend(item.fields.iter().map(|(_, v)| v.as_deref().map_or(Value::NULL, Value::from)));
+    tx.exec_drop(sql, params).map_err(err)
+}
+
+/// Writes a commit's state rows; see the SQLite store for the rules.
+fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkError> {
+    // Assignments run left to right, so `depth` is compared before it changes.
+    const UPSERT: &str =
+        "INSERT INTO crawler_frontier (run, url_key, url, host, depth, rule, priority, status) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON DUPLICATE KEY UPDATE \
+         rule = IF(status = 0 AND VALUES(depth) < depth, VALUES(rule), rule), \
+         priority = IF(status = 0 AND VALUES(depth) < depth, VALUES(priority), priority), \
+         depth = IF(status = 0 AND VALUES(depth) < depth, VALUES(depth), depth)";
+    if !c.queued.is_empty() {
+        tx.exec_batch(
+            UPSERT,
+            c.queued
+                .iter()
+                .map(|q| (run, key_col(q.key), &q.url, host_of(&q.url), q.depth, q.rule, q.priority)),
+        )
+        .map_err(err)?;
+    }
+    if let Some((key, status)) = c.page {
+        tx.exec_drop(
+            "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND url_key = ?",
+            (status as u8, run, key_col(key)),
+        )
+        .map_err(err)?;
+    }
+    if c.finished {
+        tx.exec_drop(
+            "UPDATE crawler_runs SET state = ?, finished_at = ? WHERE id = ?",
+            (FINISHED, rfc3339(std::time::SystemTime::now()), run),
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Sink for MysqlSink {
+    fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
+        match self.write_once(batch) {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                // One reconnect: a server restart or an idle timeout must not lose the batch.
+                tracing::warn!(error = %first, "mysql write failed; reconnecting once");
+                self.conn = connect(&self.opts)?;
+                self.columns.clear();
+                self.write_once(batch)
+            }
+        }
+    }
+}
+
+/// The run bookkeeping of a MySQL/MariaDB database (a connection per call).
+pub struct MysqlState {
+    opts: Opts,
+}
+
+impl MysqlState {
+    /// Checks the URL, connects once and creates the state tables.
+    pub fn open(url: &str) -> Result<MysqlState, SinkError> {
+        let opts = Opts::from_url(url).map_err(err)?;
+        connect(&opts)?;
+        Ok(MysqlState { opts })
+    }
+}
+
+impl StateStore for MysqlState {
+    fn open_run(&self, task: &str, label: &str, epoch: Epoch, fresh: bool) -> Result<OpenedRun, SinkError> {
+        let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
+        let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
+        if fresh {
+            let ids: Vec<i64> = tx
+                .exec("SELECT id FROM crawler_runs WHERE task = ? AND label = ? FOR UPDATE", (task, label))
+                .map_err(err)?;
+            for id in ids {
+                tx.exec_drop("DELETE FROM crawler_frontier WHERE run = ?", (id,)).map_err(err)?;
+                tx.exec_drop("DELETE FROM crawler_runs WHERE id = ?", (id,)).map_err(err)?;
+            }
+        }
+        let found: Option<(i64, i64)> = tx
+            .exec_first(
+                "SELECT id, epoch FROM crawler_runs WHERE task = ? AND label = ? AND state = ? ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                (task, label, RUNNING),
+            )
+            .map_err(err)?;
+        let Some((id, current)) = found else {
+            let done: Vec<i64> = tx
+                .exec("SELECT id FROM crawler_runs WHERE task = ? AND label = ?", (task, label))
+                .map_err(err)?;
+            for id in done {
+                tx.exec_drop("DELETE FROM crawler_frontier WHERE run = ?", (id,)).map_err(err)?;
+            }
+            let epoch = match epoch {
+                Epoch::Next => 1,
+                Epoch::At(e) => e,
+            };
+            tx.exec_drop(
+                "INSERT INTO crawler_runs (task, label, state, epoch, started_at) VALUES (?, ?, ?, ?, ?)",
+                (task, label, RUNNING, epoch, rfc3339(std::time::SystemTime::now())),
+            )
+            .map_err(err)?;
+            let id = tx.last_insert_id().unwrap_or_default() as i64;
+            tx.commit().map_err(err)?;
+            return Ok(OpenedRun { id, epoch, ..OpenedRun::default() });
+        };
+        let epoch = match epoch {
+            Epoch::Next => current + 1,
+            Epoch::At(e) if e >= current => e,
+            Epoch::At(e) => {
+                return Err(SinkError {
+                    sink: "mysql",
+                    message: format!("run of {task:?} is held at epoch {current}, newer than {e}"),
+                })
+            }
+        };
+        tx.exec_drop("UPDATE crawler_runs SET epoch = ? WHERE id = ?", (epoch, id)).map_err(err)?;
+        let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
+        let rows: Vec<(i64, u8, String, u32, u32, i32)> = tx
+            .exec(
+                "SELECT url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?",
+                (id,),
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        for (key, status, url, depth, rule, priority) in rows {
+            let key = key as u64;
+            if status == PageStatus::Queued as u8 {
+                run.queued.push(QueuedUrl { key, url, depth, rule, priority });
+            } else {
+                run.handled.push(key);
+            }
+        }
+        Ok(run)
+    }
+
+    fn end_run(&self, id: i64) -> Result<(), SinkError> {
+        let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
+        let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
+        tx.exec_drop(
+            "UPDATE crawler_runs SET state = 'ended', finished_at = ? WHERE id = ?",
+            (rfc3339(std::time::SystemTime::now()), id),
+        )
+        .map_err(err)?;
+        tx.exec_drop("DELETE FROM crawler_frontier WHERE run = ?", (id,)).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}

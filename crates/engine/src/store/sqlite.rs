@@ -1,0 +1,323 @@
+//! SQLite, the embedded default: items (one table per rule table, one row per `(task, url)`)
+//! and the crawl state (`crawler_runs`, `crawler_frontier`) in one file, written together in
+//! one transaction per batch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::{key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, Sink, SinkError, StateStore};
+use super::{FINISHED, RUNNING};
+use crate::item::{rfc3339, Item};
+
+fn sqlite_err(e: rusqlite::Error) -> SinkError {
+    SinkError { sink: "sqlite", message: e.to_string() }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS crawler_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    label TEXT NOT NULL,
+    state TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS crawler_runs_by_task ON crawler_runs (task, label, state);
+CREATE TABLE IF NOT EXISTS crawler_frontier (
+    run INTEGER NOT NULL,
+    url_key INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    host TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    rule INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run, url_key)
+) WITHOUT ROWID;
+";
+
+fn connect(path: &Path) -> Result<Connection, SinkError> {
+    let conn = Connection::open(path).map_err(sqlite_err)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;")
+        .map_err(sqlite_err)?;
+    conn.execute_batch(SCHEMA).map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+/// The host part of a normalized absolute URL, without parsing it again.
+pub(crate) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+/// Items and crawl state in SQLite.
+pub struct SqliteSink {
+    conn: Connection,
+    /// Columns known to exist, per table.
+    columns: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+impl SqliteSink {
+    /// Opens (or creates) the database file and its state tables.
+    pub fn open(path: &Path) -> Result<SqliteSink, SinkError> {
+        Ok(SqliteSink { conn: connect(path)?, columns: HashMap::new() })
+    }
+
+    /// Creates the table, or adds the columns it lacks.
+    fn ensure_table(&mut self, item: &Item) -> Result<(), SinkError> {
+        if let Some(cols) = self.columns.get(&item.table) {
+            if item.fields.iter().all(|(f, _)| cols.contains(f)) {
+                return Ok(());
+            }
+        }
+        let table = &item.table;
+        self.conn
+            .execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{table}\" (task TEXT NOT NULL, url TEXT NOT NULL, \
+                 crawled_at TEXT NOT NULL, PRIMARY KEY (task, url))"
+            ))
+            .map_err(sqlite_err)?;
+        let mut existing = HashSet::new();
+        {
+            let mut stmt =
+                self.conn.prepare(&format!("PRAGMA table_info(\"{table}\")")).map_err(sqlite_err)?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(1)).map_err(sqlite_err)?;
+            for n in names {
+                existing.insert(Arc::<str>::from(n.map_err(sqlite_err)?.as_str()));
+            }
+        }
+        for (f, _) in &item.fields {
+            if !existing.contains(f) {
+                self.conn
+                    .execute_batch(&format!("ALTER TABLE \"{table}\" ADD COLUMN \"{f}\" TEXT"))
+                    .map_err(sqlite_err)?;
+                existing.insert(f.clone());
+            }
+        }
+        self.columns.insert(table.clone(), existing);
+        Ok(())
+    }
+}
+
+fn upsert_sql(item: &Item) -> String {
+    let mut cols = String::from("task, url, crawled_at");
+    let mut vals = String::from("?1, ?2, ?3");
+    let mut set = String::from("crawled_at = excluded.crawled_at");
+    for (i, (f, _)) in item.fields.iter().enumerate() {
+        cols.push_str(&format!(", \"{f}\""));
+        vals.push_str(&format!(", ?{}", i + 4));
+        set.push_str(&format!(", \"{f}\" = excluded.\"{f}\""));
+    }
+    format!(
+        "INSERT INTO \"{}\" ({cols}) VALUES ({vals}) ON CONFLICT (task, url) DO UPDATE SET {set}",
+        item.table
+    )
+}
+
+fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(&upsert_sql(item))?;
+    let task: &str = &item.task;
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&task, &item.url, &item.crawled_at];
+    for (_, v) in &item.fields {
+        params.push(v);
+    }
+    stmt.execute(params.as_slice())?;
+    Ok(())
+}
+
+/// Writes a commit's state rows. A URL queued again closer to a seed while it still waits
+/// moves up to that depth.
+fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
+    if !c.queued.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO crawler_frontier (run, url_key, url, host, depth, rule, priority, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) \
+             ON CONFLICT (run, url_key) DO UPDATE SET depth = excluded.depth, rule = excluded.rule, \
+             priority = excluded.priority WHERE excluded.depth < depth AND status = 0",
+        )?;
+        for q in &c.queued {
+            stmt.execute(params![run, key_col(q.key), q.url, host_of(&q.url), q.depth, q.rule, q.priority])?;
+        }
+    }
+    if let Some((key, status)) = c.page {
+        tx.prepare_cached("UPDATE crawler_frontier SET status = ?1, attempts = attempts + 1 WHERE run = ?2 AND url_key = ?3")?
+            .execute(params![status as u8, run, key_col(key)])?;
+    }
+    if c.finished {
+        tx.prepare_cached("UPDATE crawler_runs SET state = ?1, finished_at = ?2 WHERE id = ?3")?
+            .execute(params![FINISHED, rfc3339(std::time::SystemTime::now()), run])?;
+    }
+    Ok(())
+}
+
+impl Sink for SqliteSink {
+    fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
+        for item in batch.iter().filter_map(|c| c.item.as_ref()) {
+            self.ensure_table(item)?;
+        }
+        let tx = self.conn.transaction().map_err(sqlite_err)?;
+        // Whether each run's owner still holds it, checked once per batch inside the transaction
+        // (SQLite has one writer at a time, so no other owner can slip in before the commit).
+        let mut holds: HashMap<i64, bool> = HashMap::new();
+        for c in batch {
+            if let Some(run) = &c.run {
+                let held = match holds.get(&run.id) {
+                    Some(h) => *h,
+                    None => {
+                        let current: Option<(i64, String)> = tx
+                            .prepare_cached("SELECT epoch, state FROM crawler_runs WHERE id = ?1")
+                            .and_then(|mut s| {
+                                s.query_row([run.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+                            })
+                            .map_err(sqlite_err)?;
+                        let h = current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING);
+                        holds.insert(run.id, h);
+                        h
+                    }
+                };
+                if !held {
+                    run.fence();
+                    continue;
+                }
+            }
+            if let Some(item) = &c.item {
+                write_item(&tx, item).map_err(sqlite_err)?;
+            }
+            if let Some(run) = &c.run {
+                write_state(&tx, run.id, c).map_err(sqlite_err)?;
+            }
+        }
+        tx.commit().map_err(sqlite_err)
+    }
+}
+
+/// The run bookkeeping of a SQLite file (its own connection, beside the sink's).
+pub struct SqliteState {
+    path: PathBuf,
+}
+
+impl SqliteState {
+    /// Opens (or creates) the database file and its state tables.
+    pub fn open(path: &Path) -> Result<SqliteState, SinkError> {
+        connect(path)?;
+        Ok(SqliteState { path: path.to_owned() })
+    }
+}
+
+impl StateStore for SqliteState {
+    fn open_run(&self, task: &str, label: &str, epoch: Epoch, fresh: bool) -> Result<OpenedRun, SinkError> {
+        let mut conn = connect(&self.path)?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
+        let run = open_in(&tx, task, label, epoch, fresh).map_err(|e| match e {
+            OpenError::Db(e) => sqlite_err(e),
+            OpenError::Stale { current } => SinkError {
+                sink: "sqlite",
+                message: format!("run of {task:?} is held at epoch {current}, newer than {epoch:?}"),
+            },
+        })?;
+        tx.commit().map_err(sqlite_err)?;
+        Ok(run)
+    }
+
+    fn end_run(&self, id: i64) -> Result<(), SinkError> {
+        let mut conn = connect(&self.path)?;
+        let tx = conn.transaction().map_err(sqlite_err)?;
+        tx.execute(
+            "UPDATE crawler_runs SET state = 'ended', finished_at = ?1 WHERE id = ?2",
+            params![rfc3339(std::time::SystemTime::now()), id],
+        )
+        .map_err(sqlite_err)?;
+        tx.execute("DELETE FROM crawler_frontier WHERE run = ?1", [id]).map_err(sqlite_err)?;
+        tx.commit().map_err(sqlite_err)
+    }
+}
+
+enum OpenError {
+    Db(rusqlite::Error),
+    Stale { current: i64 },
+}
+
+impl From<rusqlite::Error> for OpenError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpenError::Db(e)
+    }
+}
+
+fn open_in(
+    tx: &Transaction,
+    task: &str,
+    label: &str,
+    epoch: Epoch,
+    fresh: bool,
+) -> Result<OpenedRun, OpenError> {
+    let old_runs = "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2";
+    if fresh {
+        tx.execute(&format!("DELETE FROM crawler_frontier WHERE run IN ({old_runs})"), [task, label])?;
+        tx.execute("DELETE FROM crawler_runs WHERE task = ?1 AND label = ?2", [task, label])?;
+    }
+    let found: Option<(i64, i64)> = tx
+        .query_row(
+            "SELECT id, epoch FROM crawler_runs WHERE task = ?1 AND label = ?2 AND state = ?3 ORDER BY id DESC LIMIT 1",
+            [task, label, RUNNING],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, current)) = found else {
+        // A new run; the frontiers of the label's finished runs are of no further use.
+        tx.execute(&format!("DELETE FROM crawler_frontier WHERE run IN ({old_runs})"), [task, label])?;
+        let epoch = match epoch {
+            Epoch::Next => 1,
+            Epoch::At(e) => e,
+        };
+        tx.execute(
+            "INSERT INTO crawler_runs (task, label, state, epoch, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task, label, RUNNING, epoch, rfc3339(std::time::SystemTime::now())],
+        )?;
+        return Ok(OpenedRun { id: tx.last_insert_rowid(), epoch, ..OpenedRun::default() });
+    };
+    let epoch = match epoch {
+        Epoch::Next => current + 1,
+        Epoch::At(e) if e >= current => e,
+        Epoch::At(_) => return Err(OpenError::Stale { current }),
+    };
+    tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
+    let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
+    let mut stmt = tx
+        .prepare("SELECT url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?1")?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        let key = r.get::<_, i64>(0)? as u64;
+        if r.get::<_, u8>(1)? == PageStatus::Queued as u8 {
+            run.queued.push(QueuedUrl {
+                key,
+                url: r.get(2)?,
+                depth: r.get(3)?,
+                rule: r.get(4)?,
+                priority: r.get(5)?,
+            });
+        } else {
+            run.handled.push(key);
+        }
+    }
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_urls() {
+        assert_eq!(host_of("http://a.example:8080/x?y"), "a.example:8080");
+        assert_eq!(host_of("https://u:p@b.example"), "b.example");
+        assert_eq!(host_of("http://c.example?q"), "c.example");
+    }
+}

@@ -1,0 +1,150 @@
+//! The [`SinkWriter`]: batches the commits of every running crawl into one transaction per
+//! sink, so storage cost is paid per batch, not per page.
+//!
+//! Sinks are synchronous and run on a blocking thread; crawls never wait on storage I/O except
+//! through the bounded channel's backpressure. A crash loses at most the commits not yet
+//! written: the batch being written and the channel's `batch` more.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Commit, Sink, SinkError};
+
+/// A handle crawls use to hand commits to the writer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CommitSender(mpsc::Sender<Commit>);
+
+impl CommitSender {
+    /// Queues a commit; waits while the writer is behind. Fails once the writer has failed.
+    pub async fn send(&self, commit: Commit) -> Result<(), Commit> {
+        self.0.send(commit).await.map_err(|e| e.0)
+    }
+}
+
+/// Batches commits into the sinks on a background task: a batch is written when it is full, when
+/// no commit arrived for `linger`, and when every sender is gone.
+pub struct SinkWriter {
+    tx: Option<mpsc::Sender<Commit>>,
+    task: JoinHandle<Result<u64, SinkError>>,
+}
+
+impl SinkWriter {
+    /// Starts the writer. `batch` is the number of commits per transaction.
+    pub fn spawn(sinks: Vec<Box<dyn Sink>>, batch: usize, linger: Duration) -> SinkWriter {
+        let batch = batch.max(1);
+        let (tx, rx) = mpsc::channel(batch);
+        let task = tokio::spawn(write_loop(sinks, rx, batch, linger));
+        SinkWriter { tx: Some(tx), task }
+    }
+
+    /// A sender for one crawl.
+    pub fn sender(&self) -> CommitSender {
+        CommitSender(self.tx.clone().expect("sender taken only by close"))
+    }
+
+    /// Waits until every sender is dropped, writes the last partial batch, and returns the
+    /// number of items stored (a fenced run's are not).
+    pub async fn close(mut self) -> Result<u64, SinkError> {
+        self.tx = None;
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(SinkError { sink: "writer", message: e.to_string() }),
+        }
+    }
+}
+
+async fn write_loop(
+    mut sinks: Vec<Box<dyn Sink>>,
+    mut rx: mpsc::Receiver<Commit>,
+    batch: usize,
+    linger: Duration,
+) -> Result<u64, SinkError> {
+    let mut written = 0u64;
+    loop {
+        let mut buf: Vec<Commit> = Vec::with_capacity(batch);
+        // Wait, without a timer, for the first commit of the next batch.
+        if rx.recv_many(&mut buf, batch).await == 0 {
+            return Ok(written);
+        }
+        // Fill it until it is full, every sender is gone, or `linger` has passed.
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut closed = false;
+        while buf.len() < batch {
+            let room = batch - buf.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let r = sinks.iter_mut().try_for_each(|s| s.write(&buf));
+            let items =
+                buf.iter().filter(|c| c.item.is_some() && !c.run.as_ref().is_some_and(|r| r.is_fenced()));
+            (sinks, r.map(|()| items.count() as u64))
+        })
+        .await
+        .map_err(|e| SinkError { sink: "writer", message: e.to_string() })?;
+        sinks = back;
+        match result {
+            Ok(n) => written += n,
+            Err(e) => {
+                tracing::error!(error = %e, "sink failed; stopping");
+                return Err(e);
+            }
+        }
+        if closed {
+            return Ok(written);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::item::Item;
+
+    /// Records the batches it is given.
+    struct Recorder(Arc<Mutex<Vec<usize>>>);
+
+    impl Sink for Recorder {
+        fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(batch.len());
+            Ok(())
+        }
+    }
+
+    fn item(i: usize) -> Commit {
+        let item = Item {
+            task: "t".into(),
+            table: "book".into(),
+            url: format!("http://h/{i}"),
+            crawled_at: "2026-01-01T00:00:00Z".into(),
+            fields: Vec::new(),
+        };
+        Commit { item: Some(item), ..Commit::default() }
+    }
+
+    #[tokio::test]
+    async fn batches_are_full_and_the_last_partial_one_is_written_on_close() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let writer =
+            SinkWriter::spawn(vec![Box::new(Recorder(batches.clone()))], 100, Duration::from_secs(60));
+        let tx = writer.sender();
+        for i in 0..250 {
+            tx.send(item(i)).await.unwrap();
+        }
+        tx.send(Commit::default()).await.unwrap();
+        drop(tx);
+        // Items counted, not commits; nothing waited for the 60 s linger.
+        assert_eq!(writer.close().await.unwrap(), 250);
+        assert_eq!(*batches.lock().unwrap(), [100, 100, 51]);
+    }
+}
