@@ -29,10 +29,10 @@ fn main() {
     // Visited set: push and pop one at a time, so the queue stays empty.
     let base = rss_bytes();
     let started = Instant::now();
-    let mut f = Frontier::new(u32::MAX, false);
+    let mut f = Frontier::new(u32::MAX, false, usize::MAX);
     for i in 0..n {
         f.push(request(i));
-        f.pop();
+        f.pop(Instant::now());
     }
     let visited_time = started.elapsed();
     let visited_rss = rss_bytes().saturating_sub(base);
@@ -45,7 +45,7 @@ fn main() {
 
     // Queue: push everything, then drain.
     let base = rss_bytes();
-    let mut q = Frontier::new(u32::MAX, false);
+    let mut q = Frontier::new(u32::MAX, false, usize::MAX);
     for i in 0..n {
         q.push(request(i + n));
     }

@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::HeaderValue;
 use serde::Serialize;
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -22,7 +22,7 @@ use url::Url;
 use crate::charset::decode_html;
 use crate::extract::extract;
 use crate::fetch::{FetchError, Fetched, Fetcher};
-use crate::frontier::{Admission, Frontier, Request};
+use crate::frontier::{Admission, Frontier, HostId, Request};
 use crate::item::{rfc3339, Item};
 use crate::limiter::RateLimiter;
 use crate::robots::Robots;
@@ -96,6 +96,8 @@ struct Ctx {
     cookie: Option<HeaderValue>,
     counters: Counters,
     cancel: CancellationToken,
+    /// Hosts that asked us to wait (`Retry-After`), reported by jobs to the dispatcher.
+    pauses: mpsc::UnboundedSender<(HostId, Instant)>,
     robots: Mutex<HashMap<String, Arc<OnceCell<Robots>>>>,
 }
 
@@ -146,6 +148,7 @@ impl Crawl {
             .and_then(|c| HeaderValue::from_str(c).ok());
         let cancel = parent.child_token();
         let handle = run.as_ref().map(|r| Arc::new(RunHandle::new(r.id, r.epoch, cancel.clone())));
+        let (pauses, paused) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
             task,
             fetcher,
@@ -154,12 +157,13 @@ impl Crawl {
             cookie,
             counters: Counters::default(),
             cancel,
+            pauses,
             robots: Mutex::new(HashMap::new()),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
         tokio::spawn(async move {
-            run_crawl(runner, run).await;
+            run_crawl(runner, run, paused).await;
             let _ = done_tx.send(true);
         });
         Crawl { ctx, done, started_at: SystemTime::now() }
@@ -216,10 +220,24 @@ struct Handled {
 
 type Outcome = Option<Handled>;
 
-async fn run_crawl(ctx: Arc<Ctx>, stored: Option<OpenedRun>) {
+/// A finished job: its id and outcome, or why it did not finish.
+type JobResult = Result<(tokio::task::Id, Outcome), tokio::task::JoinError>;
+
+/// The jobs in flight and the host of each.
+#[derive(Default)]
+struct Jobs {
+    set: JoinSet<Outcome>,
+    hosts: HashMap<tokio::task::Id, HostId>,
+}
+
+async fn run_crawl(
+    ctx: Arc<Ctx>,
+    stored: Option<OpenedRun>,
+    mut paused: mpsc::UnboundedReceiver<(HostId, Instant)>,
+) {
     let inner = &ctx.task.0;
     let record = ctx.run.is_some();
-    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload);
+    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, ctx.fetcher.config().per_host);
     let mut dispatched = 0u64;
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
@@ -250,22 +268,28 @@ async fn run_crawl(ctx: Arc<Ctx>, stored: Option<OpenedRun>) {
         writer_gone(&ctx);
     }
     let mut limiter = RateLimiter::new(&inner.limits);
-    let mut jobs: JoinSet<Outcome> = JoinSet::new();
+    let mut jobs = Jobs::default();
     let max_in_flight = ctx.fetcher.config().concurrency;
     let max_pages = inner.spec.max_pages;
     let counters = &ctx.counters;
     loop {
-        while let Some(done) = jobs.try_join_next() {
-            settle(&ctx, &mut frontier, done).await;
+        while let Some(done) = jobs.set.try_join_next_with_id() {
+            settle(&ctx, &mut frontier, &mut jobs, done).await;
+        }
+        while let Ok((host, until)) = paused.try_recv() {
+            frontier.pause(host, until);
         }
         counters.queued.store(frontier.len() as u64, Relaxed);
-        counters.in_flight.store(jobs.len() as u64, Relaxed);
+        counters.in_flight.store(jobs.set.len() as u64, Relaxed);
         if ctx.cancel.is_cancelled() {
             break;
         }
-        let may_dispatch = jobs.len() < max_in_flight && (max_pages == 0 || dispatched < max_pages);
-        if may_dispatch {
-            if let Some(req) = frontier.pop() {
+        let budget = max_pages == 0 || dispatched < max_pages;
+        let room = jobs.set.len() < max_in_flight && budget;
+        if room {
+            // Only a request whose host can be served now: a busy or paused host never holds
+            // a slot another host could use.
+            if let Some(req) = frontier.pop(Instant::now()) {
                 let now = Instant::now();
                 let at = limiter.reserve(now);
                 // Even a zero sleep waits for the next timer tick (1 ms): sleep only when limited.
@@ -276,24 +300,29 @@ async fn run_crawl(ctx: Arc<Ctx>, stored: Option<OpenedRun>) {
                     }
                 }
                 dispatched += 1;
-                jobs.spawn(handle(ctx.clone(), req));
+                let host = req.host;
+                let job = jobs.set.spawn(handle(ctx.clone(), req));
+                jobs.hosts.insert(job.id(), host);
                 continue;
             }
         }
-        if jobs.is_empty() {
+        if jobs.set.is_empty() && (!budget || frontier.is_empty()) {
             break;
         }
+        let wake = if room { frontier.next_wake() } else { None };
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            Some(done) = jobs.join_next() => settle(&ctx, &mut frontier, done).await,
+            Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
+            Some((host, until)) = paused.recv() => frontier.pause(host, until),
+            _ = sleep_until_some(wake) => {}
         }
     }
     let finished = !ctx.cancel.is_cancelled();
     // Pages already handled are committed; requests still in flight are abandoned and stay
     // queued in the stored run.
-    jobs.abort_all();
-    while let Some(done) = jobs.join_next().await {
-        settle(&ctx, &mut frontier, done).await;
+    jobs.set.abort_all();
+    while let Some(done) = jobs.set.join_next_with_id().await {
+        settle(&ctx, &mut frontier, &mut jobs, done).await;
     }
     if finished
         && record
@@ -310,6 +339,14 @@ async fn run_crawl(ctx: Arc<Ctx>, stored: Option<OpenedRun>) {
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
 }
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn writer_gone(ctx: &Ctx) {
     if !ctx.cancel.is_cancelled() {
         ctx.counters.errors.fetch_add(1, Relaxed);
@@ -319,7 +356,15 @@ fn writer_gone(ctx: &Ctx) {
 }
 
 /// Applies a finished job's outcome to the frontier and commits it.
-async fn settle(ctx: &Ctx, frontier: &mut Frontier, done: Result<Outcome, tokio::task::JoinError>) {
+async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobResult) {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    if let Some(host) = jobs.hosts.remove(&id) {
+        frontier.done(host);
+    }
+    let done = done.map(|(_, outcome)| outcome);
     let rules = &ctx.task.0.rules;
     let record = ctx.run.is_some();
     let (key, depth, mut status, item, links, redirect) = match done {
@@ -401,7 +446,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         }
     }
     let started = Instant::now();
-    let report = ctx.fetcher.fetch(&req.url, ctx.cookie.as_ref(), true, &ctx.cancel).await;
+    let host = req.host;
+    let pause = |wait: Duration| {
+        let _ = ctx.pauses.send((host, Instant::now() + wait));
+    };
+    let report = ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), true, &ctx.cancel, &pause).await;
     counters.pages.fetch_add(u64::from(report.responses), Relaxed);
     counters.retries.fetch_add(u64::from(report.tries.saturating_sub(1)), Relaxed);
     counters.fetch_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);

@@ -143,6 +143,19 @@ impl Fetcher {
         html_only: bool,
         cancel: &CancellationToken,
     ) -> FetchReport {
+        self.fetch_paced(url, cookie, html_only, cancel, &|_| {}).await
+    }
+
+    /// Like [`Fetcher::fetch`], and tells `on_retry_after` as soon as the server asks to wait
+    /// (`Retry-After` on a 429 or 5xx), so the caller can hold back the rest of that host.
+    pub async fn fetch_paced(
+        &self,
+        url: &Url,
+        cookie: Option<&HeaderValue>,
+        html_only: bool,
+        cancel: &CancellationToken,
+        on_retry_after: &(dyn Fn(Duration) + Send + Sync),
+    ) -> FetchReport {
         let mut responses = 0;
         let mut tries = 0;
         loop {
@@ -160,6 +173,9 @@ impl Fetcher {
                 }
                 Attempt::Retry(e, after) => (e, after),
             };
+            if let Some(after) = retry_after {
+                on_retry_after(after);
+            }
             let delay = retry_after.unwrap_or_else(|| backoff(self.cfg.backoff.0, tries));
             tracing::debug!(url = %url, %error, delay_ms = delay.as_millis() as u64, "retrying");
             tokio::select! {

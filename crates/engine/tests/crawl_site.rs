@@ -336,6 +336,115 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     assert!(!next.resumed);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_host_never_holds_the_slots_of_the_others() {
+    // One slow host (400 ms a page) on 127.0.1.1, five fast ones on 127.0.1.2-6.
+    let slow_site = Site { books: 6, tags: 1, per_page: 6, latency: Duration::from_millis(400) };
+    let listener = tokio::net::TcpListener::bind("127.0.1.1:0").await.unwrap();
+    let slow = Fixture::start_on(slow_site, listener).await.unwrap();
+    let mut fast = Vec::new();
+    for i in 2..7 {
+        let listener = tokio::net::TcpListener::bind(format!("127.0.1.{i}:0")).await.unwrap();
+        fast.push(
+            Fixture::start_on(Site { books: 30, tags: 2, per_page: 10, ..Site::default() }, listener)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut spec = task(&fast[0]);
+    // The slow host's pages come first in the queue: with one request per host, a dispatcher
+    // that took them in order would fill every slot with requests waiting for that host.
+    spec.seeds = (0..6).map(|i| slow.url(&format!("/book/{i}.html"))).collect();
+    spec.seeds.extend(fast.iter().map(|f| f.url("/index.html")));
+    spec.rules[0].follow.retain(|f| f.select == "a.tag");
+    let cfg = EngineConfig { concurrency: 4, per_host: 1, obey_robots: false, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("m.db")).await;
+    assert_eq!(stats.items, 5 * 30);
+    let slow_log = slow.requests();
+    assert_eq!(slow_log.len(), 6);
+    assert!(slow.max_in_flight() <= 1);
+    // Every fast host was crawled to the end while the slow one served its first pages.
+    let third_slow = slow_log[2].at;
+    for f in &fast {
+        assert!(f.max_in_flight() <= 1);
+        let last = f.requests().iter().map(|r| r.at).max().unwrap();
+        assert!(
+            last < third_slow,
+            "a fast host waited for the slow one ({:?} after its 3rd page)",
+            last - third_slow
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
+    let site = Site { books: 400, tags: 2, per_page: 20, latency: Duration::from_millis(10) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.db");
+    let mut spec = task(&fx);
+    spec.max_depth = 1000;
+    spec.rules[0].follow.retain(|f| f.select == "a.tag");
+    let state = SqliteState::open(&db).unwrap();
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 5, Duration::from_millis(20));
+    let old_run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let old = Crawl::resume(
+        Task::compile(spec.clone()).unwrap(),
+        old_run,
+        fetcher,
+        writer.sender(),
+        &CancellationToken::new(),
+    );
+    while old.stats().items < 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Another owner opens the run (a newer epoch): the old crawl's next commit is refused.
+    let new_run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    assert!(new_run.resumed);
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(5), old.join()).await.expect("the fenced crawl stops");
+    assert!(old.is_fenced());
+    assert!(stopped.items < 400);
+    let rows_then = rows(&db).len();
+    drop(old);
+    writer.close().await.unwrap();
+    // Nothing the old owner handled after the takeover was stored.
+    assert_eq!(rows(&db).len(), rows_then);
+    // The new owner finishes the task.
+    crawl(engine(), spec, &db).await;
+    assert_eq!(rows(&db).len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_back_the_whole_host() {
+    let site = Site { books: 40, tags: 1, per_page: 40, latency: Duration::from_millis(20) };
+    let fx = Fixture::start(site).await.unwrap();
+    let mut spec = task(&fx);
+    // The 429 page first, then forty books, all seeds of one host.
+    spec.seeds = std::iter::once(fx.url("/busy.html"))
+        .chain((0..40).map(|i| fx.url(&format!("/book/{i}.html"))))
+        .collect();
+    let cfg = EngineConfig { concurrency: 4, per_host: 4, obey_robots: false, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("r.db")).await;
+    assert_eq!(stats.errors, 0);
+    let log = fx.requests();
+    let busy: Vec<_> = log.iter().filter(|r| r.path == "/busy.html").map(|r| r.at).collect();
+    assert_eq!(busy.len(), 2);
+    // Requests already on their way when the 429 came may land just after it; then nothing
+    // until the host's Retry-After (1 s) has passed.
+    let during: Vec<_> = log
+        .iter()
+        .filter(|r| r.at > busy[0] + Duration::from_millis(100) && r.at < busy[1] - Duration::from_millis(10))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(during.is_empty(), "sent while the host asked us to wait: {during:?}");
+    assert_eq!(log.len(), 41 + 1);
+}
+
 #[tokio::test]
 async fn requests_go_through_the_proxies_round_robin() {
     // Two fixture servers stand in for HTTP proxies: a proxy receives the absolute URL and

@@ -205,15 +205,20 @@ max_depth = 100
         }
     }
 
+    /// Waits until every live master (the leader included, which assigns) sees `n` workers.
     pub async fn wait_workers(&self, n: usize) {
         let started = Instant::now();
         loop {
+            let mut agreed = true;
             for m in self.masters.iter().filter(|m| m.child.is_some()) {
-                if let Some((200, v)) = self.get(&m.http, "/crawler/workers").await {
-                    if v.as_array().unwrap().len() == n {
-                        return;
-                    }
-                }
+                let seen = match self.get(&m.http, "/crawler/workers").await {
+                    Some((200, v)) => v.as_array().map_or(0, Vec::len),
+                    _ => 0,
+                };
+                agreed &= seen == n;
+            }
+            if agreed {
+                return;
             }
             assert!(started.elapsed() < Duration::from_secs(15), "workers did not register");
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,0 +1,601 @@
+//! The frontier of one task run: which URL to fetch next, and which were already seen.
+//!
+//! A pure state machine (no I/O; the caller passes the clock). Requests wait in one queue per
+//! host; a host is *ready* while it has fewer than `per_host` requests in flight and is not
+//! paused (by a `Retry-After`). [`Frontier::pop`] takes the best request of any ready host, so
+//! a slow, saturated or paused host never holds a dispatch slot while another host could be
+//! served. Among ready hosts the order is breadth-first: lower depth first, then higher rule
+//! priority, then first-come.
+//!
+//! Deduplication happens when a URL is queued, on its normalized form; the visited set keeps
+//! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits moves
+//! up to that depth (with concurrent fetches a deeper path can be found first), so `max_depth`
+//! never cuts off a page within reach.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Instant;
+
+use url::Url;
+
+use crate::scope::url_key;
+use crate::store::QueuedUrl;
+
+/// A host's index in the frontier (a host and port).
+pub type HostId = u32;
+
+/// A request waiting in the frontier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Normalized URL.
+    pub url: Url,
+    /// Link distance from a seed (seeds are 0).
+    pub depth: u32,
+    /// Index of the rule that handles the response.
+    pub rule: usize,
+    /// Priority of that rule; higher goes first within a depth.
+    pub priority: i32,
+    /// Dedup keys of the URLs whose redirects led here, oldest first (empty for links).
+    pub redirected_from: Vec<u64>,
+    /// The URL's host, as assigned by the frontier when it pops the request.
+    pub host: HostId,
+}
+
+impl Request {
+    /// A request reached by a link (not by a redirect).
+    pub fn new(url: Url, depth: u32, rule: usize, priority: i32) -> Request {
+        Request { url, depth, rule, priority, redirected_from: Vec::new(), host: 0 }
+    }
+}
+
+/// What happened to a URL offered to the frontier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queued for fetching.
+    Queued,
+    /// Already queued or fetched in this run.
+    Seen,
+    /// Deeper than the task's `max_depth`.
+    TooDeep,
+}
+
+/// A hasher for keys that are already uniformly distributed 64-bit hashes.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Ordering of queued requests: higher is served first.
+type Rank = (Reverse<u32>, i32, Reverse<u64>);
+
+/// A queued request in compact form: the URL as text (re-parsed on pop), no spare capacity.
+struct Entry {
+    seq: u64,
+    key: u64,
+    url: Box<str>,
+    depth: u32,
+    priority: i32,
+    rule: u32,
+    redirected_from: Box<[u64]>,
+}
+
+impl Entry {
+    fn rank(&self) -> Rank {
+        (Reverse(self.depth), self.priority, Reverse(self.seq))
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+/// One host's queue and how busy it is.
+#[derive(Default)]
+struct HostQueue {
+    queue: BinaryHeap<Entry>,
+    in_flight: u32,
+    /// Paused until then.
+    not_before: Option<Instant>,
+    /// The rank under which the host is listed as ready, if it is.
+    listed: Option<Rank>,
+}
+
+/// A ready host, ordered by the rank of its best request.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Ready {
+    rank: Rank,
+    host: HostId,
+}
+
+/// The per-host queues, ready set and visited set of one task run.
+pub struct Frontier {
+    hosts: Vec<HostQueue>,
+    /// Host ids by port, then host name (looked up without allocating).
+    host_ids: HashMap<u16, HashMap<Box<str>, HostId>>,
+    ready: BinaryHeap<Ready>,
+    paused: BinaryHeap<Reverse<(Instant, HostId)>>,
+    visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    /// Best depth of each URL still waiting; entries of a queue at another depth are stale.
+    waiting: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    /// Entries queued (stale ones included) and not popped.
+    entries: usize,
+    seq: u64,
+    max_depth: u32,
+    reload: bool,
+    per_host: u32,
+}
+
+impl Frontier {
+    /// An empty frontier serving at most `per_host` requests of one host at a time. With
+    /// `reload`, URLs are not deduplicated.
+    pub fn new(max_depth: u32, reload: bool, per_host: usize) -> Frontier {
+        Frontier {
+            hosts: Vec::new(),
+            host_ids: HashMap::new(),
+            ready: BinaryHeap::new(),
+            paused: BinaryHeap::new(),
+            visited: HashSet::default(),
+            waiting: HashMap::default(),
+            entries: 0,
+            seq: 0,
+            max_depth,
+            reload,
+            per_host: per_host.clamp(1, u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Offers a request; it is queued unless too deep or already seen (a URL still waiting at
+    /// a greater depth is queued again at this one).
+    pub fn push(&mut self, req: Request) -> Admission {
+        self.offer(req, false).0
+    }
+
+    /// Like [`Frontier::push`]; with `record`, a queued request also comes back as the state row
+    /// to store.
+    pub fn offer(&mut self, req: Request, record: bool) -> (Admission, Option<QueuedUrl>) {
+        if req.depth > self.max_depth {
+            return (Admission::TooDeep, None);
+        }
+        let key = url_key(&req.url);
+        if !self.reload {
+            if self.visited.insert(key) {
+                self.waiting.insert(key, req.depth);
+            } else {
+                match self.waiting.get_mut(&key) {
+                    Some(best) if req.depth < *best => *best = req.depth,
+                    _ => return (Admission::Seen, None),
+                }
+            }
+        }
+        let host = self.host_id(&req.url);
+        self.seq += 1;
+        let url = String::from(req.url).into_boxed_str();
+        let row = record.then(|| QueuedUrl {
+            key,
+            url: url.to_string(),
+            depth: req.depth,
+            rule: req.rule as u32,
+            priority: req.priority,
+        });
+        let entry = Entry {
+            seq: self.seq,
+            key,
+            url,
+            depth: req.depth,
+            priority: req.priority,
+            rule: req.rule as u32,
+            redirected_from: req.redirected_from.into_boxed_slice(),
+        };
+        let hq = &mut self.hosts[host as usize];
+        let better = hq.queue.peek().is_none_or(|top| entry.rank() > top.rank());
+        hq.queue.push(entry);
+        self.entries += 1;
+        if better {
+            self.list(host);
+        }
+        (Admission::Queued, row)
+    }
+
+    /// Marks a URL key as already handled (a resumed run's done, failed and skipped URLs).
+    pub fn mark_handled(&mut self, key: u64) {
+        self.visited.insert(key);
+    }
+
+    /// The best request of any ready host at `now`; its host counts it as in flight until
+    /// [`Frontier::done`].
+    pub fn pop(&mut self, now: Instant) -> Option<Request> {
+        while let Some(&Reverse((at, host))) = self.paused.peek() {
+            if at > now {
+                break;
+            }
+            self.paused.pop();
+            let hq = &mut self.hosts[host as usize];
+            if hq.not_before == Some(at) {
+                hq.not_before = None;
+                self.list(host);
+            }
+        }
+        while let Some(Ready { rank, host }) = self.ready.pop() {
+            let hq = &mut self.hosts[host as usize];
+            if hq.listed != Some(rank) {
+                continue;
+            }
+            hq.listed = None;
+            match self.head(host) {
+                Some(head) if head == rank => {}
+                Some(_) => {
+                    self.list(host);
+                    continue;
+                }
+                None => continue,
+            }
+            let hq = &mut self.hosts[host as usize];
+            let e = hq.queue.pop().expect("the head exists");
+            hq.in_flight += 1;
+            self.entries -= 1;
+            if !self.reload {
+                self.waiting.remove(&e.key);
+            }
+            self.list(host);
+            // The text came from a parsed URL, so it parses again.
+            let Ok(url) = Url::parse(&e.url) else {
+                self.done(host);
+                continue;
+            };
+            return Some(Request {
+                url,
+                depth: e.depth,
+                rule: e.rule as usize,
+                priority: e.priority,
+                redirected_from: e.redirected_from.into_vec(),
+                host,
+            });
+        }
+        None
+    }
+
+    /// A request of `host` is no longer in flight.
+    pub fn done(&mut self, host: HostId) {
+        if let Some(hq) = self.hosts.get_mut(host as usize) {
+            hq.in_flight = hq.in_flight.saturating_sub(1);
+            self.list(host);
+        }
+    }
+
+    /// Serves nothing of `host` before `until` (a `Retry-After`, a crawl delay).
+    pub fn pause(&mut self, host: HostId, until: Instant) {
+        let Some(hq) = self.hosts.get_mut(host as usize) else { return };
+        if hq.not_before.is_none_or(|t| until > t) {
+            hq.not_before = Some(until);
+            hq.listed = None;
+            self.paused.push(Reverse((until, host)));
+        }
+    }
+
+    /// When a paused host may become ready, if one is paused.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.paused.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Requests of `host` in flight.
+    pub fn in_flight(&self, host: HostId) -> u32 {
+        self.hosts.get(host as usize).map_or(0, |h| h.in_flight)
+    }
+
+    /// Requests waiting.
+    pub fn len(&self) -> usize {
+        if self.reload {
+            self.entries
+        } else {
+            self.waiting.len()
+        }
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Distinct hosts met so far.
+    pub fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Distinct URLs seen in this run (queued or fetched).
+    pub fn seen(&self) -> usize {
+        self.visited.len()
+    }
+
+    /// Bytes held by the visited set (its table, not counting the queue).
+    pub fn visited_bytes(&self) -> usize {
+        // hashbrown keeps buckets at a power of two, at most 7/8 full, each a u64 slot plus
+        // one control byte.
+        let buckets = (self.visited.capacity() * 8 / 7).next_power_of_two();
+        buckets * (8 + 1)
+    }
+
+    fn host_id(&mut self, url: &Url) -> HostId {
+        let port = url.port_or_known_default().unwrap_or(0);
+        let name = url.host_str().unwrap_or("");
+        let by_name = self.host_ids.entry(port).or_default();
+        if let Some(id) = by_name.get(name) {
+            return *id;
+        }
+        let id = self.hosts.len() as HostId;
+        by_name.insert(name.into(), id);
+        self.hosts.push(HostQueue::default());
+        id
+    }
+
+    /// The rank of a host's best live request, dropping stale entries on the way.
+    fn head(&mut self, host: HostId) -> Option<Rank> {
+        let hq = &mut self.hosts[host as usize];
+        while let Some(e) = hq.queue.peek() {
+            if !self.reload && self.waiting.get(&e.key) != Some(&e.depth) {
+                hq.queue.pop();
+                self.entries -= 1;
+                continue;
+            }
+            return Some(e.rank());
+        }
+        None
+    }
+
+    /// Lists a host as ready under its best request's rank, if it can be served now.
+    fn list(&mut self, host: HostId) {
+        let (in_flight, paused) = {
+            let hq = &self.hosts[host as usize];
+            (hq.in_flight, hq.not_before.is_some())
+        };
+        if in_flight >= self.per_host || paused {
+            return;
+        }
+        let Some(rank) = self.head(host) else { return };
+        let hq = &mut self.hosts[host as usize];
+        if hq.listed != Some(rank) {
+            hq.listed = Some(rank);
+            self.ready.push(Ready { rank, host });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn req(path: &str, depth: u32, priority: i32) -> Request {
+        Request::new(Url::parse(&format!("http://h{path}")).unwrap(), depth, 0, priority)
+    }
+
+    #[test]
+    fn dedups_depth_limits_and_orders_breadth_first() {
+        let mut f = Frontier::new(2, false, usize::MAX);
+        assert_eq!(f.push(req("/a", 1, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/a", 2, 0)), Admission::Seen);
+        assert_eq!(f.push(req("/deep", 3, 0)), Admission::TooDeep);
+        assert_eq!(f.push(req("/b", 2, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/c", 0, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/d", 1, 5)), Admission::Queued);
+        let order: Vec<_> =
+            std::iter::from_fn(|| f.pop(Instant::now())).map(|r| r.url.path().to_owned()).collect();
+        assert_eq!(order, ["/c", "/d", "/a", "/b"]);
+        assert_eq!(f.seen(), 4);
+    }
+
+    #[test]
+    fn a_url_found_again_closer_to_a_seed_moves_up() {
+        let mut f = Frontier::new(3, false, usize::MAX);
+        assert_eq!(f.push(req("/x", 3, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/y", 2, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/x", 1, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/x", 2, 0)), Admission::Seen);
+        assert_eq!(f.len(), 2);
+        let order: Vec<_> = std::iter::from_fn(|| f.pop(Instant::now()))
+            .map(|r| (r.url.path().to_owned(), r.depth))
+            .collect();
+        assert_eq!(order, [("/x".to_owned(), 1), ("/y".to_owned(), 2)]);
+        // Once fetched, it stays seen.
+        assert_eq!(f.push(req("/x", 0, 0)), Admission::Seen);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn reload_allows_refetching() {
+        let mut f = Frontier::new(5, true, usize::MAX);
+        assert_eq!(f.push(req("/a", 0, 0)), Admission::Queued);
+        assert_eq!(f.push(req("/a", 1, 0)), Admission::Queued);
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn visited_set_is_small_per_url() {
+        let mut f = Frontier::new(1, false, usize::MAX);
+        for i in 0..100_000 {
+            f.push(req(&format!("/p{i}"), 0, 0));
+        }
+        while f.pop(Instant::now()).is_some() {}
+        let per_url = f.visited_bytes() as f64 / 100_000.0;
+        assert!(per_url < 40.0, "{per_url} bytes per visited URL");
+    }
+
+    fn on(host: &str, path: &str, depth: u32) -> Request {
+        Request::new(Url::parse(&format!("http://{host}{path}")).unwrap(), depth, 0, 0)
+    }
+
+    #[test]
+    fn a_saturated_or_paused_host_does_not_block_the_others() {
+        let t0 = Instant::now();
+        let mut f = Frontier::new(9, false, 2);
+        for i in 0..5 {
+            f.push(on("slow", &format!("/{i}"), 0));
+        }
+        f.push(on("fast", "/a", 1));
+        f.push(on("fast", "/b", 1));
+        f.push(on("other", "/x", 2));
+        // Breadth-first across hosts, but at most two of "slow" at once.
+        let mut hosts = Vec::new();
+        while let Some(r) = f.pop(t0) {
+            hosts.push((r.url.host_str().unwrap().to_owned(), r.host));
+        }
+        let names: Vec<&str> = hosts.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(names, ["slow", "slow", "fast", "fast", "other"]);
+        assert_eq!(f.len(), 3);
+        // A slot of "slow" frees: its next request goes.
+        let slow = hosts[0].1;
+        f.done(slow);
+        assert_eq!(f.pop(t0).unwrap().url.path(), "/2");
+        assert!(f.pop(t0).is_none());
+        // Paused (Retry-After) with free slots: nothing of it until the pause ends.
+        f.done(slow);
+        f.done(slow);
+        f.pause(slow, t0 + Duration::from_secs(2));
+        assert!(f.pop(t0 + Duration::from_secs(1)).is_none());
+        assert_eq!(f.next_wake(), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(f.pop(t0 + Duration::from_secs(2)).unwrap().url.path(), "/3");
+        assert_eq!(f.hosts(), 3);
+    }
+
+    /// One operation of the scheduler model test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push { host: u8, depth: u32, priority: i32 },
+        Pop,
+        Done(usize),
+        Pause { host: u8, ms: u64 },
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..5, 0u32..4, -1i32..2).prop_map(|(host, depth, priority)| Op::Push { host, depth, priority }),
+            4 => Just(Op::Pop),
+            3 => (0usize..64).prop_map(Op::Done),
+            1 => (0u8..5, 1u64..50).prop_map(|(host, ms)| Op::Pause { host, ms }),
+            1 => (1u64..40).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn pops_are_ordered_unique_and_at_the_best_depth(items in proptest::collection::vec((0u32..50, 0u32..6, -2i32..3), 1..200)) {
+            let mut f = Frontier::new(4, false, usize::MAX);
+            // The model: best depth per id among the admissible offers.
+            let mut best: HashMap<u32, u32> = HashMap::new();
+            for (id, depth, prio) in &items {
+                let got = f.push(req(&format!("/{id}"), *depth, *prio));
+                if *depth > 4 {
+                    prop_assert_eq!(got, Admission::TooDeep);
+                    continue;
+                }
+                let improves = best.get(id).is_none_or(|b| depth < b);
+                prop_assert_eq!(got, if improves { Admission::Queued } else { Admission::Seen });
+                if improves { best.insert(*id, *depth); }
+            }
+            prop_assert_eq!(f.len(), best.len());
+            let popped: Vec<Request> = std::iter::from_fn(|| f.pop(Instant::now())).collect();
+            prop_assert_eq!(popped.len(), best.len());
+            for r in &popped {
+                let id: u32 = r.url.path()[1..].parse().unwrap();
+                prop_assert_eq!(r.depth, best[&id]);
+            }
+            for w in popped.windows(2) {
+                prop_assert!(w[0].depth <= w[1].depth);
+            }
+        }
+
+        /// Never more than `per_host` in flight per host; a pop serves the best request of the
+        /// hosts that can be served now, and finds nothing only when no host can be.
+        #[test]
+        fn the_scheduler_respects_per_host_limits_and_never_starves_a_ready_host(
+            per_host in 1usize..4,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut f = Frontier::new(10, false, per_host);
+            // The model: queued (host, depth, priority, seq), in flight per host, pauses.
+            let mut queued: Vec<(u8, u32, i32, u64)> = Vec::new();
+            let mut flying: Vec<(u8, HostId)> = Vec::new();
+            let mut paused: HashMap<u8, Instant> = HashMap::new();
+            let mut ids: HashMap<u8, HostId> = HashMap::new();
+            let mut seq = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push { host, depth, priority } => {
+                        seq += 1;
+                        let url = Url::parse(&format!("http://h{host}.example/{seq}")).unwrap();
+                        prop_assert_eq!(f.push(Request::new(url, depth, 0, priority)), Admission::Queued);
+                        queued.push((host, depth, priority, seq));
+                    }
+                    Op::Pop => {
+                        let busy = |h: u8| flying.iter().filter(|(x, _)| *x == h).count();
+                        let servable = |h: u8| busy(h) < per_host && paused.get(&h).is_none_or(|t| *t <= now);
+                        let best = queued
+                            .iter()
+                            .filter(|q| servable(q.0))
+                            .max_by_key(|q| (Reverse(q.1), q.2, Reverse(q.3)))
+                            .copied();
+                        let got = f.pop(now);
+                        match (best, got) {
+                            (None, None) => {}
+                            (Some(b), Some(r)) => {
+                                let id: u64 = r.url.path()[1..].parse().unwrap();
+                                prop_assert_eq!(id, b.3, "served another request than the best ready one");
+                                queued.retain(|q| q.3 != id);
+                                flying.push((b.0, r.host));
+                                ids.insert(b.0, r.host);
+                                let busy = flying.iter().filter(|(x, _)| *x == b.0).count();
+                                prop_assert!(busy <= per_host);
+                                prop_assert_eq!(f.in_flight(r.host) as usize, busy);
+                            }
+                            (b, r) => prop_assert!(false, "model {:?}, frontier {:?}", b, r.map(|r| r.url)),
+                        }
+                    }
+                    Op::Done(i) if !flying.is_empty() => {
+                        let (_, id) = flying.remove(i % flying.len());
+                        f.done(id);
+                    }
+                    Op::Done(_) => {}
+                    Op::Pause { host, ms } => {
+                        // Hosts are paused by the id a pop gave them.
+                        let until = now + Duration::from_millis(ms);
+                        if let Some(&id) = ids.get(&host) {
+                            f.pause(id, until);
+                            let t = paused.entry(host).or_insert(until);
+                            *t = (*t).max(until);
+                        }
+                    }
+                    Op::Tick(ms) => now += Duration::from_millis(ms),
+                }
+            }
+        }
+    }
+}
