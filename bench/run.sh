@@ -4,6 +4,10 @@
 #
 #   bench/run.sh                      # BOOKS=20000 CONC=32 RUNS=3
 #   BOOKS=5000 RUNS=1 bench/run.sh    # quicker
+#   BASELINE=<git rev> bench/run.sh   # also that revision's crawler, side by side
+#   SCRAPY=0 bench/run.sh             # without Scrapy (about a minute per run)
+#   KILLS=5 bench/run.sh              # then the kill test: SIGKILL a crawl at KILLS random
+#                                     # moments, rerun each time, count the extra fetches
 #
 # Needs (installed when missing): nginx, GNU time, python3-venv; Scrapy from PyPI into
 # bench/out/venv; spider-rs built from crates.io in bench/spider-rs (its own target dir).
@@ -14,6 +18,9 @@ ROOT=$PWD
 BOOKS=${BOOKS:-20000}
 CONC=${CONC:-32}
 RUNS=${RUNS:-3}
+SCRAPY=${SCRAPY:-1}
+KILLS=${KILLS:-0}
+BASELINE=${BASELINE:-}
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
 
@@ -25,8 +32,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$OUT/venv/bin/scrapy" ] || { python3 -m venv "$OUT/venv" && "$OUT/venv/bin/pip" install -q scrapy; }
+[ "$SCRAPY" = 0 ] || [ -x "$OUT/venv/bin/scrapy" ] || { python3 -m venv "$OUT/venv" && "$OUT/venv/bin/pip" install -q scrapy; }
 
+if [ -n "$BASELINE" ]; then
+  # The baseline is built in the same target directory (the dependencies are shared), then
+  # copied out; the current tree is built after it.
+  echo "building the baseline $BASELINE (release)..." >&2
+  rm -rf "$OUT/baseline-src" && git worktree prune
+  git worktree add -q --detach "$OUT/baseline-src" "$BASELINE"
+  (cd "$OUT/baseline-src" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --locked -q -p crawler)
+  cp "$ROOT/target/release/crawler" "$OUT/crawler-baseline"
+  git worktree remove --force "$OUT/baseline-src"
+fi
 echo "building (release)..." >&2
 cargo build --release --locked -q -p crawler -p crawler-fixture
 (cd bench/spider-rs && cargo build --release -q)
@@ -100,10 +117,15 @@ PY
 for i in $(seq "$RUNS"); do
   echo "round $i/$RUNS" >&2
   run crawler sqlite "$OUT/crawler.db" "$CRAWLER" crawl --config "$OUT/crawler.toml"
+  if [ -n "$BASELINE" ]; then
+    run "crawler $BASELINE" sqlite "$OUT/crawler.db" "$OUT/crawler-baseline" crawl --config "$OUT/crawler.toml"
+  fi
   run spider-rs none - "$SPIDER" "http://127.0.0.1:$PORT/index.html" "$CONC"
-  run scrapy jsonl "$OUT/scrapy.jsonl" "$OUT/venv/bin/scrapy" runspider bench/scrapy_books.py \
-    -a start="http://127.0.0.1:$PORT/index.html" -o "$OUT/scrapy.jsonl:jsonlines" \
-    -s CONCURRENT_REQUESTS="$CONC" -s CONCURRENT_REQUESTS_PER_DOMAIN="$CONC"
+  if [ "$SCRAPY" != 0 ]; then
+    run scrapy jsonl "$OUT/scrapy.jsonl" "$OUT/venv/bin/scrapy" runspider bench/scrapy_books.py \
+      -a start="http://127.0.0.1:$PORT/index.html" -o "$OUT/scrapy.jsonl:jsonlines" \
+      -s CONCURRENT_REQUESTS="$CONC" -s CONCURRENT_REQUESTS_PER_DOMAIN="$CONC"
+  fi
 done
 
 python3 - "$OUT/results.jsonl" "$BOOKS" "$CONC" "$RUNS" <<'PY'
@@ -124,4 +146,48 @@ for name in dict.fromkeys(r["name"] for r in rows):
     items = "n/a (no extraction)" if name == "spider-rs" else f"{med('items'):.0f}"
     correct = "n/a" if name == "spider-rs" else f"{med('correct'):.0f} / {books}"
     print(f"| {name} | {wall:.2f} | {cpu:.2f} | {req / wall:,.0f} | {req / max(cpu, 0.001):,.0f} | {med('rss_mb'):.0f} | {req:.0f} | {med('dups'):.0f} | {items} | {correct} |")
+PY
+
+[ "$KILLS" -gt 0 ] || exit 0
+
+# The kill test: one crawl SIGKILLed at KILLS random moments (when the site has answered a
+# random share of the pages, drawn between 5 % and 95 %), started again with the same command
+# each time, then let finish. Its table is checked against the generator (as the uninterrupted
+# runs above are); extra fetches are requests beyond one per URL, less the robots.txt each
+# restart fetches again.
+echo "kill test: $KILLS kills" >&2
+PAGES=$(python3 -c 'import json,sys; print(max(json.loads(l)["requests"] for l in open(sys.argv[1]) if json.loads(l)["name"]=="crawler"))' "$OUT/results.jsonl")
+: > "$OUT/nginx/access.log"
+"$NGINX" -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" -s reopen
+sleep 0.3
+rm -f "$OUT/crawler.db"*
+moments=$(python3 -c "import random; print(' '.join(str(x) for x in sorted(random.sample(range($PAGES * 5 // 100, $PAGES * 95 // 100), $KILLS))))")
+k=0
+for at in $moments; do
+  k=$((k + 1))
+  "$CRAWLER" crawl --config "$OUT/crawler.toml" > /dev/null 2> "$OUT/kill-$k.stderr" &
+  pid=$!
+  while [ "$(wc -l < "$OUT/nginx/access.log")" -lt "$at" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.005; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+done
+"$CRAWLER" crawl --config "$OUT/crawler.toml" > "$OUT/kill-final.stdout" 2> "$OUT/kill-final.stderr"
+sleep 1.2
+requests=$(wc -l < "$OUT/nginx/access.log")
+unique=$(awk '{print $7}' "$OUT/nginx/access.log" | sort -u | wc -l)
+robots=$(awk '$7 == "/robots.txt"' "$OUT/nginx/access.log" | wc -l)
+check=$(python3 bench/check.py "$OUT/expected.jsonl" sqlite "$OUT/crawler.db")
+python3 - "$KILLS" "$requests" "$unique" "$robots" "$check" "$moments" "$OUT/kill-final.stdout" <<'PY'
+import json, sys
+kills, requests, unique, robots = map(int, sys.argv[1:5])
+c = json.loads(sys.argv[5])
+moments = sys.argv[6]
+summary = json.loads(open(sys.argv[7]).read().strip().splitlines()[-1])
+extra = requests - unique - (robots - 1)
+print()
+print(f"kill test: SIGKILL when the site had answered {moments} requests, then run to the end (resumed: {summary['resumed']})")
+print()
+print("| kills | requests | distinct URLs | extra fetches | extra % of pages | items | items correct |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| {kills} | {requests} | {unique} | {extra} | {100 * extra / unique:.2f} % | {c['items']} | {c['correct']} (missing {c['missing']}, wrong {c['wrong']}) |")
 PY

@@ -210,7 +210,8 @@ impl Crawl {
 /// What a job reports back to the dispatcher about a handled request: what to store and what
 /// to queue. A job stopped before its request was handled reports `None`: it stays queued.
 struct Handled {
-    key: u64,
+    /// The request's number in the run.
+    seq: u64,
     depth: u32,
     status: PageStatus,
     item: Option<Item>,
@@ -246,10 +247,11 @@ async fn run_crawl(
             for key in run.handled {
                 frontier.mark_handled(key);
             }
+            frontier.continue_after(run.last_seq);
             for q in run.queued {
                 match (Url::parse(&q.url), inner.rules.get(q.rule as usize)) {
                     (Ok(url), Some(rule)) => {
-                        frontier.push(Request::new(url, q.depth, q.rule as usize, rule.priority));
+                        frontier.restore(Request::new(url, q.depth, q.rule as usize, rule.priority), q.seq);
                     }
                     _ => {
                         tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped")
@@ -367,9 +369,9 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     let done = done.map(|(_, outcome)| outcome);
     let rules = &ctx.task.0.rules;
     let record = ctx.run.is_some();
-    let (key, depth, mut status, item, links, redirect) = match done {
-        Ok(Some(Handled { key, depth, status, item, links, redirect })) => {
-            (key, depth, status, item, links, redirect)
+    let (seq, depth, mut status, item, links, redirect) = match done {
+        Ok(Some(Handled { seq, depth, status, item, links, redirect })) => {
+            (seq, depth, status, item, links, redirect)
         }
         Ok(None) => return,
         Err(e) => {
@@ -381,7 +383,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
         }
     };
     let mut commit =
-        Commit { run: ctx.run.clone(), page: record.then_some((key, status)), ..Commit::default() };
+        Commit { run: ctx.run.clone(), page: record.then_some((seq, status)), ..Commit::default() };
     for (url, rule) in links {
         let req = Request::new(url, depth + 1, rule, rules[rule].priority);
         commit.queued.extend(frontier.offer(req, record).1);
@@ -399,7 +401,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
             ctx.counters.errors.fetch_add(1, Relaxed);
             tracing::warn!(task = %ctx.task.name(), url = %req.url, error = problem, "page failed");
             status = PageStatus::Failed;
-            commit.page = record.then_some((key, status));
+            commit.page = record.then_some((seq, status));
         } else {
             let url = req.url.clone();
             let (admission, row) = frontier.offer(req, record);
@@ -426,9 +428,10 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let counters = &ctx.counters;
     let cfg = ctx.fetcher.config();
     let key = url_key(&req.url);
+    let seq = req.seq;
     let depth = req.depth;
     let ended = |status: PageStatus| {
-        Some(Handled { key, depth, status, item: None, links: Vec::new(), redirect: None })
+        Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None })
     };
     if cfg.obey_robots && !robots_for(&ctx, &req.url).await.allowed(&path_and_query(&req.url)) {
         if ctx.cancel.is_cancelled() {
@@ -470,7 +473,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
                     let mut redirected_from = req.redirected_from;
                     redirected_from.push(key);
                     Some(Handled {
-                        key,
+                        seq,
                         depth,
                         status: PageStatus::Done,
                         item: None,
@@ -505,7 +508,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         }),
         _ => None,
     };
-    Some(Handled { key, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
+    Some(Handled { seq, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
 }
 
 fn path_and_query(url: &Url) -> String {

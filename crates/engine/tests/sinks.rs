@@ -53,8 +53,16 @@ fn item_conformance(sink: &mut dyn Sink, rows: &dyn Fn() -> Vec<String>) {
     );
 }
 
-fn queued(key: u64, depth: u32) -> QueuedUrl {
-    QueuedUrl { key, url: format!("http://h{}.example/p{key}", key % 3), depth, rule: 1, priority: 0 }
+/// Request number `seq` of a run: URL `key` at `depth`.
+fn queued(seq: u64, key: u64, depth: u32) -> QueuedUrl {
+    QueuedUrl {
+        seq,
+        key,
+        url: format!("http://h{}.example/p{key}", key % 3).into(),
+        depth,
+        rule: 1,
+        priority: 0,
+    }
 }
 
 fn handle(run: &crawler_engine::OpenedRun) -> Arc<RunHandle> {
@@ -69,60 +77,62 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
 /// Runs: open, commit, resume, fence, finish, start fresh. `count_items(task)` counts the
 /// task's rows in the `book` table.
 fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &dyn Fn(&str) -> u64) {
-    // A new run, its seeds, two pages handled (one with an item, one failed), one still queued.
+    // A new run, its seed, two pages handled (one with an item, one failed), two still queued.
     let run = state.open_run("s", "standalone", Epoch::Next, false).unwrap();
     assert!(!run.resumed);
     let h = handle(&run);
+    let commit = |page: Option<(u64, PageStatus)>, queued: Vec<QueuedUrl>| Commit {
+        run: Some(h.clone()),
+        page,
+        queued,
+        ..Commit::default()
+    };
     sink.write(&[
-        Commit { run: Some(h.clone()), queued: vec![queued(1, 0)], ..Commit::default() },
+        commit(None, vec![queued(1, 1, 0)]),
         Commit {
-            run: Some(h.clone()),
-            page: Some((1, PageStatus::Done)),
             item: Some(item("s", "http://h1.example/p1", &[("title", Some("one"))])),
-            queued: vec![queued(2, 3), queued(3, 1), queued(4, 1)],
-            ..Commit::default()
+            ..commit(Some((1, PageStatus::Done)), vec![queued(2, 2, 3), queued(3, 3, 1), queued(4, 4, 1)])
         },
-        // Found again closer to a seed while waiting: moves up; found deeper: stays.
-        Commit { run: Some(h.clone()), queued: vec![queued(2, 1), queued(3, 2)], ..Commit::default() },
-        Commit { run: Some(h.clone()), page: Some((4, PageStatus::Failed)), ..Commit::default() },
+        // Found again closer to a seed while waiting: a second row that wins on resume; found
+        // deeper: loses. A retried write of the same rows changes nothing.
+        commit(None, vec![queued(5, 2, 1), queued(6, 3, 2)]),
+        commit(None, vec![queued(5, 2, 1)]),
+        commit(Some((4, PageStatus::Failed)), Vec::new()),
     ])
     .unwrap();
     assert!(!h.is_fenced());
 
-    // Resumed: what was handled is known, what waits comes back at its best depth.
+    // Resumed: what was handled is known, what waits comes back once, at its best depth.
     let again = state.open_run("s", "standalone", Epoch::Next, false).unwrap();
     assert!(again.resumed);
     assert_eq!(again.id, run.id);
     assert_eq!(again.epoch, run.epoch + 1);
     assert_eq!(sorted(again.handled.clone()), [1, 4]);
-    let mut waiting: Vec<(u64, u32)> = again.queued.iter().map(|q| (q.key, q.depth)).collect();
+    let mut waiting: Vec<(u64, u64, u32)> = again.queued.iter().map(|q| (q.key, q.seq, q.depth)).collect();
     waiting.sort_unstable();
-    assert_eq!(waiting, [(2, 1), (3, 1)]);
-    assert_eq!(
-        again.queued[0].url,
-        format!("http://h{}.example/p{}", again.queued[0].key % 3, again.queued[0].key)
-    );
+    assert_eq!(waiting, [(2, 5, 1), (3, 3, 1)]);
+    assert_eq!(again.last_seq, 6);
+    let q = &again.queued[0];
+    assert_eq!(&*q.url, format!("http://h{}.example/p{}", q.key % 3, q.key));
 
     // The first owner lost the run: its commit (item and state) is refused as a whole.
     sink.write(&[Commit {
-        run: Some(h.clone()),
-        page: Some((2, PageStatus::Done)),
         item: Some(item("s", "http://h2.example/p2", &[("title", Some("stale"))])),
-        ..Commit::default()
+        ..commit(Some((5, PageStatus::Done)), Vec::new())
     }])
     .unwrap();
     assert!(h.is_fenced());
     assert_eq!(count_items("s"), 1);
     let h2 = handle(&again);
+    let commit2 =
+        |page: Option<(u64, PageStatus)>| Commit { run: Some(h2.clone()), page, ..Commit::default() };
     sink.write(&[
         Commit {
-            run: Some(h2.clone()),
-            page: Some((2, PageStatus::Done)),
             item: Some(item("s", "http://h2.example/p2", &[("title", Some("two"))])),
-            ..Commit::default()
+            ..commit2(Some((5, PageStatus::Done)))
         },
-        Commit { run: Some(h2.clone()), page: Some((3, PageStatus::Skipped)), ..Commit::default() },
-        Commit { run: Some(h2.clone()), finished: true, ..Commit::default() },
+        commit2(Some((3, PageStatus::Skipped))),
+        Commit { finished: true, ..commit2(None) },
     ])
     .unwrap();
     assert!(!h2.is_fenced());
@@ -137,11 +147,12 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     // Cluster epochs: a newer assignment takes over, an older one is refused.
     let w1 = state.open_run("c", "res-1", Epoch::At(10), false).unwrap();
     let hw1 = handle(&w1);
-    sink.write(&[Commit { run: Some(hw1.clone()), queued: vec![queued(7, 0)], ..Commit::default() }])
+    sink.write(&[Commit { run: Some(hw1.clone()), queued: vec![queued(1, 7, 0)], ..Commit::default() }])
         .unwrap();
     let w2 = state.open_run("c", "res-1", Epoch::At(20), false).unwrap();
     assert!(w2.resumed);
     assert_eq!(w2.epoch, 20);
+    assert_eq!(w2.queued.len(), 1);
     assert!(state.open_run("c", "res-1", Epoch::At(10), false).is_err(), "a stale owner took the run back");
     // Another label (a re-added resource) is another run.
     assert!(!state.open_run("c", "res-2", Epoch::At(30), false).unwrap().resumed);

@@ -15,6 +15,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 use url::Url;
@@ -40,12 +41,14 @@ pub struct Request {
     pub redirected_from: Vec<u64>,
     /// The URL's host, as assigned by the frontier when it pops the request.
     pub host: HostId,
+    /// The request's number in the run, as assigned by the frontier when it queues it.
+    pub seq: u64,
 }
 
 impl Request {
     /// A request reached by a link (not by a redirect).
     pub fn new(url: Url, depth: u32, rule: usize, priority: i32) -> Request {
-        Request { url, depth, rule, priority, redirected_from: Vec::new(), host: 0 }
+        Request { url, depth, rule, priority, redirected_from: Vec::new(), host: 0, seq: 0 }
     }
 }
 
@@ -81,11 +84,12 @@ impl Hasher for KeyHasher {
 /// Ordering of queued requests: higher is served first.
 type Rank = (Reverse<u32>, i32, Reverse<u64>);
 
-/// A queued request in compact form: the URL as text (re-parsed on pop), no spare capacity.
+/// A queued request in compact form: the URL as text (re-parsed on pop, shared with the state
+/// row that records it), no spare capacity.
 struct Entry {
     seq: u64,
     key: u64,
-    url: Box<str>,
+    url: Arc<str>,
     depth: u32,
     priority: i32,
     rule: u32,
@@ -179,6 +183,15 @@ impl Frontier {
     /// Like [`Frontier::push`]; with `record`, a queued request also comes back as the state row
     /// to store.
     pub fn offer(&mut self, req: Request, record: bool) -> (Admission, Option<QueuedUrl>) {
+        self.admit(req, None, record)
+    }
+
+    /// Queues a request of a resumed run under the number it was stored with.
+    pub fn restore(&mut self, req: Request, seq: u64) -> Admission {
+        self.admit(req, Some(seq), false).0
+    }
+
+    fn admit(&mut self, req: Request, stored: Option<u64>, record: bool) -> (Admission, Option<QueuedUrl>) {
         if req.depth > self.max_depth {
             return (Admission::TooDeep, None);
         }
@@ -194,17 +207,27 @@ impl Frontier {
             }
         }
         let host = self.host_id(&req.url);
-        self.seq += 1;
-        let url = String::from(req.url).into_boxed_str();
+        let seq = match stored {
+            Some(seq) => {
+                self.seq = self.seq.max(seq);
+                seq
+            }
+            None => {
+                self.seq += 1;
+                self.seq
+            }
+        };
+        let url: Arc<str> = Arc::from(String::from(req.url));
         let row = record.then(|| QueuedUrl {
+            seq,
             key,
-            url: url.to_string(),
+            url: url.clone(),
             depth: req.depth,
             rule: req.rule as u32,
             priority: req.priority,
         });
         let entry = Entry {
-            seq: self.seq,
+            seq,
             key,
             url,
             depth: req.depth,
@@ -220,6 +243,11 @@ impl Frontier {
             self.list(host);
         }
         (Admission::Queued, row)
+    }
+
+    /// Numbers new requests after `seq` (a resumed run's last stored number).
+    pub fn continue_after(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
     }
 
     /// Marks a URL key as already handled (a resumed run's done, failed and skipped URLs).
@@ -275,6 +303,7 @@ impl Frontier {
                 priority: e.priority,
                 redirected_from: e.redirected_from.into_vec(),
                 host,
+                seq: e.seq,
             });
         }
         None

@@ -13,6 +13,7 @@ mod sqlite;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -50,10 +51,12 @@ pub enum PageStatus {
 /// A URL a page queued: a row of `crawler_frontier` with status queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedUrl {
+    /// Its number in the run (rows are appended in this order; its status is updated by it).
+    pub seq: u64,
     /// The normalized URL's 64-bit dedup key.
     pub key: u64,
     /// The normalized URL.
-    pub url: String,
+    pub url: Arc<str>,
     /// Link distance from a seed.
     pub depth: u32,
     /// Index of the rule that handles it.
@@ -100,8 +103,8 @@ impl RunHandle {
 #[derive(Debug, Default)]
 pub struct Commit {
     /// The run this belongs to; `None` for a crawl without stored state (items only).
-    pub run: Option<std::sync::Arc<RunHandle>>,
-    /// The handled request's key and status (`None` for the seeds' commit).
+    pub run: Option<Arc<RunHandle>>,
+    /// The handled request's number in the run and its status (`None` for the seeds' commit).
     pub page: Option<(u64, PageStatus)>,
     /// The item the page yielded.
     pub item: Option<Item>,
@@ -129,8 +132,41 @@ pub struct OpenedRun {
     pub resumed: bool,
     /// Requests already handled (done, failed or skipped): their keys.
     pub handled: Vec<u64>,
-    /// Requests waiting.
+    /// Requests waiting, each URL once at its smallest depth.
     pub queued: Vec<QueuedUrl>,
+    /// The largest request number used so far (new requests continue after it).
+    pub last_seq: u64,
+}
+
+impl OpenedRun {
+    /// Folds the stored rows of a run into where to start from. A URL found again closer to a
+    /// seed has a second row; it counts as handled once any of its rows is.
+    pub(crate) fn from_rows(
+        id: i64,
+        epoch: i64,
+        rows: impl IntoIterator<Item = (QueuedUrl, u8)>,
+    ) -> OpenedRun {
+        let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
+        let mut handled = std::collections::HashSet::new();
+        let mut waiting: std::collections::HashMap<u64, QueuedUrl> = std::collections::HashMap::new();
+        for (q, status) in rows {
+            run.last_seq = run.last_seq.max(q.seq);
+            if status != PageStatus::Queued as u8 {
+                handled.insert(q.key);
+                continue;
+            }
+            match waiting.get(&q.key) {
+                Some(w) if (w.depth, w.seq) <= (q.depth, q.seq) => {}
+                _ => {
+                    waiting.insert(q.key, q);
+                }
+            }
+        }
+        run.queued = waiting.into_values().filter(|q| !handled.contains(&q.key)).collect();
+        run.queued.sort_unstable_by_key(|q| q.seq);
+        run.handled = handled.into_iter().collect();
+        run
+    }
 }
 
 /// How to open a run.

@@ -11,7 +11,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
 use super::sqlite::host_of;
-use super::{key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, Sink, SinkError, StateStore};
+use super::{key_col, Commit, Epoch, OpenedRun, QueuedUrl, Sink, SinkError, StateStore};
 use super::{FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
@@ -24,10 +24,10 @@ const SCHEMA: [&str; 2] = [
      task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
      epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
      KEY crawler_runs_by_task (task, label, state)) DEFAULT CHARSET = utf8mb4",
-    "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, url_key BIGINT NOT NULL, \
-     url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, rule INT NOT NULL, \
-     priority INT NOT NULL, status TINYINT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
-     PRIMARY KEY (run, url_key)) DEFAULT CHARSET = utf8mb4",
+    "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, seq BIGINT NOT NULL, \
+     url_key BIGINT NOT NULL, url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, \
+     rule INT NOT NULL, priority INT NOT NULL, status TINYINT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
+     PRIMARY KEY (run, seq)) DEFAULT CHARSET = utf8mb4",
 ];
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
@@ -155,26 +155,20 @@ fn write_item(tx: &mut Transaction, item: &Item) -> Result<(), SinkError> {
 
 /// Writes a commit's state rows; see the SQLite store for the rules.
 fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkError> {
-    // Assignments run left to right, so `depth` is compared before it changes.
-    const UPSERT: &str =
-        "INSERT INTO crawler_frontier (run, url_key, url, host, depth, rule, priority, status) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON DUPLICATE KEY UPDATE \
-         rule = IF(status = 0 AND VALUES(depth) < depth, VALUES(rule), rule), \
-         priority = IF(status = 0 AND VALUES(depth) < depth, VALUES(priority), priority), \
-         depth = IF(status = 0 AND VALUES(depth) < depth, VALUES(depth), depth)";
     if !c.queued.is_empty() {
         tx.exec_batch(
-            UPSERT,
-            c.queued
-                .iter()
-                .map(|q| (run, key_col(q.key), &q.url, host_of(&q.url), q.depth, q.rule, q.priority)),
+            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            c.queued.iter().map(|q| {
+                (run, q.seq, key_col(q.key), &*q.url, host_of(&q.url), q.depth, q.rule, q.priority)
+            }),
         )
         .map_err(err)?;
     }
-    if let Some((key, status)) = c.page {
+    if let Some((seq, status)) = c.page {
         tx.exec_drop(
-            "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND url_key = ?",
-            (status as u8, run, key_col(key)),
+            "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq = ?",
+            (status as u8, run, seq),
         )
         .map_err(err)?;
     }
@@ -267,23 +261,20 @@ impl StateStore for MysqlState {
             }
         };
         tx.exec_drop("UPDATE crawler_runs SET epoch = ? WHERE id = ?", (epoch, id)).map_err(err)?;
-        let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
-        let rows: Vec<(i64, u8, String, u32, u32, i32)> = tx
-            .exec(
-                "SELECT url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?",
-                (id,),
-            )
-            .map_err(err)?;
+        let mut rows = Vec::new();
+        tx.exec_map(
+            "SELECT seq, url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?",
+            (id,),
+            |(seq, key, status, url, depth, rule, priority): (u64, i64, u8, String, u32, u32, i32)| {
+                rows.push((
+                    QueuedUrl { seq, key: key as u64, url: url.into(), depth, rule, priority },
+                    status,
+                ));
+            },
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
-        for (key, status, url, depth, rule, priority) in rows {
-            let key = key as u64;
-            if status == PageStatus::Queued as u8 {
-                run.queued.push(QueuedUrl { key, url, depth, rule, priority });
-            } else {
-                run.handled.push(key);
-            }
-        }
-        Ok(run)
+        Ok(OpenedRun::from_rows(id, epoch, rows))
     }
 
     fn end_run(&self, id: i64) -> Result<(), SinkError> {

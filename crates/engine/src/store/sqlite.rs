@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, Sink, SinkError, StateStore};
+use super::{key_col, Commit, Epoch, OpenedRun, QueuedUrl, Sink, SinkError, StateStore};
 use super::{FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS crawler_runs (
 CREATE INDEX IF NOT EXISTS crawler_runs_by_task ON crawler_runs (task, label, state);
 CREATE TABLE IF NOT EXISTS crawler_frontier (
     run INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
     url_key INTEGER NOT NULL,
     url TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS crawler_frontier (
     priority INTEGER NOT NULL,
     status INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run, url_key)
+    PRIMARY KEY (run, seq)
 ) WITHOUT ROWID;
 ";
 
@@ -132,23 +133,34 @@ fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Writes a commit's state rows. A URL queued again closer to a seed while it still waits
-/// moves up to that depth.
+/// Writes a commit's state rows. Rows are appended in request order (so a batch touches the
+/// table's last pages, not pages all over it); a URL queued again closer to a seed while it
+/// still waits gets a second row, folded on resume.
 fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
     if !c.queued.is_empty() {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO crawler_frontier (run, url_key, url, host, depth, rule, priority, status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0) \
-             ON CONFLICT (run, url_key) DO UPDATE SET depth = excluded.depth, rule = excluded.rule, \
-             priority = excluded.priority WHERE excluded.depth < depth AND status = 0",
+            "INSERT OR IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
         )?;
         for q in &c.queued {
-            stmt.execute(params![run, key_col(q.key), q.url, host_of(&q.url), q.depth, q.rule, q.priority])?;
+            let url: &str = &q.url;
+            stmt.execute(params![
+                run,
+                q.seq as i64,
+                key_col(q.key),
+                url,
+                host_of(url),
+                q.depth,
+                q.rule,
+                q.priority
+            ])?;
         }
     }
-    if let Some((key, status)) = c.page {
-        tx.prepare_cached("UPDATE crawler_frontier SET status = ?1, attempts = attempts + 1 WHERE run = ?2 AND url_key = ?3")?
-            .execute(params![status as u8, run, key_col(key)])?;
+    if let Some((seq, status)) = c.page {
+        tx.prepare_cached(
+            "UPDATE crawler_frontier SET status = ?1, attempts = attempts + 1 WHERE run = ?2 AND seq = ?3",
+        )?
+        .execute(params![status as u8, run, seq as i64])?;
     }
     if c.finished {
         tx.prepare_cached("UPDATE crawler_runs SET state = ?1, finished_at = ?2 WHERE id = ?3")?
@@ -289,25 +301,22 @@ fn open_in(
         Epoch::At(_) => return Err(OpenError::Stale { current }),
     };
     tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
-    let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
-    let mut stmt = tx
-        .prepare("SELECT url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?1")?;
-    let mut rows = stmt.query([id])?;
-    while let Some(r) = rows.next()? {
-        let key = r.get::<_, i64>(0)? as u64;
-        if r.get::<_, u8>(1)? == PageStatus::Queued as u8 {
-            run.queued.push(QueuedUrl {
-                key,
-                url: r.get(2)?,
-                depth: r.get(3)?,
-                rule: r.get(4)?,
-                priority: r.get(5)?,
-            });
-        } else {
-            run.handled.push(key);
-        }
-    }
-    Ok(run)
+    let mut stmt = tx.prepare(
+        "SELECT seq, url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?1",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        let q = QueuedUrl {
+            seq: r.get::<_, i64>(0)? as u64,
+            key: r.get::<_, i64>(1)? as u64,
+            url: r.get::<_, String>(3)?.into(),
+            depth: r.get(4)?,
+            rule: r.get(5)?,
+            priority: r.get(6)?,
+        };
+        Ok((q, r.get::<_, u8>(2)?))
+    })?;
+    let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(OpenedRun::from_rows(id, epoch, rows))
 }
 
 #[cfg(test)]
