@@ -64,7 +64,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let etcd = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await?;
     let fetcher = Arc::new(Fetcher::new(cfg.engine.clone()).map_err(|e| WorkerError::Client(e.to_string()))?);
-    let writer = SinkWriter::spawn(sinks, cfg.batch, Duration::from_secs(1));
+    let writer = SinkWriter::spawn(sinks, cfg.batch, Duration::from_millis(250));
     let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender(), Some(state));
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());

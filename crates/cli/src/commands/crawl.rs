@@ -148,7 +148,7 @@ pub async fn run(
     let runs = open_runs(open_state(config)?, &tasks, fresh).await?;
     let resumed = runs.iter().any(|r| r.resumed);
     let sinks = open_sinks(config, output, resumed)?;
-    let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_secs(1));
+    let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_millis(250));
     let crawls: Vec<Crawl> = tasks
         .into_iter()
         .zip(runs)
