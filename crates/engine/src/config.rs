@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub obey_robots: bool,
     /// HTTP proxies used round-robin; empty means direct.
     pub proxies: Vec<String>,
+    /// Queued requests held in memory per host by a crawl with stored state; the rest wait
+    /// in the database and are read back in order.
+    pub queue_window: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +44,7 @@ impl Default for EngineConfig {
             max_body: ByteSize(8 * 1024 * 1024),
             obey_robots: true,
             proxies: Vec::new(),
+            queue_window: 2000,
         }
     }
 }
@@ -62,6 +66,9 @@ impl EngineConfig {
         }
         if self.timeout.0.is_zero() {
             return err("timeout", "must be above zero");
+        }
+        if self.queue_window < 2 {
+            return err("queue_window", "must be at least 2");
         }
         if self.max_body.0 == 0 {
             return err("max_body", "must be above zero");

@@ -22,7 +22,7 @@ use url::Url;
 use crate::charset::decode_html;
 use crate::extract::extract;
 use crate::fetch::{FetchError, Fetched, Fetcher};
-use crate::frontier::{Admission, Frontier, HostId, Request};
+use crate::frontier::{Admission, Frontier, HostId, Refill, Request};
 use crate::item::{rfc3339, Item};
 use crate::limiter::RateLimiter;
 use crate::robots::Robots;
@@ -31,7 +31,7 @@ use crate::scope::{host_allowed, resolve_link, url_key};
 /// Redirect hops followed from one link before it counts as an error.
 const MAX_REDIRECTS: usize = 10;
 use crate::spec::Task;
-use crate::store::{Commit, CommitSender, OpenedRun, PageStatus, RunHandle};
+use crate::store::{Commit, CommitSender, OpenedRun, PageStatus, QueuedUrl, RefillReply, RunHandle};
 
 /// Live counters of one crawl.
 #[derive(Debug, Default)]
@@ -238,24 +238,28 @@ async fn run_crawl(
 ) {
     let inner = &ctx.task.0;
     let record = ctx.run.is_some();
-    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, ctx.fetcher.config().per_host);
+    let cfg = ctx.fetcher.config();
+    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, cfg.per_host);
+    if record {
+        frontier = frontier.with_window(cfg.queue_window);
+    }
     let mut dispatched = 0u64;
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
         Some(run) if run.resumed => {
-            dispatched = run.handled.len() as u64;
-            for key in run.handled {
+            dispatched = run.handled;
+            for key in run.seen {
                 frontier.mark_handled(key);
             }
             frontier.continue_after(run.last_seq);
             for q in run.queued {
-                match (Url::parse(&q.url), inner.rules.get(q.rule as usize)) {
-                    (Ok(url), Some(rule)) => {
-                        frontier.restore(Request::new(url, q.depth, q.rule as usize, rule.priority), q.seq);
-                    }
-                    _ => {
-                        tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped")
-                    }
+                if let Some(req) = stored_request(&ctx, &q) {
+                    frontier.restore(req, q.seq);
+                }
+            }
+            for (url, count) in run.spilled {
+                if let Ok(url) = Url::parse(&url) {
+                    frontier.spilled_before(&url, count);
                 }
             }
         }
@@ -271,6 +275,7 @@ async fn run_crawl(
     }
     let mut limiter = RateLimiter::new(&inner.limits);
     let mut jobs = Jobs::default();
+    let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
     let max_in_flight = ctx.fetcher.config().concurrency;
     let max_pages = inner.spec.max_pages;
     let counters = &ctx.counters;
@@ -280,6 +285,12 @@ async fn run_crawl(
         }
         while let Ok((host, until)) = paused.try_recv() {
             frontier.pause(host, until);
+        }
+        while let Some(done) = refills.try_join_next() {
+            refilled(&ctx, &mut frontier, done);
+        }
+        for refill in frontier.take_refills() {
+            ask_refill(&ctx, &mut refills, refill).await;
         }
         counters.queued.store(frontier.len() as u64, Relaxed);
         counters.in_flight.store(jobs.set.len() as u64, Relaxed);
@@ -316,6 +327,7 @@ async fn run_crawl(
             _ = ctx.cancel.cancelled() => break,
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
+            Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
             _ = sleep_until_some(wake) => {}
         }
     }
@@ -339,6 +351,55 @@ async fn run_crawl(
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
+}
+
+/// A stored request as the frontier takes it, if it still fits the task.
+fn stored_request(ctx: &Ctx, q: &QueuedUrl) -> Option<Request> {
+    match (Url::parse(&q.url), ctx.task.0.rules.get(q.rule as usize)) {
+        (Ok(url), Some(rule)) => {
+            Some(Request { seq: q.seq, ..Request::new(url, q.depth, q.rule as usize, rule.priority) })
+        }
+        _ => {
+            tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped");
+            None
+        }
+    }
+}
+
+/// Sends a refill to the writer (ordered after every commit sent so far); its answer arrives
+/// through `refills`.
+async fn ask_refill(ctx: &Ctx, refills: &mut JoinSet<(Refill, Option<RefillReply>)>, refill: Refill) {
+    let Some(run) = &ctx.run else { return };
+    match ctx.commits.refill(run.clone(), &refill.name, refill.limit).await {
+        Ok(answer) => {
+            refills.spawn(async move {
+                let reply = answer.await.ok();
+                (refill, reply)
+            });
+        }
+        Err(_) => writer_gone(ctx),
+    }
+}
+
+/// Hands the rows a refill read back to the frontier.
+fn refilled(
+    ctx: &Ctx,
+    frontier: &mut Frontier,
+    done: Result<(Refill, Option<RefillReply>), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((refill, Some(Ok(rows)))) => {
+            let exhausted = rows.len() < refill.limit;
+            let reqs = rows.iter().filter_map(|q| stored_request(ctx, q)).collect();
+            frontier.refilled(&refill, reqs, exhausted);
+        }
+        Ok((_, Some(Err(e)))) => {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(task = %ctx.task.name(), error = %e, "cannot read queued requests back; stopping the crawl");
+            ctx.cancel.cancel();
+        }
+        Ok((_, None)) | Err(_) => writer_gone(ctx),
+    }
 }
 
 /// Sleeps until `at`, or forever without one.

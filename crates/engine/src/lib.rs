@@ -40,7 +40,7 @@ pub use charset::decode_html;
 pub use config::EngineConfig;
 pub use crawl::{Crawl, CrawlStats};
 pub use fetch::{FetchError, FetchReport, Fetched, Fetcher};
-pub use frontier::{Admission, Frontier, Request};
+pub use frontier::{host_name, Admission, Frontier, HostId, Refill, Request};
 pub use item::{rfc3339, Item};
 pub use limiter::RateLimiter;
 pub use robots::Robots;

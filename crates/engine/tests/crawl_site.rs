@@ -15,8 +15,13 @@ use crawler_fixture::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Requests held in memory per host: small, so every crawl here spills to the database and
+/// reads back.
+const WINDOW: usize = 8;
+
 fn engine() -> EngineConfig {
     EngineConfig {
+        queue_window: WINDOW,
         concurrency: 8,
         per_host: 4,
         retries: 2,
@@ -52,7 +57,8 @@ fn seeds_under(spec: &mut TaskSpec, rule: &str, seeds: Vec<String>) {
 /// Crawls a task to the end as a stored run (resumed if the database holds an unfinished one).
 async fn crawl(cfg: EngineConfig, spec: TaskSpec, db: &Path) -> CrawlStats {
     let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
-    let run = SqliteState::open(db).unwrap().open_run(&spec.name, "test", Epoch::Next, false).unwrap();
+    let run =
+        SqliteState::open(db).unwrap().open_run(&spec.name, "test", Epoch::Next, false, WINDOW).unwrap();
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], 10, Duration::from_millis(50));
     let crawl =
@@ -286,7 +292,7 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     let state = SqliteState::open(&db).unwrap();
 
     // First run: stopped a third of the way, the way Ctrl-C stops it.
-    let run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(!run.resumed);
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 100, Duration::from_millis(200));
@@ -311,9 +317,14 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     let before = fx.requests().len();
 
     // Second run: resumes, fetches only what was not stored, and finishes the task.
-    let resumed = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let resumed = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(resumed.resumed);
-    assert!(resumed.handled.len() >= stored, "{} handled < {stored} stored", resumed.handled.len());
+    assert!(resumed.handled >= stored as u64, "{} handled < {stored} stored", resumed.handled);
+    // Bounded memory: one host, so at most a window of its waiting requests comes back in
+    // memory; the rest wait in the database.
+    assert!(resumed.queued.len() <= WINDOW, "{} held", resumed.queued.len());
+    assert_eq!(resumed.spilled.len(), 1);
+    assert_eq!(resumed.queued.len() as u64 + resumed.spilled[0].1, resumed.waiting);
     let stats = crawl(cfg.clone(), spec.clone(), &db).await;
     assert!(stats.pages > 0);
     let all = rows(&db);
@@ -332,7 +343,7 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     assert!(fx.requests().len() > before);
 
     // The run finished, so the next one starts over from the seeds.
-    let next = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let next = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(!next.resumed);
 }
 
@@ -389,7 +400,7 @@ async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
     let state = SqliteState::open(&db).unwrap();
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 5, Duration::from_millis(20));
-    let old_run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let old_run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
     let old = Crawl::resume(
         Task::compile(spec.clone()).unwrap(),
@@ -402,7 +413,7 @@ async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Another owner opens the run (a newer epoch): the old crawl's next commit is refused.
-    let new_run = state.open_run("books", "test", Epoch::Next, false).unwrap();
+    let new_run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(new_run.resumed);
     let stopped =
         tokio::time::timeout(Duration::from_secs(5), old.join()).await.expect("the fenced crawl stops");

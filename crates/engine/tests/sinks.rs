@@ -53,7 +53,7 @@ fn item_conformance(sink: &mut dyn Sink, rows: &dyn Fn() -> Vec<String>) {
     );
 }
 
-/// Request number `seq` of a run: URL `key` at `depth`.
+/// Request number `seq` of a run: URL `key` (on host `h{key % 3}.example`) at `depth`.
 fn queued(seq: u64, key: u64, depth: u32) -> QueuedUrl {
     QueuedUrl {
         seq,
@@ -62,7 +62,14 @@ fn queued(seq: u64, key: u64, depth: u32) -> QueuedUrl {
         depth,
         rule: 1,
         priority: 0,
+        replaces: None,
+        held: true,
     }
+}
+
+/// The same, spilled: waiting in the database only.
+fn spilled(seq: u64, key: u64, depth: u32) -> QueuedUrl {
+    QueuedUrl { held: false, ..queued(seq, key, depth) }
 }
 
 fn handle(run: &crawler_engine::OpenedRun) -> Arc<RunHandle> {
@@ -74,11 +81,17 @@ fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
-/// Runs: open, commit, resume, fence, finish, start fresh. `count_items(task)` counts the
-/// task's rows in the `book` table.
+fn keys(rows: &[QueuedUrl]) -> Vec<(u64, u64, u32)> {
+    let mut v: Vec<_> = rows.iter().map(|q| (q.key, q.seq, q.depth)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Runs: open, commit, resume (whole and windowed), refill, fence, finish, start fresh.
+/// `count_items(task)` counts the task's rows in the `book` table.
 fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &dyn Fn(&str) -> u64) {
-    // A new run, its seed, two pages handled (one with an item, one failed), two still queued.
-    let run = state.open_run("s", "standalone", Epoch::Next, false).unwrap();
+    // A new run, its seed, two pages handled (one with an item, one failed), four waiting.
+    let run = state.open_run("s", "standalone", Epoch::Next, false, 100).unwrap();
     assert!(!run.resumed);
     let h = handle(&run);
     let commit = |page: Option<(u64, PageStatus)>, queued: Vec<QueuedUrl>| Commit {
@@ -87,33 +100,50 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
         queued,
         ..Commit::default()
     };
+    // URL 2 found again closer to a seed while waiting: a new row replaces its first one. A
+    // retried write of the same rows changes nothing.
+    let moved = QueuedUrl { replaces: Some(2), ..queued(5, 2, 1) };
     sink.write(&[
         commit(None, vec![queued(1, 1, 0)]),
         Commit {
             item: Some(item("s", "http://h1.example/p1", &[("title", Some("one"))])),
             ..commit(Some((1, PageStatus::Done)), vec![queued(2, 2, 3), queued(3, 3, 1), queued(4, 4, 1)])
         },
-        // Found again closer to a seed while waiting: a second row that wins on resume; found
-        // deeper: loses. A retried write of the same rows changes nothing.
-        commit(None, vec![queued(5, 2, 1), queued(6, 3, 2)]),
-        commit(None, vec![queued(5, 2, 1)]),
+        commit(None, vec![moved.clone(), spilled(6, 6, 2), spilled(7, 9, 2)]),
+        commit(None, vec![moved]),
         commit(Some((4, PageStatus::Failed)), Vec::new()),
     ])
     .unwrap();
     assert!(!h.is_fenced());
 
     // Resumed: what was handled is known, what waits comes back once, at its best depth.
-    let again = state.open_run("s", "standalone", Epoch::Next, false).unwrap();
+    let again = state.open_run("s", "standalone", Epoch::Next, false, 100).unwrap();
     assert!(again.resumed);
     assert_eq!(again.id, run.id);
     assert_eq!(again.epoch, run.epoch + 1);
-    assert_eq!(sorted(again.handled.clone()), [1, 4]);
-    let mut waiting: Vec<(u64, u64, u32)> = again.queued.iter().map(|q| (q.key, q.seq, q.depth)).collect();
-    waiting.sort_unstable();
-    assert_eq!(waiting, [(2, 5, 1), (3, 3, 1)]);
-    assert_eq!(again.last_seq, 6);
-    let q = &again.queued[0];
-    assert_eq!(&*q.url, format!("http://h{}.example/p{}", q.key % 3, q.key));
+    assert_eq!((again.handled, again.waiting, again.last_seq), (2, 4, 7));
+    assert_eq!(sorted(again.seen.clone()), [1, 4]);
+    assert_eq!(keys(&again.queued), [(2, 5, 1), (3, 3, 1), (6, 6, 2), (9, 7, 2)]);
+    assert!(again.spilled.is_empty());
+    let q = again.queued.iter().find(|q| q.key == 3).unwrap();
+    assert_eq!(&*q.url, "http://h0.example/p3");
+
+    // With one request per host in memory: host h0 keeps its first and spills two, which are
+    // seen (not queued again) and read back in order after the host's floor.
+    let windowed = state.open_run("s", "standalone", Epoch::Next, false, 1).unwrap();
+    assert_eq!(keys(&windowed.queued), [(2, 5, 1), (3, 3, 1)]);
+    assert_eq!(sorted(windowed.seen.clone()), [1, 4, 6, 9]);
+    assert_eq!(windowed.spilled.len(), 1);
+    let (last, count) = &windowed.spilled[0];
+    assert_eq!((&**last, *count), ("http://h0.example/p3", 2));
+    let host = "h0.example";
+    let current = handle(&windowed);
+    assert_eq!(keys(&sink.refill(&current, host, 1).unwrap().unwrap()), [(6, 6, 2)]);
+    assert_eq!(keys(&sink.refill(&current, host, 10).unwrap().unwrap()), [(9, 7, 2)]);
+    // Read back rows are held: not read back again.
+    assert!(sink.refill(&current, host, 10).unwrap().unwrap().is_empty());
+    assert!(sink.refill(&current, "other.example", 10).unwrap().unwrap().is_empty());
+    assert!(!current.is_fenced());
 
     // The first owner lost the run: its commit (item and state) is refused as a whole.
     sink.write(&[Commit {
@@ -123,7 +153,11 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     .unwrap();
     assert!(h.is_fenced());
     assert_eq!(count_items("s"), 1);
-    let h2 = handle(&again);
+    // ... and so is its refill.
+    let stale = handle(&again);
+    assert!(sink.refill(&stale, host, 10).unwrap().unwrap().is_empty());
+    assert!(stale.is_fenced());
+    let h2 = handle(&windowed);
     let commit2 =
         |page: Option<(u64, PageStatus)>| Commit { run: Some(h2.clone()), page, ..Commit::default() };
     sink.write(&[
@@ -132,6 +166,8 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
             ..commit2(Some((5, PageStatus::Done)))
         },
         commit2(Some((3, PageStatus::Skipped))),
+        commit2(Some((6, PageStatus::Done))),
+        commit2(Some((7, PageStatus::Done))),
         Commit { finished: true, ..commit2(None) },
     ])
     .unwrap();
@@ -139,29 +175,32 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     assert_eq!(count_items("s"), 2);
 
     // A finished run is not resumed: the next open starts a new one.
-    let next = state.open_run("s", "standalone", Epoch::Next, false).unwrap();
+    let next = state.open_run("s", "standalone", Epoch::Next, false, 100).unwrap();
     assert!(!next.resumed);
     assert_ne!(next.id, run.id);
-    assert!(next.handled.is_empty() && next.queued.is_empty());
+    assert!(next.seen.is_empty() && next.queued.is_empty());
 
     // Cluster epochs: a newer assignment takes over, an older one is refused.
-    let w1 = state.open_run("c", "res-1", Epoch::At(10), false).unwrap();
+    let w1 = state.open_run("c", "res-1", Epoch::At(10), false, 100).unwrap();
     let hw1 = handle(&w1);
     sink.write(&[Commit { run: Some(hw1.clone()), queued: vec![queued(1, 7, 0)], ..Commit::default() }])
         .unwrap();
-    let w2 = state.open_run("c", "res-1", Epoch::At(20), false).unwrap();
+    let w2 = state.open_run("c", "res-1", Epoch::At(20), false, 100).unwrap();
     assert!(w2.resumed);
     assert_eq!(w2.epoch, 20);
     assert_eq!(w2.queued.len(), 1);
-    assert!(state.open_run("c", "res-1", Epoch::At(10), false).is_err(), "a stale owner took the run back");
+    assert!(
+        state.open_run("c", "res-1", Epoch::At(10), false, 100).is_err(),
+        "a stale owner took the run back"
+    );
     // Another label (a re-added resource) is another run.
-    assert!(!state.open_run("c", "res-2", Epoch::At(30), false).unwrap().resumed);
+    assert!(!state.open_run("c", "res-2", Epoch::At(30), false, 100).unwrap().resumed);
     // Ended (the resource was deleted): nothing to resume.
     state.end_run(w2.id).unwrap();
-    assert!(!state.open_run("c", "res-1", Epoch::At(40), false).unwrap().resumed);
+    assert!(!state.open_run("c", "res-1", Epoch::At(40), false, 100).unwrap().resumed);
 
     // --fresh: the unfinished run is discarded.
-    let fresh = state.open_run("c", "res-2", Epoch::At(50), true).unwrap();
+    let fresh = state.open_run("c", "res-2", Epoch::At(50), true, 100).unwrap();
     assert!(!fresh.resumed);
 }
 

@@ -178,18 +178,20 @@ impl Runner {
             ));
         };
         let (name, label) = (rec.name.clone(), rec.id.clone());
-        let opened =
-            tokio::task::spawn_blocking(move || state.open_run(&name, &label, Epoch::At(revision), false))
-                .await
-                .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
+        let window = inner.fetcher.config().queue_window;
+        let opened = tokio::task::spawn_blocking(move || {
+            state.open_run(&name, &label, Epoch::At(revision), false, window)
+        })
+        .await
+        .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
         tracing::info!(
             resource = %rec.name,
             id = %rec.id,
             run = opened.id,
             epoch = opened.epoch,
             resumed = opened.resumed,
-            done = opened.handled.len(),
-            queued = opened.queued.len(),
+            done = opened.handled,
+            queued = opened.waiting,
             "starting crawl"
         );
         let run = opened.id;

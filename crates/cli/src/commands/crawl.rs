@@ -100,10 +100,14 @@ pub async fn open_runs(
     state: Arc<dyn StateStore>,
     tasks: &[Task],
     fresh: bool,
+    window: usize,
 ) -> Result<Vec<OpenedRun>, RunError> {
     let names: Vec<String> = tasks.iter().map(|t| t.name().to_owned()).collect();
     let runs = tokio::task::spawn_blocking(move || {
-        names.iter().map(|n| state.open_run(n, STANDALONE, Epoch::Next, fresh)).collect::<Result<Vec<_>, _>>()
+        names
+            .iter()
+            .map(|n| state.open_run(n, STANDALONE, Epoch::Next, fresh, window))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| SinkError { sink: "state", message: e.to_string() })??;
@@ -112,8 +116,8 @@ pub async fn open_runs(
             eprintln!(
                 "resuming {}: {} done, {} queued",
                 task.name(),
-                thousands(run.handled.len()),
-                thousands(run.queued.len())
+                thousands(run.handled),
+                thousands(run.waiting)
             );
         }
     }
@@ -121,7 +125,7 @@ pub async fn open_runs(
 }
 
 /// `8123` as `8,123`.
-fn thousands(n: usize) -> String {
+fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -145,7 +149,7 @@ pub async fn run(
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
     let fetcher = Arc::new(Fetcher::new(config.engine.clone()).map_err(|e| RunError::Client(e.to_string()))?);
-    let runs = open_runs(open_state(config)?, &tasks, fresh).await?;
+    let runs = open_runs(open_state(config)?, &tasks, fresh, config.engine.queue_window).await?;
     let resumed = runs.iter().any(|r| r.resumed);
     let sinks = open_sinks(config, output, resumed)?;
     let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_millis(250));

@@ -8,9 +8,15 @@
 //! priority, then first-come.
 //!
 //! Deduplication happens when a URL is queued, on its normalized form; the visited set keeps
-//! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits moves
-//! up to that depth (with concurrent fetches a deeper path can be found first), so `max_depth`
-//! never cuts off a page within reach.
+//! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits in
+//! memory moves up to that depth (with concurrent fetches a deeper path can be found first),
+//! so `max_depth` never cuts off a page within reach.
+//!
+//! With a stored run the queue is bounded: each host keeps at most `window` requests in
+//! memory (*held*); later ones are *spilled* (their rows wait in the database only) and read
+//! back, best `(depth, seq)` first, when the host's window runs low. The frontier asks for that
+//! ([`Frontier::take_refills`]) and is given the rows ([`Frontier::refilled`]); it never does
+//! I/O itself. A spilled URL found again closer to a seed keeps its first depth.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -43,6 +49,24 @@ pub struct Request {
     pub host: HostId,
     /// The request's number in the run, as assigned by the frontier when it queues it.
     pub seq: u64,
+}
+
+/// A host whose spilled requests should be read back: up to `limit` of its spilled rows,
+/// best `(depth, seq)` first, which become held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refill {
+    /// The host's id in this frontier.
+    pub host: HostId,
+    /// The host as stored in `crawler_frontier.host` (host, and port when not the default).
+    pub name: Arc<str>,
+    /// Rows wanted.
+    pub limit: usize,
+}
+
+/// The host part of a URL as the state rows store it: `host[:port]`, port only when not the
+/// scheme's default.
+pub fn host_name(url: &Url) -> &str {
+    &url[url::Position::BeforeHost..url::Position::AfterPort]
 }
 
 impl Request {
@@ -122,12 +146,19 @@ impl Ord for Entry {
 /// One host's queue and how busy it is.
 #[derive(Default)]
 struct HostQueue {
+    name: Arc<str>,
     queue: BinaryHeap<Entry>,
     in_flight: u32,
     /// Paused until then.
     not_before: Option<Instant>,
     /// The rank under which the host is listed as ready, if it is.
     listed: Option<Rank>,
+    /// Requests in the database only (spilled).
+    spilled: u64,
+    /// A refill was asked for and has not come back.
+    refilling: bool,
+    /// How many were spilled when it was asked for.
+    asked: u64,
 }
 
 /// A ready host, ordered by the rank of its best request.
@@ -140,19 +171,26 @@ struct Ready {
 /// The per-host queues, ready set and visited set of one task run.
 pub struct Frontier {
     hosts: Vec<HostQueue>,
-    /// Host ids by port, then host name (looked up without allocating).
-    host_ids: HashMap<u16, HashMap<Box<str>, HostId>>,
+    /// Host ids by host name (looked up without allocating).
+    host_ids: HashMap<Arc<str>, HostId>,
     ready: BinaryHeap<Ready>,
     paused: BinaryHeap<Reverse<(Instant, HostId)>>,
     visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
-    /// Best depth of each URL still waiting; entries of a queue at another depth are stale.
-    waiting: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    /// Best depth and number of each URL waiting in memory; entries of a queue at another
+    /// depth are stale.
+    waiting: HashMap<u64, (u32, u64), BuildHasherDefault<KeyHasher>>,
     /// Entries queued (stale ones included) and not popped.
     entries: usize,
     seq: u64,
     max_depth: u32,
     reload: bool,
     per_host: u32,
+    /// Requests held in memory per host when spilling (unbounded without).
+    window: usize,
+    /// Spilled requests over all hosts.
+    spilled: u64,
+    /// Hosts whose spilled requests should be read back.
+    refills: Vec<HostId>,
 }
 
 impl Frontier {
@@ -171,7 +209,19 @@ impl Frontier {
             max_depth,
             reload,
             per_host: per_host.clamp(1, u32::MAX as usize) as u32,
+            window: usize::MAX,
+            spilled: 0,
+            refills: Vec::new(),
         }
+    }
+
+    /// Keeps at most `window` requests per host in memory; recorded requests beyond it are
+    /// spilled to the database and read back through refills. Not with `reload`.
+    pub fn with_window(mut self, window: usize) -> Frontier {
+        if !self.reload {
+            self.window = window.max(2);
+        }
+        self
     }
 
     /// Offers a request; it is queued unless too deep or already seen (a URL still waiting at
@@ -196,14 +246,11 @@ impl Frontier {
             return (Admission::TooDeep, None);
         }
         let key = url_key(&req.url);
-        if !self.reload {
-            if self.visited.insert(key) {
-                self.waiting.insert(key, req.depth);
-            } else {
-                match self.waiting.get_mut(&key) {
-                    Some(best) if req.depth < *best => *best = req.depth,
-                    _ => return (Admission::Seen, None),
-                }
+        let mut replaces = None;
+        if !self.reload && !self.visited.insert(key) {
+            match self.waiting.get(&key) {
+                Some(&(best, seq)) if req.depth < best => replaces = Some(seq),
+                _ => return (Admission::Seen, None),
             }
         }
         let host = self.host_id(&req.url);
@@ -218,6 +265,11 @@ impl Frontier {
             }
         };
         let url: Arc<str> = Arc::from(String::from(req.url));
+        let hq = &mut self.hosts[host as usize];
+        // Spill: the window is full, or requests before this one are spilled already. Redirect
+        // hops stay in memory with their chain (loop detection needs it).
+        let spill =
+            record && req.redirected_from.is_empty() && (hq.spilled > 0 || hq.queue.len() >= self.window);
         let row = record.then(|| QueuedUrl {
             seq,
             key,
@@ -225,16 +277,35 @@ impl Frontier {
             depth: req.depth,
             rule: req.rule as u32,
             priority: req.priority,
+            replaces,
+            held: !spill,
         });
-        let entry = Entry {
-            seq,
-            key,
-            url,
-            depth: req.depth,
-            priority: req.priority,
-            rule: req.rule as u32,
-            redirected_from: req.redirected_from.into_boxed_slice(),
-        };
+        if spill {
+            hq.spilled += 1;
+            self.spilled += 1;
+            self.waiting.remove(&key);
+            return (Admission::Queued, row);
+        }
+        if !self.reload {
+            self.waiting.insert(key, (req.depth, seq));
+        }
+        self.hold(
+            host,
+            Entry {
+                seq,
+                key,
+                url,
+                depth: req.depth,
+                priority: req.priority,
+                rule: req.rule as u32,
+                redirected_from: req.redirected_from.into_boxed_slice(),
+            },
+        );
+        (Admission::Queued, row)
+    }
+
+    /// Puts an entry in its host's memory queue.
+    fn hold(&mut self, host: HostId, entry: Entry) {
         let hq = &mut self.hosts[host as usize];
         let better = hq.queue.peek().is_none_or(|top| entry.rank() > top.rank());
         hq.queue.push(entry);
@@ -242,7 +313,75 @@ impl Frontier {
         if better {
             self.list(host);
         }
-        (Admission::Queued, row)
+    }
+
+    /// Counts `count` requests of the host of `url` as waiting in the database (a resumed
+    /// run's requests beyond the window).
+    pub fn spilled_before(&mut self, url: &Url, count: u64) {
+        if count == 0 || self.window == usize::MAX {
+            return;
+        }
+        let host = self.host_id(url);
+        self.hosts[host as usize].spilled += count;
+        self.spilled += count;
+        self.want_refill(host);
+    }
+
+    /// Hosts whose spilled requests should be read back now. Each is asked for once until
+    /// [`Frontier::refilled`] answers it.
+    pub fn take_refills(&mut self) -> Vec<Refill> {
+        let window = self.window;
+        std::mem::take(&mut self.refills)
+            .into_iter()
+            .map(|host| {
+                let hq = &mut self.hosts[host as usize];
+                hq.asked = hq.spilled;
+                Refill { host, name: hq.name.clone(), limit: window / 2 + 1 }
+            })
+            .collect()
+    }
+
+    /// The rows a refill read back, best first (numbered as stored); `exhausted` when fewer
+    /// came than were asked for: nothing was left spilled when the refill ran.
+    pub fn refilled(&mut self, refill: &Refill, rows: Vec<Request>, exhausted: bool) {
+        let host = refill.host;
+        // Spilled after the refill was asked for: not among the rows it could see.
+        let hq = &mut self.hosts[host as usize];
+        let later = hq.spilled.saturating_sub(hq.asked);
+        let left = if exhausted { 0 } else { hq.asked.saturating_sub(rows.len() as u64) };
+        self.spilled -= hq.spilled - (later + left);
+        hq.spilled = later + left;
+        hq.refilling = false;
+        for req in rows {
+            let key = url_key(&req.url);
+            match self.waiting.get(&key) {
+                Some(&(depth, _)) if depth <= req.depth => continue,
+                _ => {}
+            }
+            self.waiting.insert(key, (req.depth, req.seq));
+            self.hold(
+                host,
+                Entry {
+                    seq: req.seq,
+                    key,
+                    url: Arc::from(String::from(req.url)),
+                    depth: req.depth,
+                    priority: req.priority,
+                    rule: req.rule as u32,
+                    redirected_from: Box::default(),
+                },
+            );
+        }
+        self.want_refill(host);
+        self.list(host);
+    }
+
+    fn want_refill(&mut self, host: HostId) {
+        let hq = &mut self.hosts[host as usize];
+        if hq.spilled > 0 && !hq.refilling && hq.queue.len() <= self.window / 2 {
+            hq.refilling = true;
+            self.refills.push(host);
+        }
     }
 
     /// Numbers new requests after `seq` (a resumed run's last stored number).
@@ -290,6 +429,7 @@ impl Frontier {
             if !self.reload {
                 self.waiting.remove(&e.key);
             }
+            self.want_refill(host);
             self.list(host);
             // The text came from a parsed URL, so it parses again.
             let Ok(url) = Url::parse(&e.url) else {
@@ -337,13 +477,18 @@ impl Frontier {
         self.hosts.get(host as usize).map_or(0, |h| h.in_flight)
     }
 
-    /// Requests waiting.
+    /// Requests waiting (in memory or spilled).
     pub fn len(&self) -> usize {
         if self.reload {
             self.entries
         } else {
-            self.waiting.len()
+            self.waiting.len() + self.spilled as usize
         }
+    }
+
+    /// Requests waiting in memory.
+    pub fn held(&self) -> usize {
+        self.entries
     }
 
     /// Whether nothing is waiting.
@@ -370,15 +515,14 @@ impl Frontier {
     }
 
     fn host_id(&mut self, url: &Url) -> HostId {
-        let port = url.port_or_known_default().unwrap_or(0);
-        let name = url.host_str().unwrap_or("");
-        let by_name = self.host_ids.entry(port).or_default();
-        if let Some(id) = by_name.get(name) {
+        let name = host_name(url);
+        if let Some(id) = self.host_ids.get(name) {
             return *id;
         }
         let id = self.hosts.len() as HostId;
-        by_name.insert(name.into(), id);
-        self.hosts.push(HostQueue::default());
+        let name: Arc<str> = name.into();
+        self.host_ids.insert(name.clone(), id);
+        self.hosts.push(HostQueue { name, ..HostQueue::default() });
         id
     }
 
@@ -386,7 +530,7 @@ impl Frontier {
     fn head(&mut self, host: HostId) -> Option<Rank> {
         let hq = &mut self.hosts[host as usize];
         while let Some(e) = hq.queue.peek() {
-            if !self.reload && self.waiting.get(&e.key) != Some(&e.depth) {
+            if !self.reload && self.waiting.get(&e.key).map(|w| w.0) != Some(e.depth) {
                 hq.queue.pop();
                 self.entries -= 1;
                 continue;
@@ -510,6 +654,52 @@ mod tests {
         assert_eq!(f.next_wake(), Some(t0 + Duration::from_secs(2)));
         assert_eq!(f.pop(t0 + Duration::from_secs(2)).unwrap().url.path(), "/3");
         assert_eq!(f.hosts(), 3);
+    }
+
+    #[test]
+    fn a_window_spills_the_rest_and_reads_it_back() {
+        let t0 = Instant::now();
+        let mut f = Frontier::new(9, false, 100).with_window(4);
+        let rows: Vec<QueuedUrl> =
+            (0..10).filter_map(|i| f.offer(on("h", &format!("/{i}"), 1), true).1).collect();
+        assert_eq!(rows.iter().filter(|r| r.held).count(), 4);
+        assert_eq!((f.len(), f.held()), (10, 4));
+        assert!(f.take_refills().is_empty());
+        // Popping down to half the window asks for the spilled ones, once.
+        assert_eq!(f.pop(t0).unwrap().url.path(), "/0");
+        assert!(f.take_refills().is_empty());
+        assert_eq!(f.pop(t0).unwrap().url.path(), "/1");
+        let refill = f.take_refills();
+        assert_eq!(refill.len(), 1);
+        assert_eq!((&*refill[0].name, refill[0].limit), ("h", 3));
+        f.pop(t0);
+        assert!(f.take_refills().is_empty(), "asked again while the first is out");
+        // Found again: seen, spilled or not.
+        assert_eq!(f.push(on("h", "/7", 0)), Admission::Seen);
+        // Spilled while the refill is out: not among what it reads back, still counted.
+        let late = f.offer(on("h", "/late", 1), true).1.unwrap();
+        assert!(!late.held);
+        let back: Vec<Request> = rows[4..7]
+            .iter()
+            .map(|q| Request { seq: q.seq, ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0) })
+            .collect();
+        f.refilled(&refill[0], back, false);
+        assert_eq!((f.len(), f.held()), (8, 4));
+        let order: Vec<String> = std::iter::from_fn(|| f.pop(t0)).map(|r| r.url.path().to_owned()).collect();
+        assert_eq!(order, ["/3", "/4", "/5", "/6"]);
+        // The rest: /7, /8, /9 and /late, all spilled before this ask; three come back.
+        let refill = f.take_refills();
+        let back: Vec<Request> = rows[7..10]
+            .iter()
+            .map(|q| Request { seq: q.seq, ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0) })
+            .collect();
+        f.refilled(&refill[0], back, false);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.take_refills().len(), 0, "window not low yet");
+        let order: Vec<String> = std::iter::from_fn(|| f.pop(t0)).map(|r| r.url.path().to_owned()).collect();
+        assert_eq!(order, ["/7", "/8", "/9"]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.take_refills().len(), 1);
     }
 
     /// One operation of the scheduler model test.

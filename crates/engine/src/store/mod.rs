@@ -22,7 +22,7 @@ use crate::item::Item;
 pub use jsonl::JsonlSink;
 pub use mysql::{MysqlSink, MysqlState};
 pub use sqlite::{SqliteSink, SqliteState};
-pub use writer::{CommitSender, SinkWriter};
+pub use writer::{CommitSender, RefillReply, SinkWriter};
 
 /// A storage failure. Fatal for the run: items are never dropped silently.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,11 @@ pub enum PageStatus {
     Failed = 2,
     /// Not fetched: robots.txt disallows it, or it redirects out of scope.
     Skipped = 3,
+    /// Replaced by a later row of the same URL closer to a seed.
+    Superseded = 4,
+    /// Waiting in the memory of the run's owner (or in flight): queued, but not to be read back
+    /// by a refill. A resumed run turns these back into queued.
+    Held = 5,
 }
 
 /// A URL a page queued: a row of `crawler_frontier` with status queued.
@@ -63,6 +68,11 @@ pub struct QueuedUrl {
     pub rule: u32,
     /// That rule's priority.
     pub priority: i32,
+    /// The earlier row of the same URL this one replaces (found again closer to a seed).
+    pub replaces: Option<u64>,
+    /// Held in the owner's memory (stored as `held`); otherwise spilled (stored as `queued`),
+    /// to be read back by a refill.
+    pub held: bool,
 }
 
 /// A task run held open by one crawl. A store accepts its commits only while `epoch` is the
@@ -119,6 +129,18 @@ pub struct Commit {
 pub trait Sink: Send + 'static {
     /// Writes a batch. A `(task, url)` already stored in a table is updated, not duplicated.
     fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError>;
+
+    /// Reads back spilled requests of a run: up to `limit` queued rows of `host`, best
+    /// `(depth, seq)` first, which become held. Nothing for a fenced run (its handle is
+    /// fenced). `None` from a store without crawl state.
+    fn refill(
+        &mut self,
+        _run: &RunHandle,
+        _host: &str,
+        _limit: usize,
+    ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
+        None
+    }
 }
 
 /// A run as opened by a [`StateStore`]: where to start from.
@@ -130,42 +152,95 @@ pub struct OpenedRun {
     pub epoch: i64,
     /// Whether an unfinished run was found and continues.
     pub resumed: bool,
-    /// Requests already handled (done, failed or skipped): their keys.
-    pub handled: Vec<u64>,
-    /// Requests waiting, each URL once at its smallest depth.
+    /// Keys of URLs not to queue again: the handled ones and those waiting beyond the window.
+    pub seen: Vec<u64>,
+    /// The first `window` waiting requests of each host, each URL once.
     pub queued: Vec<QueuedUrl>,
+    /// Per host with more waiting than the window: one of its URLs and how many more of its
+    /// requests wait in the database.
+    pub spilled: Vec<(Arc<str>, u64)>,
+    /// Requests handled so far (done, failed or skipped).
+    pub handled: u64,
+    /// Requests waiting, in all.
+    pub waiting: u64,
     /// The largest request number used so far (new requests continue after it).
     pub last_seq: u64,
 }
 
-impl OpenedRun {
-    /// Folds the stored rows of a run into where to start from. A URL found again closer to a
-    /// seed has a second row; it counts as handled once any of its rows is.
-    pub(crate) fn from_rows(
-        id: i64,
-        epoch: i64,
-        rows: impl IntoIterator<Item = (QueuedUrl, u8)>,
-    ) -> OpenedRun {
-        let mut run = OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() };
-        let mut handled = std::collections::HashSet::new();
-        let mut waiting: std::collections::HashMap<u64, QueuedUrl> = std::collections::HashMap::new();
-        for (q, status) in rows {
-            run.last_seq = run.last_seq.max(q.seq);
-            if status != PageStatus::Queued as u8 {
-                handled.insert(q.key);
-                continue;
-            }
-            match waiting.get(&q.key) {
-                Some(w) if (w.depth, w.seq) <= (q.depth, q.seq) => {}
-                _ => {
-                    waiting.insert(q.key, q);
-                }
+/// Builds an [`OpenedRun`] from a run's rows, read in two passes: every row's key and status,
+/// then the waiting rows in `(host, depth, seq)` order.
+pub(crate) struct RunLoader {
+    run: OpenedRun,
+    window: usize,
+    handled: std::collections::HashSet<u64>,
+    loaded: std::collections::HashSet<u64>,
+    host: Option<String>,
+    in_host: usize,
+    last: Option<Arc<str>>,
+    beyond: u64,
+}
+
+impl RunLoader {
+    pub(crate) fn new(id: i64, epoch: i64, window: usize) -> RunLoader {
+        RunLoader {
+            run: OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() },
+            window: window.max(1),
+            handled: Default::default(),
+            loaded: Default::default(),
+            host: None,
+            in_host: 0,
+            last: None,
+            beyond: 0,
+        }
+    }
+
+    /// First pass: any row (held rows already turned back into queued).
+    pub(crate) fn status(&mut self, key: u64, seq: u64, status: u8) {
+        self.run.last_seq = self.run.last_seq.max(seq);
+        if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
+            self.handled.insert(key);
+        }
+    }
+
+    /// Second pass: a waiting row, in `(host, depth, seq)` order. Returns whether it is held
+    /// (in the window), to be stored so.
+    pub(crate) fn waiting(&mut self, q: QueuedUrl, host: &str) -> bool {
+        if self.handled.contains(&q.key) || !self.loaded.insert(q.key) {
+            return false;
+        }
+        self.run.waiting += 1;
+        if self.host.as_deref() != Some(host) {
+            self.end_host();
+            self.host = Some(host.to_owned());
+        }
+        if self.in_host < self.window {
+            self.in_host += 1;
+            self.last = Some(q.url.clone());
+            self.run.queued.push(QueuedUrl { held: true, ..q });
+            true
+        } else {
+            self.beyond += 1;
+            self.run.seen.push(q.key);
+            false
+        }
+    }
+
+    fn end_host(&mut self) {
+        if let Some(url) = self.last.take() {
+            if self.beyond > 0 {
+                self.run.spilled.push((url, self.beyond));
             }
         }
-        run.queued = waiting.into_values().filter(|q| !handled.contains(&q.key)).collect();
-        run.queued.sort_unstable_by_key(|q| q.seq);
-        run.handled = handled.into_iter().collect();
-        run
+        self.in_host = 0;
+        self.beyond = 0;
+    }
+
+    pub(crate) fn finish(mut self) -> OpenedRun {
+        self.end_host();
+        self.run.handled = self.handled.len() as u64;
+        self.run.seen.extend(self.handled);
+        self.run.queued.sort_unstable_by_key(|q| q.seq);
+        self.run
     }
 }
 
@@ -181,9 +256,17 @@ pub enum Epoch {
 
 /// The run bookkeeping of a store: find or create the run of a task, resume it, start it over.
 pub trait StateStore: Send + Sync {
-    /// Opens the unfinished run of `task` under `label` (resuming it), or starts a new one.
-    /// With `fresh`, the label's earlier state is discarded first.
-    fn open_run(&self, task: &str, label: &str, epoch: Epoch, fresh: bool) -> Result<OpenedRun, SinkError>;
+    /// Opens the unfinished run of `task` under `label` (resuming it, with up to `window`
+    /// waiting requests per host in memory), or starts a new one. With `fresh`, the label's
+    /// earlier state is discarded first.
+    fn open_run(
+        &self,
+        task: &str,
+        label: &str,
+        epoch: Epoch,
+        fresh: bool,
+        window: usize,
+    ) -> Result<OpenedRun, SinkError>;
 
     /// Ends a run for good (its task was deleted) and drops its frontier.
     fn end_run(&self, id: i64) -> Result<(), SinkError>;

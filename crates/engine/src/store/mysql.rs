@@ -11,7 +11,10 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
 use super::sqlite::host_of;
-use super::{key_col, Commit, Epoch, OpenedRun, QueuedUrl, Sink, SinkError, StateStore};
+use super::{
+    key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
+    StateStore,
+};
 use super::{FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
@@ -27,7 +30,7 @@ const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, seq BIGINT NOT NULL, \
      url_key BIGINT NOT NULL, url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, \
      rule INT NOT NULL, priority INT NOT NULL, status TINYINT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
-     PRIMARY KEY (run, seq)) DEFAULT CHARSET = utf8mb4",
+     PRIMARY KEY (run, seq), KEY crawler_frontier_spilled (run, host, status, depth, seq)) DEFAULT CHARSET = utf8mb4",
 ];
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
@@ -106,13 +109,7 @@ impl MysqlSink {
                 let held = match holds.get(&run.id) {
                     Some(h) => *h,
                     None => {
-                        let current: Option<(i64, String)> = tx
-                            .exec_first(
-                                "SELECT epoch, state FROM crawler_runs WHERE id = ? FOR UPDATE",
-                                (run.id,),
-                            )
-                            .map_err(err)?;
-                        let h = current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING);
+                        let h = holds_run(&mut tx, run)?;
                         holds.insert(run.id, h);
                         h
                     }
@@ -158,12 +155,21 @@ fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkErr
     if !c.queued.is_empty() {
         tx.exec_batch(
             "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             c.queued.iter().map(|q| {
-                (run, q.seq, key_col(q.key), &*q.url, host_of(&q.url), q.depth, q.rule, q.priority)
+                let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
+                (run, q.seq, key_col(q.key), &*q.url, host_of(&q.url), q.depth, q.rule, q.priority, status)
             }),
         )
         .map_err(err)?;
+        let replaced: Vec<u64> = c.queued.iter().filter_map(|q| q.replaces).collect();
+        if !replaced.is_empty() {
+            tx.exec_batch(
+                "UPDATE crawler_frontier SET status = ? WHERE run = ? AND seq = ? AND status IN (0, 5)",
+                replaced.iter().map(|old| (PageStatus::Superseded as u8, run, *old)),
+            )
+            .map_err(err)?;
+        }
     }
     if let Some((seq, status)) = c.page {
         tx.exec_drop(
@@ -195,6 +201,64 @@ impl Sink for MysqlSink {
             }
         }
     }
+
+    fn refill(
+        &mut self,
+        run: &RunHandle,
+        host: &str,
+        limit: usize,
+    ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
+        Some(self.refill_once(run, host, limit))
+    }
+}
+
+impl MysqlSink {
+    fn refill_once(
+        &mut self,
+        run: &RunHandle,
+        host: &str,
+        limit: usize,
+    ) -> Result<Vec<QueuedUrl>, SinkError> {
+        let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
+        if !holds_run(&mut tx, run)? {
+            drop(tx);
+            run.fence();
+            return Ok(Vec::new());
+        }
+        let rows = tx
+            .exec_map(
+                "SELECT seq, url_key, url, depth, rule, priority FROM crawler_frontier \
+                 WHERE run = ? AND host = ? AND status = 0 ORDER BY depth, seq LIMIT ?",
+                (run.id, host, limit as u64),
+                |(seq, key, url, depth, rule, priority): (u64, i64, String, u32, u32, i32)| QueuedUrl {
+                    seq,
+                    key: key as u64,
+                    url: url.into(),
+                    depth,
+                    rule,
+                    priority,
+                    replaces: None,
+                    held: true,
+                },
+            )
+            .map_err(err)?;
+        tx.exec_batch(
+            "UPDATE crawler_frontier SET status = ? WHERE run = ? AND seq = ?",
+            rows.iter().map(|q| (PageStatus::Held as u8, run.id, q.seq)),
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(rows)
+    }
+}
+
+/// Whether the run's owner still holds it, locking the run's row until the transaction ends
+/// (so a new owner's open waits for it).
+fn holds_run(tx: &mut Transaction, run: &RunHandle) -> Result<bool, SinkError> {
+    let current: Option<(i64, String)> = tx
+        .exec_first("SELECT epoch, state FROM crawler_runs WHERE id = ? FOR UPDATE", (run.id,))
+        .map_err(err)?;
+    Ok(current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING))
 }
 
 /// The run bookkeeping of a MySQL/MariaDB database (a connection per call).
@@ -212,7 +276,14 @@ impl MysqlState {
 }
 
 impl StateStore for MysqlState {
-    fn open_run(&self, task: &str, label: &str, epoch: Epoch, fresh: bool) -> Result<OpenedRun, SinkError> {
+    fn open_run(
+        &self,
+        task: &str,
+        label: &str,
+        epoch: Epoch,
+        fresh: bool,
+        window: usize,
+    ) -> Result<OpenedRun, SinkError> {
         let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
         let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
         if fresh {
@@ -261,20 +332,48 @@ impl StateStore for MysqlState {
             }
         };
         tx.exec_drop("UPDATE crawler_runs SET epoch = ? WHERE id = ?", (epoch, id)).map_err(err)?;
-        let mut rows = Vec::new();
-        tx.exec_map(
-            "SELECT seq, url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?",
-            (id,),
-            |(seq, key, status, url, depth, rule, priority): (u64, i64, u8, String, u32, u32, i32)| {
-                rows.push((
-                    QueuedUrl { seq, key: key as u64, url: url.into(), depth, rule, priority },
-                    status,
-                ));
-            },
+        tx.exec_drop("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND status = 5", (id,))
+            .map_err(err)?;
+        let mut loader = RunLoader::new(id, epoch, window);
+        let mut held = Vec::new();
+        for row in tx
+            .exec_iter("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ?", (id,))
+            .map_err(err)?
+        {
+            let (key, seq, status): (i64, u64, u8) = mysql::from_row_opt(row.map_err(err)?).map_err(err)?;
+            loader.status(key as u64, seq, status);
+        }
+        let waiting = tx
+            .exec_iter(
+                "SELECT seq, url_key, url, depth, rule, priority, host FROM crawler_frontier \
+                 WHERE run = ? AND status = 0 ORDER BY host, depth, seq",
+                (id,),
+            )
+            .map_err(err)?;
+        for row in waiting {
+            let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
+                mysql::from_row_opt(row.map_err(err)?).map_err(err)?;
+            let q = QueuedUrl {
+                seq,
+                key: key as u64,
+                url: url.into(),
+                depth,
+                rule,
+                priority,
+                replaces: None,
+                held: false,
+            };
+            if loader.waiting(q, &host) {
+                held.push(seq);
+            }
+        }
+        tx.exec_batch(
+            "UPDATE crawler_frontier SET status = 5 WHERE run = ? AND seq = ?",
+            held.iter().map(|seq| (id, *seq)),
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(OpenedRun::from_rows(id, epoch, rows))
+        Ok(loader.finish())
     }
 
     fn end_run(&self, id: i64) -> Result<(), SinkError> {

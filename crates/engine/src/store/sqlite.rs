@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{key_col, Commit, Epoch, OpenedRun, QueuedUrl, Sink, SinkError, StateStore};
+use super::{
+    key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
+    StateStore,
+};
 use super::{FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS crawler_frontier (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS crawler_frontier_spilled ON crawler_frontier (run, host, depth, seq) WHERE status = 0;
 ";
 
 fn connect(path: &Path) -> Result<Connection, SinkError> {
@@ -134,13 +138,13 @@ fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
 }
 
 /// Writes a commit's state rows. Rows are appended in request order (so a batch touches the
-/// table's last pages, not pages all over it); a URL queued again closer to a seed while it
-/// still waits gets a second row, folded on resume.
+/// table's last pages, not pages all over it), as held or (spilled) queued; a URL queued again
+/// closer to a seed while it still waits gets a new row that supersedes the first.
 fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
     if !c.queued.is_empty() {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         for q in &c.queued {
             let url: &str = &q.url;
@@ -152,8 +156,15 @@ fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
                 host_of(url),
                 q.depth,
                 q.rule,
-                q.priority
+                q.priority,
+                if q.held { PageStatus::Held } else { PageStatus::Queued } as u8
             ])?;
+        }
+        for old in c.queued.iter().filter_map(|q| q.replaces) {
+            tx.prepare_cached(
+                "UPDATE crawler_frontier SET status = ?1 WHERE run = ?2 AND seq = ?3 AND status IN (0, 5)",
+            )?
+            .execute(params![PageStatus::Superseded as u8, run, old as i64])?;
         }
     }
     if let Some((seq, status)) = c.page {
@@ -183,13 +194,7 @@ impl Sink for SqliteSink {
                 let held = match holds.get(&run.id) {
                     Some(h) => *h,
                     None => {
-                        let current: Option<(i64, String)> = tx
-                            .prepare_cached("SELECT epoch, state FROM crawler_runs WHERE id = ?1")
-                            .and_then(|mut s| {
-                                s.query_row([run.id], |r| Ok((r.get(0)?, r.get(1)?))).optional()
-                            })
-                            .map_err(sqlite_err)?;
-                        let h = current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING);
+                        let h = holds_run(&tx, run).map_err(sqlite_err)?;
                         holds.insert(run.id, h);
                         h
                     }
@@ -208,6 +213,65 @@ impl Sink for SqliteSink {
         }
         tx.commit().map_err(sqlite_err)
     }
+
+    fn refill(
+        &mut self,
+        run: &RunHandle,
+        host: &str,
+        limit: usize,
+    ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
+        Some(refill(&mut self.conn, run, host, limit).map_err(sqlite_err))
+    }
+}
+
+/// Whether the run's owner still holds it: its epoch is the run's and the run goes on.
+fn holds_run(tx: &Transaction, run: &RunHandle) -> rusqlite::Result<bool> {
+    let current: Option<(i64, String)> = tx
+        .prepare_cached("SELECT epoch, state FROM crawler_runs WHERE id = ?1")?
+        .query_row([run.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING))
+}
+
+fn refill(
+    conn: &mut Connection,
+    run: &RunHandle,
+    host: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<QueuedUrl>> {
+    let tx = conn.transaction()?;
+    if !holds_run(&tx, run)? {
+        run.fence();
+        return Ok(Vec::new());
+    }
+    let rows = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, url_key, url, depth, rule, priority FROM crawler_frontier \
+             WHERE run = ?1 AND host = ?2 AND status = 0 ORDER BY depth, seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![run.id, host, limit as i64], |r| {
+            Ok(QueuedUrl {
+                seq: r.get::<_, i64>(0)? as u64,
+                key: r.get::<_, i64>(1)? as u64,
+                url: r.get::<_, String>(2)?.into(),
+                depth: r.get(3)?,
+                rule: r.get(4)?,
+                priority: r.get(5)?,
+                replaces: None,
+                held: true,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    {
+        let mut hold =
+            tx.prepare_cached("UPDATE crawler_frontier SET status = ?1 WHERE run = ?2 AND seq = ?3")?;
+        for q in &rows {
+            hold.execute(params![PageStatus::Held as u8, run.id, q.seq as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(rows)
 }
 
 /// The run bookkeeping of a SQLite file (its own connection, beside the sink's).
@@ -224,11 +288,18 @@ impl SqliteState {
 }
 
 impl StateStore for SqliteState {
-    fn open_run(&self, task: &str, label: &str, epoch: Epoch, fresh: bool) -> Result<OpenedRun, SinkError> {
+    fn open_run(
+        &self,
+        task: &str,
+        label: &str,
+        epoch: Epoch,
+        fresh: bool,
+        window: usize,
+    ) -> Result<OpenedRun, SinkError> {
         let mut conn = connect(&self.path)?;
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
-        let run = open_in(&tx, task, label, epoch, fresh).map_err(|e| match e {
+        let run = open_in(&tx, task, label, epoch, fresh, window).map_err(|e| match e {
             OpenError::Db(e) => sqlite_err(e),
             OpenError::Stale { current } => SinkError {
                 sink: "sqlite",
@@ -269,6 +340,7 @@ fn open_in(
     label: &str,
     epoch: Epoch,
     fresh: bool,
+    window: usize,
 ) -> Result<OpenedRun, OpenError> {
     let old_runs = "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2";
     if fresh {
@@ -301,22 +373,43 @@ fn open_in(
         Epoch::At(_) => return Err(OpenError::Stale { current }),
     };
     tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
+    // What the previous owner held is waiting again; the new owner holds its own windows.
+    tx.execute("UPDATE crawler_frontier SET status = 0 WHERE run = ?1 AND status = 5", [id])?;
+    let mut loader = RunLoader::new(id, epoch, window);
+    let mut stmt = tx.prepare("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ?1")?;
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
+        loader.status(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?);
+    }
     let mut stmt = tx.prepare(
-        "SELECT seq, url_key, status, url, depth, rule, priority FROM crawler_frontier WHERE run = ?1",
+        "SELECT seq, url_key, url, depth, rule, priority, host FROM crawler_frontier \
+         WHERE run = ?1 AND status = 0 ORDER BY host, depth, seq",
     )?;
-    let rows = stmt.query_map([id], |r| {
+    let mut held = Vec::new();
+    let mut rows = stmt.query([id])?;
+    while let Some(r) = rows.next()? {
         let q = QueuedUrl {
             seq: r.get::<_, i64>(0)? as u64,
             key: r.get::<_, i64>(1)? as u64,
-            url: r.get::<_, String>(3)?.into(),
-            depth: r.get(4)?,
-            rule: r.get(5)?,
-            priority: r.get(6)?,
+            url: r.get::<_, String>(2)?.into(),
+            depth: r.get(3)?,
+            rule: r.get(4)?,
+            priority: r.get(5)?,
+            replaces: None,
+            held: false,
         };
-        Ok((q, r.get::<_, u8>(2)?))
-    })?;
-    let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(OpenedRun::from_rows(id, epoch, rows))
+        let seq = q.seq;
+        if loader.waiting(q, r.get_ref(6)?.as_str().unwrap_or("")) {
+            held.push(seq);
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    let mut hold = tx.prepare("UPDATE crawler_frontier SET status = 5 WHERE run = ?1 AND seq = ?2")?;
+    for seq in held {
+        hold.execute(params![id, seq as i64])?;
+    }
+    Ok(loader.finish())
 }
 
 #[cfg(test)]

@@ -7,26 +7,74 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Commit, Sink, SinkError};
+use std::sync::Arc;
+
+use super::{Commit, QueuedUrl, RunHandle, Sink, SinkError};
+
+/// The answer to a refill: the spilled rows read back.
+pub type RefillReply = Result<Vec<QueuedUrl>, SinkError>;
+
+/// What crawls hand to the writer, in order.
+enum Record {
+    Commit(Commit),
+    /// Spilled rows to read back, after every commit sent before it is written.
+    Refill {
+        run: Arc<RunHandle>,
+        host: String,
+        limit: usize,
+        reply: oneshot::Sender<RefillReply>,
+    },
+}
 
 /// A handle crawls use to hand commits to the writer. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct CommitSender(mpsc::Sender<Commit>);
+pub struct CommitSender(mpsc::Sender<Record>);
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Record::Commit(c) => c.fmt(f),
+            Record::Refill { run, host, .. } => write!(f, "refill of run {}, host {host}", run.id),
+        }
+    }
+}
 
 impl CommitSender {
     /// Queues a commit; waits while the writer is behind. Fails once the writer has failed.
     pub async fn send(&self, commit: Commit) -> Result<(), Commit> {
-        self.0.send(commit).await.map_err(|e| e.0)
+        self.0.send(Record::Commit(commit)).await.map_err(|e| match e.0 {
+            Record::Commit(c) => c,
+            Record::Refill { .. } => unreachable!("a commit was sent"),
+        })
+    }
+
+    /// Asks the state store for up to `limit` spilled rows of `host` in `run`, read once every
+    /// commit sent before this call is written. The answer comes on the returned channel
+    /// (closed if the writer fails).
+    pub async fn refill(
+        &self,
+        run: Arc<RunHandle>,
+        host: &str,
+        limit: usize,
+    ) -> Result<oneshot::Receiver<RefillReply>, SinkError> {
+        let (reply, answer) = oneshot::channel();
+        let record = Record::Refill { run, host: host.to_owned(), limit, reply };
+        self.0
+            .send(record)
+            .await
+            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
+        Ok(answer)
     }
 }
 
 /// Batches commits into the sinks on a background task: a batch is written when it is full, when
-/// no commit arrived for `linger`, and when every sender is gone.
+/// no commit arrived for `linger`, when a refill asks for what was written, and when every sender
+/// is gone.
 pub struct SinkWriter {
-    tx: Option<mpsc::Sender<Commit>>,
+    tx: Option<mpsc::Sender<Record>>,
     task: JoinHandle<Result<u64, SinkError>>,
 }
 
@@ -57,21 +105,23 @@ impl SinkWriter {
 
 async fn write_loop(
     mut sinks: Vec<Box<dyn Sink>>,
-    mut rx: mpsc::Receiver<Commit>,
+    mut rx: mpsc::Receiver<Record>,
     batch: usize,
     linger: Duration,
 ) -> Result<u64, SinkError> {
     let mut written = 0u64;
+    let has_refill = |buf: &[Record]| buf.iter().any(|r| matches!(r, Record::Refill { .. }));
     loop {
-        let mut buf: Vec<Commit> = Vec::with_capacity(batch);
-        // Wait, without a timer, for the first commit of the next batch.
+        let mut buf: Vec<Record> = Vec::with_capacity(batch);
+        // Wait, without a timer, for the first record of the next batch.
         if rx.recv_many(&mut buf, batch).await == 0 {
             return Ok(written);
         }
-        // Fill it until it is full, every sender is gone, or `linger` has passed.
+        // Fill it until it is full, every sender is gone, `linger` has passed, or a refill
+        // waits for what is written.
         let deadline = tokio::time::Instant::now() + linger;
         let mut closed = false;
-        while buf.len() < batch {
+        while buf.len() < batch && !has_refill(&buf) {
             let room = batch - buf.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut buf, room)).await {
                 Ok(0) => {
@@ -83,10 +133,8 @@ async fn write_loop(
             }
         }
         let (back, result) = tokio::task::spawn_blocking(move || {
-            let r = sinks.iter_mut().try_for_each(|s| s.write(&buf));
-            let items =
-                buf.iter().filter(|c| c.item.is_some() && !c.run.as_ref().is_some_and(|r| r.is_fenced()));
-            (sinks, r.map(|()| items.count() as u64))
+            let r = write_records(&mut sinks, buf);
+            (sinks, r)
         })
         .await
         .map_err(|e| SinkError { sink: "writer", message: e.to_string() })?;
@@ -102,6 +150,38 @@ async fn write_loop(
             return Ok(written);
         }
     }
+}
+
+/// Writes records in order: runs of commits as one batch per sink, a refill after the commits
+/// before it. Returns the items stored.
+fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u64, SinkError> {
+    let mut items = 0;
+    let mut group: Vec<Commit> = Vec::new();
+    let mut flush = |sinks: &mut [Box<dyn Sink>], group: &mut Vec<Commit>| -> Result<(), SinkError> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        sinks.iter_mut().try_for_each(|s| s.write(group))?;
+        let fenced = |c: &Commit| c.run.as_ref().is_some_and(|r| r.is_fenced());
+        items += group.iter().filter(|c| c.item.is_some() && !fenced(c)).count() as u64;
+        group.clear();
+        Ok(())
+    };
+    for record in records {
+        match record {
+            Record::Commit(c) => group.push(c),
+            Record::Refill { run, host, limit, reply } => {
+                flush(sinks, &mut group)?;
+                let answer =
+                    sinks.iter_mut().find_map(|s| s.refill(&run, &host, limit)).unwrap_or_else(|| {
+                        Err(SinkError { sink: "writer", message: "no store keeps crawl state".into() })
+                    });
+                let _ = reply.send(answer);
+            }
+        }
+    }
+    flush(sinks, &mut group)?;
+    Ok(items)
 }
 
 #[cfg(test)]
