@@ -32,6 +32,11 @@ use crate::store::QueuedUrl;
 /// A host's index in the frontier (a host and port).
 pub type HostId = u32;
 
+/// With a window, the requests held over all hosts are bounded by this many windows...
+pub const BUDGET_WINDOWS: usize = 50;
+/// ... beyond which a host holds at most this many (so every host still makes progress).
+pub const MIN_HELD: usize = 16;
+
 /// A request waiting in the frontier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -191,6 +196,8 @@ pub struct Frontier {
     spilled: u64,
     /// Hosts whose spilled requests should be read back.
     refills: Vec<HostId>,
+    /// Rows asked for by refills not answered yet.
+    incoming: usize,
 }
 
 impl Frontier {
@@ -212,16 +219,28 @@ impl Frontier {
             window: usize::MAX,
             spilled: 0,
             refills: Vec::new(),
+            incoming: 0,
         }
     }
 
-    /// Keeps at most `window` requests per host in memory; recorded requests beyond it are
-    /// spilled to the database and read back through refills. Not with `reload`.
+    /// Keeps at most `window` requests per host in memory, and once [`BUDGET_WINDOWS`] windows'
+    /// worth are held over all hosts, at most [`MIN_HELD`] more per host; recorded requests
+    /// beyond that are spilled to the database and read back through refills. Not with
+    /// `reload`.
     pub fn with_window(mut self, window: usize) -> Frontier {
         if !self.reload {
             self.window = window.max(2);
         }
         self
+    }
+
+    /// How many requests a host may hold now.
+    fn cap(&self) -> usize {
+        if self.entries >= self.window.saturating_mul(BUDGET_WINDOWS) {
+            MIN_HELD.min(self.window)
+        } else {
+            self.window
+        }
     }
 
     /// Offers a request; it is queued unless too deep or already seen (a URL still waiting at
@@ -265,11 +284,12 @@ impl Frontier {
             }
         };
         let url: Arc<str> = Arc::from(String::from(req.url));
+        let cap = self.cap();
         let hq = &mut self.hosts[host as usize];
-        // Spill: the window is full, or requests before this one are spilled already. Redirect
-        // hops stay in memory with their chain (loop detection needs it).
-        let spill =
-            record && req.redirected_from.is_empty() && (hq.spilled > 0 || hq.queue.len() >= self.window);
+        // Spill: the window (or the host's share of the budget) is full, or requests before
+        // this one are spilled already. Redirect hops stay in memory with their chain (loop
+        // detection needs it).
+        let spill = record && req.redirected_from.is_empty() && (hq.spilled > 0 || hq.queue.len() >= cap);
         let row = record.then(|| QueuedUrl {
             seq,
             key,
@@ -330,21 +350,27 @@ impl Frontier {
     /// Hosts whose spilled requests should be read back now. Each is asked for once until
     /// [`Frontier::refilled`] answers it.
     pub fn take_refills(&mut self) -> Vec<Refill> {
-        let window = self.window;
-        std::mem::take(&mut self.refills)
-            .into_iter()
-            .map(|host| {
-                let hq = &mut self.hosts[host as usize];
-                hq.asked = hq.spilled;
-                Refill { host, name: hq.name.clone(), limit: window / 2 + 1 }
-            })
-            .collect()
+        let budget = self.window.saturating_mul(BUDGET_WINDOWS);
+        let cap = self.cap();
+        let hosts = std::mem::take(&mut self.refills);
+        let mut refills = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            // Within the budget, counting what earlier refills may still bring.
+            let room = budget.saturating_sub(self.entries + self.incoming).max(MIN_HELD);
+            let limit = (cap / 2 + 1).min(room);
+            self.incoming += limit;
+            let hq = &mut self.hosts[host as usize];
+            hq.asked = hq.spilled;
+            refills.push(Refill { host, name: hq.name.clone(), limit });
+        }
+        refills
     }
 
     /// The rows a refill read back, best first (numbered as stored); `exhausted` when fewer
     /// came than were asked for: nothing was left spilled when the refill ran.
     pub fn refilled(&mut self, refill: &Refill, rows: Vec<Request>, exhausted: bool) {
         let host = refill.host;
+        self.incoming = self.incoming.saturating_sub(refill.limit);
         // Spilled after the refill was asked for: not among the rows it could see.
         let hq = &mut self.hosts[host as usize];
         let later = hq.spilled.saturating_sub(hq.asked);
@@ -377,8 +403,9 @@ impl Frontier {
     }
 
     fn want_refill(&mut self, host: HostId) {
+        let cap = self.cap();
         let hq = &mut self.hosts[host as usize];
-        if hq.spilled > 0 && !hq.refilling && hq.queue.len() <= self.window / 2 {
+        if hq.spilled > 0 && !hq.refilling && hq.queue.len() <= cap / 2 {
             hq.refilling = true;
             self.refills.push(host);
         }
@@ -700,6 +727,75 @@ mod tests {
         assert_eq!(order, ["/7", "/8", "/9"]);
         assert_eq!(f.len(), 1);
         assert_eq!(f.take_refills().len(), 1);
+    }
+
+    #[test]
+    fn many_hosts_stay_within_the_budget_and_every_url_comes_out_once() {
+        let t0 = Instant::now();
+        let (window, hosts, per_host) = (32, 200, 40);
+        let mut f = Frontier::new(9, false, 2).with_window(window);
+        // The store: spilled rows per host, read back best (depth, seq) first.
+        let mut spilled: HashMap<Arc<str>, Vec<QueuedUrl>> = HashMap::new();
+        let mut most_held = 0;
+        let mut offer =
+            |f: &mut Frontier, spilled: &mut HashMap<Arc<str>, Vec<QueuedUrl>>, url: String, depth| {
+                let row = f.offer(Request::new(Url::parse(&url).unwrap(), depth, 0, 0), true).1.unwrap();
+                if !row.held {
+                    let host: Arc<str> = host_of_row(&row.url).into();
+                    spilled.entry(host).or_default().push(row);
+                }
+            };
+        for i in 0..per_host {
+            for h in 0..hosts {
+                offer(&mut f, &mut spilled, format!("http://h{h}.example/{i}"), 1 + (i % 3) as u32);
+            }
+            most_held = most_held.max(f.held());
+        }
+        let budget = window * BUDGET_WINDOWS;
+        assert!(most_held <= budget + MIN_HELD * hosts, "{most_held} held");
+        assert!(most_held < window * hosts, "the budget never bound: {most_held} held");
+        assert_eq!(f.len(), hosts * per_host);
+        // Drain: pop, finish, refill; every URL exactly once.
+        let mut seen = HashSet::new();
+        loop {
+            let mut popped = Vec::new();
+            while let Some(r) = f.pop(t0) {
+                assert!(seen.insert(r.url.to_string()), "{} came out twice", r.url);
+                popped.push(r.host);
+            }
+            let popped_any = popped.first().copied();
+            for host in popped {
+                f.done(host);
+            }
+            most_held = most_held.max(f.held());
+            let refills = f.take_refills();
+            if refills.is_empty() && popped_any.is_none() {
+                assert!(f.is_empty(), "{} waiting, nothing to pop, no refill asked for", f.len());
+                break;
+            }
+            for refill in refills {
+                let rows = spilled.entry(refill.name.clone()).or_default();
+                rows.sort_by_key(|q| (q.depth, q.seq));
+                let back: Vec<QueuedUrl> = rows.drain(..refill.limit.min(rows.len())).collect();
+                let exhausted = back.len() < refill.limit;
+                let back = back
+                    .into_iter()
+                    .map(|q| Request {
+                        seq: q.seq,
+                        ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0)
+                    })
+                    .collect();
+                f.refilled(&refill, back, exhausted);
+                most_held = most_held.max(f.held());
+            }
+        }
+        assert_eq!(seen.len(), hosts * per_host);
+        assert!(most_held <= budget + MIN_HELD * hosts, "{most_held} held while draining");
+    }
+
+    fn host_of_row(url: &str) -> &str {
+        let rest = url.split_once("://").unwrap().1;
+        &rest[..rest.find('/').unwrap_or(rest.len())]
     }
 
     /// One operation of the scheduler model test.
