@@ -737,7 +737,7 @@ mod tests {
         // The store: spilled rows per host, read back best (depth, seq) first.
         let mut spilled: HashMap<Arc<str>, Vec<QueuedUrl>> = HashMap::new();
         let mut most_held = 0;
-        let mut offer =
+        let offer =
             |f: &mut Frontier, spilled: &mut HashMap<Arc<str>, Vec<QueuedUrl>>, url: String, depth| {
                 let row = f.offer(Request::new(Url::parse(&url).unwrap(), depth, 0, 0), true).1.unwrap();
                 if !row.held {
