@@ -34,16 +34,8 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ "$SCRAPY" = 0 ] || [ -x "$OUT/venv/bin/scrapy" ] || { python3 -m venv "$OUT/venv" && "$OUT/venv/bin/pip" install -q scrapy; }
 
-if [ -n "$BASELINE" ]; then
-  # The baseline is built in the same target directory (the dependencies are shared), then
-  # copied out; the current tree is built after it.
-  echo "building the baseline $BASELINE (release)..." >&2
-  rm -rf "$OUT/baseline-src" && git worktree prune
-  git worktree add -q --detach "$OUT/baseline-src" "$BASELINE"
-  (cd "$OUT/baseline-src" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --locked -q -p crawler)
-  cp "$ROOT/target/release/crawler" "$OUT/crawler-baseline"
-  git worktree remove --force "$OUT/baseline-src"
-fi
+# The baseline is built first (in the same target directory), the current tree after it.
+[ -z "$BASELINE" ] || bench/baseline.sh "$BASELINE" "$OUT/crawler-baseline"
 echo "building (release)..." >&2
 cargo build --release --locked -q -p crawler -p crawler-fixture
 (cd bench/spider-rs && cargo build --release -q)

@@ -2,6 +2,8 @@
 (title, author, price, rating) written as JSON lines. Run by bench/run.sh:
 
     scrapy runspider scrapy_books.py -a start=http://127.0.0.1:PORT/index.html -o items.jsonl
+
+`start` may list several URLs, comma-separated (bench/hosts.sh).
 """
 
 import scrapy
@@ -24,7 +26,7 @@ class BooksSpider(scrapy.Spider):
 
     def __init__(self, start, **kwargs):
         super().__init__(**kwargs)
-        self.start_urls = [start]
+        self.start_urls = start.split(",")
 
     def parse(self, response):
         for href in response.css("a.tag::attr(href)").getall():

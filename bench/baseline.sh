@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the `crawler` binary of a git revision into DEST, in the workspace's target directory
+# (the dependencies are shared, so only the workspace's crates are rebuilt).
+#
+#   bench/baseline.sh REV DEST
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REV=$1
+DEST=$2
+SRC=$ROOT/bench/out/baseline-src
+echo "building the baseline $REV (release)..." >&2
+rm -rf "$SRC" && git worktree prune
+git worktree add -q --detach "$SRC" "$REV"
+(cd "$SRC" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --locked -q -p crawler)
+mkdir -p "$(dirname "$DEST")"
+cp "$ROOT/target/release/crawler" "$DEST"
+git worktree remove --force "$SRC"
