@@ -9,10 +9,13 @@ ROOT=$PWD
 REV=$1
 DEST=$2
 SRC=$ROOT/bench/out/baseline-src
+# Already built from this revision: keep it.
+if [ -x "$DEST" ] && [ "$(cat "$DEST.rev" 2>/dev/null)" = "$(git rev-parse "$REV")" ]; then exit 0; fi
 echo "building the baseline $REV (release)..." >&2
 rm -rf "$SRC" && git worktree prune
 git worktree add -q --detach "$SRC" "$REV"
 (cd "$SRC" && CARGO_TARGET_DIR=$ROOT/target cargo build --release --locked -q -p crawler)
 mkdir -p "$(dirname "$DEST")"
 cp "$ROOT/target/release/crawler" "$DEST"
+git rev-parse "$REV" > "$DEST.rev"
 git worktree remove --force "$SRC"

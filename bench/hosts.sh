@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: one task over HOSTS sites on loopback (127.0.1.1 ... 127.0.1.HOSTS, one
-# crawler-fixture process), where the first site answers every request after SLOW ms and the
-# second allows LIMIT requests a second (429 with Retry-After: 1 beyond). The crawler, the
-# BASELINE revision of it (when set) and Scrapy crawl it one after the other at equal
-# concurrency and per-host limits; the table compares each wall time with the bound the slow
-# site sets: robots.txt, index, tag page, then BOOKS books PER_HOST at a time, SLOW ms each.
+# crawler-fixture process) answering after LATENCY ms, where the first site answers after SLOW
+# ms instead and the second allows LIMIT requests a second (429 with Retry-After: 1 beyond).
+# The crawler, the BASELINE revision of it (when set) and Scrapy crawl it one after the other
+# at equal concurrency and per-host limits; the table compares each wall time with the bound:
+# the longest of the slow site's chain (robots.txt, index, tag page, then BOOKS books PER_HOST
+# at a time, SLOW ms each), the rate-limited site's pages at LIMIT a second, and all pages at
+# LATENCY ms each, CONC at a time.
 #
-#   bench/hosts.sh                          # HOSTS=100 BOOKS=10 SLOW=2000 LIMIT=2 CONC=32 PER_HOST=2
+#   bench/hosts.sh          # HOSTS=100 BOOKS=10 LATENCY=0 SLOW=2000 LIMIT=2 CONC=32 PER_HOST=2
 #   BASELINE=<git rev> SCRAPY=0 bench/hosts.sh
 #
 # Needs what bench/run.sh installs (GNU time; Scrapy in bench/out/venv unless SCRAPY=0).
@@ -17,6 +19,7 @@ OUT=$ROOT/bench/out/hosts
 HOSTS=${HOSTS:-100}
 BOOKS=${BOOKS:-10}
 SLOW=${SLOW:-2000}
+LATENCY=${LATENCY:-0}
 LIMIT=${LIMIT:-2}
 CONC=${CONC:-32}
 PER_HOST=${PER_HOST:-2}
@@ -34,7 +37,7 @@ FIXTURE=$ROOT/target/release/crawler-fixture
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.1.1", 0)); print(s.getsockname()[1])')
 "$FIXTURE" hosts "127.0.1:$PORT" "$HOSTS" --books "$BOOKS" --tags 1 --per-page "$BOOKS" \
-  --slow "$SLOW" --limit "$LIMIT" > "$OUT/fixture.log" 2>&1 &
+  --latency "$LATENCY" --slow "$SLOW" --limit "$LIMIT" > "$OUT/fixture.log" 2>&1 &
 FIXTURE_PID=$!
 trap 'kill "$FIXTURE_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q serving "$OUT/fixture.log" && break; sleep 0.1; done
@@ -92,13 +95,17 @@ if [ "$SCRAPY" != 0 ]; then
     -s CONCURRENT_REQUESTS_PER_IP=0
 fi
 
-python3 - "$OUT/results.txt" "$HOSTS" "$BOOKS" "$SLOW" "$LIMIT" "$CONC" "$PER_HOST" <<'PY'
+python3 - "$OUT/results.txt" "$HOSTS" "$BOOKS" "$SLOW" "$LIMIT" "$CONC" "$PER_HOST" "$LATENCY" <<'PY'
 import math, sys
 rows = [l.split() for l in open(sys.argv[1])]
-hosts, books, slow, limit, conc, per_host = map(int, sys.argv[2:])
-bound = slow / 1000 * (3 + math.ceil(books / per_host))
-print(f"{hosts} sites on 127.0.1.x, {books} books each; site 1 answers after {slow} ms, site 2 allows {limit} requests/s;")
-print(f"concurrency {conc}, {per_host} per host; bound set by the slow site: {bound:.1f} s")
+hosts, books, slow, limit, conc, per_host, latency = map(int, sys.argv[2:])
+chain = slow / 1000 * (3 + math.ceil(books / per_host))
+limited = (books + 3) / limit
+work = hosts * (books + 3) * latency / 1000 / conc
+bound = max(chain, limited, work)
+print(f"{hosts} sites on 127.0.1.x, {books} books each, {latency} ms a page; site 1 answers after {slow} ms,")
+print(f"site 2 allows {limit} requests/s; concurrency {conc}, {per_host} per host;")
+print(f"bound: {bound:.1f} s (slow site's chain {chain:.1f} s, rate-limited site {limited:.1f} s, all pages {work:.1f} s)")
 print()
 print("| crawler | wall s | over the bound | CPU s | peak RSS MB | items (of %d) |" % (hosts * books))
 print("|---|---:|---:|---:|---:|---:|")

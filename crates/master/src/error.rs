@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Over the master's rate limit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request body is larger than the master accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// A bug or an unexpected store failure.
     #[error("{0}")]
     Internal(String),
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::AlreadyExists(_) => 409,
             ApiError::ResourceExhausted(_) => 429,
+            ApiError::TooLarge(_) => 413,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
         }
@@ -49,6 +53,7 @@ impl ApiError {
             ApiError::NotFound(_) => tonic::Code::NotFound,
             ApiError::AlreadyExists(_) => tonic::Code::AlreadyExists,
             ApiError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+            ApiError::TooLarge(_) => tonic::Code::OutOfRange,
             ApiError::Internal(_) => tonic::Code::Internal,
             ApiError::Unavailable(_) => tonic::Code::Unavailable,
         };
@@ -64,6 +69,7 @@ impl ApiError {
             tonic::Code::NotFound => ApiError::NotFound(m),
             tonic::Code::AlreadyExists => ApiError::AlreadyExists(m),
             tonic::Code::ResourceExhausted => ApiError::ResourceExhausted(m),
+            tonic::Code::OutOfRange => ApiError::TooLarge(m),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ApiError::Unavailable(m)
             }
@@ -86,9 +92,10 @@ mod tests {
             ApiError::Unauthenticated("e".into()),
             ApiError::ResourceExhausted("f".into()),
             ApiError::Internal("g".into()),
+            ApiError::TooLarge("h".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(ApiError::http_status).collect();
-        assert_eq!(statuses, [400, 409, 404, 503, 401, 429, 500]);
+        assert_eq!(statuses, [400, 409, 404, 503, 401, 429, 500, 413]);
         for e in all {
             assert_eq!(ApiError::from_status(&e.to_status()), e);
         }

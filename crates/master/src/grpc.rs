@@ -1,5 +1,6 @@
 //! The gRPC front end (`proto/crawler.proto`), a thin translation to the service layer.
 
+use crawler_proto::compat;
 use crawler_proto::crawler_master_server::CrawlerMaster;
 use crawler_proto::{NodeSpec, ResourceSpec};
 use tonic::{Request, Response, Status};
@@ -48,5 +49,33 @@ impl CrawlerMaster for GrpcApi {
         let result = self.0.delete(&req.get_ref().name, forwarded, token).await;
         self.0.metrics().call(route, result.as_ref().map_or_else(|e| e.http_status(), |_| 200));
         result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// The original system's package-less service (`/CrawlerMaster/...`): the same calls, for
+/// clients generated from its proto. Its `ResourceSpec` has no inline task.
+#[tonic::async_trait]
+impl compat::crawler_master_server::CrawlerMaster for GrpcApi {
+    async fn add_resource(
+        &self,
+        req: Request<compat::ResourceSpec>,
+    ) -> Result<Response<compat::NodeSpec>, Status> {
+        let (metadata, extensions, spec) = req.into_parts();
+        let spec = ResourceSpec {
+            id: spec.id,
+            name: spec.name,
+            assigned_node: spec.assigned_node,
+            creation_time: spec.creation_time,
+            task_json: String::new(),
+        };
+        let node = CrawlerMaster::add_resource(self, Request::from_parts(metadata, extensions, spec)).await?;
+        let node = node.into_inner();
+        Ok(Response::new(compat::NodeSpec { id: node.id, address: node.address }))
+    }
+
+    async fn delete_resource(&self, req: Request<compat::ResourceSpec>) -> Result<Response<()>, Status> {
+        let (metadata, extensions, spec) = req.into_parts();
+        let spec = ResourceSpec { id: spec.id, name: spec.name, ..ResourceSpec::default() };
+        CrawlerMaster::delete_resource(self, Request::from_parts(metadata, extensions, spec)).await
     }
 }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -29,22 +30,58 @@ pub fn router(master: Master) -> Router {
         .route("/crawler/leader", get(leader))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(master)
 }
 
+/// The body of an add: the name, an inline task, and the original system's `ResourceSpec`
+/// fields (`id`, the client's request id, is the idempotency key; the others are ignored).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddBody {
     name: String,
     #[serde(default)]
     task: Option<Value>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "assigned_node")]
+    _assigned_node: Option<Value>,
+    #[serde(default, rename = "creation_time")]
+    _creation_time: Option<Value>,
 }
 
+/// The body of a delete: the name (the original's other `ResourceSpec` fields are ignored).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeleteBody {
     name: String,
+    #[serde(default, rename = "id")]
+    _id: Option<Value>,
+    #[serde(default, rename = "assigned_node")]
+    _assigned_node: Option<Value>,
+    #[serde(default, rename = "creation_time")]
+    _creation_time: Option<Value>,
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    let path = crate::service::cut(uri.path());
+    (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no route {method} {path}") }))).into_response()
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    let path = crate::service::cut(uri.path());
+    let error = format!("method {method} is not allowed on {path}");
+    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({ "error": error }))).into_response()
+}
+
+/// The body, or why it could not be read (over the limit: 413).
+fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!("body larger than {BODY_LIMIT} bytes")),
+        _ => ApiError::InvalidArgument(format!("bad body: {}", e.body_text())),
+    })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -60,8 +97,14 @@ fn reply(master: &Master, route: &str, result: Result<Value, ApiError>) -> Respo
     (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(body)).into_response()
 }
 
+/// A JSON object body as `T` (serde would also take a JSON array for a struct).
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidArgument(format!("bad body: {e}")))
+    let bad = |e: serde_json::Error| ApiError::InvalidArgument(format!("bad body: {e}"));
+    let value: Value = serde_json::from_slice(body).map_err(bad)?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidArgument("bad body: expected a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(bad)
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
@@ -70,25 +113,26 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<T, ApiError>>) -> 
         .unwrap_or_else(|_| Err(ApiError::Unavailable("timed out".into())))
 }
 
-async fn add(State(m): State<Master>, headers: HeaderMap, body: Bytes) -> Response {
+async fn add(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
     let token = bearer(&headers);
     let result = async {
         m.authorize(token.as_deref())?;
         m.admit()?;
-        let b: AddBody = parse(&body)?;
-        let node = timed(m.add(AddRequest { name: b.name, task: b.task, id: None }, false, token)).await?;
+        let b: AddBody = parse(&body(raw)?)?;
+        let id = b.id.filter(|i| !i.is_empty());
+        let node = timed(m.add(AddRequest { name: b.name, task: b.task, id }, false, token)).await?;
         Ok(json!({ "id": node.id, "address": node.address }))
     }
     .await;
     reply(&m, "POST /crawler/resource", result)
 }
 
-async fn delete(State(m): State<Master>, headers: HeaderMap, body: Bytes) -> Response {
+async fn delete(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
     let token = bearer(&headers);
     let result = async {
         m.authorize(token.as_deref())?;
         m.admit()?;
-        let b: DeleteBody = parse(&body)?;
+        let b: DeleteBody = parse(&body(raw)?)?;
         timed(m.delete(&b.name, false, token)).await?;
         Ok(json!({}))
     }

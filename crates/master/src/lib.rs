@@ -70,6 +70,9 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(10))
         .add_service(CrawlerMasterServer::new(grpc::GrpcApi(master.clone())))
+        .add_service(crawler_proto::compat::crawler_master_server::CrawlerMasterServer::new(grpc::GrpcApi(
+            master.clone(),
+        )))
         .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
     let (h, g) = tokio::join!(
         async { http_server.await.map_err(|e| MasterError::Server(format!("http: {e}"))) },

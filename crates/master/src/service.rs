@@ -239,6 +239,9 @@ impl Master {
         bearer: Option<String>,
     ) -> Result<NodeSpec, ApiError> {
         validate_name(&req.name)?;
+        if let Some(id) = &req.id {
+            validate_id(id)?;
+        }
         req.id.get_or_insert_with(new_id);
         if self.is_leader() {
             return self.add_local(req).await;
@@ -276,8 +279,9 @@ impl Master {
                     .map_err(|e| ApiError::InvalidArgument(format!("task: {e}")))?;
                 if spec.name != req.name {
                     return Err(ApiError::InvalidArgument(format!(
-                        "task.name {:?} differs from name {:?}",
-                        spec.name, req.name
+                        "task.name {} differs from name {}",
+                        cut(&spec.name),
+                        cut(&req.name)
                     )));
                 }
                 Task::compile(spec).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -297,14 +301,20 @@ impl Master {
         let _assigning = self.0.assign.lock().await;
         let resources =
             self.0.views.resources.current().ok_or_else(|| ApiError::Unavailable("starting".into()))?;
+        let workers = live_workers(self.0.views.workers.current().as_deref());
         if let Some(e) = resources.entries.get(&req.name) {
             let same =
                 ResourceRecord::decode(&req.name, &e.value).ok().filter(|r| Some(&r.id) == req.id.as_ref());
-            if same.is_none() {
-                return Err(ApiError::AlreadyExists(format!("resource {:?} exists", req.name)));
-            }
+            // A retry of an add that succeeded: answer what is stored, not a new choice.
+            return match same {
+                Some(r) => {
+                    let address =
+                        workers.get(&r.assigned_node).map(|w| w.address.clone()).unwrap_or_default();
+                    Ok(NodeSpec { id: r.assigned_node, address })
+                }
+                None => Err(ApiError::AlreadyExists(format!("resource {:?} exists", req.name))),
+            };
         }
-        let workers = live_workers(self.0.views.workers.current().as_deref());
         let live: BTreeSet<String> = workers.keys().cloned().collect();
         let Some(worker) = pick_worker(&live, &loads(Some(&resources))).cloned() else {
             return Err(ApiError::Unavailable(NO_WORKER.into()));
@@ -393,8 +403,34 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::InvalidArgument(format!("name {name:?} must be 1-64 letters, digits, '_' or '-'")))
+        Err(ApiError::InvalidArgument(format!("name {} must be 1-64 letters, digits, '_' or '-'", cut(name))))
     }
+}
+
+/// Longest request id (the client's idempotency key) accepted.
+const MAX_ID: usize = 128;
+
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    if id.len() > MAX_ID || id.chars().any(char::is_control) {
+        return Err(ApiError::InvalidArgument(format!(
+            "id {} must be at most {MAX_ID} bytes without control characters",
+            cut(id)
+        )));
+    }
+    Ok(())
+}
+
+/// A client's value quoted in an error message, cut to 64 bytes so an error never echoes a
+/// huge input.
+pub(crate) fn cut(value: &str) -> String {
+    if value.len() <= 64 {
+        return format!("{value:?}");
+    }
+    let mut end = 64;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
 }
 
 fn now_ms() -> i64 {

@@ -96,6 +96,23 @@ async fn agreed_leader(ms: &[&MasterProc], within: Duration) -> String {
     }
 }
 
+/// Waits until the master sees `n` live workers.
+async fn wait_workers(m: &MasterProc, n: usize) {
+    let started = Instant::now();
+    loop {
+        let (status, v) = call(reqwest::Method::GET, m.http, "/crawler/workers", None, None).await;
+        if status == 200 && v.as_array().map_or(0, Vec::len) == n {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{} never saw {n} workers: {v}", m.id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stored_names(etcd: &Etcd) -> Vec<String> {
+    stored(etcd).await.into_iter().map(|r| r.name).collect()
+}
+
 async fn is_leader_metric(m: &MasterProc) -> bool {
     let (_, v) = call(reqwest::Method::GET, m.http, "/metrics", None, None).await;
     v.as_str().unwrap().lines().any(|l| l == "crawler_master_is_leader 1")
@@ -377,7 +394,125 @@ async fn oversized_bodies_are_refused() {
     let etcd_srv = EtcdCluster::start(1);
     let m = start_master("big", &etcd_srv.endpoints(), "", 1000.0).await;
     let huge = json!({"name": "x", "task": {"pad": "y".repeat(2 << 20)}});
-    let (s, _) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(huge), None).await;
+    let (s, v) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(huge), None).await;
     assert_eq!(s, 413);
+    assert!(v["error"].as_str().unwrap().contains("larger than"), "{v}");
+    m.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_clients_work_unchanged_on_every_master() {
+    use crawler_proto::compat::crawler_master_client::CrawlerMasterClient;
+    use crawler_proto::compat::ResourceSpec;
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("o1", &eps, "", 1000.0).await, start_master("o2", &eps, "", 1000.0).await];
+    let all: Vec<&MasterProc> = ms.iter().collect();
+    let leader_id = agreed_leader(&all, Duration::from_secs(10)).await;
+    let leader = ms.iter().find(|m| m.id == leader_id).unwrap();
+    let follower = ms.iter().find(|m| m.id != leader_id).unwrap();
+    let _w1 = register_worker(&etcd, "w1").await;
+    let _w2 = register_worker(&etcd, "w2").await;
+    wait_workers(leader, 2).await;
+
+    // A client generated from the original proto (no package: /CrawlerMaster/AddResource),
+    // through the follower and the leader.
+    for (m, name) in [(follower, "books"), (leader, "more")] {
+        let mut client = CrawlerMasterClient::connect(format!("http://{}", m.grpc)).await.unwrap();
+        let task = if name == "books" { None } else { Some(()) };
+        let spec = ResourceSpec { id: format!("req-{name}"), name: name.into(), ..ResourceSpec::default() };
+        if task.is_some() {
+            // Not a task of the config and the original has no inline spec: 400 as InvalidArgument.
+            let err = client.add_resource(spec).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            continue;
+        }
+        let node = client.add_resource(spec.clone()).await.unwrap().into_inner();
+        let first = node.id.clone();
+        assert!(first == "w1" || first == "w2", "{node:?}");
+        assert_eq!(node.address, format!("{first}.local:1"));
+        // A retry with the same request id answers the worker that was stored, although the
+        // other worker is now the less loaded one.
+        let mut other = CrawlerMasterClient::connect(format!("http://{}", leader.grpc)).await.unwrap();
+        let again = other.add_resource(spec).await.unwrap().into_inner();
+        assert_eq!(again.id, first);
+        let stored = stored(&etcd).await;
+        assert_eq!(
+            stored.iter().map(|r| (r.name.as_str(), r.assigned_node.as_str())).collect::<Vec<_>>(),
+            [(name, first.as_str())]
+        );
+        // A new request id for the same name: it exists.
+        let err = other
+            .add_resource(ResourceSpec {
+                id: "req-other".into(),
+                name: name.into(),
+                ..ResourceSpec::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        client.delete_resource(ResourceSpec { name: name.into(), ..ResourceSpec::default() }).await.unwrap();
+        assert!(stored_names(&etcd).await.is_empty());
+    }
+
+    // The original walkthrough's HTTP body, and its other ResourceSpec fields, are accepted;
+    // the id makes the call idempotent.
+    use reqwest::Method as M;
+    let walkthrough = json!({"id": "zjx", "name": "books"});
+    let (s, first) = call(M::POST, follower.http, "/crawler/resource", Some(walkthrough), None).await;
+    assert_eq!(s, 200, "{first}");
+    let full = json!({"id": "zjx", "name": "books", "assigned_node": "", "creation_time": 0});
+    let (s, again) = call(M::POST, leader.http, "/crawler/resource", Some(full), None).await;
+    assert_eq!((s, &again), (200, &first));
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_gets_a_short_json_error() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let m = start_master("odd", &eps, "", 1000.0).await;
+    agreed_leader(&[&m], Duration::from_secs(10)).await;
+    use reqwest::Method as M;
+    let json_error = |s: u16, v: &Value, want: u16| {
+        assert_eq!(s, want, "{v}");
+        assert!(v["error"].is_string(), "not a JSON error: {v}");
+    };
+    // Unknown route, wrong method.
+    let (s, v) = call(M::GET, m.http, "/nope", None, None).await;
+    json_error(s, &v, 404);
+    let (s, v) = call(M::PUT, m.http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    json_error(s, &v, 405);
+    // Only an object is a resource.
+    let (s, v) = call(M::POST, m.http, "/crawler/resource", Some(json!(["books"])), None).await;
+    json_error(s, &v, 400);
+    let (s, v) = call(M::DELETE, m.http, "/crawler/resource", Some(json!(["books"])), None).await;
+    json_error(s, &v, 400);
+    // A huge name is refused with a short message, over HTTP and gRPC.
+    let name = "n".repeat(500_000);
+    let (s, v) = call(M::POST, m.http, "/crawler/resource", Some(json!({ "name": name })), None).await;
+    json_error(s, &v, 400);
+    assert!(v.to_string().len() < 300, "{} bytes of error", v.to_string().len());
+    let mut grpc =
+        crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!("http://{}", m.grpc))
+            .await
+            .unwrap();
+    let err = grpc
+        .add_resource(crawler_proto::ResourceSpec { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        &err.message()[..100.min(err.message().len())]
+    );
+    assert!(err.message().len() < 300);
+    let long_id = json!({"id": "i".repeat(1000), "name": "books"});
+    let (s, v) = call(M::POST, m.http, "/crawler/resource", Some(long_id), None).await;
+    json_error(s, &v, 400);
     m.stop.cancel();
 }
