@@ -195,3 +195,39 @@ async fn crawls_go_on_while_etcd_is_briefly_unreachable() {
     assert!(sb.tasks_on(other).await.is_empty());
     assert_eq!(sb.requests("/index.html"), 1, "the task was restarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
+    let sb = Sandbox::start(bin(), slow_site(), false).await;
+    let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();
+    let w = &sb.workers[0];
+    let key = crawler_coord::keys::worker(&w.id);
+    // An operator deletes the record while the worker's lease lives.
+    let k = key.clone();
+    etcd.call("del", |mut c| {
+        let k = k.clone();
+        async move { c.delete(k, None).await }
+    })
+    .await
+    .unwrap();
+    let deleted = Instant::now();
+    loop {
+        let k = key.clone();
+        let resp = etcd
+            .call("get", |mut c| {
+                let k = k.clone();
+                async move { c.get(k, None).await }
+            })
+            .await
+            .unwrap();
+        if !resp.kvs().is_empty() {
+            break;
+        }
+        assert!(deleted.elapsed() < Duration::from_secs(1), "the worker did not register again within 1 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("a deleted worker record was put back after {:?}", deleted.elapsed());
+    // Registered and healthy; every master sees both workers again.
+    assert_eq!(sb.get(&w.http, "/healthz").await.map(|(s, _)| s), Some(200));
+    sb.wait_workers(2).await;
+}

@@ -27,6 +27,16 @@ pub async fn put_leased(
     value: &impl serde::Serialize,
     session: &Session,
 ) -> Result<(), CoordError> {
+    put_leased_at(etcd, key, value, session).await.map(|_| ())
+}
+
+/// [`put_leased`], returning the etcd revision of the write.
+pub async fn put_leased_at(
+    etcd: &Etcd,
+    key: &str,
+    value: &impl serde::Serialize,
+    session: &Session,
+) -> Result<i64, CoordError> {
     let value = serde_json::to_string(value)
         .map_err(|e| CoordError::BadValue { key: key.to_owned(), problem: e.to_string() })?;
     let lease = session.lease();
@@ -35,7 +45,51 @@ pub async fn put_leased(
         async move { c.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))).await }
     })
     .await
-    .map(|_| ())
+    .map(|r| r.header().map_or(0, |h| h.revision()))
+}
+
+/// Keeps the record `value` at `prefix` + `name` under the session's lease while the session
+/// lives and `stop` has not fired: whenever `view` (a watch of `prefix`) shows it gone, though
+/// the lease lives (an operator's `etcdctl del`), it is put back, within a watch round trip.
+/// `present` is told whether the record is known to be there. The caller has put it at
+/// revision `put_at`; snapshots older than that are not looked at.
+#[allow(clippy::too_many_arguments)]
+pub async fn keep_leased(
+    etcd: &Etcd,
+    mut view: PrefixWatch,
+    prefix: &str,
+    name: &str,
+    value: &(impl serde::Serialize + Sync),
+    session: &Session,
+    put_at: i64,
+    present: &(dyn Fn(bool) + Sync),
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    let key = format!("{prefix}{name}");
+    let done = session.done();
+    let mut since = put_at;
+    loop {
+        if let Some(snap) = view.current() {
+            if snap.revision >= since && !snap.entries.contains_key(name) {
+                present(false);
+                match put_leased_at(etcd, &key, value, session).await {
+                    Ok(rev) => {
+                        tracing::warn!(%key, "our record was deleted while our lease lives; put it back");
+                        since = rev;
+                        present(true);
+                    }
+                    Err(e) => tracing::warn!(%key, error = %e, "cannot put our record back; will retry"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = done.cancelled() => return,
+            changed = view.changed() => if changed.is_none() { return },
+            // A failed put is retried even if nothing else changes.
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// Registers a worker: its record under `/crawler/workers/<id>`, attached to the session.

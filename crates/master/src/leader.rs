@@ -34,14 +34,50 @@ pub(crate) async fn coordinate(
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
             }
         };
-        let put = crawler_coord::put_leased(&etcd, &keys::master(&cfg.id), &record, &session).await;
-        if let Err(e) = put {
-            tracing::warn!(error = %e, "cannot register the master; retrying");
+        let put = crawler_coord::put_leased_at(&etcd, &keys::master(&cfg.id), &record, &session).await;
+        let put_at = match put {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the master; retrying");
+                session.close().await;
+                continue;
+            }
+        };
+        // Our record deleted behind our back (`etcdctl del`) while the session lives: put it
+        // back, so every master keeps finding the leader's addresses.
+        let keep = crawler_coord::keep_leased(
+            &etcd,
+            master.0.views.masters.clone(),
+            keys::MASTERS,
+            &cfg.id,
+            &record,
+            &session,
+            put_at,
+            &|_| {},
+            &stop,
+        );
+        let lead_while_alive = lead_while_alive(&master, &tx, &session, &stop);
+        tokio::join!(keep, lead_while_alive);
+        if stop.is_cancelled() {
             session.close().await;
-            continue;
+            return;
         }
+        tracing::warn!(id = %cfg.id, "session lost; starting a new one");
+    }
+}
+
+/// Campaigns and leads for as long as the session lives; resigns when `stop` fires.
+async fn lead_while_alive(
+    master: &Master,
+    tx: &watch::Sender<Option<LeaderState>>,
+    session: &Session,
+    stop: &CancellationToken,
+) {
+    let etcd = master.0.etcd.clone();
+    let cfg = &master.0.cfg;
+    {
         while session.is_alive() && !stop.is_cancelled() {
-            let lead = match Leadership::campaign(&etcd, &session, &cfg.id, &stop).await {
+            let lead = match Leadership::campaign(&etcd, session, &cfg.id, stop).await {
                 Ok(Some(l)) => l,
                 Ok(None) => break,
                 Err(e) => {
@@ -53,7 +89,7 @@ pub(crate) async fn coordinate(
             tracing::info!(id = %cfg.id, "became the leader");
             let state = LeaderState { fence: lead.fence().clone(), token: lead.token() };
             let _ = tx.send(Some(state.clone()));
-            reconcile(&master, &state, &stop).await;
+            reconcile(master, &state, stop).await;
             let _ = tx.send(None);
             if stop.is_cancelled() {
                 lead.resign(&etcd).await;
@@ -62,11 +98,6 @@ pub(crate) async fn coordinate(
             }
             tracing::warn!(id = %cfg.id, "lost leadership");
         }
-        if stop.is_cancelled() {
-            session.close().await;
-            return;
-        }
-        tracing::warn!(id = %cfg.id, "session lost; starting a new one");
     }
 }
 

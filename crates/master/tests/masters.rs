@@ -516,3 +516,86 @@ async fn odd_input_gets_a_short_json_error() {
     json_error(s, &v, 400);
     m.stop.cancel();
 }
+
+/// Waits until `key` exists in etcd, failing after `within`.
+async fn wait_key(etcd: &Etcd, key: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let k = key.to_owned();
+        let resp = etcd.call("get", |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        });
+        if !resp.await.unwrap().kvs().is_empty() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{key} was not put back within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_master_record_is_put_back_and_forwarding_goes_on() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("k1", &eps, "", 1000.0).await, start_master("k2", &eps, "", 1000.0).await];
+    let all: Vec<&MasterProc> = ms.iter().collect();
+    let leader = agreed_leader(&all, Duration::from_secs(10)).await;
+    let _w = register_worker(&etcd, "w1").await;
+    // An operator deletes the leader's record (`etcdctl del /crawler/masters/<leader>`).
+    let key = keys::master(&leader);
+    let k = key.clone();
+    etcd.call("del", |mut c| {
+        let k = k.clone();
+        async move { c.delete(k, None).await }
+    })
+    .await
+    .unwrap();
+    let took = wait_key(&etcd, &key, Duration::from_secs(1)).await;
+    println!("the leader's record was put back after {took:?}");
+    assert_eq!(agreed_leader(&all, Duration::from_secs(1)).await, leader);
+    // Followers forward again.
+    let follower = ms.iter().find(|m| m.id != leader).unwrap();
+    let body = json!({"name": "books"});
+    let (s, v) = call(reqwest::Method::POST, follower.http, "/crawler/resource", Some(body), None).await;
+    assert_eq!(s, 200, "{v}");
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_campaigns_once_and_waits() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("c1", &eps, "", 1000.0).await, start_master("c2", &eps, "", 1000.0).await];
+    let all: Vec<&MasterProc> = ms.iter().collect();
+    agreed_leader(&all, Duration::from_secs(10)).await;
+    let candidates = || async {
+        let resp = etcd
+            .call("get", |mut c| async move {
+                c.get(format!("{}/", keys::ELECTION), Some(etcd_client::GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await
+            .unwrap();
+        let mut keys: Vec<(String, i64)> = resp
+            .kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.create_revision()))
+            .collect();
+        keys.sort();
+        keys
+    };
+    let before = candidates().await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    // Longer than any request timeout of the etcd client (3 s): the follower's candidacy is
+    // the same key, created once, so its seniority stands.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(candidates().await, before);
+    for m in &ms {
+        m.stop.cancel();
+    }
+}

@@ -68,12 +68,13 @@ pub async fn run(
     let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender(), Some(state));
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
+    let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
 
     let server = axum::serve(http, http::router(runner.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await.map_err(|e| WorkerError::Server(e.to_string())) });
 
-    follow(&cfg, &etcd, &runner, resources, &shutdown).await;
+    follow(&cfg, &etcd, &runner, resources, registry, &shutdown).await;
 
     runner.stop_all().await;
     watchers.cancel();
@@ -90,6 +91,7 @@ async fn follow(
     etcd: &Etcd,
     runner: &Runner,
     mut resources: PrefixWatch,
+    registry: PrefixWatch,
     shutdown: &CancellationToken,
 ) {
     let record = WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() };
@@ -104,24 +106,45 @@ async fn follow(
                 continue;
             }
         };
-        let put = crawler_coord::register_worker(etcd, &record, &session).await;
-        if let Err(e) = put {
-            tracing::warn!(error = %e, "cannot register; retrying");
-            session.close().await;
-            continue;
-        }
+        let put_at = match crawler_coord::put_leased_at(etcd, &keys::worker(&cfg.id), &record, &session).await
+        {
+            Ok(rev) => rev,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register; retrying");
+                session.close().await;
+                continue;
+            }
+        };
         backoff = Duration::from_millis(200);
         runner.set_registered(true);
         tracing::info!(id = %cfg.id, lease = session.lease(), "registered");
         let done = session.done();
-        loop {
-            if let Some(snap) = resources.current() {
-                runner.reconcile(&snap).await;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = done.cancelled() => break,
-                changed = resources.changed() => if changed.is_none() { break },
+        // Our record deleted behind our back (`etcdctl del`) while the lease lives: put it back.
+        let present = |p: bool| runner.set_registered(p);
+        {
+            let keep = crawler_coord::keep_leased(
+                etcd,
+                registry.clone(),
+                keys::WORKERS,
+                &cfg.id,
+                &record,
+                &session,
+                put_at,
+                &present,
+                shutdown,
+            );
+            tokio::pin!(keep);
+            let mut kept = false;
+            loop {
+                if let Some(snap) = resources.current() {
+                    runner.reconcile(&snap).await;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = done.cancelled() => break,
+                    changed = resources.changed() => if changed.is_none() { break },
+                    _ = &mut keep, if !kept => kept = true,
+                }
             }
         }
         runner.set_registered(false);
