@@ -41,6 +41,9 @@ pub struct CrawlArgs {
     /// Discard the tasks' stored runs and start over from the seeds.
     #[arg(long)]
     pub fresh: bool,
+    /// Serve CPU profiles on this address (`/debug/pprof/profile?seconds=N`).
+    #[arg(long, value_name = "ADDR")]
+    pub pprof: Option<String>,
 }
 
 /// `crawler worker`.
@@ -84,4 +87,7 @@ pub struct MasterArgs {
     /// Config file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve CPU profiles on this address (`/debug/pprof/profile?seconds=N`).
+    #[arg(long, value_name = "ADDR")]
+    pub pprof: Option<String>,
 }

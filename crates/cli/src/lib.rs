@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod pprof;
 pub mod progress;

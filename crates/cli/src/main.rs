@@ -61,14 +61,18 @@ fn master(args: MasterArgs) -> ExitCode {
         let http = master::parse_listen("--http", &args.http)?;
         let grpc = master::parse_listen("--grpc", &args.grpc)?;
         let cfg = master::master_config(&args, &config, http, grpc)?;
-        Ok((cfg, http, grpc))
+        let pprof = pprof_addr(args.pprof.as_deref())?;
+        Ok((cfg, http, grpc, pprof))
     });
-    let (cfg, http, grpc) = match prepared {
+    let (cfg, http, grpc, pprof) = match prepared {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
+        if let Err(code) = start_pprof(pprof).await {
+            return code;
+        }
         let (http_listener, grpc_listener) =
             match (tokio::net::TcpListener::bind(http).await, tokio::net::TcpListener::bind(grpc).await) {
                 (Ok(h), Ok(g)) => (h, g),
@@ -93,14 +97,18 @@ fn worker(args: WorkerArgs) -> ExitCode {
         })?;
         let http = master::parse_listen("--http", args.http.as_deref().unwrap_or("127.0.0.1:0"))?;
         let etcd = master::etcd_endpoints(args.etcd.as_deref(), &config)?;
-        Ok((config, id, http, etcd))
+        let pprof = pprof_addr(args.common.pprof.as_deref())?;
+        Ok((config, id, http, etcd, pprof))
     });
-    let (config, id, http, etcd) = match prepared {
+    let (config, id, http, etcd, pprof) = match prepared {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
+        if let Err(code) = start_pprof(pprof).await {
+            return code;
+        }
         let (sinks, state) = match storage_or_exit(&config) {
             Ok(s) => s,
             Err(code) => return code,
@@ -166,6 +174,21 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// The `--pprof` address, if given.
+fn pprof_addr(flag: Option<&str>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    flag.map(|a| master::parse_listen("--pprof", a)).transpose()
+}
+
+/// Starts the profiling server (for the life of the process), saying where on stderr.
+async fn start_pprof(addr: Option<std::net::SocketAddr>) -> Result<(), ExitCode> {
+    let Some(addr) = addr else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| bind_error("--pprof", addr, e))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    crawler::pprof::serve(listener, CancellationToken::new());
+    eprintln!("pprof: serving on http://{bound}/debug/pprof/profile?seconds=30");
+    Ok(())
+}
+
 fn bind_error(flag: &str, addr: std::net::SocketAddr, e: std::io::Error) -> ExitCode {
     eprintln!("crawler: {flag}: cannot listen on {addr}: {e}");
     ExitCode::FAILURE
@@ -185,8 +208,15 @@ fn standalone(args: CrawlArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };
+    let pprof = match pprof_addr(args.pprof.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return usage_error(&e),
+    };
     let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     runtime.block_on(async move {
+        if let Err(code) = start_pprof(pprof).await {
+            return code;
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let progress = std::io::stderr().is_terminal();

@@ -399,3 +399,54 @@ fn version_names_commit_and_profile() {
     assert!(line.starts_with(&format!("crawler {} (commit ", env!("CARGO_PKG_VERSION"))), "{line}");
     assert!(line.contains(" build)"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pprof_serves_cpu_profiles_while_crawling() {
+    use std::io::BufRead;
+    let site = Site { books: 5000, tags: 2, per_page: 50, latency: Duration::from_millis(2) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = crawler()
+        .arg("crawl")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--pprof", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The address it serves on is the first line on stderr; the rest is drained.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("pprof: serving on ") {
+                let _ = tx.send(url.split("/debug").next().unwrap().to_owned());
+            }
+        }
+    });
+    let base = rx.recv_timeout(Duration::from_secs(10)).expect("the pprof address on stderr");
+    let client = reqwest::Client::new();
+    let resp = client.get(format!("{base}/debug/pprof/profile?seconds=1")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    use pprof::protos::Message;
+    let profile = pprof::protos::Profile::decode(body.as_ref()).expect("a pprof protobuf profile");
+    let strings = &profile.string_table;
+    let sample_types: Vec<&str> =
+        profile.sample_type.iter().map(|t| strings[t.ty as usize].as_str()).collect();
+    assert!(sample_types.contains(&"samples") || sample_types.contains(&"cpu"), "{sample_types:?}");
+    assert!(!profile.sample.is_empty(), "no samples while crawling");
+    let svg = client.get(format!("{base}/debug/pprof/flamegraph?seconds=1")).send().await.unwrap();
+    assert_eq!(svg.status(), 200);
+    assert!(svg.text().await.unwrap().contains("<svg"));
+    let bad = client.get(format!("{base}/debug/pprof/profile?seconds=x")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let heap = client.get(format!("{base}/debug/pprof/heap")).send().await.unwrap();
+    assert_eq!(heap.status(), 501);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,91 @@
+//! `--pprof ADDR`: CPU profiles of this process over HTTP, as the original system serves them.
+//!
+//! - `GET /debug/pprof/profile?seconds=N` (default 30, at most 300): a CPU profile sampled at
+//!   99 Hz for N seconds, in the pprof protobuf format (`go tool pprof`, `pprof`).
+//! - `GET /debug/pprof/flamegraph?seconds=N`: the same as an SVG flame graph.
+//! - `GET /debug/pprof/heap`: 501; the system allocator keeps no heap profile.
+//!
+//! One profile at a time (the sampler is process-wide): a second request answers 409.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pprof::protos::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Longest profile a request may ask for.
+const MAX_SECONDS: u64 = 300;
+
+/// The `seconds` query parameter: absent, or a number (anything else is `Err`).
+fn seconds(uri: &Uri) -> Result<Option<u64>, ()> {
+    let Some(query) = uri.query() else { return Ok(None) };
+    match query.split('&').find_map(|kv| kv.strip_prefix("seconds=")) {
+        Some(v) => v.parse().map(Some).map_err(|_| ()),
+        None => Ok(None),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Serves the profiling routes on `listener` until `stop` fires.
+pub fn serve(listener: TcpListener, stop: CancellationToken) {
+    let busy = Arc::new(AtomicBool::new(false));
+    let app = Router::new()
+        .route("/debug/pprof/profile", get(|s, q| profile(s, q, false)))
+        .route("/debug/pprof/flamegraph", get(|s, q| profile(s, q, true)))
+        .route(
+            "/debug/pprof/heap",
+            get(|| async {
+                error(StatusCode::NOT_IMPLEMENTED, "no heap profile: the system allocator keeps none")
+            }),
+        )
+        .with_state(busy);
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "pprof server failed");
+        }
+    });
+}
+
+async fn profile(State(busy): State<Arc<AtomicBool>>, uri: Uri, flamegraph: bool) -> Response {
+    let seconds = seconds(&uri).map(|s| s.unwrap_or(30)).unwrap_or(0);
+    if seconds == 0 || seconds > MAX_SECONDS {
+        return error(StatusCode::BAD_REQUEST, &format!("seconds must be between 1 and {MAX_SECONDS}"));
+    }
+    if busy.swap(true, Ordering::AcqRel) {
+        return error(StatusCode::CONFLICT, "a profile is being taken; try again when it is done");
+    }
+    let result = sample(seconds, flamegraph).await;
+    busy.store(false, Ordering::Release);
+    match result {
+        Ok((content_type, body)) => ([("content-type", content_type)], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+async fn sample(seconds: u64, flamegraph: bool) -> Result<(&'static str, Vec<u8>), String> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(99)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| format!("cannot start the profiler: {e}"))?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let report = guard.report().build().map_err(|e| format!("cannot build the report: {e}"))?;
+    if flamegraph {
+        let mut svg = Vec::new();
+        report.flamegraph(&mut svg).map_err(|e| format!("cannot draw the flame graph: {e}"))?;
+        return Ok(("image/svg+xml", svg));
+    }
+    let profile = report.pprof().map_err(|e| format!("cannot encode the profile: {e}"))?;
+    Ok(("application/octet-stream", profile.encode_to_vec()))
+}
