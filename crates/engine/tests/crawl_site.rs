@@ -349,8 +349,8 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_host_never_holds_the_slots_of_the_others() {
-    // One slow host (400 ms a page) on 127.0.1.1, five fast ones on 127.0.1.2-6.
-    let slow_site = Site { books: 6, tags: 1, per_page: 6, latency: Duration::from_millis(400) };
+    // One slow host (1 s a page) on 127.0.1.1, five fast ones on 127.0.1.2-6.
+    let slow_site = Site { books: 6, tags: 1, per_page: 6, latency: Duration::from_secs(1) };
     let listener = tokio::net::TcpListener::bind("127.0.1.1:0").await.unwrap();
     let slow = Fixture::start_on(slow_site, listener).await.unwrap();
     let mut fast = Vec::new();
@@ -368,7 +368,13 @@ async fn a_slow_host_never_holds_the_slots_of_the_others() {
     spec.seeds = (0..6).map(|i| slow.url(&format!("/book/{i}.html"))).collect();
     spec.seeds.extend(fast.iter().map(|f| f.url("/index.html")));
     spec.rules[0].follow.retain(|f| f.select == "a.tag");
-    let cfg = EngineConfig { concurrency: 4, per_host: 1, obey_robots: false, ..engine() };
+    let cfg = EngineConfig {
+        concurrency: 4,
+        per_host: 1,
+        obey_robots: false,
+        timeout: HumanDuration(Duration::from_secs(5)),
+        ..engine()
+    };
     let dir = tempfile::tempdir().unwrap();
     let stats = crawl(cfg, spec, &dir.path().join("m.db")).await;
     assert_eq!(stats.items, 5 * 30);
@@ -449,7 +455,7 @@ async fn retry_after_holds_back_the_whole_host() {
     // until the host's Retry-After (1 s) has passed.
     let during: Vec<_> = log
         .iter()
-        .filter(|r| r.at > busy[0] + Duration::from_millis(100) && r.at < busy[1] - Duration::from_millis(10))
+        .filter(|r| r.at > busy[0] + Duration::from_millis(300) && r.at < busy[1] - Duration::from_millis(10))
         .map(|r| r.path.as_str())
         .collect();
     assert!(during.is_empty(), "sent while the host asked us to wait: {during:?}");
