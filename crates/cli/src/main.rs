@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Exit code for bad flags or config.
 const EXIT_USAGE: u8 = 2;
+/// Exit code when not one seed of any task could be fetched.
+const EXIT_NOTHING_FETCHED: u8 = 3;
 /// Exit code after an interrupt (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -221,11 +223,17 @@ fn standalone(args: CrawlArgs) -> ExitCode {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let progress = std::io::stderr().is_terminal();
         let output = args.output.as_deref();
+        let ntasks = tasks.len();
         match crawl::run(&config, tasks, output, args.fresh, shutdown.clone(), progress).await {
-            Ok(summary) => {
-                println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+            Ok(outcome) => {
+                println!("{}", serde_json::to_string(&outcome.summary).expect("summary serializes"));
                 if shutdown.is_cancelled() {
                     ExitCode::from(EXIT_INTERRUPTED)
+                } else if outcome.fetched_nothing.len() == ntasks {
+                    let reasons: Vec<String> =
+                        outcome.fetched_nothing.iter().map(|(task, why)| format!("{task}: {why}")).collect();
+                    eprintln!("crawler: not one seed could be fetched ({})", reasons.join("; "));
+                    ExitCode::from(EXIT_NOTHING_FETCHED)
                 } else {
                     ExitCode::SUCCESS
                 }

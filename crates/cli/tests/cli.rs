@@ -450,3 +450,40 @@ async fn pprof_serves_cpu_profiles_while_crawling() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_that_could_fetch_no_seed_exits_3_with_the_reason() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    // Every seed on a port nobody listens on (the listener above is dropped).
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&fx.url("/index.html"), &format!("http://{closed}/index.html"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with("crawler: not one seed could be fetched (books: http://127.0.0.1:"), "{last}");
+    assert!(last.contains("network"), "{last}");
+    assert_eq!(summary(&out)["pages"], 0);
+    // A seed disallowed by robots.txt: named in a warning, counted, and nothing fetched.
+    let cfg = config(&fx, dir.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&fx.url("/index.html"), &fx.url("/private/secret.html"))
+        .replace("crawl.db", "blocked.db");
+    std::fs::write(&cfg, text).unwrap();
+    let mut cmd = crawler();
+    cmd.arg("crawl").arg("--config").arg(&cfg);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("seed disallowed by robots.txt"), "{stderr}");
+    assert!(stderr.lines().last().unwrap().contains("disallowed by robots.txt"), "{stderr}");
+    assert_eq!(summary(&out)["robots_blocked"], 1);
+}

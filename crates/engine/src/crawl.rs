@@ -99,6 +99,8 @@ struct Ctx {
     /// Hosts that asked us to wait (`Retry-After`), reported by jobs to the dispatcher.
     pauses: mpsc::UnboundedSender<(HostId, Instant)>,
     robots: Mutex<HashMap<String, Arc<OnceCell<Robots>>>>,
+    /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
+    first_problem: Mutex<Option<String>>,
 }
 
 /// Handle to a running crawl. Cheap to clone.
@@ -159,6 +161,7 @@ impl Crawl {
             cancel,
             pauses,
             robots: Mutex::new(HashMap::new()),
+            first_problem: Mutex::new(None),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
@@ -182,6 +185,12 @@ impl Crawl {
     /// Whether a newer owner took the stored run over (the crawl stopped without finishing).
     pub fn is_fenced(&self) -> bool {
         self.ctx.run.as_ref().is_some_and(|r| r.is_fenced())
+    }
+
+    /// Why the first request that failed (or was disallowed by robots.txt) did so, if one did:
+    /// the reason to give when a crawl fetched nothing at all.
+    pub fn first_problem(&self) -> Option<String> {
+        self.ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Current counters.
@@ -499,7 +508,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
             return None;
         }
         counters.robots_blocked.fetch_add(1, Relaxed);
-        tracing::debug!(url = %req.url, "disallowed by robots.txt");
+        note_problem(&ctx, &req.url, &"disallowed by robots.txt");
+        if req.depth == 0 {
+            tracing::warn!(task = %ctx.task.name(), url = %req.url, "seed disallowed by robots.txt; skipped");
+        } else {
+            tracing::debug!(url = %req.url, "disallowed by robots.txt");
+        }
         return ended(PageStatus::Skipped);
     }
     let wait = ctx.task.0.spec.wait.0;
@@ -521,6 +535,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     counters.fetches.fetch_add(1, Relaxed);
     let fail = |error: &dyn std::fmt::Display| {
         counters.errors.fetch_add(1, Relaxed);
+        note_problem(&ctx, &req.url, error);
         tracing::warn!(task = %ctx.task.name(), url = %req.url, %error, "page failed");
         ended(PageStatus::Failed)
     };
@@ -570,6 +585,14 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         _ => None,
     };
     Some(Handled { seq, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
+}
+
+/// Keeps the first problem of the crawl.
+fn note_problem(ctx: &Ctx, url: &Url, problem: &dyn std::fmt::Display) {
+    let mut first = ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner());
+    if first.is_none() {
+        *first = Some(format!("{url}: {problem}"));
+    }
 }
 
 fn path_and_query(url: &Url) -> String {

@@ -137,6 +137,15 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// What a standalone run did: its summary, and for each task that fetched nothing at all (not
+/// one seed could be fetched), its name and why.
+pub struct Outcome {
+    /// The summary line.
+    pub summary: Summary,
+    /// Tasks that fetched nothing, with the first reason.
+    pub fetched_nothing: Vec<(String, String)>,
+}
+
 /// Runs the tasks to the end (or until `shutdown`) from their stored runs, then flushes the
 /// sinks.
 pub async fn run(
@@ -146,11 +155,12 @@ pub async fn run(
     fresh: bool,
     shutdown: CancellationToken,
     progress: bool,
-) -> Result<Summary, RunError> {
+) -> Result<Outcome, RunError> {
     let started = Instant::now();
     let fetcher = Arc::new(Fetcher::new(config.engine.clone()).map_err(|e| RunError::Client(e.to_string()))?);
     let runs = open_runs(open_state(config)?, &tasks, fresh, config.engine.queue_window).await?;
     let resumed = runs.iter().any(|r| r.resumed);
+    let fresh_runs: Vec<bool> = runs.iter().map(|r| !r.resumed).collect();
     let sinks = open_sinks(config, output, resumed)?;
     let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_millis(250));
     let crawls: Vec<Crawl> = tasks
@@ -160,8 +170,13 @@ pub async fn run(
         .collect();
     let ticker = progress.then(|| Progress::spawn(crawls.clone()));
     let mut total = CrawlStats::default();
-    for crawl in &crawls {
+    let mut fetched_nothing = Vec::new();
+    for (crawl, fresh) in crawls.iter().zip(fresh_runs) {
         let s = crawl.join().await;
+        if fresh && s.pages == 0 && !shutdown.is_cancelled() {
+            let why = crawl.first_problem().unwrap_or_else(|| "no request was made".into());
+            fetched_nothing.push((crawl.task().name().to_owned(), why));
+        }
         tracing::info!(
             task = crawl.task().name(),
             pages = s.pages,
@@ -179,12 +194,13 @@ pub async fn run(
     }
     drop(crawls);
     let written = writer.close().await?;
-    Ok(Summary {
+    let summary = Summary {
         pages: total.pages,
         items: written,
         errors: total.errors,
         elapsed_ms: started.elapsed().as_millis() as u64,
         resumed,
         robots_blocked: total.robots_blocked,
-    })
+    };
+    Ok(Outcome { summary, fetched_nothing })
 }
