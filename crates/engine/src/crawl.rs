@@ -503,12 +503,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let ended = |status: PageStatus| {
         Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None })
     };
-    if cfg.obey_robots && !robots_for(&ctx, &req.url).await.allowed(&path_and_query(&req.url)) {
+    let robots = if cfg.obey_robots { Some(robots_for(&ctx, &req.url).await) } else { None };
+    if let Some(robots) = robots.filter(|r| !r.allowed(&path_and_query(&req.url))) {
         if ctx.cancel.is_cancelled() {
             return None;
         }
         counters.robots_blocked.fetch_add(1, Relaxed);
-        note_problem(&ctx, &req.url, &"disallowed by robots.txt");
+        note_problem(&ctx, &req.url, &robots.unavailable_reason().unwrap_or("disallowed by robots.txt"));
         if req.depth == 0 {
             tracing::warn!(task = %ctx.task.name(), url = %req.url, "seed disallowed by robots.txt; skipped");
         } else {
@@ -617,7 +618,8 @@ async fn fetch_robots(ctx: &Ctx, origin: String) -> Robots {
         return Robots::allow_all();
     };
     let ua = &ctx.fetcher.config().user_agent;
-    // Follow up to five redirects (RFC 9309); anything else unusable means "allow all".
+    // Follow up to five redirects (RFC 9309); a missing file (4xx) allows all, an unavailable
+    // one (5xx, unreachable) disallows all for this run.
     for _ in 0..5 {
         let report = ctx.fetcher.fetch(&url, None, false, &ctx.cancel).await;
         match report.result {
@@ -627,11 +629,10 @@ async fn fetch_robots(ctx: &Ctx, origin: String) -> Robots {
                 Err(_) => break,
             },
             Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched with html_only = false"),
+            Err(FetchError::Status(400..=499) | FetchError::Cancelled) => break,
             Err(e) => {
-                if !matches!(e, FetchError::Status(400..=499) | FetchError::Cancelled) {
-                    tracing::warn!(%url, error = %e, "robots.txt unavailable; allowing all");
-                }
-                break;
+                tracing::warn!(%url, error = %e, "robots.txt unavailable; the host is disallowed");
+                return Robots::unavailable(format!("robots.txt unavailable ({e})"));
             }
         }
     }

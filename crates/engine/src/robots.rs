@@ -1,19 +1,34 @@
 //! robots.txt: parsing and the allow/deny decision for one user agent.
 //!
-//! Follows RFC 9309: the group whose user-agent names our product token (else `*`), the
-//! longest matching `Allow`/`Disallow` path wins, `Allow` wins ties, `*` and `$` wildcards.
-//! Fetching and caching per host is the crawl's job, not this module's.
+//! Follows RFC 9309: the group whose user-agent is our product token (exactly, compared
+//! case-insensitively; else `*`), the longest matching `Allow`/`Disallow` path wins, `Allow`
+//! wins ties, `*` and `$` wildcards. Fetching and caching per host is the crawl's job, not this
+//! module's; it decides that a missing robots.txt (4xx) allows all and an unavailable one
+//! (5xx, unreachable) disallows all.
 
 /// The rules of one robots.txt that apply to our user agent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Robots {
     rules: Vec<(bool, String)>,
+    /// Why everything is disallowed, when the robots.txt could not be read.
+    unavailable: Option<String>,
 }
 
 impl Robots {
-    /// A robots.txt that allows everything (missing file, 4xx, unreachable host).
+    /// A robots.txt that allows everything (missing file, 4xx).
     pub fn allow_all() -> Robots {
         Robots::default()
+    }
+
+    /// Everything disallowed because the robots.txt could not be read (5xx, unreachable), as
+    /// RFC 9309 asks; `why` says what went wrong.
+    pub fn unavailable(why: String) -> Robots {
+        Robots { rules: vec![(false, "/".into())], unavailable: Some(why) }
+    }
+
+    /// Why the robots.txt could not be read, if it could not.
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        self.unavailable.as_deref()
     }
 
     /// Parses a robots.txt for the agent whose product token is taken from `user_agent`
@@ -30,7 +45,7 @@ impl Robots {
             for a in agents.iter() {
                 if a == "*" {
                     star.get_or_insert_with(Vec::new).extend(current.iter().cloned());
-                } else if !token.is_empty() && token.contains(a.as_str()) {
+                } else if !token.is_empty() && *a == token {
                     specific.get_or_insert_with(Vec::new).extend(current.iter().cloned());
                 }
             }
@@ -60,7 +75,7 @@ impl Robots {
             }
         }
         finish(&mut agents, &mut current);
-        Robots { rules: specific.or(star).unwrap_or_default() }
+        Robots { rules: specific.or(star).unwrap_or_default(), unavailable: None }
     }
 
     /// Whether a URL path (with its query) may be fetched.
@@ -110,6 +125,30 @@ mod tests {
     use super::*;
 
     const UA: &str = "crawler/0.1 (+https://example.invalid/bot)";
+
+    #[test]
+    fn only_our_exact_product_token_selects_a_group() {
+        // A substring of our token, an empty agent line and another product are not us.
+        for agent in ["c", "", "crawl", "crawler-other", "mycrawler"] {
+            let text = format!("User-agent: {agent}\nDisallow: /\n\nUser-agent: *\nDisallow: /star/\n");
+            let r = Robots::parse(&text, UA);
+            assert!(r.allowed("/x"), "{agent:?} was taken for our group");
+            assert!(!r.allowed("/star/x"), "{agent:?}");
+        }
+        // Our token in any case is.
+        let r = Robots::parse("User-agent: CRAWLER\nDisallow: /mine/\n\nUser-agent: *\nDisallow: /\n", UA);
+        assert!(r.allowed("/x"));
+        assert!(!r.allowed("/mine/x"));
+    }
+
+    #[test]
+    fn an_unavailable_robots_txt_disallows_everything() {
+        let r = Robots::unavailable("http status 503".into());
+        assert!(!r.allowed("/"));
+        assert!(!r.allowed("/any?q=1"));
+        assert_eq!(r.unavailable_reason(), Some("http status 503"));
+        assert!(Robots::allow_all().allowed("/any"));
+    }
 
     #[test]
     fn star_group_applies_when_no_specific_group() {
