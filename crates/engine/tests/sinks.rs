@@ -59,6 +59,7 @@ fn queued(seq: u64, key: u64, depth: u32) -> QueuedUrl {
         seq,
         key,
         url: format!("http://h{}.example/p{key}", key % 3).into(),
+        host: format!("h{}.example", key % 3).into(),
         depth,
         rule: 1,
         priority: 0,

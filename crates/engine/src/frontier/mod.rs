@@ -294,6 +294,7 @@ impl Frontier {
             seq,
             key,
             url: url.clone(),
+            host: hq.name.clone(),
             depth: req.depth,
             rule: req.rule as u32,
             priority: req.priority,
@@ -741,8 +742,7 @@ mod tests {
             |f: &mut Frontier, spilled: &mut HashMap<Arc<str>, Vec<QueuedUrl>>, url: String, depth| {
                 let row = f.offer(Request::new(Url::parse(&url).unwrap(), depth, 0, 0), true).1.unwrap();
                 if !row.held {
-                    let host: Arc<str> = host_of_row(&row.url).into();
-                    spilled.entry(host).or_default().push(row);
+                    spilled.entry(row.host.clone()).or_default().push(row);
                 }
             };
         for i in 0..per_host {
@@ -793,9 +793,12 @@ mod tests {
         assert!(most_held <= budget + MIN_HELD * hosts, "{most_held} held while draining");
     }
 
-    fn host_of_row(url: &str) -> &str {
-        let rest = url.split_once("://").unwrap().1;
-        &rest[..rest.find('/').unwrap_or(rest.len())]
+    #[test]
+    fn host_names_are_host_and_port() {
+        let name = |u: &str| host_name(&Url::parse(u).unwrap()).to_owned();
+        assert_eq!(name("http://a.example:8080/x?y"), "a.example:8080");
+        assert_eq!(name("https://u:p@b.example"), "b.example");
+        assert_eq!(name("http://c.example?q"), "c.example");
     }
 
     /// One operation of the scheduler model test.

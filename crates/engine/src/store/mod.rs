@@ -62,6 +62,9 @@ pub struct QueuedUrl {
     pub key: u64,
     /// The normalized URL.
     pub url: Arc<str>,
+    /// Its host as the frontier keys it (`host[:port]`, port only when not the default); refills
+    /// ask for a host by this name.
+    pub host: Arc<str>,
     /// Link distance from a seed.
     pub depth: u32,
     /// Index of the rule that handles it.
@@ -174,7 +177,7 @@ pub(crate) struct RunLoader {
     window: usize,
     handled: std::collections::HashSet<u64>,
     loaded: std::collections::HashSet<u64>,
-    host: Option<String>,
+    host: Option<Arc<str>>,
     in_host: usize,
     last: Option<Arc<str>>,
     beyond: u64,
@@ -204,14 +207,14 @@ impl RunLoader {
 
     /// Second pass: a waiting row, in `(host, depth, seq)` order. Returns whether it is held
     /// (in the window), to be stored so.
-    pub(crate) fn waiting(&mut self, q: QueuedUrl, host: &str) -> bool {
+    pub(crate) fn waiting(&mut self, q: QueuedUrl) -> bool {
         if self.handled.contains(&q.key) || !self.loaded.insert(q.key) {
             return false;
         }
         self.run.waiting += 1;
-        if self.host.as_deref() != Some(host) {
+        if self.host.as_ref() != Some(&q.host) {
             self.end_host();
-            self.host = Some(host.to_owned());
+            self.host = Some(q.host.clone());
         }
         if self.in_host < self.window {
             self.in_host += 1;
@@ -252,6 +255,24 @@ pub enum Epoch {
     /// Cluster: open with this epoch (e.g. the assignment's etcd revision); refused unless it is
     /// newer than the run's current one, so a stale owner can never take a run back.
     At(i64),
+}
+
+impl Epoch {
+    /// The epoch of a new run.
+    pub(crate) fn first(self) -> i64 {
+        match self {
+            Epoch::Next => 1,
+            Epoch::At(e) => e,
+        }
+    }
+
+    /// The epoch taking over a run held at `current`; `None` for a stale owner.
+    pub(crate) fn after(self, current: i64) -> Option<i64> {
+        match self {
+            Epoch::Next => Some(current + 1),
+            Epoch::At(e) => (e >= current).then_some(e),
+        }
+    }
 }
 
 /// The run bookkeeping of a store: find or create the run of a task, resume it, start it over.

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
-use super::sqlite::host_of;
 use super::{
     key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
     StateStore,
@@ -20,6 +19,16 @@ use crate::item::{rfc3339, Item};
 
 fn err(e: impl std::fmt::Display) -> SinkError {
     SinkError { sink: "mysql", message: e.to_string() }
+}
+
+/// The columns [`stored_request`] reads, in its order.
+const REQUEST_COLUMNS: &str = "seq, url_key, url, depth, rule, priority";
+type RequestRow = (u64, i64, String, u32, u32, i32);
+
+/// A `crawler_frontier` row selected as [`REQUEST_COLUMNS`].
+fn stored_request(row: RequestRow, host: Arc<str>, held: bool) -> QueuedUrl {
+    let (seq, key, url, depth, rule, priority) = row;
+    QueuedUrl { seq, key: key as u64, url: url.into(), host, depth, rule, priority, replaces: None, held }
 }
 
 const SCHEMA: [&str; 2] = [
@@ -158,7 +167,7 @@ fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkErr
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             c.queued.iter().map(|q| {
                 let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
-                (run, q.seq, key_col(q.key), &*q.url, host_of(&q.url), q.depth, q.rule, q.priority, status)
+                (run, q.seq, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority, status)
             }),
         )
         .map_err(err)?;
@@ -225,21 +234,15 @@ impl MysqlSink {
             run.fence();
             return Ok(Vec::new());
         }
+        let name: Arc<str> = host.into();
         let rows = tx
             .exec_map(
-                "SELECT seq, url_key, url, depth, rule, priority FROM crawler_frontier \
-                 WHERE run = ? AND host = ? AND status = 0 ORDER BY depth, seq LIMIT ?",
+                format!(
+                    "SELECT {REQUEST_COLUMNS} FROM crawler_frontier \
+                     WHERE run = ? AND host = ? AND status = 0 ORDER BY depth, seq LIMIT ?"
+                ),
                 (run.id, host, limit as u64),
-                |(seq, key, url, depth, rule, priority): (u64, i64, String, u32, u32, i32)| QueuedUrl {
-                    seq,
-                    key: key as u64,
-                    url: url.into(),
-                    depth,
-                    rule,
-                    priority,
-                    replaces: None,
-                    held: true,
-                },
+                |row: RequestRow| stored_request(row, name.clone(), true),
             )
             .map_err(err)?;
         tx.exec_batch(
@@ -308,10 +311,7 @@ impl StateStore for MysqlState {
             for id in done {
                 tx.exec_drop("DELETE FROM crawler_frontier WHERE run = ?", (id,)).map_err(err)?;
             }
-            let epoch = match epoch {
-                Epoch::Next => 1,
-                Epoch::At(e) => e,
-            };
+            let epoch = epoch.first();
             tx.exec_drop(
                 "INSERT INTO crawler_runs (task, label, state, epoch, started_at) VALUES (?, ?, ?, ?, ?)",
                 (task, label, RUNNING, epoch, rfc3339(std::time::SystemTime::now())),
@@ -321,16 +321,10 @@ impl StateStore for MysqlState {
             tx.commit().map_err(err)?;
             return Ok(OpenedRun { id, epoch, ..OpenedRun::default() });
         };
-        let epoch = match epoch {
-            Epoch::Next => current + 1,
-            Epoch::At(e) if e >= current => e,
-            Epoch::At(e) => {
-                return Err(SinkError {
-                    sink: "mysql",
-                    message: format!("run of {task:?} is held at epoch {current}, newer than {e}"),
-                })
-            }
-        };
+        let epoch = epoch.after(current).ok_or_else(|| SinkError {
+            sink: "mysql",
+            message: format!("run of {task:?} is held at epoch {current}, newer than {epoch:?}"),
+        })?;
         tx.exec_drop("UPDATE crawler_runs SET epoch = ? WHERE id = ?", (epoch, id)).map_err(err)?;
         tx.exec_drop("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND status = 5", (id,))
             .map_err(err)?;
@@ -345,25 +339,18 @@ impl StateStore for MysqlState {
         }
         let waiting = tx
             .exec_iter(
-                "SELECT seq, url_key, url, depth, rule, priority, host FROM crawler_frontier \
-                 WHERE run = ? AND status = 0 ORDER BY host, depth, seq",
+                format!(
+                    "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
+                     WHERE run = ? AND status = 0 ORDER BY host, depth, seq"
+                ),
                 (id,),
             )
             .map_err(err)?;
         for row in waiting {
             let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
                 mysql::from_row_opt(row.map_err(err)?).map_err(err)?;
-            let q = QueuedUrl {
-                seq,
-                key: key as u64,
-                url: url.into(),
-                depth,
-                rule,
-                priority,
-                replaces: None,
-                held: false,
-            };
-            if loader.waiting(q, &host) {
+            let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
+            if loader.waiting(q) {
                 held.push(seq);
             }
         }

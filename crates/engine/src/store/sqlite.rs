@@ -54,12 +54,22 @@ fn connect(path: &Path) -> Result<Connection, SinkError> {
     Ok(conn)
 }
 
-/// The host part of a normalized absolute URL, without parsing it again.
-pub(crate) fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+/// The columns [`stored_request`] reads, in its order.
+const REQUEST_COLUMNS: &str = "seq, url_key, url, depth, rule, priority";
+
+/// A `crawler_frontier` row selected as [`REQUEST_COLUMNS`].
+fn stored_request(r: &rusqlite::Row, host: Arc<str>, held: bool) -> rusqlite::Result<QueuedUrl> {
+    Ok(QueuedUrl {
+        seq: r.get::<_, i64>(0)? as u64,
+        key: r.get::<_, i64>(1)? as u64,
+        url: r.get::<_, String>(2)?.into(),
+        host,
+        depth: r.get(3)?,
+        rule: r.get(4)?,
+        priority: r.get(5)?,
+        replaces: None,
+        held,
+    })
 }
 
 /// Items and crawl state in SQLite.
@@ -153,7 +163,7 @@ fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
                 q.seq as i64,
                 key_col(q.key),
                 url,
-                host_of(url),
+                &*q.host,
                 q.depth,
                 q.rule,
                 q.priority,
@@ -245,22 +255,13 @@ fn refill(
         return Ok(Vec::new());
     }
     let rows = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT seq, url_key, url, depth, rule, priority FROM crawler_frontier \
-             WHERE run = ?1 AND host = ?2 AND status = 0 ORDER BY depth, seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![run.id, host, limit as i64], |r| {
-            Ok(QueuedUrl {
-                seq: r.get::<_, i64>(0)? as u64,
-                key: r.get::<_, i64>(1)? as u64,
-                url: r.get::<_, String>(2)?.into(),
-                depth: r.get(3)?,
-                rule: r.get(4)?,
-                priority: r.get(5)?,
-                replaces: None,
-                held: true,
-            })
-        })?;
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM crawler_frontier \
+             WHERE run = ?1 AND host = ?2 AND status = 0 ORDER BY depth, seq LIMIT ?3"
+        ))?;
+        let name: Arc<str> = host.into();
+        let rows =
+            stmt.query_map(params![run.id, host, limit as i64], |r| stored_request(r, name.clone(), true))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     {
@@ -357,21 +358,14 @@ fn open_in(
     let Some((id, current)) = found else {
         // A new run; the frontiers of the label's finished runs are of no further use.
         tx.execute(&format!("DELETE FROM crawler_frontier WHERE run IN ({old_runs})"), [task, label])?;
-        let epoch = match epoch {
-            Epoch::Next => 1,
-            Epoch::At(e) => e,
-        };
+        let epoch = epoch.first();
         tx.execute(
             "INSERT INTO crawler_runs (task, label, state, epoch, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![task, label, RUNNING, epoch, rfc3339(std::time::SystemTime::now())],
         )?;
         return Ok(OpenedRun { id: tx.last_insert_rowid(), epoch, ..OpenedRun::default() });
     };
-    let epoch = match epoch {
-        Epoch::Next => current + 1,
-        Epoch::At(e) if e >= current => e,
-        Epoch::At(_) => return Err(OpenError::Stale { current }),
-    };
+    let epoch = epoch.after(current).ok_or(OpenError::Stale { current })?;
     tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
     // What the previous owner held is waiting again; the new owner holds its own windows.
     tx.execute("UPDATE crawler_frontier SET status = 0 WHERE run = ?1 AND status = 5", [id])?;
@@ -381,25 +375,16 @@ fn open_in(
     while let Some(r) = rows.next()? {
         loader.status(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?);
     }
-    let mut stmt = tx.prepare(
-        "SELECT seq, url_key, url, depth, rule, priority, host FROM crawler_frontier \
-         WHERE run = ?1 AND status = 0 ORDER BY host, depth, seq",
-    )?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
+         WHERE run = ?1 AND status = 0 ORDER BY host, depth, seq"
+    ))?;
     let mut held = Vec::new();
     let mut rows = stmt.query([id])?;
     while let Some(r) = rows.next()? {
-        let q = QueuedUrl {
-            seq: r.get::<_, i64>(0)? as u64,
-            key: r.get::<_, i64>(1)? as u64,
-            url: r.get::<_, String>(2)?.into(),
-            depth: r.get(3)?,
-            rule: r.get(4)?,
-            priority: r.get(5)?,
-            replaces: None,
-            held: false,
-        };
+        let q = stored_request(r, r.get::<_, String>(6)?.into(), false)?;
         let seq = q.seq;
-        if loader.waiting(q, r.get_ref(6)?.as_str().unwrap_or("")) {
+        if loader.waiting(q) {
             held.push(seq);
         }
     }
@@ -410,16 +395,4 @@ fn open_in(
         hold.execute(params![id, seq as i64])?;
     }
     Ok(loader.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_of_urls() {
-        assert_eq!(host_of("http://a.example:8080/x?y"), "a.example:8080");
-        assert_eq!(host_of("https://u:p@b.example"), "b.example");
-        assert_eq!(host_of("http://c.example?q"), "c.example");
-    }
 }
