@@ -25,6 +25,14 @@ pub struct EngineConfig {
     pub max_body: ByteSize,
     /// Whether robots.txt is fetched and obeyed.
     pub obey_robots: bool,
+    /// Whether a robots.txt `Crawl-delay` is honoured, as the least time between the starts of
+    /// two requests to that host.
+    pub obey_crawl_delay: bool,
+    /// Longer `Crawl-delay`s are cut to this.
+    pub max_crawl_delay: HumanDuration,
+    /// A host whose robots.txt could not be read (5xx, unreachable) is held back and its
+    /// robots.txt read again after this long; after three failed reads its URLs are skipped.
+    pub robots_retry: HumanDuration,
     /// HTTP proxies used round-robin; empty means direct.
     pub proxies: Vec<String>,
     /// Queued requests held in memory per host by a crawl with stored state; the rest wait
@@ -43,6 +51,9 @@ impl Default for EngineConfig {
             user_agent: "crawler/0.1 (+https://example.invalid/bot)".into(),
             max_body: ByteSize(8 * 1024 * 1024),
             obey_robots: true,
+            obey_crawl_delay: true,
+            max_crawl_delay: HumanDuration(std::time::Duration::from_secs(30)),
+            robots_retry: HumanDuration(std::time::Duration::from_secs(30)),
             proxies: Vec::new(),
             queue_window: 2000,
         }
@@ -69,6 +80,12 @@ impl EngineConfig {
         }
         if self.queue_window < 2 {
             return err("queue_window", "must be at least 2");
+        }
+        if self.max_crawl_delay.0 > std::time::Duration::from_secs(3600) {
+            return err("max_crawl_delay", "must be at most 1h");
+        }
+        if self.robots_retry.0.is_zero() || self.robots_retry.0 > std::time::Duration::from_secs(3600) {
+            return err("robots_retry", "must be above zero and at most 1h");
         }
         if self.max_body.0 == 0 {
             return err("max_body", "must be above zero");

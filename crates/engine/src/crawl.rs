@@ -7,26 +7,27 @@
 //! a crawl started from a stored run ([`Crawl::resume`]) can be killed at any moment and
 //! resumed without losing or repeating a stored page.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::HeaderValue;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::charset::decode_html;
-use crate::extract::extract;
-use crate::fetch::{FetchError, Fetched, Fetcher};
+use crate::extract::{extract, MAX_DEPTH};
+use crate::fetch::{FetchError, Fetched, Fetcher, Want};
 use crate::frontier::{Admission, Frontier, HostId, Refill, Request};
 use crate::item::{rfc3339, Item};
 use crate::limiter::RateLimiter;
-use crate::robots::Robots;
+use crate::robots::{Robots, MAX_ROBOTS_BYTES};
 use crate::scope::{host_allowed, resolve_link, url_key};
+use crate::sitemap::{self, Sitemap, MAX_SITEMAP_BYTES, MAX_SITEMAP_FILES};
 
 /// Redirect hops followed from one link before it counts as an error.
 const MAX_REDIRECTS: usize = 10;
@@ -98,7 +99,11 @@ struct Ctx {
     cancel: CancellationToken,
     /// Hosts that asked us to wait (`Retry-After`), reported by jobs to the dispatcher.
     pauses: mpsc::UnboundedSender<(HostId, Instant)>,
-    robots: Mutex<HashMap<String, Arc<OnceCell<Robots>>>>,
+    /// robots.txt per origin; the lock is held while it is read, so a host's requests wait
+    /// for one read.
+    robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
+    /// The earliest start of the next request per host with a `Crawl-delay`.
+    paced: Mutex<HashMap<HostId, Instant>>,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
     first_problem: Mutex<Option<String>>,
 }
@@ -161,6 +166,7 @@ impl Crawl {
             cancel,
             pauses,
             robots: Mutex::new(HashMap::new()),
+            paced: Mutex::new(HashMap::new()),
             first_problem: Mutex::new(None),
         });
         let (done_tx, done) = watch::channel(false);
@@ -282,6 +288,11 @@ async fn run_crawl(
     if !first.queued.is_empty() && ctx.commits.send(first).await.is_err() {
         writer_gone(&ctx);
     }
+    // Sitemaps are read beside the crawl; their URLs arrive in batches (bounded, so a huge
+    // sitemap waits for the frontier rather than filling memory).
+    let (found_tx, mut found) = mpsc::channel::<Vec<Url>>(2);
+    let mut discovering = !inner.sitemaps.is_empty() || inner.spec.sitemaps_from_robots;
+    let sitemaps = discovering.then(|| tokio::spawn(read_sitemaps(ctx.clone(), found_tx)));
     let mut limiter = RateLimiter::new(&inner.limits);
     let mut jobs = Jobs::default();
     let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
@@ -297,6 +308,13 @@ async fn run_crawl(
         }
         while let Some(done) = refills.try_join_next() {
             refilled(&ctx, &mut frontier, done);
+        }
+        while discovering {
+            match found.try_recv() {
+                Ok(urls) => queue_found(&ctx, &mut frontier, urls).await,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => discovering = false,
+            }
         }
         for refill in frontier.take_refills() {
             ask_refill(&ctx, &mut refills, refill).await;
@@ -328,7 +346,7 @@ async fn run_crawl(
                 continue;
             }
         }
-        if jobs.set.is_empty() && (!budget || frontier.is_empty()) {
+        if jobs.set.is_empty() && (!budget || (frontier.is_empty() && !discovering)) {
             break;
         }
         let wake = if room { frontier.next_wake() } else { None };
@@ -337,8 +355,15 @@ async fn run_crawl(
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
+            urls = found.recv(), if discovering => match urls {
+                Some(urls) => queue_found(&ctx, &mut frontier, urls).await,
+                None => discovering = false,
+            },
             _ = sleep_until_some(wake) => {}
         }
+    }
+    if let Some(reader) = sitemaps {
+        reader.abort();
     }
     let finished = !ctx.cancel.is_cancelled();
     // Pages already handled are committed; requests still in flight are abandoned and stay
@@ -360,6 +385,20 @@ async fn run_crawl(
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
+}
+
+/// Queues the page URLs a sitemap listed, at depth 0 under the sitemap rule, and commits them.
+async fn queue_found(ctx: &Ctx, frontier: &mut Frontier, urls: Vec<Url>) {
+    let inner = &ctx.task.0;
+    let rule = inner.sitemap_rule;
+    let mut commit = Commit { run: ctx.run.clone(), ..Commit::default() };
+    for url in urls {
+        let req = Request::new(url, 0, rule, inner.rules[rule].priority);
+        commit.queued.extend(frontier.offer(req, ctx.run.is_some()).1);
+    }
+    if !commit.queued.is_empty() && ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
+    }
 }
 
 /// A stored request as the frontier takes it, if it still fits the task.
@@ -503,8 +542,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let ended = |status: PageStatus| {
         Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None })
     };
-    let robots = if cfg.obey_robots { Some(robots_for(&ctx, &req.url).await) } else { None };
-    if let Some(robots) = robots.filter(|r| !r.allowed(&path_and_query(&req.url))) {
+    let robots = match cfg.obey_robots {
+        true => Some(robots_for(&ctx, &req.url, Some(req.host)).await?),
+        false => None,
+    };
+    if let Some(robots) = robots.as_ref().filter(|r| !r.allowed(&path_and_query(&req.url))) {
         if ctx.cancel.is_cancelled() {
             return None;
         }
@@ -516,6 +558,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
             tracing::debug!(url = %req.url, "disallowed by robots.txt");
         }
         return ended(PageStatus::Skipped);
+    }
+    let delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
+    if let Some(delay) = delay.map(|d| d.min(cfg.max_crawl_delay.0)).filter(|d| !d.is_zero()) {
+        if !wait_turn(&ctx, req.host, delay).await {
+            return None;
+        }
     }
     let wait = ctx.task.0.spec.wait.0;
     if !wait.is_zero() {
@@ -529,7 +577,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let pause = |wait: Duration| {
         let _ = ctx.pauses.send((host, Instant::now() + wait));
     };
-    let report = ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), true, &ctx.cancel, &pause).await;
+    let report =
+        ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &pause).await;
     counters.pages.fetch_add(u64::from(report.responses), Relaxed);
     counters.retries.fetch_add(u64::from(report.tries.saturating_sub(1)), Relaxed);
     counters.fetch_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
@@ -574,6 +623,9 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
+    if let Some(at) = extracted.cut_at {
+        tracing::warn!(task = %ctx.task.name(), url = %req.url, at, "page nests deeper than {MAX_DEPTH} elements; read up to byte {at}");
+    }
     drop(html);
     let item = match (extracted.fields, &rule.table) {
         (Some(fields), Some(table)) => Some(Item {
@@ -603,38 +655,163 @@ fn path_and_query(url: &Url) -> String {
     }
 }
 
-/// The robots.txt rules for a URL's origin, fetched once per crawl.
-async fn robots_for(ctx: &Ctx, url: &Url) -> Robots {
+/// Reads of an unavailable robots.txt before its host's URLs are skipped.
+const ROBOTS_READS: u32 = 3;
+
+/// A host's robots.txt as read, and how often it was tried.
+struct HostRobots {
+    robots: Arc<Robots>,
+    read_at: Instant,
+    reads: u32,
+}
+
+/// The robots.txt rules for a URL's origin, read once per crawl. One that could not be read
+/// (5xx, unreachable) is read again after `robots_retry`, up to [`ROBOTS_READS`] reads; until
+/// then the host is paused (`host`) and its requests wait; after them everything is disallowed.
+async fn robots_for(ctx: &Ctx, url: &Url, host: Option<HostId>) -> Option<Arc<Robots>> {
     let origin = url.origin().ascii_serialization();
     let cell = {
         let mut map = ctx.robots.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(origin.clone()).or_default().clone()
     };
-    cell.get_or_init(|| fetch_robots(ctx, origin)).await.clone()
+    let mut slot = cell.lock().await;
+    let retry = ctx.fetcher.config().robots_retry.0;
+    loop {
+        let reads = match &*slot {
+            Some(h) if h.robots.unavailable_reason().is_none() || h.reads >= ROBOTS_READS => {
+                return Some(h.robots.clone());
+            }
+            Some(h) => {
+                let at = h.read_at + retry;
+                if let Some(host) = host {
+                    let _ = ctx.pauses.send((host, at));
+                }
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return None,
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+                h.reads
+            }
+            None => 0,
+        };
+        let robots = fetch_robots(ctx, &origin).await?;
+        if let Some(why) = robots.unavailable_reason() {
+            let last = reads + 1 >= ROBOTS_READS;
+            tracing::warn!(%origin, reason = why, read = reads + 1, "robots.txt unavailable; {}",
+                if last { "the host is disallowed" } else { "the host waits to read it again" });
+        }
+        *slot = Some(HostRobots { robots: Arc::new(robots), read_at: Instant::now(), reads: reads + 1 });
+    }
 }
 
-async fn fetch_robots(ctx: &Ctx, origin: String) -> Robots {
+/// One read of an origin's robots.txt (`None` when the crawl was cancelled).
+async fn fetch_robots(ctx: &Ctx, origin: &str) -> Option<Robots> {
     let Ok(mut url) = Url::parse(&format!("{origin}/robots.txt")) else {
-        return Robots::allow_all();
+        return Some(Robots::allow_all());
     };
     let ua = &ctx.fetcher.config().user_agent;
     // Follow up to five redirects (RFC 9309); a missing file (4xx) allows all, an unavailable
-    // one (5xx, unreachable) disallows all for this run.
+    // one (5xx, unreachable) disallows all; only the first 500 KiB are read.
     for _ in 0..5 {
-        let report = ctx.fetcher.fetch(&url, None, false, &ctx.cancel).await;
+        let report = ctx.fetcher.fetch(&url, None, Want::Prefix(MAX_ROBOTS_BYTES as u64), &ctx.cancel).await;
         match report.result {
-            Ok(Fetched::Body { body, .. }) => return Robots::parse(&String::from_utf8_lossy(&body), ua),
+            Ok(Fetched::Body { body, .. }) => return Some(Robots::parse(&body, ua)),
             Ok(Fetched::Redirect { location, .. }) => match url.join(&location) {
                 Ok(next) => url = next,
                 Err(_) => break,
             },
-            Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched with html_only = false"),
-            Err(FetchError::Status(400..=499) | FetchError::Cancelled) => break,
-            Err(e) => {
-                tracing::warn!(%url, error = %e, "robots.txt unavailable; the host is disallowed");
-                return Robots::unavailable(format!("robots.txt unavailable ({e})"));
-            }
+            Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched as any content type"),
+            Err(FetchError::Cancelled) => return None,
+            Err(FetchError::Status(400..=499)) => break,
+            Err(e) => return Some(Robots::unavailable(format!("robots.txt unavailable ({e})"))),
         }
     }
-    Robots::allow_all()
+    Some(Robots::allow_all())
+}
+
+/// Waits for this request's turn on a host with a `Crawl-delay` (requests start at least
+/// `delay` apart) and pauses the host in the frontier until the turn after it, so the next
+/// request of the host does not hold a slot while it waits. `false` when cancelled.
+async fn wait_turn(ctx: &Ctx, host: HostId, delay: Duration) -> bool {
+    let now = Instant::now();
+    let turn = {
+        let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let next = paced.entry(host).or_insert(now);
+        let turn = (*next).max(now);
+        *next = turn + delay;
+        turn
+    };
+    let _ = ctx.pauses.send((host, turn + delay));
+    if turn <= now {
+        return true;
+    }
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => false,
+        _ = tokio::time::sleep_until(turn.into()) => true,
+    }
+}
+
+/// Reads the task's sitemaps (and those the seeds' robots.txt name, when asked), following
+/// indexes, and sends the page URLs in scope to the dispatcher.
+async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) {
+    let inner = &ctx.task.0;
+    let mut queue: VecDeque<Url> = inner.sitemaps.iter().cloned().collect();
+    if inner.spec.sitemaps_from_robots {
+        let mut origins = HashSet::new();
+        for seed in &inner.seeds {
+            if !origins.insert(seed.origin().ascii_serialization()) {
+                continue;
+            }
+            let Some(robots) = robots_for(&ctx, seed, None).await else { return };
+            queue.extend(robots.sitemaps().iter().filter_map(|s| seed.join(s).ok()));
+        }
+    }
+    let mut read = HashSet::new();
+    while let Some(url) = queue.pop_front() {
+        if !read.insert(url.clone()) {
+            continue;
+        }
+        if read.len() > MAX_SITEMAP_FILES {
+            tracing::warn!(task = %ctx.task.name(), "more than {MAX_SITEMAP_FILES} sitemaps; the rest are not read");
+            break;
+        }
+        let report =
+            ctx.fetcher.fetch(&url, ctx.cookie.as_ref(), Want::Any(MAX_SITEMAP_BYTES), &ctx.cancel).await;
+        ctx.counters.pages.fetch_add(u64::from(report.responses), Relaxed);
+        let failed = |problem: &dyn std::fmt::Display| {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            note_problem(&ctx, &url, &format_args!("sitemap: {problem}"));
+            tracing::warn!(task = %ctx.task.name(), %url, error = %problem, "sitemap failed");
+        };
+        let body = match report.result {
+            Ok(Fetched::Body { body, .. }) => body,
+            Ok(Fetched::Redirect { location, .. }) => {
+                queue.extend(url.join(&location).ok());
+                continue;
+            }
+            Ok(Fetched::NotHtml { .. }) => unreachable!("sitemaps are fetched as any content type"),
+            Err(FetchError::Cancelled) => return,
+            Err(e) => {
+                failed(&e);
+                continue;
+            }
+        };
+        match sitemap::parse(&body) {
+            Ok(Sitemap::Index(locs)) => queue.extend(locs.iter().filter_map(|l| url.join(l).ok())),
+            Ok(Sitemap::Pages(locs)) => {
+                let urls: Vec<Url> = locs
+                    .iter()
+                    .filter_map(|l| resolve_link(&url, l))
+                    .filter(|u| host_allowed(u, &inner.allow_hosts))
+                    .collect();
+                tracing::debug!(%url, listed = locs.len(), in_scope = urls.len(), "sitemap read");
+                for chunk in urls.chunks(1000) {
+                    if found.send(chunk.to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => failed(&e),
+        }
+    }
 }

@@ -8,12 +8,13 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
 use lol_html::html_content::{Element, EndTag, TextChunk};
-use lol_html::{ElementContentHandlers, HtmlRewriter, Selector, Settings};
+use lol_html::{ElementContentHandlers, HtmlRewriter, MemorySettings, Selector, Settings};
 use url::Url;
 
-use crate::entities::decode_entities;
+use crate::nesting::too_deep_at;
 use crate::scope::{host_allowed, resolve_link};
 use crate::spec::Rule;
+use htmlize::{unescape, unescape_attribute};
 
 /// What one page yielded.
 #[derive(Debug, Default, PartialEq)]
@@ -23,7 +24,12 @@ pub struct Extracted {
     /// The item's fields, in the rule's order, when the rule has a table. `None` values are
     /// fields whose selector or regex matched nothing.
     pub fields: Option<Vec<(Arc<str>, Option<String>)>>,
+    /// When the page nests deeper than [`MAX_DEPTH`]: the byte offset where reading stopped.
+    pub cut_at: Option<usize>,
 }
+
+/// Open elements a page may nest; the rest of a deeper page is not read.
+pub const MAX_DEPTH: usize = 4096;
 
 /// The HTML could not be processed.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +58,18 @@ fn base_selector() -> &'static Selector {
     BASE.get_or_init(|| "base[href]".parse().expect("static selector"))
 }
 
-/// Runs a rule over a decoded page.
+fn noscript_selector() -> &'static Selector {
+    static NOSCRIPT: OnceLock<Selector> = OnceLock::new();
+    NOSCRIPT.get_or_init(|| "noscript".parse().expect("static selector"))
+}
+
+/// Memory one extraction pass may use: the parser's buffers and the stack of open elements
+/// (so a page nested 100,000 deep fails cleanly instead of growing without bound).
+const MAX_PASS_MEMORY: usize = 16 << 20;
+
+/// Runs a rule over a decoded page. The content of `<noscript>` elements (raw text to an HTML
+/// parser that runs scripts) is parsed as markup in a second pass, since a crawler runs none:
+/// its links are followed and its elements can fill fields not filled before it.
 pub(crate) fn extract(
     rule: &Rule,
     html: &str,
@@ -63,6 +80,71 @@ pub(crate) fn extract(
         fields: rule.fields.iter().map(|_| Capture::Pending).collect(),
         ..State::default()
     }));
+    let cut_at = too_deep_at(html.as_bytes(), MAX_DEPTH);
+    let html = &html[..cut_at.unwrap_or(html.len())];
+    let noscript = Rc::new(RefCell::new(String::new()));
+    pass(rule, html, &state, Some(&noscript))?;
+    let mut noscript = std::mem::take(&mut *noscript.borrow_mut());
+    if let Some(at) = too_deep_at(noscript.as_bytes(), MAX_DEPTH) {
+        noscript.truncate(at);
+    }
+    if !noscript.is_empty() {
+        pass(rule, &noscript, &state, None)?;
+    }
+    let state =
+        Rc::try_unwrap(state).map_err(|_| ExtractError("extraction state still shared".into()))?.into_inner();
+    let base = match state.base.as_deref().and_then(|b| page.join(&unescape_attribute(b)).ok()) {
+        Some(b) => Cow::Owned(b),
+        None => Cow::Borrowed(page),
+    };
+    let mut links = Vec::with_capacity(state.links.len());
+    for (raw, i) in state.links {
+        let follow = &rule.follows[i];
+        let Some(url) = resolve_link(&base, &unescape_attribute(raw.as_str())) else { continue };
+        if !host_allowed(&url, allowed) {
+            continue;
+        }
+        if follow.pattern.as_ref().is_some_and(|p| !p.is_match(url.as_str())) {
+            continue;
+        }
+        links.push((url, follow.rule));
+    }
+
+    let fields = rule.table.as_ref().map(|_| {
+        rule.fields
+            .iter()
+            .zip(state.fields)
+            .map(|(field, capture)| {
+                let value = match (&field.selector, capture) {
+                    (Some(_), Capture::Pending) => None,
+                    (Some(_), Capture::Open(t) | Capture::Done(t)) => Some(if field.attr.is_some() {
+                        unescape_attribute(t.trim()).into_owned()
+                    } else {
+                        collapse_whitespace(&unescape(t.as_str()))
+                    }),
+                    (None, _) => Some(html.to_owned()),
+                };
+                let value = match (&field.regex, value) {
+                    (Some(re), Some(v)) => {
+                        re.captures(&v).and_then(|c| c.get(1)).map(|m| m.as_str().to_owned())
+                    }
+                    (_, v) => v,
+                };
+                (field.name.clone(), value)
+            })
+            .collect()
+    });
+    Ok(Extracted { links, fields, cut_at })
+}
+
+/// One streaming pass of a rule's selectors over `html`, into `state`; with `noscript`, the
+/// raw content of `<noscript>` elements is collected there.
+fn pass(
+    rule: &Rule,
+    html: &str,
+    state: &Shared,
+    noscript: Option<&Rc<RefCell<String>>>,
+) -> Result<(), ExtractError> {
     let mut handlers: Vec<(Cow<'_, Selector>, ElementContentHandlers<'_>)> = Vec::new();
     if !rule.follows.is_empty() {
         let st = state.clone();
@@ -82,8 +164,9 @@ pub(crate) fn extract(
         handlers.push((
             Cow::Borrowed(&follow.selector),
             ElementContentHandlers::default().element(move |el: &mut Element| {
-                if let Some(v) = el.get_attribute(&follow.attr) {
-                    st.borrow_mut().links.push((v, i));
+                match el.get_attribute(&follow.attr) {
+                    Some(v) if v.len() <= MAX_LINK_BYTES => st.borrow_mut().links.push((v, i)),
+                    _ => {}
                 }
                 Ok(())
             }),
@@ -98,7 +181,9 @@ pub(crate) fn extract(
                 return Ok(());
             }
             if let Some(attr) = &field.attr {
-                s.fields[i] = Capture::Done(el.get_attribute(attr).unwrap_or_default());
+                let mut value = String::new();
+                push_capped(&mut value, &el.get_attribute(attr).unwrap_or_default(), MAX_FIELD_BYTES);
+                s.fields[i] = Capture::Done(value);
             } else if el.can_have_content() && !el.is_self_closing() {
                 s.fields[i] = Capture::Open(String::new());
                 let st = st.clone();
@@ -119,73 +204,65 @@ pub(crate) fn extract(
             let st = state.clone();
             content = content.text(move |t: &mut TextChunk| {
                 if let Capture::Open(buf) = &mut st.borrow_mut().fields[i] {
-                    if buf.len() < MAX_FIELD_BYTES {
-                        buf.push_str(t.as_str());
-                    }
+                    push_capped(buf, t.as_str(), MAX_FIELD_BYTES);
                 }
                 Ok(())
             });
         }
         handlers.push((Cow::Borrowed(selector), content));
     }
-
-    if !handlers.is_empty() {
-        let settings = Settings { element_content_handlers: handlers, strict: false, ..Settings::new() };
-        let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
-        rewriter
-            .write(html.as_bytes())
-            .and_then(|()| rewriter.end())
-            .map_err(|e| ExtractError(e.to_string()))?;
+    if handlers.is_empty() {
+        return Ok(());
     }
-
-    let state =
-        Rc::try_unwrap(state).map_err(|_| ExtractError("extraction state still shared".into()))?.into_inner();
-    let base = match state.base.as_deref().and_then(|b| page.join(&decode_entities(b)).ok()) {
-        Some(b) => Cow::Owned(b),
-        None => Cow::Borrowed(page),
+    if let Some(out) = noscript {
+        let out = out.clone();
+        handlers.push((
+            Cow::Borrowed(noscript_selector()),
+            ElementContentHandlers::default().text(move |t: &mut TextChunk| {
+                let mut out = out.borrow_mut();
+                push_capped(&mut out, t.as_str(), MAX_NOSCRIPT_BYTES);
+                if t.last_in_text_node() {
+                    push_capped(&mut out, "\n", MAX_NOSCRIPT_BYTES);
+                }
+                Ok(())
+            }),
+        ));
+    }
+    let settings = Settings {
+        element_content_handlers: handlers,
+        strict: false,
+        memory_settings: MemorySettings {
+            max_allowed_memory_usage: MAX_PASS_MEMORY,
+            ..MemorySettings::new()
+        },
+        ..Settings::new()
     };
-    let mut links = Vec::with_capacity(state.links.len());
-    for (raw, i) in state.links {
-        let follow = &rule.follows[i];
-        let Some(url) = resolve_link(&base, &decode_entities(&raw)) else { continue };
-        if !host_allowed(&url, allowed) {
-            continue;
-        }
-        if follow.pattern.as_ref().is_some_and(|p| !p.is_match(url.as_str())) {
-            continue;
-        }
-        links.push((url, follow.rule));
-    }
-
-    let fields = rule.table.as_ref().map(|_| {
-        rule.fields
-            .iter()
-            .zip(state.fields)
-            .map(|(field, capture)| {
-                let value = match (&field.selector, capture) {
-                    (Some(_), Capture::Pending) => None,
-                    (Some(_), Capture::Open(t) | Capture::Done(t)) => Some(if field.attr.is_some() {
-                        decode_entities(t.trim()).into_owned()
-                    } else {
-                        collapse_whitespace(&decode_entities(&t))
-                    }),
-                    (None, _) => Some(html.to_owned()),
-                };
-                let value = match (&field.regex, value) {
-                    (Some(re), Some(v)) => {
-                        re.captures(&v).and_then(|c| c.get(1)).map(|m| m.as_str().to_owned())
-                    }
-                    (_, v) => v,
-                };
-                (field.name.clone(), value)
-            })
-            .collect()
-    });
-    Ok(Extracted { links, fields })
+    let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
+    rewriter.write(html.as_bytes()).and_then(|()| rewriter.end()).map_err(|e| ExtractError(e.to_string()))
 }
+
+/// Longer link values are not followed (no server takes such a URL).
+const MAX_LINK_BYTES: usize = 16 * 1024;
+
+/// `<noscript>` content beyond this many bytes per page is not parsed.
+const MAX_NOSCRIPT_BYTES: usize = 1 << 20;
 
 /// Text beyond this many bytes of one field is dropped (a runaway unclosed element).
 const MAX_FIELD_BYTES: usize = 1 << 20;
+
+/// Appends as much of `text` as fits in `max` bytes (whole characters).
+fn push_capped(buf: &mut String, text: &str, max: usize) {
+    let room = max.saturating_sub(buf.len());
+    if text.len() <= room {
+        buf.push_str(text);
+    } else {
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        buf.push_str(&text[..end]);
+    }
+}
 
 fn collapse_whitespace(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -270,6 +347,69 @@ mod tests {
         let t = task(r#"[{"name":"i","follow":[{"select":"a","rule":"i"}]}]"#);
         let got = run(&t, 0, r#"<head><base href="/other/"></head><a href="x.html">x</a>"#);
         assert_eq!(got.links[0].0.as_str(), "http://site/other/x.html");
+    }
+
+    #[test]
+    fn every_named_reference_and_the_numeric_rules() {
+        let t =
+            task(r#"[{"name":"b","table":"t","fields":{"text":"p","attr":{"select":"a","attr":"href"}}}]"#);
+        let got = run(
+            &t,
+            0,
+            r#"<p>&aring; &mu; &oelig; &#150; &#x80; &NotNestedGreaterGreater; &copy=2 &amp;c &bogus;</p>
+            <a href="/?a=1&copy=2&amp;b=&lt;">x</a>"#,
+        );
+        let f = got.fields.unwrap();
+        assert_eq!(f[1].1.as_deref(), Some("å μ œ – € \u{2aa2}\u{338} ©=2 &c &bogus;"));
+        // In an attribute a name without ';' before '=' is left as written (the HTML rule).
+        assert_eq!(f[0].1.as_deref(), Some("/?a=1&copy=2&b=<"));
+    }
+
+    #[test]
+    fn noscript_content_is_markup() {
+        let t = task(
+            r#"[{"name":"i","table":"t","fields":{"toc":"ol.toc li","title":"h1"},
+                 "follow":[{"select":"iframe","attr":"src","rule":"i"},{"select":"a","rule":"i"}]}]"#,
+        );
+        let html = r#"<h1>Book</h1><script>var x = "<a href='/script'>no</a>";</script>
+            <noscript><iframe src="toc.html"></iframe><ol class="toc"><li>Intro &amp; more</li></ol>
+            <a href="/ns/1.html">one</a></noscript><a href="/after.html">after</a>"#;
+        let got = run(&t, 0, html);
+        let links: Vec<&str> = got.links.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(links, ["http://site/after.html", "http://site/dir/toc.html", "http://site/ns/1.html"]);
+        let f = got.fields.unwrap();
+        assert_eq!(f[0].1.as_deref(), Some("Book"));
+        assert_eq!(f[1].1.as_deref(), Some("Intro & more"));
+    }
+
+    #[test]
+    fn hostile_pages_fail_cleanly_or_are_cut() {
+        let t = task(
+            r#"[{"name":"i","table":"t","fields":{"a":"div p","b":"span"},"follow":[{"select":"div a","rule":"i"}]}]"#,
+        );
+        // 100,000 nested elements: read up to the depth limit (links before it kept), fast.
+        let deep = format!("<a href='/first'>f</a>{}<a href='/x'>x</a>", "<div>".repeat(100_000));
+        let started = std::time::Instant::now();
+        let page = Url::parse("http://site/").unwrap();
+        let got = extract(&t.0.rules[0], &deep, &page, &t.0.allow_hosts).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        let cut = got.cut_at.unwrap();
+        assert_eq!(cut, "<a href='/first'>f</a>".len() + 5 * MAX_DEPTH);
+        assert!(got.links.is_empty(), "{:?}", got.links);
+        let f = |sel: &str| task(&format!(r#"[{{"name":"i","follow":[{{"select":"{sel}","rule":"i"}}]}}]"#));
+        let got = extract(&f("a").0.rules[0], &deep, &page, &t.0.allow_hosts).unwrap();
+        assert_eq!(got.links.len(), 1);
+        // A 50 MB line of text: a field keeps at most MAX_FIELD_BYTES of it.
+        let long = format!("<span>{}</span><div><a href='/y'>y</a></div>", "x".repeat(50 << 20));
+        let got = extract(&t.0.rules[0], &long, &page, &t.0.allow_hosts).unwrap();
+        assert_eq!(got.links.len(), 1);
+        let b = got.fields.unwrap()[1].1.clone().unwrap();
+        assert_eq!(b.len(), MAX_FIELD_BYTES);
+        // A 50 MB link is not followed; the next one is.
+        let attr = format!("<div><a href='/{}'>z</a><a href='/ok'>ok</a></div>", "y".repeat(50 << 20));
+        let got = extract(&t.0.rules[0], &attr, &page, &t.0.allow_hosts).unwrap();
+        assert_eq!(got.links.len(), 1);
+        assert_eq!(got.links[0].0.path(), "/ok");
     }
 
     #[test]

@@ -45,6 +45,17 @@ pub enum Fetched {
     },
 }
 
+/// What a fetch reads of a 2xx response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// An HTML page (other content types are not read) of at most `max_body` bytes.
+    Html,
+    /// Any content type; a body past this many bytes is an error.
+    Any(u64),
+    /// Any content type; only the first `n` bytes are read (robots.txt).
+    Prefix(u64),
+}
+
 /// Why a fetch failed after its retries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -135,15 +146,15 @@ impl Fetcher {
         &self.cfg
     }
 
-    /// Fetches a URL with retries. With `html_only`, a 2xx non-HTML response is not read.
+    /// Fetches a URL with retries, reading of the response what `want` says.
     pub async fn fetch(
         &self,
         url: &Url,
         cookie: Option<&HeaderValue>,
-        html_only: bool,
+        want: Want,
         cancel: &CancellationToken,
     ) -> FetchReport {
-        self.fetch_paced(url, cookie, html_only, cancel, &|_| {}).await
+        self.fetch_paced(url, cookie, want, cancel, &|_| {}).await
     }
 
     /// Like [`Fetcher::fetch`], and tells `on_retry_after` as soon as the server asks to wait
@@ -152,7 +163,7 @@ impl Fetcher {
         &self,
         url: &Url,
         cookie: Option<&HeaderValue>,
-        html_only: bool,
+        want: Want,
         cancel: &CancellationToken,
         on_retry_after: &(dyn Fn(Duration) + Send + Sync),
     ) -> FetchReport {
@@ -163,7 +174,7 @@ impl Fetcher {
             let attempt = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Attempt::Fail(FetchError::Cancelled),
-                a = self.attempt(url, cookie, html_only, &mut responses) => a,
+                a = self.attempt(url, cookie, want, &mut responses) => a,
             };
             let (error, retry_after) = match attempt {
                 Attempt::Done(f) => return FetchReport { result: Ok(f), responses, tries },
@@ -203,7 +214,7 @@ impl Fetcher {
         &self,
         url: &Url,
         cookie: Option<&HeaderValue>,
-        html_only: bool,
+        want: Want,
         responses: &mut u32,
     ) -> Attempt {
         let _permits = self.permits(url).await;
@@ -234,11 +245,15 @@ impl Fetcher {
             return Attempt::Fail(FetchError::Status(status.as_u16()));
         }
         let content_type = header(CONTENT_TYPE);
-        if html_only && !content_type.as_deref().is_none_or(is_html) {
+        if want == Want::Html && !content_type.as_deref().is_none_or(is_html) {
             return Attempt::Done(Fetched::NotHtml { content_type: content_type.unwrap_or_default() });
         }
-        let max = self.cfg.max_body.0;
-        if resp.content_length().is_some_and(|l| l > max) {
+        let (max, cut) = match want {
+            Want::Html => (self.cfg.max_body.0, false),
+            Want::Any(n) => (n, false),
+            Want::Prefix(n) => (n, true),
+        };
+        if !cut && resp.content_length().is_some_and(|l| l > max) {
             return Attempt::Fail(FetchError::TooLarge(max));
         }
         let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(max) as usize);
@@ -246,7 +261,11 @@ impl Fetcher {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
-                        return Attempt::Fail(FetchError::TooLarge(max));
+                        if !cut {
+                            return Attempt::Fail(FetchError::TooLarge(max));
+                        }
+                        body.extend_from_slice(&chunk[..max as usize - body.len()]);
+                        break;
                     }
                     body.extend_from_slice(&chunk);
                 }

@@ -51,6 +51,15 @@ pub struct TaskSpec {
     /// The rules; the first handles the seeds.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleSpec>,
+    /// Sitemaps (or sitemap indexes, gzipped or not) whose URLs are queued at depth 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sitemaps: Vec<String>,
+    /// Also read the sitemaps named by the `Sitemap:` lines of the seeds' robots.txt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sitemaps_from_robots: bool,
+    /// The rule that handles sitemap URLs; the first rule when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sitemap_rule: Option<String>,
 }
 
 fn default_max_depth() -> u32 {
@@ -182,6 +191,8 @@ pub(crate) struct TaskInner {
     pub spec: TaskSpec,
     pub name: Arc<str>,
     pub seeds: Vec<Url>,
+    pub sitemaps: Vec<Url>,
+    pub sitemap_rule: usize,
     pub allow_hosts: HashSet<String>,
     pub limits: Vec<(u32, Duration)>,
     pub rules: Vec<Rule>,
@@ -222,24 +233,41 @@ impl Task {
                 format!("{:?} must be 1-64 letters, digits, '_' or '-'", spec.name),
             ));
         }
-        if spec.seeds.is_empty() {
-            return Err(err(format!("{base}.seeds"), "at least one seed URL is needed".into()));
+        if spec.seeds.is_empty() && spec.sitemaps.is_empty() {
+            return Err(err(
+                format!("{base}.seeds"),
+                "at least one seed URL (or a sitemap) is needed".into(),
+            ));
         }
-        let mut seeds = Vec::with_capacity(spec.seeds.len());
-        for (i, s) in spec.seeds.iter().enumerate() {
-            let url = Url::parse(s)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-                .ok_or_else(|| err(format!("{base}.seeds[{i}]"), format!("{s:?} is not an http(s) URL")))?;
-            seeds.push(normalize(url));
+        if spec.seeds.is_empty() && spec.sitemaps_from_robots {
+            return Err(err(
+                format!("{base}.sitemaps_from_robots"),
+                "needs seeds, whose robots.txt is read".into(),
+            ));
         }
+        let http_urls = |list: &[String], key: &str| -> Result<Vec<Url>, SpecError> {
+            let mut urls = Vec::with_capacity(list.len());
+            for (i, s) in list.iter().enumerate() {
+                let url = Url::parse(s)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                    .ok_or_else(|| {
+                        err(format!("{base}.{key}[{i}]"), format!("{s:?} is not an http(s) URL"))
+                    })?;
+                urls.push(normalize(url));
+            }
+            Ok(urls)
+        };
+        let seeds = http_urls(&spec.seeds, "seeds")?;
+        let sitemaps = http_urls(&spec.sitemaps, "sitemaps")?;
         let mut allow_hosts: HashSet<String> =
             spec.allow_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
         if allow_hosts.iter().any(|h| h.is_empty()) {
             return Err(err(format!("{base}.allow_hosts"), "empty host name".into()));
         }
         if allow_hosts.is_empty() {
-            allow_hosts = seeds.iter().filter_map(|u| u.host_str().map(str::to_owned)).collect();
+            allow_hosts =
+                seeds.iter().chain(&sitemaps).filter_map(|u| u.host_str().map(str::to_owned)).collect();
         }
         let mut limits = Vec::new();
         for (i, l) in spec.limits.iter().enumerate() {
@@ -264,6 +292,13 @@ impl Task {
             }
             names.push(r.name.as_str());
         }
+        let sitemap_rule = match &spec.sitemap_rule {
+            None => 0,
+            Some(name) => names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| err(format!("{base}.sitemap_rule"), format!("no rule named {name:?}")))?,
+        };
         let mut rules = Vec::with_capacity(spec.rules.len());
         for r in &spec.rules {
             let key = format!("{base}.rule[{}]", r.name);
@@ -333,6 +368,8 @@ impl Task {
         Ok(Task(Arc::new(TaskInner {
             name: spec.name.as_str().into(),
             seeds,
+            sitemaps,
+            sitemap_rule,
             allow_hosts,
             limits,
             rules,
@@ -438,6 +475,28 @@ mod tests {
         assert_eq!(e.key, "task[t].rule[i].fields");
         let e = Task::compile(spec("[]")).unwrap_err();
         assert_eq!(e.key, "task[t].rule");
+    }
+
+    #[test]
+    fn sitemaps_are_checked_and_may_replace_seeds() {
+        let rules = r#"[{"name":"i"},{"name":"page"}]"#;
+        let with = |extra: &str| -> Result<Task, SpecError> {
+            let json = format!(r#"{{"name":"t",{extra},"rule":{rules}}}"#);
+            Task::compile(serde_json::from_str(&json).unwrap())
+        };
+        let t = with(r#""sitemaps":["http://127.0.0.2:9/sitemap.xml"],"sitemap_rule":"page""#).unwrap();
+        assert_eq!(t.0.sitemap_rule, 1);
+        assert!(t.0.seeds.is_empty());
+        assert_eq!(t.0.allow_hosts, HashSet::from(["127.0.0.2".to_owned()]));
+        assert_eq!(with(r#""seeds":["http://h/"]"#).unwrap().0.sitemap_rule, 0);
+        let e = with(r#""seeds":["http://h/"],"sitemap_rule":"nope""#).unwrap_err();
+        assert_eq!(e.key, "task[t].sitemap_rule");
+        let e = with(r#""sitemaps":["ftp://h/s.xml"]"#).unwrap_err();
+        assert_eq!(e.key, "task[t].sitemaps[0]");
+        let e = with(r#""sitemaps_from_robots":true"#).unwrap_err();
+        assert_eq!(e.key, "task[t].seeds");
+        let e = with(r#""sitemaps":["http://h/s.xml"],"sitemaps_from_robots":true"#).unwrap_err();
+        assert_eq!(e.key, "task[t].sitemaps_from_robots");
     }
 
     #[test]

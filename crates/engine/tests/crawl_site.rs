@@ -11,7 +11,7 @@ use crawler_engine::{
     SqliteState, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::{
-    book_author, book_price, book_rating, book_title, Fixture, Site, GBK_AUTHOR, GBK_TITLE,
+    book_author, book_price, book_rating, book_title, Fixture, Page, Script, Site, GBK_AUTHOR, GBK_TITLE,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,7 @@ fn engine() -> EngineConfig {
         backoff: HumanDuration(Duration::from_millis(20)),
         timeout: HumanDuration(Duration::from_secs(1)),
         max_body: ByteSize(1 << 20),
+        robots_retry: HumanDuration(Duration::from_millis(200)),
         ..EngineConfig::default()
     }
 }
@@ -487,4 +488,219 @@ async fn requests_go_through_the_proxies_round_robin() {
     assert_eq!(na + nb, 6);
     assert!(na == 3 && nb == 3, "round robin: {na} and {nb}");
     assert!(a.requests().iter().chain(&b.requests()).all(|r| r.host == origin.to_string()));
+}
+
+// --- The real web: robots.txt by the RFC, sitemaps, noscript, entities, hostile pages. ---
+
+/// Serves the site with some paths scripted; `script` gets the server's base URL.
+async fn scripted(script: impl FnOnce(&str) -> Vec<(&'static str, Vec<Page>)>) -> Fixture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let script: Script = script(&base).into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
+    Fixture::start_scripted(Site::default(), listener, script).await.unwrap()
+}
+
+fn robots(body: &str) -> Page {
+    Page::body("text/plain", body)
+}
+
+/// A task of book pages given as seeds, under the book rule, and nothing else.
+fn books(fx: &Fixture, ids: std::ops::Range<u32>) -> TaskSpec {
+    let mut spec = task(fx);
+    seeds_under(&mut spec, "book", ids.map(|i| fx.url(&format!("/book/{i}.html"))).collect());
+    spec.max_depth = 0;
+    spec
+}
+
+fn starts(fx: &Fixture, prefix: &str) -> Vec<std::time::Instant> {
+    fx.requests().into_iter().filter(|r| r.path.starts_with(prefix)).map(|r| r.at).collect()
+}
+
+#[tokio::test]
+async fn sitemaps_from_an_index_through_gzip_and_from_robots_txt() {
+    let fx = scripted(|base| {
+        let urls: String = (0..10)
+            .map(|i| format!("<url><loc>{base}/book/{i}.html</loc><image:image><image:loc>{base}/pic{i}.png</image:loc></image:image></url>"))
+            .collect();
+        let urlset = format!(
+            "<?xml version=\"1.0\"?><urlset xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\" \
+             xmlns:image=\"http://www.google.com/schemas/sitemap-image/1.1\">{urls}\
+             <url><loc>http://elsewhere.invalid/x.html</loc></url></urlset>"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, urlset.as_bytes()).unwrap();
+        let index = format!(
+            "<sitemapindex><sitemap><loc>{base}/maps/books.xml.gz</loc></sitemap>\
+             <sitemap><loc>{base}/maps/missing.xml</loc></sitemap></sitemapindex>"
+        );
+        vec![
+            ("/robots.txt", vec![robots("User-agent: *\nDisallow: /private/\nSitemap: /maps/index.xml\n")]),
+            ("/maps/index.xml", vec![Page::body("application/xml", index)]),
+            ("/maps/books.xml.gz", vec![Page::body("application/octet-stream", gz.finish().unwrap())]),
+        ]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Sitemaps only, under a named rule: the ten books and nothing else.
+    let mut spec = task(&fx);
+    spec.seeds.clear();
+    spec.sitemaps = vec![fx.url("/maps/index.xml")];
+    spec.sitemap_rule = Some("book".into());
+    spec.max_depth = 0;
+    let stats = crawl(engine(), spec, &dir.path().join("a.db")).await;
+    let rows = rows(&dir.path().join("a.db"));
+    assert_eq!(rows.len(), 10, "{:?}", rows.keys().collect::<Vec<_>>());
+    for i in 0..10 {
+        assert_eq!(rows[&fx.url(&format!("/book/{i}.html"))].1, Some(book_title(i)));
+        assert_eq!(fx.count(&format!("/book/{i}.html")), 1);
+    }
+    assert_eq!(fx.count("/maps/index.xml"), 1);
+    assert_eq!(fx.count("/maps/books.xml.gz"), 1);
+    assert_eq!(fx.count("/pic0.png"), 0);
+    // The missing sitemap is the one error.
+    assert_eq!(stats.errors, 1);
+
+    // From the seed's robots.txt, under the first rule (the index rule: no items, but fetched).
+    let mut spec = task(&fx);
+    spec.name = "from_robots".into();
+    spec.sitemaps_from_robots = true;
+    spec.max_depth = 0;
+    let before = fx.count("/book/3.html");
+    crawl(engine(), spec, &dir.path().join("b.db")).await;
+    assert_eq!(fx.count("/book/3.html"), before + 1);
+    assert_eq!(fx.count("/maps/index.xml"), 2);
+}
+
+#[tokio::test]
+async fn crawl_delay_spaces_the_requests_to_a_host_and_is_capped() {
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 0.3\n")])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    crawl(engine(), books(&fx, 0..6), &dir.path().join("a.db")).await;
+    let at = starts(&fx, "/book/");
+    assert_eq!(at.len(), 6);
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(gap >= Duration::from_millis(280), "requests {gap:?} apart under Crawl-delay: 0.3");
+    }
+
+    // Switched off: all at once (per_host 4).
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 0.3\n")])]).await;
+    let cfg = EngineConfig { obey_crawl_delay: false, ..engine() };
+    crawl(cfg, books(&fx, 0..6), &dir.path().join("b.db")).await;
+    let at = starts(&fx, "/book/");
+    assert!(at[5].duration_since(at[0]) < Duration::from_millis(280), "{:?}", at[5].duration_since(at[0]));
+
+    // Capped: a Crawl-delay of an hour waits max_crawl_delay.
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 3600\n")])]).await;
+    let cfg = EngineConfig { max_crawl_delay: HumanDuration(Duration::from_millis(200)), ..engine() };
+    let started = std::time::Instant::now();
+    crawl(cfg, books(&fx, 0..4), &dir.path().join("c.db")).await;
+    let at = starts(&fx, "/book/");
+    assert!(at[3].duration_since(at[0]) >= Duration::from_millis(570));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_unavailable_robots_txt_holds_the_host_and_is_read_again() {
+    // 503 twice, then readable: the host waits, nothing is lost, the rules apply.
+    let fx = scripted(|_| {
+        let unavailable = Page::status(503, "down");
+        vec![(
+            "/robots.txt",
+            vec![unavailable.clone(), unavailable, robots("User-agent: *\nDisallow: /book/3.html\n")],
+        )]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig { retries: 0, ..engine() };
+    let stats = crawl(cfg.clone(), books(&fx, 0..5), &dir.path().join("a.db")).await;
+    assert_eq!(fx.count("/robots.txt"), 3);
+    let robots_at = starts(&fx, "/robots.txt");
+    let first_book = starts(&fx, "/book/")[0];
+    assert!(first_book > robots_at[2], "a page was fetched before robots.txt could be read");
+    assert!(robots_at[2].duration_since(robots_at[0]) >= Duration::from_millis(390));
+    assert_eq!((stats.items, stats.robots_blocked), (4, 1));
+    assert_eq!(fx.count("/book/3.html"), 0);
+
+    // Never readable: after three reads the host is disallowed and its URLs skipped.
+    let fx = scripted(|_| vec![("/robots.txt", vec![Page::status(500, "broken")])]).await;
+    let stats = crawl(cfg, books(&fx, 0..5), &dir.path().join("b.db")).await;
+    assert_eq!(fx.count("/robots.txt"), 3);
+    assert_eq!(starts(&fx, "/book/").len(), 0);
+    assert_eq!((stats.items, stats.robots_blocked), (0, 5));
+}
+
+#[tokio::test]
+async fn robots_txt_redirects_are_followed_and_a_huge_one_is_read_in_part() {
+    let fx = scripted(|_| {
+        let mut big = "User-agent: *\nDisallow: /book/1.html\n".to_owned();
+        while big.len() < 2 << 20 {
+            big.push_str("# a very long robots.txt, longer than max_body, read up to 500 KiB\n");
+        }
+        big.push_str("Disallow: /book/2.html\n");
+        vec![
+            ("/robots.txt", vec![Page::redirect(301, "/r1")]),
+            ("/r1", vec![Page::redirect(302, "/r2")]),
+            ("/r2", vec![robots(&big)]),
+        ]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(engine(), books(&fx, 0..4), &dir.path().join("a.db")).await;
+    assert_eq!(fx.count("/book/1.html"), 0);
+    assert_eq!(fx.count("/book/2.html"), 1, "a rule past 500 KiB applied");
+    assert_eq!((stats.items, stats.robots_blocked, stats.errors), (3, 1, 0));
+}
+
+#[tokio::test]
+async fn noscript_markup_and_entities_are_read_and_a_deep_page_is_cut() {
+    let fx = scripted(|_| {
+        let chapter = |n: u32| {
+            Page::html(format!("<html><h1 class=\"title\">Chapter {n} &aring;&mu;&oelig;&#150;</h1></html>"))
+        };
+        vec![
+            (
+                "/book.html",
+                vec![Page::html(
+                    "<html><head><script>document.write('<a href=\"/js.html\">js</a>')</script></head>\
+                 <body><h1 class=\"title\">Book</h1><noscript><iframe src=\"toc.html\"></iframe></noscript>\
+                 <a href=\"deep.html\">deep</a></body></html>"
+                        .into(),
+                )],
+            ),
+            (
+                "/toc.html",
+                vec![Page::html(
+                    "<ol><li><a href=\"ch1.html\">1</a></li><li><a href=\"ch2.html\">2</a></li></ol>".into(),
+                )],
+            ),
+            ("/ch1.html", vec![chapter(1)]),
+            ("/ch2.html", vec![chapter(2)]),
+            (
+                "/deep.html",
+                vec![Page::html(format!(
+                    "<a href=\"ch1.html\">again</a>{}<a href=\"/never.html\">too deep</a>",
+                    "<div>".repeat(100_000)
+                ))],
+            ),
+        ]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec: TaskSpec = serde_json::from_str(&format!(
+        r#"{{"name":"docs","seeds":["{}"],"rule":[{{"name":"page","table":"book",
+             "fields":{{"title":"h1.title","author":"span.author","price":"span.price","rating":"span.rating"}},
+             "follow":[{{"select":"a","rule":"page"}},{{"select":"iframe","attr":"src","rule":"page"}}]}}]}}"#,
+        fx.url("/book.html")
+    ))
+    .unwrap();
+    let stats = crawl(engine(), spec, &dir.path().join("a.db")).await;
+    let rows = rows(&dir.path().join("a.db"));
+    assert_eq!(rows[&fx.url("/ch1.html")].1.as_deref(), Some("Chapter 1 åμœ–"));
+    assert_eq!(rows[&fx.url("/ch2.html")].1.as_deref(), Some("Chapter 2 åμœ–"));
+    for (path, n) in [("/toc.html", 1), ("/deep.html", 1), ("/js.html", 0), ("/never.html", 0)] {
+        assert_eq!(fx.count(path), n, "{path}");
+    }
+    assert_eq!(stats.errors, 0);
 }

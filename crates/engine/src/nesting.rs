@@ -1,0 +1,133 @@
+//! How deep a page nests, as the extractor's parser sees it.
+//!
+//! lol_html keeps a stack of open elements (it closes an element only at a matching end tag,
+//! never implicitly), and each descendant selector walks that stack for every element: a page
+//! nested 100,000 deep costs billions of steps. This scan mirrors that stack cheaply (one
+//! `memchr` pass, no allocation per tag) and says where a page first goes deeper than a limit,
+//! so the extractor can stop there.
+
+/// Elements that never have content.
+const VOID: &[&[u8]] = &[
+    b"area", b"base", b"br", b"col", b"embed", b"hr", b"img", b"input", b"link", b"meta", b"source",
+    b"track", b"wbr", b"param", b"keygen",
+];
+
+/// Elements whose content is text up to their end tag (to a parser that runs scripts).
+const RAW: &[&[u8]] =
+    &[b"script", b"style", b"textarea", b"title", b"xmp", b"iframe", b"noembed", b"noframes", b"noscript"];
+
+/// The byte offset of the start tag that first opens element number `max + 1` on the stack of
+/// open elements, if the page gets that deep. The offset is at a `<`, so it is a `str` boundary.
+pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
+    // Names of the open elements, as (length, first 8 bytes lower-cased): exact enough to
+    // mirror end-tag matching, and no allocation per tag.
+    let mut stack: Vec<(usize, u64)> = Vec::new();
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'<', &html[i..]) {
+        let at = i + off;
+        let rest = &html[at + 1..];
+        if rest.starts_with(b"!--") {
+            i = find(html, at + 4, b"-->").map_or(html.len(), |e| e + 3);
+            continue;
+        }
+        if rest.first().is_some_and(|c| *c == b'!' || *c == b'?') {
+            i = memchr::memchr(b'>', rest).map_or(html.len(), |e| at + 1 + e + 1);
+            continue;
+        }
+        let closing = rest.first() == Some(&b'/');
+        let name_at = at + 1 + usize::from(closing);
+        let len = html[name_at..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-').count();
+        if len == 0 || !html[name_at].is_ascii_alphabetic() {
+            i = at + 1;
+            continue;
+        }
+        let name = &html[name_at..name_at + len];
+        let end = tag_end(html, name_at + len);
+        let key = (len, key_of(name));
+        if closing {
+            if let Some(p) = stack.iter().rposition(|k| *k == key) {
+                stack.truncate(p);
+            }
+        } else if RAW.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+            // Skip the text up to the matching end tag.
+            i = end_tag(html, end, name).unwrap_or(html.len());
+            continue;
+        } else if !VOID.iter().any(|v| v.eq_ignore_ascii_case(name)) {
+            stack.push(key);
+            if stack.len() > max {
+                return Some(at);
+            }
+        }
+        i = end;
+    }
+    None
+}
+
+fn key_of(name: &[u8]) -> u64 {
+    let mut k = [0u8; 8];
+    for (d, s) in k.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    u64::from_le_bytes(k)
+}
+
+/// The offset just past the `>` that ends a tag whose attributes start at `from` (quoted
+/// attribute values may hold `>`).
+fn tag_end(html: &[u8], from: usize) -> usize {
+    let mut quote = None;
+    for (j, &c) in html[from..].iter().enumerate() {
+        match (quote, c) {
+            (None, b'"' | b'\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, b'>') => return from + j + 1,
+            _ => {}
+        }
+    }
+    html.len()
+}
+
+/// The offset just past `</name ...>` at or after `from`, case-insensitively.
+fn end_tag(html: &[u8], from: usize, name: &[u8]) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = find(html, i, b"</") {
+        let n = off + 2;
+        if html.len() >= n + name.len() && html[n..n + name.len()].eq_ignore_ascii_case(name) {
+            return Some(tag_end(html, n + name.len()));
+        }
+        i = off + 2;
+    }
+    None
+}
+
+fn find(html: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(html.get(from..)?, needle).map(|p| from + p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_mirrors_the_parser_stack() {
+        let deep = |n: usize| format!("<html><body>{}<a href=x>y</a>", "<div>".repeat(n));
+        // html, body, the divs and the a.
+        assert_eq!(too_deep_at(deep(9).as_bytes(), 12), None);
+        let page = deep(10);
+        let at = too_deep_at(page.as_bytes(), 12).unwrap();
+        assert_eq!(&page[at..], "<a href=x>y</a>");
+        // Closed elements, void elements, comments, doctypes and raw text do not count.
+        let flat = "<!DOCTYPE html><p>a</p><p>b</p><br><img src='>'><!-- <div><div><div> -->\
+                    <script>if (a<b) document.write('<div><div><div>')</script><DIV></div>";
+        assert_eq!(too_deep_at(flat.as_bytes(), 1), None);
+        // An end tag closes everything opened inside it, as in the parser.
+        let nested = "<div><span><b><i></div><div><span>";
+        assert_eq!(too_deep_at(nested.as_bytes(), 4), None);
+        assert_eq!(too_deep_at(nested.as_bytes(), 3), Some(nested.find("<i>").unwrap()));
+        // Unclosed paragraphs stay open for the parser, so they count.
+        assert!(too_deep_at("<p>a<p>b<p>c".as_bytes(), 2).is_some());
+        // Junk does not panic.
+        for junk in ["<", "</", "<a", "<a '", "<!--", "<script>", "<1>", "< div>", "<ä>"] {
+            let _ = too_deep_at(junk.as_bytes(), 0);
+        }
+    }
+}
