@@ -102,6 +102,8 @@ struct Ctx {
     /// robots.txt per origin; the lock is held while it is read, so a host's requests wait
     /// for one read.
     robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
+    /// The robots.txt per origin once settled (read, or given up on): the lock-free path.
+    robots_settled: Mutex<HashMap<String, Arc<Robots>>>,
     /// The earliest start of the next request per host with a `Crawl-delay`.
     paced: Mutex<HashMap<HostId, Instant>>,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
@@ -166,6 +168,7 @@ impl Crawl {
             cancel,
             pauses,
             robots: Mutex::new(HashMap::new()),
+            robots_settled: Mutex::new(HashMap::new()),
             paced: Mutex::new(HashMap::new()),
             first_problem: Mutex::new(None),
         });
@@ -670,6 +673,9 @@ struct HostRobots {
 /// then the host is paused (`host`) and its requests wait; after them everything is disallowed.
 async fn robots_for(ctx: &Ctx, url: &Url, host: Option<HostId>) -> Option<Arc<Robots>> {
     let origin = url.origin().ascii_serialization();
+    if let Some(r) = ctx.robots_settled.lock().unwrap_or_else(|p| p.into_inner()).get(&origin) {
+        return Some(r.clone());
+    }
     let cell = {
         let mut map = ctx.robots.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(origin.clone()).or_default().clone()
@@ -679,6 +685,8 @@ async fn robots_for(ctx: &Ctx, url: &Url, host: Option<HostId>) -> Option<Arc<Ro
     loop {
         let reads = match &*slot {
             Some(h) if h.robots.unavailable_reason().is_none() || h.reads >= ROBOTS_READS => {
+                let mut settled = ctx.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
+                settled.insert(origin, h.robots.clone());
                 return Some(h.robots.clone());
             }
             Some(h) => {

@@ -19,6 +19,10 @@ const RAW: &[&[u8]] =
 /// The byte offset of the start tag that first opens element number `max + 1` on the stack of
 /// open elements, if the page gets that deep. The offset is at a `<`, so it is a `str` boundary.
 pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
+    // Every open element takes at least three bytes (`<a>`): a short page cannot be too deep.
+    if html.len() / 3 <= max {
+        return None;
+    }
     // Names of the open elements, as (length, first 8 bytes lower-cased): exact enough to
     // mirror end-tag matching, and no allocation per tag.
     let mut stack: Vec<(usize, u64)> = Vec::new();
@@ -74,13 +78,15 @@ fn key_of(name: &[u8]) -> u64 {
 /// The offset just past the `>` that ends a tag whose attributes start at `from` (quoted
 /// attribute values may hold `>`).
 fn tag_end(html: &[u8], from: usize) -> usize {
-    let mut quote = None;
-    for (j, &c) in html[from..].iter().enumerate() {
-        match (quote, c) {
-            (None, b'"' | b'\'') => quote = Some(c),
-            (Some(q), _) if c == q => quote = None,
-            (None, b'>') => return from + j + 1,
-            _ => {}
+    let mut i = from;
+    while let Some(off) = memchr::memchr3(b'>', b'"', b'\'', &html[i..]) {
+        let at = i + off;
+        match html[at] {
+            b'>' => return at + 1,
+            quote => match memchr::memchr(quote, &html[at + 1..]) {
+                Some(close) => i = at + 1 + close + 1,
+                None => break,
+            },
         }
     }
     html.len()
@@ -109,12 +115,13 @@ mod tests {
 
     #[test]
     fn depth_mirrors_the_parser_stack() {
-        let deep = |n: usize| format!("<html><body>{}<a href=x>y</a>", "<div>".repeat(n));
+        // Padded past the short-page shortcut.
+        let deep = |n: usize| format!("<html><body>{}<a href=x>y</a>{}", "<div>".repeat(n), " ".repeat(64));
         // html, body, the divs and the a.
         assert_eq!(too_deep_at(deep(9).as_bytes(), 12), None);
         let page = deep(10);
         let at = too_deep_at(page.as_bytes(), 12).unwrap();
-        assert_eq!(&page[at..], "<a href=x>y</a>");
+        assert_eq!(&page[at..at + 15], "<a href=x>y</a>");
         // Closed elements, void elements, comments, doctypes and raw text do not count.
         let flat = "<!DOCTYPE html><p>a</p><p>b</p><br><img src='>'><!-- <div><div><div> -->\
                     <script>if (a<b) document.write('<div><div><div>')</script><DIV></div>";
