@@ -635,6 +635,12 @@ async fn an_unavailable_robots_txt_holds_the_host_and_is_read_again() {
     assert_eq!((stats.items, stats.robots_blocked), (4, 1));
     assert_eq!(fx.count("/book/3.html"), 0);
 
+    // Missing (4xx): everything allowed, read once.
+    let fx = scripted(|_| vec![("/robots.txt", vec![Page::status(404, "none")])]).await;
+    let stats = crawl(cfg.clone(), books(&fx, 0..5), &dir.path().join("c.db")).await;
+    assert_eq!(fx.count("/robots.txt"), 1);
+    assert_eq!((stats.items, stats.robots_blocked), (5, 0));
+
     // Never readable: after three reads the host is disallowed and its URLs skipped.
     let fx = scripted(|_| vec![("/robots.txt", vec![Page::status(500, "broken")])]).await;
     let stats = crawl(cfg, books(&fx, 0..5), &dir.path().join("b.db")).await;
