@@ -6,9 +6,11 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+
+use crate::retry::Backoff;
 
 /// A coordination failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,22 +37,20 @@ pub enum CoordError {
     SessionLost,
 }
 
-/// Whether an etcd error is worth retrying on another endpoint.
+/// Whether an etcd error is worth retrying on another endpoint, by its type and gRPC code
+/// (etcd answers "no leader", "leader changed" and its own timeouts with `Unavailable`).
 pub(crate) fn transient(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
-        E::GRpcStatus(s) => {
-            matches!(
-                s.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled
-                    | tonic::Code::Unknown
-                    | tonic::Code::Aborted
-            ) || s.message().contains("leader changed")
-                || s.message().contains("no leader")
-        }
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::Aborted
+        ),
         _ => false,
     }
 }
@@ -118,19 +118,17 @@ impl Etcd {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(50);
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(800)).within(self.inner.deadline);
         loop {
             match op(self.client()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if transient(&e) => {
-                    if started.elapsed() >= self.inner.deadline {
-                        return Err(CoordError::Unavailable(format!("{what}: {e}")));
-                    }
                     tracing::debug!(what, error = %e, "etcd call failed; trying the next endpoint");
                     self.rotate();
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(800));
+                    if !backoff.wait().await {
+                        return Err(CoordError::Unavailable(format!("{what}: {e}")));
+                    }
                 }
                 Err(e) => return Err(CoordError::Etcd(format!("{what}: {e}"))),
             }

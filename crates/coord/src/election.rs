@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{CoordError, Etcd};
 use crate::keys::ELECTION;
+use crate::retry::Backoff;
 use crate::session::Session;
 
 /// What a leader-only write is conditioned on: the leader key still exists with this
@@ -45,6 +46,7 @@ impl Leadership {
     ) -> Result<Option<Leadership>, CoordError> {
         let done = session.done();
         let key = format!("{ELECTION}/{:x}", session.lease());
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let revision = candidacy(etcd, &key, id, session.lease()).await?;
             loop {
@@ -64,7 +66,15 @@ impl Leadership {
                 tokio::select! {
                     _ = done.cancelled() => return Ok(None),
                     _ = stop.cancelled() => return Ok(None),
-                    _ = deleted(etcd, &older, at) => {}
+                    watched = deleted(etcd, &older, at) => {
+                        if watched {
+                            backoff.reset();
+                        } else {
+                            // The watch broke: look again after a pause.
+                            etcd.rotate();
+                            backoff.wait().await;
+                        }
+                    }
                 }
             }
         }
@@ -154,28 +164,20 @@ async fn candidates(
     Ok((ours, older, at))
 }
 
-/// Returns once `key` is deleted after revision `at`, or when the watch breaks (the caller
-/// looks again).
-async fn deleted(etcd: &Etcd, key: &str, at: i64) {
+/// Returns `true` once `key` is deleted after revision `at` (or the watch was cancelled by
+/// etcd), `false` when the watch could not be opened or broke; the caller looks again.
+async fn deleted(etcd: &Etcd, key: &str, at: i64) -> bool {
     let mut client = etcd.client();
     let options = WatchOptions::new().with_start_revision(at + 1);
-    let Ok(mut stream) = client.watch(key, Some(options)).await else {
-        etcd.rotate();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        return;
-    };
+    let Ok(mut stream) = client.watch(key, Some(options)).await else { return false };
     loop {
         match stream.message().await {
             Ok(Some(resp)) => {
                 if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                    return;
+                    return true;
                 }
             }
-            Ok(None) | Err(_) => {
-                etcd.rotate();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return;
-            }
+            Ok(None) | Err(_) => return false,
         }
     }
 }

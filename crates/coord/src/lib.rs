@@ -11,12 +11,14 @@ mod client;
 mod election;
 pub mod keys;
 pub mod resources;
+mod retry;
 mod session;
 mod watcher;
 
 pub use client::{CoordError, Etcd};
 pub use election::{Fence, Leadership};
 pub use resources::{CreateOutcome, ResourceRecord};
+pub use retry::Backoff;
 pub use session::Session;
 pub use watcher::{Entry, PrefixWatch, Snapshot};
 
@@ -68,7 +70,9 @@ pub async fn keep_leased(
     let key = format!("{prefix}{name}");
     let done = session.done();
     let mut since = put_at;
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(100), std::time::Duration::from_secs(2));
     loop {
+        let mut failed = false;
         if let Some(snap) = view.current() {
             if snap.revision >= since && !snap.entries.contains_key(name) {
                 present(false);
@@ -77,17 +81,21 @@ pub async fn keep_leased(
                         tracing::warn!(%key, "our record was deleted while our lease lives; put it back");
                         since = rev;
                         present(true);
+                        backoff.reset();
                     }
-                    Err(e) => tracing::warn!(%key, error = %e, "cannot put our record back; will retry"),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "cannot put our record back; will retry");
+                        failed = true;
+                    }
                 }
             }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = done.cancelled() => return,
-            changed = view.changed() => if changed.is_none() { return },
+            changed = view.changed(), if !failed => if changed.is_none() { return },
             // A failed put is retried even if nothing else changes.
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = backoff.wait(), if failed => {}
         }
     }
 }

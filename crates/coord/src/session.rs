@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{CoordError, Etcd};
+use crate::retry::Backoff;
 
 /// A lease with keep-alive. Close it with [`Session::close`] to revoke the lease at once.
 pub struct Session {
@@ -74,6 +75,7 @@ impl Drop for Session {
 async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, done: CancellationToken) {
     let every = (ttl / 3).max(Duration::from_millis(500));
     let mut expires = Instant::now() + ttl;
+    let mut backoff = Backoff::new(Duration::from_millis(100), every);
     'reconnect: loop {
         if done.is_cancelled() {
             return;
@@ -89,10 +91,11 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, done: CancellationTok
             Ok(Ok(pair)) => pair,
             _ => {
                 etcd.rotate();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                backoff.wait().await;
                 continue 'reconnect;
             }
         };
+        backoff.reset();
         loop {
             let sent = Instant::now();
             let renewed = tokio::time::timeout(every, async {

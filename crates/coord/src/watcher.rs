@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Etcd;
+use crate::retry::Backoff;
 
 /// One key's value and metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl PrefixWatch {
 }
 
 async fn run(etcd: Etcd, prefix: String, tx: watch::Sender<Option<Arc<Snapshot>>>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         if stop.is_cancelled() {
             return;
@@ -90,8 +91,7 @@ async fn run(etcd: Etcd, prefix: String, tx: watch::Sender<Option<Arc<Snapshot>>
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(prefix, error = %e, "load failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait().await;
                 continue;
             }
         };
@@ -109,11 +109,11 @@ async fn run(etcd: Etcd, prefix: String, tx: watch::Sender<Option<Arc<Snapshot>>
             Err(e) => {
                 tracing::debug!(prefix, error = %e, "watch failed; reloading");
                 etcd.rotate();
-                tokio::time::sleep(backoff).await;
+                backoff.wait().await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return,

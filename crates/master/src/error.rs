@@ -13,9 +13,13 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
-    /// No leader, no live worker, or leadership changing: retry later.
+    /// No leader, or leadership changing: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// No live worker to take a resource: retry later, but a leader's final answer (a
+    /// follower does not keep forwarding it).
+    #[error("{0}")]
+    NoWorker(String),
     /// Missing or wrong bearer token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -30,6 +34,11 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// gRPC metadata key naming an error's kind where the code alone does not.
+const ERROR_KIND: &str = "x-crawler-error";
+/// [`ERROR_KIND`] of [`ApiError::NoWorker`].
+const NO_WORKER: &str = "no-worker";
+
 impl ApiError {
     /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
@@ -41,7 +50,7 @@ impl ApiError {
             ApiError::ResourceExhausted(_) => 429,
             ApiError::TooLarge(_) => 413,
             ApiError::Internal(_) => 500,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::NoWorker(_) => 503,
         }
     }
 
@@ -55,9 +64,14 @@ impl ApiError {
             ApiError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             ApiError::TooLarge(_) => tonic::Code::OutOfRange,
             ApiError::Internal(_) => tonic::Code::Internal,
-            ApiError::Unavailable(_) => tonic::Code::Unavailable,
+            ApiError::Unavailable(_) | ApiError::NoWorker(_) => tonic::Code::Unavailable,
         };
-        tonic::Status::new(code, self.to_string())
+        let mut status = tonic::Status::new(code, self.to_string());
+        if let ApiError::NoWorker(_) = self {
+            // The kind travels as metadata, so the receiver decides on it, not on the text.
+            status.metadata_mut().insert(ERROR_KIND, tonic::metadata::MetadataValue::from_static(NO_WORKER));
+        }
+        status
     }
 
     /// The error a gRPC status stands for (the inverse of [`ApiError::to_status`]).
@@ -70,6 +84,9 @@ impl ApiError {
             tonic::Code::AlreadyExists => ApiError::AlreadyExists(m),
             tonic::Code::ResourceExhausted => ApiError::ResourceExhausted(m),
             tonic::Code::OutOfRange => ApiError::TooLarge(m),
+            tonic::Code::Unavailable if s.metadata().get(ERROR_KIND).is_some_and(|k| k == NO_WORKER) => {
+                ApiError::NoWorker(m)
+            }
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 ApiError::Unavailable(m)
             }
@@ -93,9 +110,10 @@ mod tests {
             ApiError::ResourceExhausted("f".into()),
             ApiError::Internal("g".into()),
             ApiError::TooLarge("h".into()),
+            ApiError::NoWorker("i".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(ApiError::http_status).collect();
-        assert_eq!(statuses, [400, 409, 404, 503, 401, 429, 500, 413]);
+        assert_eq!(statuses, [400, 409, 404, 503, 401, 429, 500, 413, 503]);
         for e in all {
             assert_eq!(ApiError::from_status(&e.to_status()), e);
         }

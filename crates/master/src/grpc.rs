@@ -5,7 +5,8 @@ use crawler_proto::crawler_master_server::CrawlerMaster;
 use crawler_proto::{NodeSpec, ResourceSpec};
 use tonic::{Request, Response, Status};
 
-use crate::forward::{to_add, FORWARDED};
+use crate::forward::FORWARDED;
+use crate::request::AddRequest;
 use crate::service::Master;
 
 /// The `CrawlerMaster` service of one master.
@@ -35,7 +36,7 @@ impl CrawlerMaster for GrpcApi {
     async fn add_resource(&self, req: Request<ResourceSpec>) -> Result<Response<NodeSpec>, Status> {
         let route = "grpc AddResource";
         let (forwarded, token) = self.gate(&req, route)?;
-        let result = match to_add(req.get_ref()) {
+        let result = match AddRequest::from_spec(req.get_ref()) {
             Ok(add) => self.0.add(add, forwarded, token).await,
             Err(e) => Err(e),
         };

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::service::{AddRequest, Master};
+use crate::request::AddRequest;
+use crate::service::Master;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1 << 20;

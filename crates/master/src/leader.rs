@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crawler_coord::assign::plan_moves;
 use crawler_coord::resources::{self, ResourceRecord};
-use crawler_coord::{keys, CoordError, Leadership, MasterRecord, Session};
+use crawler_coord::{keys, Backoff, CoordError, Leadership, MasterRecord, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +26,13 @@ pub(crate) async fn coordinate(
         http: cfg.http_advertise.clone(),
         grpc: cfg.grpc_advertise.clone(),
     };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     while !stop.is_cancelled() {
         let session = match Session::start(&etcd, cfg.lease_ttl).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start an etcd session; retrying");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => continue }
+                tokio::select! { _ = stop.cancelled() => return, _ = backoff.wait() => continue }
             }
         };
         let put = crawler_coord::put_leased_at(&etcd, &keys::master(&cfg.id), &record, &session).await;
@@ -40,9 +41,10 @@ pub(crate) async fn coordinate(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register the master; retrying");
                 session.close().await;
-                continue;
+                tokio::select! { _ = stop.cancelled() => return, _ = backoff.wait() => continue }
             }
         };
+        backoff.reset();
         // Our record deleted behind our back (`etcdctl del`) while the session lives: put it
         // back, so every master keeps finding the leader's addresses.
         let keep = crawler_coord::keep_leased(
@@ -75,6 +77,7 @@ async fn lead_while_alive(
 ) {
     let etcd = master.0.etcd.clone();
     let cfg = &master.0.cfg;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     {
         while session.is_alive() && !stop.is_cancelled() {
             let lead = match Leadership::campaign(&etcd, session, &cfg.id, stop).await {
@@ -82,10 +85,11 @@ async fn lead_while_alive(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "campaign failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    backoff.wait().await;
                     continue;
                 }
             };
+            backoff.reset();
             tracing::info!(id = %cfg.id, "became the leader");
             let state = LeaderState { fence: lead.fence().clone(), token: lead.token() };
             let _ = tx.send(Some(state.clone()));

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 mod leader;
 pub mod metrics;
+pub mod request;
 pub mod service;
 
 use std::time::Duration;
@@ -20,7 +21,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use service::{AddRequest, Master, MasterConfig, NodeSpec};
+pub use request::{AddRequest, NodeSpec};
+pub use service::{Master, MasterConfig};
 
 /// A master that could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crawler_coord::assign::pick_worker;
 use crawler_coord::resources::{self, CreateOutcome, ResourceRecord};
-use crawler_coord::{CoordError, Etcd, Fence, MasterRecord, PrefixWatch, Snapshot, WorkerRecord};
+use crawler_coord::{Backoff, CoordError, Etcd, Fence, MasterRecord, PrefixWatch, Snapshot, WorkerRecord};
 use crawler_engine::{Task, TaskSpec};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
+use crate::request::{AddRequest, NodeSpec};
 
 /// Settings of one master.
 #[derive(Clone, Debug)]
@@ -37,26 +38,6 @@ pub struct MasterConfig {
     pub token: String,
     /// API calls per second this master accepts.
     pub rate_per_sec: f64,
-}
-
-/// An add request.
-#[derive(Clone, Debug, Default)]
-pub struct AddRequest {
-    /// Resource (task) name.
-    pub name: String,
-    /// Inline task spec (JSON), if any.
-    pub task: Option<serde_json::Value>,
-    /// Resource id, set by the first master that handled the request (makes retries idempotent).
-    pub id: Option<String>,
-}
-
-/// Where a resource went.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NodeSpec {
-    /// Worker id.
-    pub id: String,
-    /// Worker address.
-    pub address: String,
 }
 
 /// A resource as the API lists it.
@@ -251,7 +232,8 @@ impl Master {
         }
         // Reject what is certainly bad here rather than after a round trip.
         self.task_for(&req)?;
-        self.0.forwarder.add(self, req, bearer).await
+        let node = self.via_leader(Write::Add(&req), bearer.as_deref()).await?;
+        node.ok_or_else(|| ApiError::Internal("leader answered an add with nothing".into()))
     }
 
     /// Deletes a resource: locally on the leader, else forwarded to it.
@@ -263,7 +245,43 @@ impl Master {
         if forwarded {
             return Err(ApiError::Unavailable("not the leader".into()));
         }
-        self.0.forwarder.delete(self, name, bearer).await
+        self.via_leader(Write::Delete(name), bearer.as_deref()).await.map(|_| ())
+    }
+
+    /// On a follower: sends a write to the leader, again while leadership moves (the
+    /// forwarder answers `Unavailable`), until [`FORWARD_DEADLINE`]; handles it here if
+    /// leadership comes here meanwhile. Every other answer of the leader is final.
+    async fn via_leader(&self, write: Write<'_>, bearer: Option<&str>) -> Result<Option<NodeSpec>, ApiError> {
+        let mut backoff =
+            Backoff::new(Duration::from_millis(25), Duration::from_millis(400)).within(FORWARD_DEADLINE);
+        let mut last = "no leader".to_owned();
+        loop {
+            if self.is_leader() {
+                return match write {
+                    Write::Add(req) => self.add_local(req.clone()).await.map(Some),
+                    Write::Delete(name) => self.delete_local(name).await.map(|()| None),
+                };
+            }
+            if let Some(leader) = self.leader().filter(|l| l.id != self.id()) {
+                let started = Instant::now();
+                let forwarder = &self.0.forwarder;
+                let answer = match write {
+                    Write::Add(req) => forwarder.add(&leader, req, bearer).await.map(Some),
+                    Write::Delete(name) => forwarder.delete(&leader, name, bearer).await.map(|()| None),
+                };
+                self.metrics().forwarded(started.elapsed());
+                match answer {
+                    Err(ApiError::Unavailable(m)) => {
+                        tracing::debug!(leader = %leader.id, error = %m, "forward failed; retrying");
+                        last = m;
+                    }
+                    answer => return answer,
+                }
+            }
+            if !backoff.wait().await {
+                return Err(ApiError::Unavailable(format!("no leader reachable: {last}")));
+            }
+        }
     }
 
     /// The task JSON to store for a request: the inline spec (validated), or `None` for a
@@ -317,7 +335,7 @@ impl Master {
         }
         let live: BTreeSet<String> = workers.keys().cloned().collect();
         let Some(worker) = pick_worker(&live, &loads(Some(&resources))).cloned() else {
-            return Err(ApiError::Unavailable(NO_WORKER.into()));
+            return Err(ApiError::NoWorker("no live worker".into()));
         };
         let rec = ResourceRecord {
             id: req.id.clone().unwrap_or_else(new_id),
@@ -369,8 +387,15 @@ impl Master {
     }
 }
 
-/// The answer when no worker is alive: final, not retried by forwarding followers.
-pub const NO_WORKER: &str = "no live worker";
+/// A write a follower sends to the leader.
+#[derive(Clone, Copy)]
+enum Write<'a> {
+    Add(&'a AddRequest),
+    Delete(&'a str),
+}
+
+/// How long a follower keeps trying to reach a leader for one call.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Worker records by id, from the registry snapshot.
 pub(crate) fn live_workers(snap: Option<&Snapshot>) -> BTreeMap<String, WorkerRecord> {

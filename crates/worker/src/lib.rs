@@ -10,7 +10,7 @@ mod runner;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler_coord::{keys, CoordError, Etcd, PrefixWatch, Session, WorkerRecord};
+use crawler_coord::{keys, Backoff, CoordError, Etcd, PrefixWatch, Session, WorkerRecord};
 use crawler_engine::{EngineConfig, Fetcher, Sink, SinkWriter, StateStore, TaskSpec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,15 +95,13 @@ async fn follow(
     shutdown: &CancellationToken,
 ) {
     let record = WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let session = match Session::start(etcd, cfg.lease_ttl).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach etcd; running crawls go on; retrying");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
             }
         };
         let put_at = match crawler_coord::put_leased_at(etcd, &keys::worker(&cfg.id), &record, &session).await
@@ -112,10 +110,10 @@ async fn follow(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register; retrying");
                 session.close().await;
-                continue;
+                tokio::select! { _ = shutdown.cancelled() => return, _ = backoff.wait() => continue }
             }
         };
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         runner.set_registered(true);
         tracing::info!(id = %cfg.id, lease = session.lease(), "registered");
         let done = session.done();
