@@ -34,6 +34,7 @@ pub fn router(master: Master) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
         .with_state(master)
 }
 
@@ -75,6 +76,22 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
     let path = crate::service::cut(uri.path());
     let error = format!("method {method} is not allowed on {path}");
     (StatusCode::METHOD_NOT_ALLOWED, Json(json!({ "error": error }))).into_response()
+}
+
+/// A request whose `Content-Length` is over the limit is answered 413 before its body is
+/// read: a client may wait for that answer before sending the body (as HTTP/2 clients can),
+/// and reading would then never end.
+async fn refuse_announced_oversize(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        let error = ApiError::TooLarge(format!("body larger than {BODY_LIMIT} bytes")).to_string();
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": error }))).into_response();
+    }
+    next.run(req).await
 }
 
 /// The body, or why it could not be read (over the limit: 413).

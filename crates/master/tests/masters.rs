@@ -394,8 +394,49 @@ async fn oversized_bodies_are_refused() {
     let etcd_srv = EtcdCluster::start(1);
     let m = start_master("big", &etcd_srv.endpoints(), "", 1000.0).await;
     let huge = json!({"name": "x", "task": {"pad": "y".repeat(2 << 20)}});
-    let (s, v) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(huge), None).await;
+    let (s, v) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(huge.clone()), None).await;
     assert_eq!(s, 413);
+    assert!(v["error"].as_str().unwrap().contains("larger than"), "{v}");
+
+    // The same over HTTP/2 without TLS (h2c, prior knowledge): answered, and as JSON.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let sent = h2.post(format!("http://{}/crawler/resource", m.http)).body(huge.to_string()).send();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("an oversized h2c request got no answer within 10 s")
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status().as_u16(), 413);
+    let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("larger than"), "{v}");
+
+    // h2c headers announcing a body over the limit, the body not sent (the client waits for
+    // the answer first): answered 413 at once.
+    let tcp = tokio::net::TcpStream::connect(m.http).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/crawler/resource", m.http))
+        .header("content-type", "application/json")
+        .header("content-length", (2 << 20).to_string())
+        .body(())
+        .unwrap();
+    let (answer, _body_never_sent) = h2.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("h2c headers with a Content-Length over the limit got no answer within 10 s")
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let mut body = resp.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.data())
+        .await
+        .expect("413 body")
+        .transpose()
+        .unwrap()
+    {
+        text.extend_from_slice(&chunk);
+    }
+    let v: Value = serde_json::from_slice(&text).unwrap();
     assert!(v["error"].as_str().unwrap().contains("larger than"), "{v}");
     m.stop.cancel();
 }
