@@ -87,20 +87,46 @@ pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<
     }
 }
 
-/// Deletes `/resources/<name>`, fenced. Returns whether it existed.
+/// Deletes `/resources/<name>`, fenced. Returns whether it existed when the call began; once
+/// it did, the answer is `true` however many tries the delete took (see [`delete_created_at`]).
 pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<bool, CoordError> {
     let key = keys::resource(name);
     let resp = etcd
+        .call("read resource", |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await?;
+    let Some(kv) = resp.kvs().first() else { return Ok(false) };
+    delete_created_at(etcd, fence, name, kv.create_revision()).await?;
+    Ok(true)
+}
+
+/// Deletes the resource `name` created at revision `created`, fenced: `Ok` once that resource
+/// is gone, whether this try removed it or an earlier one did. A try whose answer was lost
+/// (an etcd timeout after the delete applied) is retried, and the retry finds nothing to
+/// delete: that is still success, not "no such resource". A resource of the same name created
+/// since is a different one and is left alone.
+pub async fn delete_created_at(
+    etcd: &Etcd,
+    fence: &Fence,
+    name: &str,
+    created: i64,
+) -> Result<(), CoordError> {
+    let key = keys::resource(name);
+    let resp = etcd
         .call("delete resource", |mut c| {
-            let txn =
-                etcd_client::Txn::new().when([fence_cmp(fence)]).and_then([TxnOp::delete(key.clone(), None)]);
+            let inner = etcd_client::Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, created)])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            let txn = etcd_client::Txn::new().when([fence_cmp(fence)]).and_then([TxnOp::txn(inner)]);
             async move { c.txn(txn).await }
         })
         .await?;
     if !resp.succeeded() {
         return Err(CoordError::NotLeader);
     }
-    Ok(matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
+    Ok(())
 }
 
 /// Rewrites a resource if it is unchanged since `mod_revision`, fenced. Returns whether it
