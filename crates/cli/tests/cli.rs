@@ -248,9 +248,11 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    while fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count() < 100 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
+    crawler_fixture::wait::until("100 book pages fetched", Duration::from_secs(60), || async {
+        books() >= 100
+    })
+    .await;
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
@@ -372,10 +374,12 @@ async fn sigkill_at_any_moment_then_rerun_ends_with_the_tables_of_an_uninterrupt
             let mut child =
                 crawler().arg("crawl").arg("--config").arg(&cfg).stdout(Stdio::null()).spawn().unwrap();
             let start = fx.requests().len();
-            while fx.requests().len() < start + 300 {
+            crawler_fixture::wait::until("300 more requests", Duration::from_secs(60), || {
                 assert!(child.try_wait().unwrap().is_none(), "the crawl ended before the kill");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+                let n = fx.requests().len();
+                async move { n >= start + 300 }
+            })
+            .await;
             child.kill().unwrap();
             child.wait().unwrap();
         }

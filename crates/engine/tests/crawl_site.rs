@@ -263,11 +263,13 @@ async fn cancel_stops_fetching_and_keeps_what_was_stored() {
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 100, Duration::from_secs(30));
     let shutdown = CancellationToken::new();
     let crawl = Crawl::start(Task::compile(spec).unwrap(), fetcher, writer.sender(), &shutdown);
-    while crawl.stats().items < 150 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crawler_fixture::wait::until("150 items", Duration::from_secs(60), || async {
+        crawl.stats().items >= 150
+    })
+    .await;
     shutdown.cancel();
-    let stats = tokio::time::timeout(Duration::from_secs(2), crawl.join()).await.expect("stops within 2s");
+    let stats =
+        tokio::time::timeout(Duration::from_secs(10), crawl.join()).await.expect("a cancelled crawl stops");
     assert!(crawl.is_finished());
     drop(crawl);
     // The last partial batch is written on close, long before the 30 s linger.
@@ -418,9 +420,8 @@ async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
         writer.sender(),
         &CancellationToken::new(),
     );
-    while old.stats().items < 50 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crawler_fixture::wait::until("50 items", Duration::from_secs(60), || async { old.stats().items >= 50 })
+        .await;
     // Another owner opens the run (a newer epoch): the old crawl's next commit is refused.
     let new_run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(new_run.resumed);

@@ -280,7 +280,8 @@ async fn a_stopping_leader_resigns_and_a_follower_takes_over_at_once() {
     let took = started.elapsed();
     println!("handover after a graceful stop: {took:?}");
     assert_ne!(new, leader);
-    assert!(took < Duration::from_secs(1), "handover took {took:?}");
+    // Under the lease TTL (2 s): without resigning, the followers would wait it out.
+    assert!(took < Duration::from_secs(2), "handover took {took:?}, as long as a lease expiry");
     tokio::time::timeout(Duration::from_secs(5), async {
         while !stopping[0].task.is_finished() {
             tokio::time::sleep(Duration::from_millis(10)).await
@@ -364,7 +365,8 @@ async fn a_leader_whose_lease_is_revoked_steps_down_and_the_cluster_recovers() {
         if !is_leader_metric(old).await || new.as_deref() == Some(&leader) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "the old leader still claims to lead");
+        // Under the lease TTL (2 s): it notices the lost key, not only its keep-alive's failure.
+        assert!(started.elapsed() < Duration::from_secs(2), "the old leader still claims to lead");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let now = agreed_leader(&all, Duration::from_secs(10)).await;

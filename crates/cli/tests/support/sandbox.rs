@@ -4,19 +4,15 @@
 //! benchmark.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crawler_fixture::etcd::EtcdCluster;
 use crawler_fixture::mariadb::MariaDb;
+use crawler_fixture::wait::{logged, spawn_listening};
 use crawler_fixture::{Fixture, Site};
 use serde_json::Value;
-
-fn free_addr() -> String {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()
-}
 
 pub struct Proc {
     pub id: String,
@@ -25,19 +21,28 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts a master or worker on free ports (again on new ones if a port was taken first)
+    /// and waits until it serves (a master) or has registered (a worker).
     fn spawn(bin: &Path, id: &str, args: &[&str], dir: &Path) -> Proc {
-        let http = free_addr();
-        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .args(["--id", id, "--http", &http])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if args[0] == "master" {
-            cmd.args(["--grpc", &free_addr()]);
-        }
-        Proc { id: id.into(), http, child: Some(cmd.spawn().unwrap()) }
+        let log = dir.join(format!("{id}.log"));
+        let master = args[0] == "master";
+        let build = |ports: &[u16]| {
+            let mut cmd = Command::new(bin);
+            cmd.args(args)
+                .args(["--id", id, "--http", &format!("127.0.0.1:{}", ports[0])])
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            if master {
+                cmd.args(["--grpc", &format!("127.0.0.1:{}", ports[1])]);
+            }
+            cmd
+        };
+        let marker = if master { "master serving" } else { "registered" };
+        let ports = if master { 2 } else { 1 };
+        let (child, ports) =
+            spawn_listening(ports, &log, Duration::from_secs(20), build, |_| logged(&log, marker));
+        Proc { id: id.into(), http: format!("127.0.0.1:{}", ports[0]), child: Some(child) }
     }
 
     pub fn signal(&self, sig: &str) {
@@ -192,7 +197,9 @@ max_depth = 100
 
     /// A follower's address (any master that is not the leader).
     pub async fn leader_and_follower(&self) -> (String, String) {
+        let started = Instant::now();
         loop {
+            assert!(started.elapsed() < Duration::from_secs(20), "no leader with a live follower in 20 s");
             for m in &self.masters {
                 if let Some((200, v)) = self.get(&m.http, "/crawler/leader").await {
                     let leader = v["id"].as_str().unwrap().to_owned();
