@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 
 /// A distributed web crawler.
 #[derive(Debug, Parser)]
@@ -22,6 +22,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Cluster master: elects a leader through etcd and serves the API.
     Master(MasterArgs),
+    /// Operate a cluster through any master: add, delete, ls, leader, stats, watch.
+    Ctl(CtlArgs),
     /// Print version, git commit and build profile.
     Version,
 }
@@ -90,4 +92,82 @@ pub struct MasterArgs {
     /// Serve CPU profiles on this address (`/debug/pprof/profile?seconds=N`).
     #[arg(long, value_name = "ADDR")]
     pub pprof: Option<String>,
+}
+
+/// `crawler ctl`.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Masters' HTTP addresses or URLs, comma-separated; the next is tried when one cannot be
+    /// reached or has no leader.
+    #[arg(long, global = true, value_name = "URLS", default_value = "http://127.0.0.1:8081")]
+    pub master: String,
+    /// Bearer token for add and delete (`[api] token` of the masters).
+    #[arg(long, global = true, value_name = "T")]
+    pub token: Option<String>,
+    /// Output: human tables, or the API's JSON.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `crawler ctl -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON, one document per line.
+    Json,
+}
+
+/// `crawler ctl ls` targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListWhat {
+    /// Stored resources (tasks) and their workers.
+    Resources,
+    /// Live workers and their load.
+    Workers,
+    /// Masters, the leader marked.
+    Masters,
+}
+
+/// `crawler ctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Add a resource: a task of the masters' config by name, or the task in a file.
+    Add {
+        /// Resource (task) name.
+        name: String,
+        /// The task, as TOML (the keys of one [[task]], rules as [[rule]]) or JSON.
+        #[arg(long, value_name = "FILE.toml|json")]
+        task: Option<PathBuf>,
+    },
+    /// Delete a resource.
+    Delete {
+        /// Resource name.
+        name: String,
+    },
+    /// List resources, workers or masters.
+    Ls {
+        /// What to list.
+        #[arg(value_enum)]
+        what: ListWhat,
+    },
+    /// Show the leader.
+    Leader,
+    /// Figures of every resource's crawl (or of one).
+    Stats {
+        /// Only this resource.
+        name: Option<String>,
+    },
+    /// The stats table, refreshed until Ctrl-C.
+    Watch {
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Milliseconds between refreshes.
+        #[arg(long = "every-ms", default_value_t = 1000)]
+        every_ms: u64,
+    },
 }

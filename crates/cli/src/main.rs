@@ -4,8 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use crawler::cli::{Cli, Command, CrawlArgs, MasterArgs, WorkerArgs};
-use crawler::commands::{crawl, master, version};
+use crawler::cli::{Cli, Command, CrawlArgs, CtlArgs, MasterArgs, WorkerArgs};
+use crawler::commands::{crawl, ctl, master, version};
 use crawler::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,25 @@ fn main() -> ExitCode {
         Command::Worker(w) if !w.cluster => standalone(w.common),
         Command::Worker(args) => worker(args),
         Command::Master(args) => master(args),
+        Command::Ctl(args) => run_ctl(args),
+    }
+}
+
+fn run_ctl(args: CtlArgs) -> ExitCode {
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+    let mut out = std::io::stdout();
+    let result = runtime.block_on(async move {
+        tokio::select! {
+            r = ctl::run(args, &mut out) => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crawler: ctl: {}", e.message.replace('\n', " "));
+            ExitCode::from(e.code)
+        }
     }
 }
 

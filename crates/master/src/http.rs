@@ -29,6 +29,8 @@ pub fn router(master: Master) -> Router {
         .route("/crawler/resources", get(resources))
         .route("/crawler/workers", get(workers))
         .route("/crawler/leader", get(leader))
+        .route("/crawler/masters", get(masters))
+        .route("/crawler/stats", get(stats))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -156,6 +158,19 @@ async fn delete(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, 
     }
     .await;
     reply(&m, "DELETE /crawler/resource", result)
+}
+
+async fn masters(State(m): State<Master>) -> Response {
+    let result = m.admit().map(|()| json!(m.masters()));
+    reply(&m, "GET /crawler/masters", result)
+}
+
+async fn stats(State(m): State<Master>) -> Response {
+    let result = match m.admit() {
+        Ok(()) => Ok(json!(m.stats().await)),
+        Err(e) => Err(e),
+    };
+    reply(&m, "GET /crawler/stats", result)
 }
 
 async fn resources(State(m): State<Master>) -> Response {

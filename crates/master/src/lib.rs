@@ -11,6 +11,7 @@ mod leader;
 pub mod metrics;
 pub mod request;
 pub mod service;
+pub mod stats;
 
 use std::time::Duration;
 

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::request::{AddRequest, NodeSpec};
+use crate::stats::{Assigned, Stats, TaskFigures};
 
 /// Settings of one master.
 #[derive(Clone, Debug)]
@@ -51,6 +52,19 @@ pub struct ResourceView {
     pub assigned_node: String,
     /// Creation time, Unix milliseconds.
     pub creation_time: i64,
+}
+
+/// A master as the API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MasterView {
+    /// Master id.
+    pub id: String,
+    /// HTTP API address.
+    pub http: String,
+    /// gRPC API address.
+    pub grpc: String,
+    /// Whether it leads now.
+    pub leader: bool,
 }
 
 /// A worker as the API lists it.
@@ -100,6 +114,7 @@ pub(crate) struct Inner {
     pub assign: tokio::sync::Mutex<()>,
     pub forwarder: Forwarder,
     pub metrics: Metrics,
+    pub stats: Stats,
     limiter: Mutex<(f64, Instant)>,
 }
 
@@ -120,6 +135,7 @@ impl Master {
             leadership,
             assign: tokio::sync::Mutex::new(()),
             forwarder: Forwarder::default(),
+            stats: Stats::default(),
             metrics: Metrics::default(),
             limiter: Mutex::new((burst, Instant::now())),
         }))
@@ -194,6 +210,36 @@ impl Master {
                 address: w.address,
             })
             .collect()
+    }
+
+    /// Every master's record, and whether it is the leader.
+    pub fn masters(&self) -> Vec<MasterView> {
+        let leader = self.leader().map(|l| l.id);
+        let Some(snap) = self.0.views.masters.current() else { return Vec::new() };
+        snap.entries
+            .values()
+            .filter_map(|e| serde_json::from_slice::<MasterRecord>(&e.value).ok())
+            .map(|m| MasterView {
+                leader: leader.as_deref() == Some(m.id.as_str()),
+                id: m.id,
+                http: m.http,
+                grpc: m.grpc,
+            })
+            .collect()
+    }
+
+    /// Every resource with the figures of its crawl, pulled from the workers (see `stats`).
+    pub async fn stats(&self) -> Vec<TaskFigures> {
+        let resources = self
+            .resources()
+            .into_iter()
+            .map(|r| Assigned { name: r.name, worker: r.assigned_node, creation_time: r.creation_time })
+            .collect();
+        let workers = live_workers(self.0.views.workers.current().as_deref())
+            .into_iter()
+            .map(|(id, w)| (id, w.address))
+            .collect();
+        self.0.stats.figures(resources, workers).await
     }
 
     /// Stored resources.

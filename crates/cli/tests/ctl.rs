@@ -1,0 +1,131 @@
+//! `crawler ctl` against a real cluster sandbox (etcd, 2 masters, 2 workers, the fixture site):
+//! every subcommand, JSON output parsed, errors and exit codes, failover to the next master.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crawler_fixture::Site;
+use serde_json::Value;
+use support::sandbox::Sandbox;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_crawler"))
+}
+
+/// Runs `crawler ctl --master MASTERS ARGS...`.
+async fn ctl(masters: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("ctl").args(["--master", masters]).args(args);
+    let run = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    // ctl's own timeouts end every call within seconds; this bound only guards the test.
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("ctl answered within 60 s").unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn text(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The exit code and the one line on stderr.
+fn failure(out: &Output) -> (i32, String) {
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err:?}");
+    (out.status.code().unwrap(), err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subcommand_against_a_live_cluster() {
+    let site = Site { books: 40, tags: 2, per_page: 5, latency: Duration::from_millis(20) };
+    let sb = Sandbox::start(bin(), site, false).await;
+    let dead = format!("http://127.0.0.1:{}", crawler_fixture::wait::free_port());
+    // The first master of the list cannot be reached: every call goes to the next.
+    let masters = format!("{dead},{}", sb.masters[0].http);
+    let ids: Vec<&str> = sb.masters.iter().map(|m| m.id.as_str()).collect();
+
+    let leader = json(&ctl(&masters, &["leader", "-o", "json"]).await);
+    assert!(ids.contains(&leader["id"].as_str().unwrap()), "{leader}");
+    let table = text(&ctl(&masters, &["leader"]).await);
+    assert!(table.starts_with("ID") && table.contains(leader["id"].as_str().unwrap()), "{table}");
+
+    let ms = json(&ctl(&masters, &["ls", "masters", "-o", "json"]).await);
+    let ms = ms.as_array().unwrap();
+    assert_eq!(ms.len(), 2);
+    assert_eq!(ms.iter().filter(|m| m["leader"] == true).count(), 1);
+    let ws = json(&ctl(&masters, &["-o", "json", "ls", "workers"]).await);
+    let mut worker_ids: Vec<&str> =
+        ws.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect();
+    worker_ids.sort();
+    assert_eq!(worker_ids, ["w1", "w2"]);
+    let table = text(&ctl(&masters, &["ls", "workers"]).await);
+    assert!(table.lines().next().unwrap().split_whitespace().eq(["ID", "ADDRESS", "LOAD"]), "{table}");
+
+    // Add a task of the config, and one from a TOML file.
+    let added = json(&ctl(&masters, &["add", "books", "-o", "json"]).await);
+    assert!(worker_ids.contains(&added["id"].as_str().unwrap()), "{added}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mini.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "seeds = [\"{}\"]\nmax_depth = 0\n[[rule]]\nname = \"page\"\n",
+            sb.fixture.url("/index.html")
+        ),
+    )
+    .unwrap();
+    let out = text(&ctl(&masters, &["add", "mini", "--task", file.to_str().unwrap()]).await);
+    assert!(out.starts_with("added mini on w"), "{out}");
+
+    // Errors: the API's (exit 1), a bad task file (exit 2), bad flags (exit 2).
+    let (code, err) = failure(&ctl(&masters, &["add", "books"]).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+    std::fs::write(&file, "seeds = [").unwrap();
+    let (code, err) = failure(&ctl(&masters, &["add", "bad", "--task", file.to_str().unwrap()]).await);
+    assert_eq!(code, 2);
+    assert!(err.contains("mini.toml"), "{err}");
+    std::fs::write(&file, "seeds = [\"ftp://x/\"]\n[[rule]]\nname = \"a\"\n").unwrap();
+    let (code, err) = failure(&ctl(&masters, &["add", "bad", "--task", file.to_str().unwrap()]).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("seeds[0]"), "{err}");
+    let (code, _) = failure(&ctl(&masters, &["ls", "nothing"]).await);
+    assert_eq!(code, 2);
+
+    // Stats: the crawl's figures come from its worker and rise.
+    crawler_fixture::wait::until("books to report pages", Duration::from_secs(30), || async {
+        let v = json(&ctl(&masters, &["stats", "books", "-o", "json"]).await);
+        v["pages"].as_u64().unwrap_or(0) > 0 && v["state"] != "waiting"
+    })
+    .await;
+    let all = json(&ctl(&masters, &["stats", "-o", "json"]).await);
+    let mut names: Vec<&str> = all.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["books", "mini"]);
+    let table = text(&ctl(&masters, &["stats"]).await);
+    assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("books")), "{table}");
+    let (code, err) = failure(&ctl(&masters, &["stats", "nope"]).await);
+    assert_eq!((code, err.contains("404")), (1, true), "{err}");
+    let watched = text(&ctl(&masters, &["watch", "--count", "2", "--every-ms", "100"]).await);
+    assert_eq!(watched.matches("NAME").count(), 2, "{watched}");
+
+    // Delete, and delete again.
+    let res = json(&ctl(&masters, &["ls", "resources", "-o", "json"]).await);
+    assert_eq!(res.as_array().unwrap().len(), 2);
+    assert_eq!(text(&ctl(&masters, &["delete", "mini"]).await), "deleted mini\n");
+    let (code, err) = failure(&ctl(&masters, &["delete", "mini"]).await);
+    assert_eq!((code, err.contains("404")), (1, true), "{err}");
+
+    // No master reachable at all.
+    let (code, err) = failure(&ctl(&dead, &["leader"]).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("no master reachable"), "{err}");
+}

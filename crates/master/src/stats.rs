@@ -1,0 +1,150 @@
+//! Per-task figures for the dashboard and `crawler ctl stats`, pulled from the workers'
+//! `GET /tasks` when asked, at most once a second per master (answers are cached for that
+//! long). Pulled rather than pushed: the figures change many times a second and would be
+//! write load on etcd for nothing while nobody looks; workers need not know the masters.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+/// How long pulled figures are served before the workers are asked again.
+const FRESH: Duration = Duration::from_secs(1);
+/// How long one worker may take to answer.
+const PULL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One resource with the figures of the crawl running it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskFigures {
+    /// Resource (task) name.
+    pub name: String,
+    /// Worker it is assigned to.
+    pub worker: String,
+    /// That worker's address, when it is alive.
+    pub address: String,
+    /// `running`, `finished`, or `waiting` (no live worker, or not started there yet).
+    pub state: String,
+    /// Responses received.
+    pub pages: u64,
+    /// Items stored.
+    pub items: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Requests waiting.
+    pub queued: u64,
+    /// When the crawl started, RFC 3339 (empty while waiting).
+    pub started_at: String,
+    /// Average fetch latency, milliseconds.
+    pub fetch_ms: f64,
+    /// When the resource was added, Unix milliseconds.
+    pub creation_time: i64,
+}
+
+/// A task as a worker's `GET /tasks` shows it.
+#[derive(Debug, Deserialize)]
+struct WorkerTask {
+    name: String,
+    pages: u64,
+    items: u64,
+    errors: u64,
+    queued: u64,
+    started_at: String,
+    finished: bool,
+    #[serde(default)]
+    fetch_ms: f64,
+}
+
+/// The figures last pulled, and the client that pulls them.
+pub struct Stats {
+    client: reqwest::Client,
+    last: tokio::sync::Mutex<Option<(Instant, Vec<TaskFigures>)>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let client = reqwest::Client::builder().timeout(PULL_TIMEOUT).no_proxy().build().unwrap_or_default();
+        Stats { client, last: tokio::sync::Mutex::new(None) }
+    }
+}
+
+/// A resource as stored: name, assigned worker, creation time.
+pub struct Assigned {
+    /// Resource name.
+    pub name: String,
+    /// Worker id.
+    pub worker: String,
+    /// Unix milliseconds.
+    pub creation_time: i64,
+}
+
+impl Stats {
+    /// Figures for every resource, pulled from `workers` (id -> address) unless the last pull
+    /// is fresh. Concurrent callers share one pull.
+    pub async fn figures(
+        &self,
+        resources: Vec<Assigned>,
+        workers: BTreeMap<String, String>,
+    ) -> Vec<TaskFigures> {
+        let mut last = self.last.lock().await;
+        if let Some((at, figures)) = last.as_ref() {
+            if at.elapsed() < FRESH {
+                return figures.clone();
+            }
+        }
+        let mut pulls = JoinSet::new();
+        let wanted: std::collections::BTreeSet<&String> = resources.iter().map(|r| &r.worker).collect();
+        for (id, address) in workers.iter().filter(|(id, _)| wanted.contains(id)) {
+            let (client, id, url) = (self.client.clone(), id.clone(), format!("http://{address}/tasks"));
+            pulls.spawn(async move {
+                let tasks = async {
+                    let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                    let body = resp
+                        .error_for_status()
+                        .map_err(|e| e.to_string())?
+                        .bytes()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    serde_json::from_slice::<Vec<WorkerTask>>(&body).map_err(|e| e.to_string())
+                };
+                match tasks.await {
+                    Ok(t) => (id, t),
+                    Err(e) => {
+                        tracing::debug!(worker = %id, error = %e, "cannot pull task figures");
+                        (id, Vec::new())
+                    }
+                }
+            });
+        }
+        let mut by_worker: BTreeMap<String, Vec<WorkerTask>> = BTreeMap::new();
+        while let Some(done) = pulls.join_next().await {
+            if let Ok((id, tasks)) = done {
+                by_worker.insert(id, tasks);
+            }
+        }
+        let figures: Vec<TaskFigures> = resources
+            .into_iter()
+            .map(|r| {
+                let address = workers.get(&r.worker).cloned().unwrap_or_default();
+                let task = by_worker.get(&r.worker).and_then(|ts| ts.iter().find(|t| t.name == r.name));
+                let mut f = TaskFigures {
+                    name: r.name,
+                    worker: r.worker,
+                    address,
+                    state: "waiting".into(),
+                    creation_time: r.creation_time,
+                    ..TaskFigures::default()
+                };
+                if let Some(t) = task {
+                    f.state = if t.finished { "finished" } else { "running" }.into();
+                    (f.pages, f.items, f.errors, f.queued) = (t.pages, t.items, t.errors, t.queued);
+                    f.started_at = t.started_at.clone();
+                    f.fetch_ms = t.fetch_ms;
+                }
+                f
+            })
+            .collect();
+        *last = Some((Instant::now(), figures.clone()));
+        figures
+    }
+}
