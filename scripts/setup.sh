@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need beyond the Rust toolchain, when missing:
-#   protoc (gRPC code generation), etcd and MariaDB (cluster tests), from Debian's packages.
+#   protoc (gRPC code generation), etcd and MariaDB (cluster tests), Chromium and chromedriver
+#   (the dashboard's browser test), from Debian's packages.
 # The tests start their own etcd and MariaDB servers on free loopback ports.
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
@@ -9,6 +10,8 @@ missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || missing+=(mariadb-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -20,4 +23,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || $sudo service "$svc" stop >/dev/null 2>&1 || true
   done
 fi
-command -v protoc >/dev/null && command -v etcd >/dev/null && { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; }
+command -v protoc >/dev/null && command -v etcd >/dev/null && { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; } \
+  && [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null

@@ -108,6 +108,49 @@ struct Ctx {
     paced: Mutex<HashMap<HostId, Instant>>,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
     first_problem: Mutex<Option<String>>,
+    /// The last failures and items, for operators.
+    recent: Mutex<Recent>,
+}
+
+/// How many recent failures and items a crawl keeps.
+const RECENT_ERRORS: usize = 20;
+const RECENT_ITEMS: usize = 5;
+/// Field values of a recent item are cut to this many bytes.
+const RECENT_VALUE_BYTES: usize = 200;
+
+/// A recent failure of a crawl.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecentError {
+    /// The request's URL.
+    pub url: String,
+    /// The HTTP status, when the failure was one.
+    pub status: Option<u16>,
+    /// What went wrong.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A recent item of a crawl (values cut to 200 bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecentItem {
+    /// The page's URL.
+    pub url: String,
+    /// The item's table.
+    pub table: String,
+    /// Field names and values.
+    pub fields: Vec<(String, Option<String>)>,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// The last failures and items of a crawl, newest last.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Recent {
+    /// Failed requests.
+    pub errors: std::collections::VecDeque<RecentError>,
+    /// Stored items.
+    pub items: std::collections::VecDeque<RecentItem>,
 }
 
 /// Handle to a running crawl. Cheap to clone.
@@ -171,6 +214,7 @@ impl Crawl {
             robots_settled: Mutex::new(HashMap::new()),
             paced: Mutex::new(HashMap::new()),
             first_problem: Mutex::new(None),
+            recent: Mutex::new(Recent::default()),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
@@ -200,6 +244,11 @@ impl Crawl {
     /// the reason to give when a crawl fetched nothing at all.
     pub fn first_problem(&self) -> Option<String> {
         self.ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last failures and items.
+    pub fn recent(&self) -> Recent {
+        self.ctx.recent.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Current counters.
@@ -524,6 +573,9 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
         }
     }
     let has_item = item.is_some();
+    if let Some(item) = &item {
+        note_item(ctx, item);
+    }
     commit.item = item;
     if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
         return;
@@ -589,11 +641,20 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let fail = |error: &dyn std::fmt::Display| {
         counters.errors.fetch_add(1, Relaxed);
         note_problem(&ctx, &req.url, error);
+        note_error(&ctx, &req.url, None, error);
         tracing::warn!(task = %ctx.task.name(), url = %req.url, %error, "page failed");
         ended(PageStatus::Failed)
     };
     let (content_type, body) = match report.result {
         Err(FetchError::Cancelled) => return None,
+        Err(FetchError::Status(code)) => {
+            counters.errors.fetch_add(1, Relaxed);
+            let e = FetchError::Status(code);
+            note_problem(&ctx, &req.url, &e);
+            note_error(&ctx, &req.url, Some(code), &e);
+            tracing::warn!(task = %ctx.task.name(), url = %req.url, error = %e, "page failed");
+            return ended(PageStatus::Failed);
+        }
         Err(e) => return fail(&e),
         Ok(Fetched::NotHtml { content_type }) => return fail(&format!("not html: {content_type}")),
         Ok(Fetched::Redirect { location, .. }) => {
@@ -641,6 +702,34 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         _ => None,
     };
     Some(Handled { seq, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
+}
+
+/// Keeps a failure among the recent ones.
+fn note_error(ctx: &Ctx, url: &Url, status: Option<u16>, reason: &dyn std::fmt::Display) {
+    let mut recent = ctx.recent.lock().unwrap_or_else(|p| p.into_inner());
+    if recent.errors.len() == RECENT_ERRORS {
+        recent.errors.pop_front();
+    }
+    let at = rfc3339(SystemTime::now());
+    recent.errors.push_back(RecentError { url: url.to_string(), status, reason: reason.to_string(), at });
+}
+
+/// Keeps an item among the recent ones (values cut).
+fn note_item(ctx: &Ctx, item: &Item) {
+    let cut = |v: &str| {
+        let mut end = v.len().min(RECENT_VALUE_BYTES);
+        while !v.is_char_boundary(end) {
+            end -= 1;
+        }
+        v[..end].to_owned()
+    };
+    let fields = item.fields.iter().map(|(k, v)| (k.to_string(), v.as_deref().map(cut))).collect();
+    let mut recent = ctx.recent.lock().unwrap_or_else(|p| p.into_inner());
+    if recent.items.len() == RECENT_ITEMS {
+        recent.items.pop_front();
+    }
+    let at = item.crawled_at.clone();
+    recent.items.push_back(RecentItem { url: item.url.clone(), table: item.table.to_string(), fields, at });
 }
 
 /// Keeps the first problem of the crawl.
@@ -789,6 +878,7 @@ async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) {
         let failed = |problem: &dyn std::fmt::Display| {
             ctx.counters.errors.fetch_add(1, Relaxed);
             note_problem(&ctx, &url, &format_args!("sitemap: {problem}"));
+            note_error(&ctx, &url, None, &format_args!("sitemap: {problem}"));
             tracing::warn!(task = %ctx.task.name(), %url, error = %problem, "sitemap failed");
         };
         let body = match report.result {

@@ -25,12 +25,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The master's HTTP routes.
 pub fn router(master: Master) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/crawler/resource", post(add).delete(delete))
         .route("/crawler/resources", get(resources))
         .route("/crawler/workers", get(workers))
         .route("/crawler/leader", get(leader))
         .route("/crawler/masters", get(masters))
         .route("/crawler/stats", get(stats))
+        .route("/crawler/stats/{name}", get(stat))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(no_route)
@@ -67,6 +69,12 @@ struct DeleteBody {
     _assigned_node: Option<Value>,
     #[serde(default, rename = "creation_time")]
     _creation_time: Option<Value>,
+}
+
+/// The web dashboard: one page, compiled in, that polls this master's API.
+async fn dashboard() -> Response {
+    let page = include_str!("dashboard.html");
+    ([("content-type", "text/html; charset=utf-8"), ("cache-control", "no-cache")], page).into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
@@ -171,6 +179,14 @@ async fn stats(State(m): State<Master>) -> Response {
         Err(e) => Err(e),
     };
     reply(&m, "GET /crawler/stats", result)
+}
+
+async fn stat(State(m): State<Master>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let result = match m.admit() {
+        Ok(()) => m.task_detail(&name).await,
+        Err(e) => Err(e),
+    };
+    reply(&m, "GET /crawler/stats/{name}", result)
 }
 
 async fn resources(State(m): State<Master>) -> Response {

@@ -242,6 +242,31 @@ impl Master {
         self.0.stats.figures(resources, workers).await
     }
 
+    /// One resource: its figures, its task spec, and its crawl's recent failures and items
+    /// (pulled from its worker; `null` while it has none).
+    pub async fn task_detail(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let figures = self.stats().await.into_iter().find(|f| f.name == name);
+        let figures = figures.ok_or_else(|| ApiError::NotFound(format!("no resource {:?}", cut(name))))?;
+        let stored = self.0.views.resources.current().and_then(|snap| {
+            let e = snap.entries.get(name)?;
+            ResourceRecord::decode(name, &e.value).ok()
+        });
+        let spec = match stored.and_then(|r| r.task) {
+            Some(task) => task,
+            None => self.0.tasks.get(name).and_then(|t| serde_json::to_value(t).ok()).unwrap_or_default(),
+        };
+        let recent = match figures.address.as_str() {
+            "" => serde_json::Value::Null,
+            address => {
+                self.0.stats.pull_detail(address, name).await.map(|d| d["recent"].clone()).unwrap_or_default()
+            }
+        };
+        let mut v = serde_json::to_value(figures).map_err(|e| ApiError::Internal(e.to_string()))?;
+        v["spec"] = spec;
+        v["recent"] = recent;
+        Ok(v)
+    }
+
     /// Stored resources.
     pub fn resources(&self) -> Vec<ResourceView> {
         let Some(snap) = self.0.views.resources.current() else { return Vec::new() };
@@ -335,7 +360,11 @@ impl Master {
     fn task_for(&self, req: &AddRequest) -> Result<Option<serde_json::Value>, ApiError> {
         match &req.task {
             Some(v) => {
-                let mut v = v.clone();
+                // A task given as a string is a TOML document (the keys of one [[task]]).
+                let mut v = match v {
+                    serde_json::Value::String(text) => toml_task(text)?,
+                    v => v.clone(),
+                };
                 if let Some(obj) = v.as_object_mut() {
                     obj.entry("name").or_insert_with(|| serde_json::Value::String(req.name.clone()));
                 }
@@ -465,6 +494,15 @@ pub(crate) fn loads(snap: Option<&Snapshot>) -> BTreeMap<String, usize> {
         }
     }
     out
+}
+
+/// A task written as TOML (the keys of one `[[task]]`, rules as `[[rule]]`), as JSON.
+fn toml_task(text: &str) -> Result<serde_json::Value, ApiError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ApiError::InvalidArgument(format!("task (TOML) line {line}: {}", e.message().replace('\n', " ")))
+    })?;
+    serde_json::to_value(table).map_err(|e| ApiError::InvalidArgument(format!("task (TOML): {e}")))
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {

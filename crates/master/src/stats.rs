@@ -39,6 +39,9 @@ pub struct TaskFigures {
     pub fetch_ms: f64,
     /// When the resource was added, Unix milliseconds.
     pub creation_time: i64,
+    /// When these figures were pulled from the worker, Unix milliseconds (rates are computed
+    /// between two different pulls).
+    pub sampled_ms: i64,
 }
 
 /// A task as a worker's `GET /tasks` shows it.
@@ -79,6 +82,14 @@ pub struct Assigned {
 }
 
 impl Stats {
+    /// A worker's `GET /tasks/{name}` answer (figures and recent failures and items), if it
+    /// answers.
+    pub async fn pull_detail(&self, address: &str, name: &str) -> Option<serde_json::Value> {
+        let url = format!("http://{address}/tasks/{name}");
+        let resp = self.client.get(&url).send().await.ok()?.error_for_status().ok()?;
+        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
     /// Figures for every resource, pulled from `workers` (id -> address) unless the last pull
     /// is fresh. Concurrent callers share one pull.
     pub async fn figures(
@@ -122,6 +133,9 @@ impl Stats {
                 by_worker.insert(id, tasks);
             }
         }
+        let sampled_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let figures: Vec<TaskFigures> = resources
             .into_iter()
             .map(|r| {
@@ -133,6 +147,7 @@ impl Stats {
                     address,
                     state: "waiting".into(),
                     creation_time: r.creation_time,
+                    sampled_ms,
                     ..TaskFigures::default()
                 };
                 if let Some(t) = task {

@@ -15,6 +15,7 @@ pub fn router(runner: Runner) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/tasks", get(tasks))
+        .route("/tasks/{name}", get(task))
         .route("/metrics", get(metrics))
         .with_state(runner)
 }
@@ -29,6 +30,15 @@ async fn healthz(State(r): State<Runner>) -> Response {
 
 async fn tasks(State(r): State<Runner>) -> Response {
     Json(r.statuses().await).into_response()
+}
+
+async fn task(State(r): State<Runner>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match r.detail(&name).await {
+        Some(d) => Json(d).into_response(),
+        None => {
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": "no such task here" }))).into_response()
+        }
+    }
 }
 
 async fn metrics(State(r): State<Runner>) -> Response {

@@ -41,6 +41,16 @@ pub struct TaskStatus {
     pub fetch_ms: f64,
 }
 
+/// One task with its recent failures and items, as `GET /tasks/{name}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskDetail {
+    /// The figures.
+    #[serde(flatten)]
+    pub status: TaskStatus,
+    /// The last failures and items.
+    pub recent: crawler_engine::Recent,
+}
+
 struct Running {
     resource_id: String,
     crawl: Option<Crawl>,
@@ -222,6 +232,13 @@ impl Runner {
         for (name, r) in std::mem::take(&mut *running) {
             stop(&name, r).await;
         }
+    }
+
+    /// One crawl's figures with its recent failures and items.
+    pub async fn detail(&self, name: &str) -> Option<TaskDetail> {
+        let running = self.0.running.lock().await;
+        let crawl = running.get(name)?.crawl.as_ref()?;
+        Some(TaskDetail { status: status(name, crawl.stats(), crawl), recent: crawl.recent() })
     }
 
     /// The crawls and their figures.

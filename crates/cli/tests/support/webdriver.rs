@@ -1,0 +1,158 @@
+//! A small WebDriver client for the browser tests: headless Chromium through `chromedriver`
+//! (Debian's `chromium` and `chromium-driver`, installed by `scripts/setup.sh`), on loopback
+//! only. Just what the tests use: open a page, run a script, type, click, accept a dialog,
+//! take a screenshot.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crawler_fixture::wait::{logged, spawn_listening};
+use serde_json::{json, Value};
+
+pub struct Browser {
+    client: reqwest::Client,
+    base: String,
+    session: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver on a free port and a headless Chromium session.
+    pub async fn start(log_dir: &Path) -> Browser {
+        let log = log_dir.join("chromedriver.log");
+        let build = |ports: &[u16]| {
+            let mut cmd = Command::new("chromedriver");
+            cmd.arg(format!("--port={}", ports[0]))
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null());
+            cmd
+        };
+        let (driver, ports) = spawn_listening(1, &log, Duration::from_secs(30), build, |_| {
+            logged(&log, "started successfully")
+        });
+        let base = format!("http://127.0.0.1:{}", ports[0]);
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--window-size=1280,1000".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
+            // Nothing but loopback: no background traffic, no name resolution.
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-default-apps".to_owned(),
+            "--no-proxy-server".to_owned(),
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1".to_owned(),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}
+        }}});
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap();
+        let resp = client.post(format!("{base}/session")).body(caps.to_string()).send().await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_owned();
+        Browser { client, base, session, driver, _profile: profile }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.client.request(method, url);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        if v["value"].get("error").is_some() {
+            panic!("WebDriver {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// Runs `script` (a function body; `return` its result) in the page.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .cmd(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css })))
+            .await;
+        v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_owned()
+    }
+
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+    }
+
+    pub async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+    }
+
+    pub async fn accept_dialog(&self) {
+        self.cmd(reqwest::Method::POST, "/alert/accept", Some(json!({}))).await;
+    }
+
+    /// Saves a PNG of the window.
+    pub async fn screenshot(&self, path: &Path) {
+        use base64_png::decode;
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, decode(v.as_str().unwrap())).unwrap();
+    }
+
+    /// Ends the session (Chromium exits) and stops chromedriver.
+    pub async fn close(mut self) {
+        let _ = self.client.delete(format!("{}/session/{}", self.base, self.session)).send().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Base64 (standard alphabet) to bytes: WebDriver screenshots, without a crate for it.
+mod base64_png {
+    pub fn decode(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0);
+        for v in s.bytes().filter_map(val) {
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+}
