@@ -25,6 +25,9 @@ pub struct TaskFigures {
     pub address: String,
     /// `running`, `finished`, or `waiting` (no live worker, or not started there yet).
     pub state: String,
+    /// Whether the worker answered the pull (a registered worker that does not answer is
+    /// probably dead, its lease not yet expired).
+    pub worker_answered: bool,
     /// Responses received.
     pub pages: u64,
     /// Items stored.
@@ -119,15 +122,15 @@ impl Stats {
                     serde_json::from_slice::<Vec<WorkerTask>>(&body).map_err(|e| e.to_string())
                 };
                 match tasks.await {
-                    Ok(t) => (id, t),
+                    Ok(t) => (id, Some(t)),
                     Err(e) => {
                         tracing::debug!(worker = %id, error = %e, "cannot pull task figures");
-                        (id, Vec::new())
+                        (id, None)
                     }
                 }
             });
         }
-        let mut by_worker: BTreeMap<String, Vec<WorkerTask>> = BTreeMap::new();
+        let mut by_worker: BTreeMap<String, Option<Vec<WorkerTask>>> = BTreeMap::new();
         while let Some(done) = pulls.join_next().await {
             if let Ok((id, tasks)) = done {
                 by_worker.insert(id, tasks);
@@ -140,7 +143,8 @@ impl Stats {
             .into_iter()
             .map(|r| {
                 let address = workers.get(&r.worker).cloned().unwrap_or_default();
-                let task = by_worker.get(&r.worker).and_then(|ts| ts.iter().find(|t| t.name == r.name));
+                let answer = by_worker.get(&r.worker).and_then(Option::as_ref);
+                let task = answer.and_then(|ts| ts.iter().find(|t| t.name == r.name));
                 let mut f = TaskFigures {
                     name: r.name,
                     worker: r.worker,
@@ -148,6 +152,7 @@ impl Stats {
                     state: "waiting".into(),
                     creation_time: r.creation_time,
                     sampled_ms,
+                    worker_answered: answer.is_some(),
                     ..TaskFigures::default()
                 };
                 if let Some(t) = task {
