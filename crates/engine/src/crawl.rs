@@ -21,7 +21,7 @@ use url::Url;
 
 use crate::charset::decode_html;
 use crate::extract::{extract, MAX_DEPTH};
-use crate::fetch::{FetchError, Fetched, Fetcher, Want};
+use crate::fetch::{FetchError, Fetched, Fetcher, Throttled, Want};
 use crate::frontier::{Admission, Frontier, HostId, Refill, Request};
 use crate::item::{rfc3339, Item};
 use crate::limiter::RateLimiter;
@@ -104,8 +104,8 @@ struct Ctx {
     robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
     /// The robots.txt per origin once settled (read, or given up on): the lock-free path.
     robots_settled: Mutex<HashMap<String, Arc<Robots>>>,
-    /// The earliest start of the next request per host with a `Crawl-delay`.
-    paced: Mutex<HashMap<HostId, Instant>>,
+    /// Pacing per host: its next start, and the interval learned from its 429s.
+    paced: Mutex<HashMap<HostId, Pace>>,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
     first_problem: Mutex<Option<String>>,
     /// The last failures and items, for operators.
@@ -614,11 +614,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         }
         return ended(PageStatus::Skipped);
     }
-    let delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
-    if let Some(delay) = delay.map(|d| d.min(cfg.max_crawl_delay.0)).filter(|d| !d.is_zero()) {
-        if !wait_turn(&ctx, req.host, delay).await {
-            return None;
-        }
+    let crawl_delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
+    let floor = crawl_delay.map_or(Duration::ZERO, |d| d.min(cfg.max_crawl_delay.0));
+    let interval = pace_interval(&ctx, req.host, floor);
+    if !interval.is_zero() && !wait_turn(&ctx, req.host, interval).await {
+        return None;
     }
     let wait = ctx.task.0.spec.wait.0;
     if !wait.is_zero() {
@@ -629,11 +629,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     }
     let started = Instant::now();
     let host = req.host;
-    let pause = |wait: Duration| {
-        let _ = ctx.pauses.send((host, Instant::now() + wait));
-    };
+    let throttle = HostThrottle { ctx: &ctx, host, floor };
     let report =
-        ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &pause).await;
+        ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;
+    if report.result.is_ok() {
+        paced_ok(&ctx, host);
+    }
     counters.pages.fetch_add(u64::from(report.responses), Relaxed);
     counters.retries.fetch_add(u64::from(report.tries.saturating_sub(1)), Relaxed);
     counters.fetch_micros.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
@@ -826,16 +827,101 @@ async fn fetch_robots(ctx: &Ctx, origin: &str) -> Option<Robots> {
     Some(Robots::allow_all())
 }
 
-/// Waits for this request's turn on a host with a `Crawl-delay` (requests start at least
-/// `delay` apart) and pauses the host in the frontier until the turn after it, so the next
-/// request of the host does not hold a slot while it waits. `false` when cancelled.
+/// A host's pacing: when its next request may start, the interval learned from its 429s,
+/// and when its last answers came (to learn from).
+struct Pace {
+    next: Instant,
+    learned: Duration,
+    answered: VecDeque<Instant>,
+}
+
+/// Answers remembered per host for learning its rate.
+const PACE_MEMORY: usize = 64;
+/// The longest interval learned from 429s.
+const PACE_MAX: Duration = Duration::from_secs(60);
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace { next: now, learned: Duration::ZERO, answered: VecDeque::new() }
+    }
+}
+
+/// The least time between two request starts on `host`: its `Crawl-delay` (`floor`) or the
+/// interval learned from its 429s, whichever is longer.
+fn pace_interval(ctx: &Ctx, host: HostId, floor: Duration) -> Duration {
+    let paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
+    paced.get(&host).map_or(floor, |p| p.learned.max(floor))
+}
+
+/// A host answered: remember when, and let a learned interval shrink slowly (a server that
+/// allows more again gets more again, a 429 at a time).
+fn paced_ok(ctx: &Ctx, host: HostId) {
+    let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = paced.get_mut(&host) else { return };
+    if p.answered.len() == PACE_MEMORY {
+        p.answered.pop_front();
+    }
+    p.answered.push_back(Instant::now());
+    p.learned = p.learned.mul_f64(0.995);
+}
+
+/// A host throttled us (429): it allows about as many requests per `Retry-After` window as it
+/// answered in the last one, so space requests by that window over that count, with 5 %
+/// slack. The first 429 of a host only starts the count (one 429 says little of a rate).
+fn paced_throttled(ctx: &Ctx, host: HostId, retry_after: Option<Duration>) {
+    let now = Instant::now();
+    let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
+    let p = paced.entry(host).or_insert_with(|| Pace::new(now));
+    if p.answered.is_empty() && p.learned.is_zero() {
+        // Counting starts now; a marker so the next 429 learns even with no answer between.
+        p.answered.push_back(now);
+        return;
+    }
+    let window = retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), PACE_MAX);
+    let answered = p.answered.iter().filter(|t| now.duration_since(**t) <= window).count().max(1);
+    let interval = (window.mul_f64(1.05) / answered.min(1000) as u32).min(PACE_MAX);
+    tracing::debug!(host, interval_ms = interval.as_millis() as u64, "host throttles us; pacing it");
+    p.learned = interval;
+}
+
+/// How a request waits after its host throttled it: the host is held back for `Retry-After`,
+/// its pace is learned, and the retry then takes its turn like any other request of the host.
+struct HostThrottle<'a> {
+    ctx: &'a Ctx,
+    host: HostId,
+    floor: Duration,
+}
+
+impl Throttled for HostThrottle<'_> {
+    fn wait(
+        &self,
+        retry_after: Option<Duration>,
+        backoff: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            paced_throttled(self.ctx, self.host, retry_after);
+            let wait = retry_after.unwrap_or(backoff);
+            let _ = self.ctx.pauses.send((self.host, Instant::now() + wait));
+            tokio::time::sleep(wait).await;
+            let interval = pace_interval(self.ctx, self.host, self.floor);
+            if !interval.is_zero() {
+                wait_turn(self.ctx, self.host, interval).await;
+            }
+        })
+    }
+}
+
+/// Waits for this request's turn on a paced host (requests start at least `delay` apart: a
+/// `Crawl-delay`, or what its 429s taught) and pauses the host in the frontier until the turn
+/// after it, so the next request of the host does not hold a slot while it waits. `false` when
+/// cancelled.
 async fn wait_turn(ctx: &Ctx, host: HostId, delay: Duration) -> bool {
     let now = Instant::now();
     let turn = {
         let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
-        let next = paced.entry(host).or_insert(now);
-        let turn = (*next).max(now);
-        *next = turn + delay;
+        let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
+        let turn = pace.next.max(now);
+        pace.next = turn + delay;
         turn
     };
     let _ = ctx.pauses.send((host, turn + delay));

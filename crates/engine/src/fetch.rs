@@ -6,6 +6,8 @@
 //! like any other link.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -74,6 +76,32 @@ pub enum FetchError {
     /// The crawl was stopped.
     #[error("cancelled")]
     Cancelled,
+}
+
+/// How a caller waits before retrying a request the server throttled (a 429, or any answer
+/// with `Retry-After`): it may hold the host back and pace the retry with the host's other
+/// requests. [`Fetcher::fetch`] just sleeps.
+pub trait Throttled: Send + Sync {
+    /// Waits before the retry: `retry_after` is the server's `Retry-After` if it sent one,
+    /// `backoff` the fetcher's own delay for this try.
+    fn wait(
+        &self,
+        retry_after: Option<Duration>,
+        backoff: Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Sleeps `Retry-After`, else the backoff.
+struct Sleep;
+
+impl Throttled for Sleep {
+    fn wait(
+        &self,
+        retry_after: Option<Duration>,
+        backoff: Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(retry_after.unwrap_or(backoff)))
+    }
 }
 
 /// The result of [`Fetcher::fetch`], with how many HTTP responses it took.
@@ -154,18 +182,18 @@ impl Fetcher {
         want: Want,
         cancel: &CancellationToken,
     ) -> FetchReport {
-        self.fetch_paced(url, cookie, want, cancel, &|_| {}).await
+        self.fetch_paced(url, cookie, want, cancel, &Sleep).await
     }
 
-    /// Like [`Fetcher::fetch`], and tells `on_retry_after` as soon as the server asks to wait
-    /// (`Retry-After` on a 429 or 5xx), so the caller can hold back the rest of that host.
+    /// Like [`Fetcher::fetch`], with the wait before a throttled retry (a 429, or `Retry-After`
+    /// on a 5xx) left to `throttled`, so the caller can hold back that host and pace it.
     pub async fn fetch_paced(
         &self,
         url: &Url,
         cookie: Option<&HeaderValue>,
         want: Want,
         cancel: &CancellationToken,
-        on_retry_after: &(dyn Fn(Duration) + Send + Sync),
+        throttled: &dyn Throttled,
     ) -> FetchReport {
         let mut responses = 0;
         let mut tries = 0;
@@ -184,16 +212,19 @@ impl Fetcher {
                 }
                 Attempt::Retry(e, after) => (e, after),
             };
-            if let Some(after) = retry_after {
-                on_retry_after(after);
-            }
-            let delay = retry_after.unwrap_or_else(|| backoff(self.cfg.backoff.0, tries));
-            tracing::debug!(url = %url, %error, delay_ms = delay.as_millis() as u64, "retrying");
+            let delay = backoff(self.cfg.backoff.0, tries);
+            tracing::debug!(url = %url, %error, delay_ms = retry_after.unwrap_or(delay).as_millis() as u64, "retrying");
+            let throttle = retry_after.is_some() || error == FetchError::Status(429);
+            let wait = if throttle {
+                throttled.wait(retry_after, delay)
+            } else {
+                Box::pin(tokio::time::sleep(delay))
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {
                     return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
                 }
-                _ = tokio::time::sleep(delay) => {}
+                _ = wait => {}
             }
         }
     }

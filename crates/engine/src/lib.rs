@@ -40,7 +40,7 @@ mod units;
 pub use charset::decode_html;
 pub use config::EngineConfig;
 pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem};
-pub use fetch::{FetchError, FetchReport, Fetched, Fetcher, Want};
+pub use fetch::{FetchError, FetchReport, Fetched, Fetcher, Throttled, Want};
 pub use frontier::{host_name, Admission, Frontier, HostId, Refill, Request};
 pub use item::{rfc3339, Item};
 pub use limiter::RateLimiter;
