@@ -827,22 +827,19 @@ async fn fetch_robots(ctx: &Ctx, origin: &str) -> Option<Robots> {
     Some(Robots::allow_all())
 }
 
-/// A host's pacing: when its next request may start, the interval learned from its 429s,
-/// and when its last answers came (to learn from).
+/// A host's pacing: when its next request may start, and the interval learned from its 429s.
 struct Pace {
     next: Instant,
     learned: Duration,
-    answered: VecDeque<Instant>,
+    /// The last 429.
+    throttled_at: Option<Instant>,
 }
-
-/// Answers remembered per host for learning its rate.
-const PACE_MEMORY: usize = 64;
 /// The longest interval learned from 429s.
 const PACE_MAX: Duration = Duration::from_secs(60);
 
 impl Pace {
     fn new(now: Instant) -> Pace {
-        Pace { next: now, learned: Duration::ZERO, answered: VecDeque::new() }
+        Pace { next: now, learned: Duration::ZERO, throttled_at: None }
     }
 }
 
@@ -853,35 +850,43 @@ fn pace_interval(ctx: &Ctx, host: HostId, floor: Duration) -> Duration {
     paced.get(&host).map_or(floor, |p| p.learned.max(floor))
 }
 
-/// A host answered: remember when, and let a learned interval shrink slowly (a server that
-/// allows more again gets more again, a 429 at a time).
+/// A host answered. A learned interval holds while the host throttles now and then; after
+/// [`PACE_HOLD`] without a 429 each answer shrinks it by 5 % (a server that allows more again
+/// gets more again, a 429 at a time).
 fn paced_ok(ctx: &Ctx, host: HostId) {
-    let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(p) = paced.get_mut(&host) else { return };
-    if p.answered.len() == PACE_MEMORY {
-        p.answered.pop_front();
-    }
-    p.answered.push_back(Instant::now());
-    p.learned = p.learned.mul_f64(0.995);
-}
-
-/// A host throttled us (429): it allows about as many requests per `Retry-After` window as it
-/// answered in the last one, so space requests by that window over that count, with 5 %
-/// slack. The first 429 of a host only starts the count (one 429 says little of a rate).
-fn paced_throttled(ctx: &Ctx, host: HostId, retry_after: Option<Duration>) {
     let now = Instant::now();
     let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
-    let p = paced.entry(host).or_insert_with(|| Pace::new(now));
-    if p.answered.is_empty() && p.learned.is_zero() {
-        // Counting starts now; a marker so the next 429 learns even with no answer between.
-        p.answered.push_back(now);
-        return;
+    let Some(p) = paced.get_mut(&host) else { return };
+    if p.throttled_at.is_some_and(|t| now.duration_since(t) > PACE_HOLD) {
+        p.learned = p.learned.mul_f64(0.95);
+        if p.learned < Duration::from_millis(1) {
+            p.learned = Duration::ZERO;
+        }
     }
+}
+
+/// How long a learned interval holds after the host's last 429.
+const PACE_HOLD: Duration = Duration::from_secs(30);
+
+/// A host throttled us (429). A second 429 confirms it (one alone says little of a rate):
+/// requests are then spaced so that at most `per_host` start per `Retry-After` window (it
+/// throttled us at `per_host` in flight), with 3 % slack; every further 429 widens that by a
+/// quarter. See [`paced_ok`] for the way back.
+fn paced_throttled(ctx: &Ctx, host: HostId, retry_after: Option<Duration>) {
+    let now = Instant::now();
+    let per_host = ctx.fetcher.config().per_host.clamp(1, 1000) as u32;
+    let mut paced = ctx.paced.lock().unwrap_or_else(|p| p.into_inner());
+    let p = paced.entry(host).or_insert_with(|| Pace::new(now));
     let window = retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), PACE_MAX);
-    let answered = p.answered.iter().filter(|t| now.duration_since(**t) <= window).count().max(1);
-    let interval = (window.mul_f64(1.05) / answered.min(1000) as u32).min(PACE_MAX);
-    tracing::debug!(host, interval_ms = interval.as_millis() as u64, "host throttles us; pacing it");
-    p.learned = interval;
+    let Some(last) = p.throttled_at.replace(now) else { return };
+    let interval = match p.learned.is_zero() {
+        true => window.mul_f64(1.03) / per_host,
+        // 429s of one window answer requests sent together: they count once.
+        false if now.duration_since(last) < window => return,
+        false => p.learned.mul_f64(1.25),
+    };
+    p.learned = interval.min(PACE_MAX);
+    tracing::debug!(host, interval_ms = p.learned.as_millis() as u64, "host throttles us; pacing it");
 }
 
 /// How a request waits after its host throttled it: the host is held back for `Retry-After`,

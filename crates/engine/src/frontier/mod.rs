@@ -4,8 +4,10 @@
 //! host; a host is *ready* while it has fewer than `per_host` requests in flight and is not
 //! paused (by a `Retry-After`). [`Frontier::pop`] takes the best request of any ready host, so
 //! a slow, saturated or paused host never holds a dispatch slot while another host could be
-//! served. Among ready hosts the order is breadth-first: lower depth first, then higher rule
-//! priority, then first-come.
+//! served. Among ready hosts, a paced one (ever paused: `Retry-After`, `Crawl-delay`, a pace
+//! learned from 429s) goes first, since its turns are scarce and it would otherwise finish
+//! last; then the order is breadth-first: lower depth first, then higher rule priority, then
+//! first-come.
 //!
 //! Deduplication happens when a URL is queued, on its normalized form; the visited set keeps
 //! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits in
@@ -156,6 +158,9 @@ struct HostQueue {
     in_flight: u32,
     /// Paused until then.
     not_before: Option<Instant>,
+    /// Was ever paused (a `Retry-After`, a crawl delay, a learned pace): its turns are scarce,
+    /// so when it can be served it goes before hosts that can be served any time.
+    paced: bool,
     /// The rank under which the host is listed as ready, if it is.
     listed: Option<Rank>,
     /// Requests in the database only (spilled).
@@ -166,9 +171,10 @@ struct HostQueue {
     asked: u64,
 }
 
-/// A ready host, ordered by the rank of its best request.
+/// A ready host, ordered by whether it is paced, then by the rank of its best request.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Ready {
+    paced: bool,
     rank: Rank,
     host: HostId,
 }
@@ -436,7 +442,7 @@ impl Frontier {
                 self.list(host);
             }
         }
-        while let Some(Ready { rank, host }) = self.ready.pop() {
+        while let Some(Ready { rank, host, .. }) = self.ready.pop() {
             let hq = &mut self.hosts[host as usize];
             if hq.listed != Some(rank) {
                 continue;
@@ -488,6 +494,7 @@ impl Frontier {
     /// Serves nothing of `host` before `until` (a `Retry-After`, a crawl delay).
     pub fn pause(&mut self, host: HostId, until: Instant) {
         let Some(hq) = self.hosts.get_mut(host as usize) else { return };
+        hq.paced = true;
         if hq.not_before.is_none_or(|t| until > t) {
             hq.not_before = Some(until);
             hq.listed = None;
@@ -581,7 +588,7 @@ impl Frontier {
         let hq = &mut self.hosts[host as usize];
         if hq.listed != Some(rank) {
             hq.listed = Some(rank);
-            self.ready.push(Ready { rank, host });
+            self.ready.push(Ready { paced: hq.paced, rank, host });
         }
     }
 }
@@ -876,10 +883,11 @@ mod tests {
                     Op::Pop => {
                         let busy = |h: u8| flying.iter().filter(|(x, _)| *x == h).count();
                         let servable = |h: u8| busy(h) < per_host && paused.get(&h).is_none_or(|t| *t <= now);
+                        // Hosts ever paused go first, then the best request.
                         let best = queued
                             .iter()
                             .filter(|q| servable(q.0))
-                            .max_by_key(|q| (Reverse(q.1), q.2, Reverse(q.3)))
+                            .max_by_key(|q| (paused.contains_key(&q.0), Reverse(q.1), q.2, Reverse(q.3)))
                             .copied();
                         let got = f.pop(now);
                         match (best, got) {
