@@ -726,3 +726,27 @@ async fn noscript_markup_and_entities_are_read_and_a_deep_page_is_cut() {
     }
     assert_eq!(stats.errors, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_answers_429_is_paced_to_its_rate() {
+    // 4 requests a second allowed, 4 in flight per host: unpaced, most requests would meet a
+    // full window and be answered 429.
+    let site = Site { books: 24, tags: 1, per_page: 24, latency: Duration::from_millis(10) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fx = Fixture::start_rate_limited(site, listener, 4).await.unwrap();
+    let cfg = EngineConfig { concurrency: 8, per_host: 4, obey_robots: false, retries: 5, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, books(&fx, 0..24), &dir.path().join("p.db")).await;
+    assert_eq!((stats.items, stats.errors), (24, 0));
+    let log = fx.requests();
+    let throttled = log.len() - 24;
+    println!("429s: {throttled} for 24 pages");
+    // The first window's extra requests, and a few more while the pace is learned.
+    assert!(throttled <= 8, "{throttled} requests answered 429");
+    // Paced: no second of the crawl saw more than the allowed 4 starts after the learning.
+    let first_ok = log.iter().position(|r| r.at > log[0].at + Duration::from_secs(3)).unwrap_or(log.len());
+    for (i, r) in log.iter().enumerate().skip(first_ok) {
+        let in_second = log[i..].iter().take_while(|x| x.at < r.at + Duration::from_secs(1)).count();
+        assert!(in_second <= 5, "{in_second} requests within a second after the pace was learned");
+    }
+}
