@@ -1,0 +1,94 @@
+//! The state a crawl's dispatcher and jobs share, and its counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use reqwest::header::HeaderValue;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::politeness::Politeness;
+use super::recent::RecentLog;
+use crate::fetch::Fetcher;
+use crate::spec::Task;
+use crate::store::{CommitSender, RunHandle};
+
+/// Live counters of one crawl.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) pages: AtomicU64,
+    pub(super) items: AtomicU64,
+    pub(super) errors: AtomicU64,
+    pub(super) queued: AtomicU64,
+    pub(super) in_flight: AtomicU64,
+    pub(super) retries: AtomicU64,
+    pub(super) robots_blocked: AtomicU64,
+    pub(super) fetch_micros: AtomicU64,
+    pub(super) fetches: AtomicU64,
+}
+
+/// A snapshot of a crawl's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CrawlStats {
+    /// HTTP responses received (retries and redirects included).
+    pub pages: u64,
+    /// Items handed to the sinks.
+    pub items: u64,
+    /// Requests that failed for good, pages that could not be handled.
+    pub errors: u64,
+    /// Requests waiting in the frontier.
+    pub queued: u64,
+    /// Requests being fetched or handled.
+    pub in_flight: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Requests skipped because robots.txt disallows them.
+    pub robots_blocked: u64,
+    /// Sum of fetch latencies in microseconds (for averages).
+    pub fetch_micros: u64,
+    /// Fetches timed.
+    pub fetches: u64,
+}
+
+impl Counters {
+    pub(super) fn snapshot(&self) -> CrawlStats {
+        CrawlStats {
+            pages: self.pages.load(Relaxed),
+            items: self.items.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            robots_blocked: self.robots_blocked.load(Relaxed),
+            fetch_micros: self.fetch_micros.load(Relaxed),
+            fetches: self.fetches.load(Relaxed),
+        }
+    }
+}
+
+/// Shared state of one crawl, read by its jobs.
+pub(super) struct Ctx {
+    pub(super) task: Task,
+    pub(super) fetcher: Arc<Fetcher>,
+    pub(super) commits: CommitSender,
+    /// The stored run, if the crawl has one.
+    pub(super) run: Option<Arc<RunHandle>>,
+    pub(super) cookie: Option<HeaderValue>,
+    pub(super) counters: Counters,
+    pub(super) cancel: CancellationToken,
+    /// robots.txt and pace per host.
+    pub(super) polite: Politeness,
+    /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
+    pub(super) first_problem: Mutex<Option<String>>,
+    /// The last failures and items, for operators.
+    pub(super) recent: RecentLog,
+}
+
+/// Keeps the first problem of the crawl.
+pub(super) fn note_problem(ctx: &Ctx, url: &Url, problem: &dyn std::fmt::Display) {
+    let mut first = ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner());
+    if first.is_none() {
+        *first = Some(format!("{url}: {problem}"));
+    }
+}

@@ -1,0 +1,461 @@
+//! A running crawl of one task: its frontier, rate limiter, robots cache and in-flight
+//! requests, driven by one dispatcher task. [`Crawl`] is the handle: stats, `cancel()`, `join()`.
+//!
+//! The dispatcher owns the frontier (no locks); fetch-and-extract jobs run concurrently and
+//! report back through a `JoinSet`, so a panicking job is counted as an error, never a hang.
+//! Every handled request becomes one [`Commit`] (its status, its item, the URLs it queued), so
+//! a crawl started from a stored run ([`Crawl::resume`]) can be killed at any moment and
+//! resumed without losing or repeating a stored page.
+
+mod ctx;
+mod job;
+mod politeness;
+mod recent;
+mod sitemaps;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use reqwest::header::HeaderValue;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::fetch::Fetcher;
+use crate::frontier::{Admission, Frontier, HostId, Refill, Request};
+use crate::limiter::RateLimiter;
+use crate::scope::url_key;
+use crate::spec::Task;
+use crate::store::{Commit, CommitSender, OpenedRun, PageStatus, QueuedUrl, RefillReply, RunHandle};
+use ctx::{Counters, Ctx};
+use job::{handle, Handled, Outcome};
+use politeness::Politeness;
+use recent::RecentLog;
+use sitemaps::read_sitemaps;
+
+/// Redirect hops followed from one link before it counts as an error.
+const MAX_REDIRECTS: usize = 10;
+
+pub use ctx::CrawlStats;
+pub use recent::{Recent, RecentError, RecentItem};
+
+/// Handle to a running crawl. Cheap to clone.
+#[derive(Clone)]
+pub struct Crawl {
+    ctx: Arc<Ctx>,
+    done: watch::Receiver<bool>,
+    started_at: SystemTime,
+}
+
+impl Crawl {
+    /// Starts crawling a task from its seeds on the current tokio runtime, with no stored
+    /// state (only items are committed). The crawl stops when its frontier is exhausted, when
+    /// `max_pages` is reached, or when cancelled (directly or through `parent`).
+    pub fn start(
+        task: Task,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        Self::spawn(task, None, fetcher, commits, parent)
+    }
+
+    /// Starts or continues a stored run (opened by a [`crate::StateStore`]): a resumed run
+    /// skips what it already handled and fetches what was queued; a new one starts from the
+    /// seeds. Its state is committed with its items; once another owner takes the run over,
+    /// the store refuses its commits and the crawl stops.
+    pub fn resume(
+        task: Task,
+        run: OpenedRun,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        Self::spawn(task, Some(run), fetcher, commits, parent)
+    }
+
+    fn spawn(
+        task: Task,
+        run: Option<OpenedRun>,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        let cookie = Some(task.0.spec.cookie.as_str())
+            .filter(|c| !c.is_empty())
+            .and_then(|c| HeaderValue::from_str(c).ok());
+        let cancel = parent.child_token();
+        let handle = run.as_ref().map(|r| Arc::new(RunHandle::new(r.id, r.epoch, cancel.clone())));
+        let (pauses, paused) = mpsc::unbounded_channel();
+        let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses);
+        let ctx = Arc::new(Ctx {
+            task,
+            fetcher,
+            commits,
+            run: handle,
+            cookie,
+            counters: Counters::default(),
+            cancel,
+            polite,
+            first_problem: Mutex::new(None),
+            recent: RecentLog::default(),
+        });
+        let (done_tx, done) = watch::channel(false);
+        let runner = ctx.clone();
+        tokio::spawn(async move {
+            run_crawl(runner, run, paused).await;
+            let _ = done_tx.send(true);
+        });
+        Crawl { ctx, done, started_at: SystemTime::now() }
+    }
+
+    /// The task being crawled.
+    pub fn task(&self) -> &Task {
+        &self.ctx.task
+    }
+
+    /// When the crawl started.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Whether a newer owner took the stored run over (the crawl stopped without finishing).
+    pub fn is_fenced(&self) -> bool {
+        self.ctx.run.as_ref().is_some_and(|r| r.is_fenced())
+    }
+
+    /// Why the first request that failed (or was disallowed by robots.txt) did so, if one did:
+    /// the reason to give when a crawl fetched nothing at all.
+    pub fn first_problem(&self) -> Option<String> {
+        self.ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last failures and items.
+    pub fn recent(&self) -> Recent {
+        self.ctx.recent.snapshot()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> CrawlStats {
+        self.ctx.counters.snapshot()
+    }
+
+    /// Asks the crawl to stop: the queue is dropped and in-flight requests are abandoned.
+    pub fn cancel(&self) {
+        self.ctx.cancel.cancel();
+    }
+
+    /// Whether the crawl has ended.
+    pub fn is_finished(&self) -> bool {
+        *self.done.borrow()
+    }
+
+    /// Waits for the crawl to end and returns its final counters.
+    pub async fn join(&self) -> CrawlStats {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+        self.stats()
+    }
+}
+
+/// A finished job: its id and outcome, or why it did not finish.
+type JobResult = Result<(tokio::task::Id, Outcome), tokio::task::JoinError>;
+
+/// The jobs in flight and the host of each.
+#[derive(Default)]
+struct Jobs {
+    set: JoinSet<Outcome>,
+    hosts: HashMap<tokio::task::Id, HostId>,
+}
+
+async fn run_crawl(
+    ctx: Arc<Ctx>,
+    stored: Option<OpenedRun>,
+    mut paused: mpsc::UnboundedReceiver<(HostId, Instant)>,
+) {
+    let inner = &ctx.task.0;
+    let record = ctx.run.is_some();
+    let cfg = ctx.fetcher.config();
+    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, cfg.per_host);
+    if record {
+        frontier = frontier.with_window(cfg.queue_window);
+    }
+    let mut dispatched = 0u64;
+    let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
+    match stored {
+        Some(run) if run.resumed => {
+            dispatched = run.handled;
+            for key in run.seen {
+                frontier.mark_handled(key);
+            }
+            frontier.continue_after(run.last_seq);
+            for q in run.queued {
+                if let Some(req) = stored_request(&ctx, &q) {
+                    frontier.restore(req, q.seq);
+                }
+            }
+            for (url, count) in run.spilled {
+                if let Ok(url) = Url::parse(&url) {
+                    frontier.spilled_before(&url, count);
+                }
+            }
+        }
+        _ => {
+            for seed in &inner.seeds {
+                let req = Request::new(seed.clone(), 0, 0, inner.rules[0].priority);
+                first.queued.extend(frontier.offer(req, record).1);
+            }
+        }
+    }
+    if !first.queued.is_empty() && ctx.commits.send(first).await.is_err() {
+        writer_gone(&ctx);
+    }
+    // Sitemaps are read beside the crawl; their URLs arrive in batches (bounded, so a huge
+    // sitemap waits for the frontier rather than filling memory).
+    let (found_tx, mut found) = mpsc::channel::<Vec<Url>>(2);
+    let mut discovering = !inner.sitemaps.is_empty() || inner.spec.sitemaps_from_robots;
+    let sitemaps = discovering.then(|| tokio::spawn(read_sitemaps(ctx.clone(), found_tx)));
+    let mut limiter = RateLimiter::new(&inner.limits);
+    let mut jobs = Jobs::default();
+    let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
+    let max_in_flight = ctx.fetcher.config().concurrency;
+    let max_pages = inner.spec.max_pages;
+    let counters = &ctx.counters;
+    loop {
+        while let Some(done) = jobs.set.try_join_next_with_id() {
+            settle(&ctx, &mut frontier, &mut jobs, done).await;
+        }
+        while let Ok((host, until)) = paused.try_recv() {
+            frontier.pause(host, until);
+        }
+        while let Some(done) = refills.try_join_next() {
+            refilled(&ctx, &mut frontier, done);
+        }
+        while discovering {
+            match found.try_recv() {
+                Ok(urls) => queue_found(&ctx, &mut frontier, urls).await,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => discovering = false,
+            }
+        }
+        for refill in frontier.take_refills() {
+            ask_refill(&ctx, &mut refills, refill).await;
+        }
+        counters.queued.store(frontier.len() as u64, Relaxed);
+        counters.in_flight.store(jobs.set.len() as u64, Relaxed);
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        let budget = max_pages == 0 || dispatched < max_pages;
+        let room = jobs.set.len() < max_in_flight && budget;
+        if room {
+            // Only a request whose host can be served now: a busy or paused host never holds
+            // a slot another host could use.
+            if let Some(req) = frontier.pop(Instant::now()) {
+                let now = Instant::now();
+                let at = limiter.reserve(now);
+                // Even a zero sleep waits for the next timer tick (1 ms): sleep only when limited.
+                if at > now {
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => break,
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+                dispatched += 1;
+                let host = req.host;
+                let job = jobs.set.spawn(handle(ctx.clone(), req));
+                jobs.hosts.insert(job.id(), host);
+                continue;
+            }
+        }
+        if jobs.set.is_empty() && (!budget || (frontier.is_empty() && !discovering)) {
+            break;
+        }
+        let wake = if room { frontier.next_wake() } else { None };
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
+            Some((host, until)) = paused.recv() => frontier.pause(host, until),
+            Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
+            urls = found.recv(), if discovering => match urls {
+                Some(urls) => queue_found(&ctx, &mut frontier, urls).await,
+                None => discovering = false,
+            },
+            _ = sleep_until_some(wake) => {}
+        }
+    }
+    if let Some(reader) = sitemaps {
+        reader.abort();
+    }
+    let finished = !ctx.cancel.is_cancelled();
+    // Pages already handled are committed; requests still in flight are abandoned and stay
+    // queued in the stored run.
+    jobs.set.abort_all();
+    while let Some(done) = jobs.set.join_next_with_id().await {
+        settle(&ctx, &mut frontier, &mut jobs, done).await;
+    }
+    if finished
+        && record
+        && ctx
+            .commits
+            .send(Commit { run: ctx.run.clone(), finished: true, ..Commit::default() })
+            .await
+            .is_err()
+    {
+        writer_gone(&ctx);
+    }
+    counters.queued.store(frontier.len() as u64, Relaxed);
+    counters.in_flight.store(0, Relaxed);
+    tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
+}
+
+/// Queues the page URLs a sitemap listed, at depth 0 under the sitemap rule, and commits them.
+async fn queue_found(ctx: &Ctx, frontier: &mut Frontier, urls: Vec<Url>) {
+    let inner = &ctx.task.0;
+    let rule = inner.sitemap_rule;
+    let mut commit = Commit { run: ctx.run.clone(), ..Commit::default() };
+    for url in urls {
+        let req = Request::new(url, 0, rule, inner.rules[rule].priority);
+        commit.queued.extend(frontier.offer(req, ctx.run.is_some()).1);
+    }
+    if !commit.queued.is_empty() && ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
+    }
+}
+
+/// A stored request as the frontier takes it, if it still fits the task.
+fn stored_request(ctx: &Ctx, q: &QueuedUrl) -> Option<Request> {
+    match (Url::parse(&q.url), ctx.task.0.rules.get(q.rule as usize)) {
+        (Ok(url), Some(rule)) => {
+            Some(Request { seq: q.seq, ..Request::new(url, q.depth, q.rule as usize, rule.priority) })
+        }
+        _ => {
+            tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped");
+            None
+        }
+    }
+}
+
+/// Sends a refill to the writer (ordered after every commit sent so far); its answer arrives
+/// through `refills`.
+async fn ask_refill(ctx: &Ctx, refills: &mut JoinSet<(Refill, Option<RefillReply>)>, refill: Refill) {
+    let Some(run) = &ctx.run else { return };
+    match ctx.commits.refill(run.clone(), &refill.name, refill.limit).await {
+        Ok(answer) => {
+            refills.spawn(async move {
+                let reply = answer.await.ok();
+                (refill, reply)
+            });
+        }
+        Err(_) => writer_gone(ctx),
+    }
+}
+
+/// Hands the rows a refill read back to the frontier.
+fn refilled(
+    ctx: &Ctx,
+    frontier: &mut Frontier,
+    done: Result<(Refill, Option<RefillReply>), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((refill, Some(Ok(rows)))) => {
+            let exhausted = rows.len() < refill.limit;
+            let reqs = rows.iter().filter_map(|q| stored_request(ctx, q)).collect();
+            frontier.refilled(&refill, reqs, exhausted);
+        }
+        Ok((_, Some(Err(e)))) => {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(task = %ctx.task.name(), error = %e, "cannot read queued requests back; stopping the crawl");
+            ctx.cancel.cancel();
+        }
+        Ok((_, None)) | Err(_) => writer_gone(ctx),
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn writer_gone(ctx: &Ctx) {
+    if !ctx.cancel.is_cancelled() {
+        ctx.counters.errors.fetch_add(1, Relaxed);
+        tracing::error!(task = %ctx.task.name(), "item writer is gone; stopping the crawl");
+        ctx.cancel.cancel();
+    }
+}
+
+/// Applies a finished job's outcome to the frontier and commits it.
+async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobResult) {
+    let id = match &done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    if let Some(host) = jobs.hosts.remove(&id) {
+        frontier.done(host);
+    }
+    let done = done.map(|(_, outcome)| outcome);
+    let rules = &ctx.task.0.rules;
+    let record = ctx.run.is_some();
+    let (seq, depth, mut status, item, links, redirect) = match done {
+        Ok(Some(Handled { seq, depth, status, item, links, redirect })) => {
+            (seq, depth, status, item, links, redirect)
+        }
+        Ok(None) => return,
+        Err(e) => {
+            if e.is_panic() {
+                ctx.counters.errors.fetch_add(1, Relaxed);
+                tracing::error!(task = %ctx.task.name(), "a page handler panicked; counted as an error");
+            }
+            return;
+        }
+    };
+    let mut commit =
+        Commit { run: ctx.run.clone(), page: record.then_some((seq, status)), ..Commit::default() };
+    for (url, rule) in links {
+        let req = Request::new(url, depth + 1, rule, rules[rule].priority);
+        commit.queued.extend(frontier.offer(req, record).1);
+    }
+    if let Some(req) = redirect {
+        let target = url_key(&req.url);
+        let problem = if req.redirected_from.contains(&target) {
+            Some("redirect loop")
+        } else if req.redirected_from.len() > MAX_REDIRECTS {
+            Some("too many redirects")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            tracing::warn!(task = %ctx.task.name(), url = %req.url, error = problem, "page failed");
+            status = PageStatus::Failed;
+            commit.page = record.then_some((seq, status));
+        } else {
+            let url = req.url.clone();
+            let (admission, row) = frontier.offer(req, record);
+            if admission == Admission::Seen {
+                tracing::debug!(%url, "redirect target already seen");
+            }
+            commit.queued.extend(row);
+        }
+    }
+    let has_item = item.is_some();
+    if let Some(item) = &item {
+        ctx.recent.item(item);
+    }
+    commit.item = item;
+    if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
+        return;
+    }
+    if ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
+    } else if has_item {
+        ctx.counters.items.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,237 @@
+//! What a crawl owes each host: its robots.txt (read once, read again while unavailable) and
+//! its pace (a `Crawl-delay`, or what its 429s taught), with the waits they impose.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::fetch::{FetchError, Fetched, Fetcher, Throttled, Want};
+use crate::frontier::HostId;
+use crate::robots::{Robots, MAX_ROBOTS_BYTES};
+
+/// Reads of an unavailable robots.txt before its host's URLs are skipped.
+const ROBOTS_READS: u32 = 3;
+
+/// What a crawl owes each host, and the state behind it: robots.txt per origin (the lock of
+/// an origin is held while it is read, so its requests wait for one read; settled ones are read
+/// without it) and the pace per host. Tells the dispatcher which hosts to hold back.
+pub(super) struct Politeness {
+    fetcher: Arc<Fetcher>,
+    cancel: CancellationToken,
+    /// Hosts to hold back until then, to the dispatcher.
+    pauses: mpsc::UnboundedSender<(HostId, Instant)>,
+    robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
+    robots_settled: Mutex<HashMap<String, Arc<Robots>>>,
+    paced: Mutex<HashMap<HostId, Pace>>,
+}
+
+impl Politeness {
+    pub(super) fn new(
+        fetcher: Arc<Fetcher>,
+        cancel: CancellationToken,
+        pauses: mpsc::UnboundedSender<(HostId, Instant)>,
+    ) -> Politeness {
+        Politeness {
+            fetcher,
+            cancel,
+            pauses,
+            robots: Mutex::new(HashMap::new()),
+            robots_settled: Mutex::new(HashMap::new()),
+            paced: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The robots.txt rules for a URL's origin, read once per crawl. One that could not be read
+    /// (5xx, unreachable) is read again after `robots_retry`, up to [`ROBOTS_READS`] reads; until
+    /// then the host is paused (`host`) and its requests wait; after them everything is disallowed.
+    pub(super) async fn robots_for(&self, url: &Url, host: Option<HostId>) -> Option<Arc<Robots>> {
+        let origin = url.origin().ascii_serialization();
+        if let Some(r) = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner()).get(&origin) {
+            return Some(r.clone());
+        }
+        let cell = {
+            let mut map = self.robots.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(origin.clone()).or_default().clone()
+        };
+        let mut slot = cell.lock().await;
+        let retry = self.fetcher.config().robots_retry.0;
+        loop {
+            let reads = match &*slot {
+                Some(h) if h.robots.unavailable_reason().is_none() || h.reads >= ROBOTS_READS => {
+                    let mut settled = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
+                    settled.insert(origin, h.robots.clone());
+                    return Some(h.robots.clone());
+                }
+                Some(h) => {
+                    let at = h.read_at + retry;
+                    if let Some(host) = host {
+                        let _ = self.pauses.send((host, at));
+                    }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return None,
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                    h.reads
+                }
+                None => 0,
+            };
+            let robots = self.fetch_robots(&origin).await?;
+            if let Some(why) = robots.unavailable_reason() {
+                let last = reads + 1 >= ROBOTS_READS;
+                tracing::warn!(%origin, reason = why, read = reads + 1, "robots.txt unavailable; {}",
+                    if last { "the host is disallowed" } else { "the host waits to read it again" });
+            }
+            *slot = Some(HostRobots { robots: Arc::new(robots), read_at: Instant::now(), reads: reads + 1 });
+        }
+    }
+
+    /// One read of an origin's robots.txt (`None` when the crawl was cancelled).
+    async fn fetch_robots(&self, origin: &str) -> Option<Robots> {
+        let Ok(mut url) = Url::parse(&format!("{origin}/robots.txt")) else {
+            return Some(Robots::allow_all());
+        };
+        let ua = &self.fetcher.config().user_agent;
+        // Follow up to five redirects (RFC 9309); a missing file (4xx) allows all, an unavailable
+        // one (5xx, unreachable) disallows all; only the first 500 KiB are read.
+        for _ in 0..5 {
+            let report =
+                self.fetcher.fetch(&url, None, Want::Prefix(MAX_ROBOTS_BYTES as u64), &self.cancel).await;
+            match report.result {
+                Ok(Fetched::Body { body, .. }) => return Some(Robots::parse(&body, ua)),
+                Ok(Fetched::Redirect { location, .. }) => match url.join(&location) {
+                    Ok(next) => url = next,
+                    Err(_) => break,
+                },
+                Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched as any content type"),
+                Err(FetchError::Cancelled) => return None,
+                Err(FetchError::Status(400..=499)) => break,
+                Err(e) => return Some(Robots::unavailable(format!("robots.txt unavailable ({e})"))),
+            }
+        }
+        Some(Robots::allow_all())
+    }
+
+    /// The least time between two request starts on `host`: its `Crawl-delay` (`floor`) or the
+    /// interval learned from its 429s, whichever is longer.
+    pub(super) fn pace_interval(&self, host: HostId, floor: Duration) -> Duration {
+        let paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        paced.get(&host).map_or(floor, |p| p.learned.max(floor))
+    }
+
+    /// A host answered. A learned interval holds while the host throttles now and then; after
+    /// [`PACE_HOLD`] without a 429 each answer shrinks it by 5 % (a server that allows more again
+    /// gets more again, a 429 at a time).
+    pub(super) fn paced_ok(&self, host: HostId) {
+        let now = Instant::now();
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = paced.get_mut(&host) else { return };
+        if p.throttled_at.is_some_and(|t| now.duration_since(t) > PACE_HOLD) {
+            p.learned = p.learned.mul_f64(0.95);
+            if p.learned < Duration::from_millis(1) {
+                p.learned = Duration::ZERO;
+            }
+        }
+    }
+
+    /// A host throttled us (429). A second 429 confirms it (one alone says little of a rate):
+    /// requests are then spaced so that at most `per_host` start per `Retry-After` window (it
+    /// throttled us at `per_host` in flight), with 3 % slack; every further 429 widens that by a
+    /// quarter. See [`Politeness::paced_ok`] for the way back.
+    fn paced_throttled(&self, host: HostId, retry_after: Option<Duration>) {
+        let now = Instant::now();
+        let per_host = self.fetcher.config().per_host.clamp(1, 1000) as u32;
+        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let p = paced.entry(host).or_insert_with(|| Pace::new(now));
+        let window =
+            retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), PACE_MAX);
+        let Some(last) = p.throttled_at.replace(now) else { return };
+        let interval = match p.learned.is_zero() {
+            true => window.mul_f64(1.03) / per_host,
+            // 429s of one window answer requests sent together: they count once.
+            false if now.duration_since(last) < window => return,
+            false => p.learned.mul_f64(1.25),
+        };
+        p.learned = interval.min(PACE_MAX);
+        tracing::debug!(host, interval_ms = p.learned.as_millis() as u64, "host throttles us; pacing it");
+    }
+
+    /// Waits for this request's turn on a paced host (requests start at least `delay` apart: a
+    /// `Crawl-delay`, or what its 429s taught) and pauses the host in the frontier until the turn
+    /// after it, so the next request of the host does not hold a slot while it waits. `false` when
+    /// cancelled.
+    pub(super) async fn wait_turn(&self, host: HostId, delay: Duration) -> bool {
+        let now = Instant::now();
+        let turn = {
+            let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+            let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
+            let turn = pace.next.max(now);
+            pace.next = turn + delay;
+            turn
+        };
+        let _ = self.pauses.send((host, turn + delay));
+        if turn <= now {
+            return true;
+        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = tokio::time::sleep_until(turn.into()) => true,
+        }
+    }
+}
+
+/// A host's robots.txt as read, and how often it was tried.
+struct HostRobots {
+    robots: Arc<Robots>,
+    read_at: Instant,
+    reads: u32,
+}
+
+/// A host's pacing: when its next request may start, and the interval learned from its 429s.
+struct Pace {
+    next: Instant,
+    learned: Duration,
+    /// The last 429.
+    throttled_at: Option<Instant>,
+}
+/// The longest interval learned from 429s.
+const PACE_MAX: Duration = Duration::from_secs(60);
+
+impl Pace {
+    fn new(now: Instant) -> Pace {
+        Pace { next: now, learned: Duration::ZERO, throttled_at: None }
+    }
+}
+
+/// How long a learned interval holds after the host's last 429.
+const PACE_HOLD: Duration = Duration::from_secs(30);
+
+/// How a request waits after its host throttled it: the host is held back for `Retry-After`,
+/// its pace is learned, and the retry then takes its turn like any other request of the host.
+pub(super) struct HostThrottle<'a> {
+    pub(super) polite: &'a Politeness,
+    pub(super) host: HostId,
+    pub(super) floor: Duration,
+}
+
+impl Throttled for HostThrottle<'_> {
+    fn wait(
+        &self,
+        retry_after: Option<Duration>,
+        backoff: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.polite.paced_throttled(self.host, retry_after);
+            let wait = retry_after.unwrap_or(backoff);
+            let _ = self.polite.pauses.send((self.host, Instant::now() + wait));
+            tokio::time::sleep(wait).await;
+            let interval = self.polite.pace_interval(self.host, self.floor);
+            if !interval.is_zero() {
+                self.polite.wait_turn(self.host, interval).await;
+            }
+        })
+    }
+}
