@@ -114,6 +114,23 @@ async fn every_subcommand_against_a_live_cluster() {
     assert!(table.lines().any(|l| l.starts_with("books")), "{table}");
     let (code, err) = failure(&ctl(&masters, &["stats", "nope"]).await);
     assert_eq!((code, err.contains("404")), (1, true), "{err}");
+    // One task's detail (what the dashboard shows): spec from the store, recent items from
+    // the worker running it.
+    let detail_url = format!("http://{}/crawler/stats/books", sb.masters[1].http);
+    crawler_fixture::wait::until("books' recent items", Duration::from_secs(30), || async {
+        let body = reqwest::get(&detail_url).await.unwrap().text().await.unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["recent"]["items"].as_array().is_some_and(|items| !items.is_empty())
+    })
+    .await;
+    let body = reqwest::get(&detail_url).await.unwrap().text().await.unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["spec"]["name"], "books", "{v}");
+    let item = &v["recent"]["items"][0];
+    assert!(item["url"].as_str().unwrap().contains("/book/"), "{item}");
+    assert_eq!(item["table"], "book");
+    let missing = reqwest::get(format!("http://{}/crawler/stats/nope", sb.masters[1].http)).await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
     let watched = text(&ctl(&masters, &["watch", "--count", "2", "--every-ms", "100"]).await);
     assert_eq!(watched.matches("NAME").count(), 2, "{watched}");
 
