@@ -146,7 +146,11 @@ impl Robots {
         if self.rules.is_empty() {
             return true;
         }
-        let path = normalize(path_and_query);
+        // Most paths are already in normal form (what the URL parser gives): no copy then.
+        let path = match path_and_query.bytes().all(|c| c > b' ' && c < 0x7f && c != b'%') {
+            true => std::borrow::Cow::Borrowed(path_and_query),
+            false => std::borrow::Cow::Owned(normalize(path_and_query)),
+        };
         let mut best: Option<(usize, bool)> = None;
         for (allow, pattern) in &self.rules {
             if matches(pattern, &path) {

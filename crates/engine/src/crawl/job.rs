@@ -45,7 +45,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         true => Some(ctx.polite.robots_for(&req.url, Some(req.host)).await?),
         false => None,
     };
-    if let Some(robots) = robots.as_ref().filter(|r| !r.allowed(&path_and_query(&req.url))) {
+    if let Some(robots) = robots.as_ref().filter(|r| !r.allowed(path_and_query(&req.url))) {
         if ctx.cancel.is_cancelled() {
             return None;
         }
@@ -149,9 +149,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     Some(Handled { seq, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
 }
 
-fn path_and_query(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    }
+/// The path and query of a URL, as robots.txt rules match them (a slice, no copy).
+fn path_and_query(url: &Url) -> &str {
+    &url[url::Position::BeforePath..url::Position::AfterQuery]
 }
