@@ -20,6 +20,7 @@ retries = 1
 backoff = "10ms"
 timeout = "1s"
 max_body = "1MiB"
+robots_retry = "200ms"
 
 [storage]
 url = "sqlite://{db}"

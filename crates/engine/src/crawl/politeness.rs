@@ -79,20 +79,23 @@ impl Politeness {
                 }
                 None => 0,
             };
-            let robots = self.fetch_robots(&origin).await?;
+            let (robots, last_read) = self.fetch_robots(&origin).await?;
+            let reads = if last_read { ROBOTS_READS } else { reads + 1 };
             if let Some(why) = robots.unavailable_reason() {
-                let last = reads + 1 >= ROBOTS_READS;
-                tracing::warn!(%origin, reason = why, read = reads + 1, "robots.txt unavailable; {}",
+                let last = reads >= ROBOTS_READS;
+                tracing::warn!(%origin, reason = why, read = reads, "robots.txt unavailable; {}",
                     if last { "the host is disallowed" } else { "the host waits to read it again" });
             }
-            *slot = Some(HostRobots { robots: Arc::new(robots), read_at: Instant::now(), reads: reads + 1 });
+            *slot = Some(HostRobots { robots: Arc::new(robots), read_at: Instant::now(), reads });
         }
     }
 
-    /// One read of an origin's robots.txt (`None` when the crawl was cancelled).
-    async fn fetch_robots(&self, origin: &str) -> Option<Robots> {
+    /// One read of an origin's robots.txt (`None` when the crawl was cancelled), and whether it
+    /// is worth no other: a host whose name does not resolve will not come back during a crawl,
+    /// so it is not waited for.
+    async fn fetch_robots(&self, origin: &str) -> Option<(Robots, bool)> {
         let Ok(mut url) = Url::parse(&format!("{origin}/robots.txt")) else {
-            return Some(Robots::allow_all());
+            return Some((Robots::allow_all(), true));
         };
         let ua = &self.fetcher.config().user_agent;
         // Follow up to five redirects (RFC 9309); a missing file (4xx) allows all, an unavailable
@@ -101,7 +104,7 @@ impl Politeness {
             let report =
                 self.fetcher.fetch(&url, None, Want::Prefix(MAX_ROBOTS_BYTES as u64), &self.cancel).await;
             match report.result {
-                Ok(Fetched::Body { body, .. }) => return Some(Robots::parse(&body, ua)),
+                Ok(Fetched::Body { body, .. }) => return Some((Robots::parse(&body, ua), true)),
                 Ok(Fetched::Redirect { location, .. }) => match url.join(&location) {
                     Ok(next) => url = next,
                     Err(_) => break,
@@ -109,10 +112,17 @@ impl Politeness {
                 Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched as any content type"),
                 Err(FetchError::Cancelled) => return None,
                 Err(FetchError::Status(400..=499)) => break,
-                Err(e) => return Some(Robots::unavailable(format!("robots.txt unavailable ({e})"))),
+                Err(e) => {
+                    let unresolved = matches!(e, FetchError::Network(_)) && !resolves(&url).await;
+                    let why = match unresolved {
+                        true => format!("robots.txt unavailable ({e}; the host name does not resolve)"),
+                        false => format!("robots.txt unavailable ({e})"),
+                    };
+                    return Some((Robots::unavailable(why), unresolved));
+                }
             }
         }
-        Some(Robots::allow_all())
+        Some((Robots::allow_all(), true))
     }
 
     /// The least time between two request starts on `host`: its `Crawl-delay` (`floor`) or the
@@ -183,6 +193,17 @@ impl Politeness {
     }
 }
 
+/// Whether a URL's host name resolves to an address (an IP literal always does).
+async fn resolves(url: &Url) -> bool {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            tokio::net::lookup_host((host, port)).await.is_ok_and(|mut addrs| addrs.next().is_some())
+        }
+        _ => false,
+    }
+}
+
 /// A host's robots.txt as read, and how often it was tried.
 struct HostRobots {
     robots: Arc<Robots>,
@@ -233,5 +254,18 @@ impl Throttled for HostThrottle<'_> {
                 self.polite.wait_turn(self.host, interval).await;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ip_literals_and_loopback_names_resolve_without_the_network() {
+        for u in ["http://127.0.0.1:1/robots.txt", "http://[::1]:1/robots.txt", "http://localhost/robots.txt"]
+        {
+            assert!(resolves(&Url::parse(u).unwrap()).await, "{u}");
+        }
     }
 }
