@@ -24,14 +24,23 @@ pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
         return None;
     }
     // Names of the open elements, as (length, first 8 bytes lower-cased): exact enough to
-    // mirror end-tag matching, and no allocation per tag.
-    let mut stack: Vec<(usize, u64)> = Vec::new();
+    // mirror end-tag matching, and no allocation per tag; and whether each starts foreign
+    // content (svg, math), where `<x/>` closes itself and nothing is raw text.
+    let mut stack: Vec<(usize, u64, bool)> = Vec::new();
+    let mut foreign = 0usize;
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'<', &html[i..]) {
         let at = i + off;
         let rest = &html[at + 1..];
         if rest.starts_with(b"!--") {
-            i = find(html, at + 4, b"-->").map_or(html.len(), |e| e + 3);
+            // `<!-->` and `<!--->` are whole (empty) comments to an HTML parser.
+            i = if rest[3..].starts_with(b">") {
+                at + 5
+            } else if rest[3..].starts_with(b"->") {
+                at + 6
+            } else {
+                find(html, at + 4, b"-->").map_or(html.len(), |e| e + 3)
+            };
             continue;
         }
         if rest.first().is_some_and(|c| *c == b'!' || *c == b'?') {
@@ -48,16 +57,22 @@ pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
         let name = &html[name_at..name_at + len];
         let end = tag_end(html, name_at + len);
         let key = (len, key_of(name));
+        let starts_foreign = name.eq_ignore_ascii_case(b"svg") || name.eq_ignore_ascii_case(b"math");
+        let self_closing = end >= 2 && html[end - 2] == b'/' && html[end - 1] == b'>';
         if closing {
-            if let Some(p) = stack.iter().rposition(|k| *k == key) {
+            if let Some(p) = stack.iter().rposition(|(l, k, _)| (*l, *k) == key) {
+                foreign -= stack[p..].iter().filter(|e| e.2).count();
                 stack.truncate(p);
             }
-        } else if RAW.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        } else if foreign == 0 && RAW.iter().any(|r| r.eq_ignore_ascii_case(name)) {
             // Skip the text up to the matching end tag.
             i = end_tag(html, end, name).unwrap_or(html.len());
             continue;
+        } else if (foreign > 0 || starts_foreign) && self_closing {
+            // A foreign element closes itself.
         } else if !VOID.iter().any(|v| v.eq_ignore_ascii_case(name)) {
-            stack.push(key);
+            stack.push((key.0, key.1, starts_foreign));
+            foreign += usize::from(starts_foreign);
             if stack.len() > max {
                 return Some(at);
             }
@@ -132,6 +147,17 @@ mod tests {
         assert_eq!(too_deep_at(nested.as_bytes(), 3), Some(nested.find("<i>").unwrap()));
         // Unclosed paragraphs stay open for the parser, so they count.
         assert!(too_deep_at("<p>a<p>b<p>c".as_bytes(), 2).is_some());
+        // Empty comments end at once; in svg, `<x/>` closes itself and <title> is markup.
+        let comment = format!("<!--><p>a</p>{}", "<div>".repeat(3));
+        assert!(too_deep_at(comment.as_bytes(), 2).is_some());
+        let comment = format!("<!---><p>a</p>{}", "<div>".repeat(3));
+        assert!(too_deep_at(comment.as_bytes(), 2).is_some());
+        let svg = format!("<svg>{}</svg><div><div>", "<path d='M0 0'/>".repeat(50));
+        assert_eq!(too_deep_at(svg.as_bytes(), 3), None);
+        let svg = format!("<svg><title>{}", "<g>".repeat(10));
+        assert!(too_deep_at(svg.as_bytes(), 5).is_some());
+        // Outside foreign content `<div/>` opens a div, as for the parser.
+        assert!(too_deep_at("<div/><div/><div/><div/>".as_bytes(), 3).is_some());
         // Junk does not panic.
         for junk in ["<", "</", "<a", "<a '", "<!--", "<script>", "<1>", "< div>", "<ä>"] {
             let _ = too_deep_at(junk.as_bytes(), 0);

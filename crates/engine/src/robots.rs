@@ -88,7 +88,15 @@ impl Robots {
     /// (the part before the first `/` or space, compared case-insensitively). Invalid UTF-8 is
     /// replaced; bytes past [`MAX_ROBOTS_BYTES`] are ignored.
     pub fn parse(body: &[u8], user_agent: &str) -> Robots {
-        let body = &body[..body.len().min(MAX_ROBOTS_BYTES)];
+        // Past the cap, the cut line is dropped too (`Allow: /private-ok` cut to `Allow: /pr`
+        // would allow more than written).
+        let body = match body.len() > MAX_ROBOTS_BYTES {
+            true => {
+                let cut = &body[..MAX_ROBOTS_BYTES];
+                &cut[..cut.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)]
+            }
+            false => body,
+        };
         let text = String::from_utf8_lossy(body);
         let token = user_agent.split(['/', ' ']).next().unwrap_or("").to_ascii_lowercase();
         let mut ours = Merged::default();
@@ -112,8 +120,15 @@ impl Robots {
                     if group.has_rules {
                         finish(&mut group);
                     }
-                    // A product token has no spaces; take what is before one.
-                    let agent = value.split_whitespace().next().unwrap_or("");
+                    // A product token is letters, `_` and `-`: `Foo Bar` and `crawler/0.1` name
+                    // `foo` and `crawler`.
+                    let agent: String = match value.starts_with('*') {
+                        true => "*".into(),
+                        false => value
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphabetic() || *c == '_' || *c == '-')
+                            .collect(),
+                    };
                     group.agents.push(agent.to_ascii_lowercase());
                 }
                 "allow" | "disallow" => {

@@ -102,7 +102,7 @@ pub fn parse(body: &[u8]) -> Result<Sitemap, SitemapError> {
                     l.push_str(&String::from_utf8_lossy(&c.into_inner()));
                 }
             }
-            Event::End(_) => {
+            Event::End(_) if depth == 3 && loc.is_some() => {
                 if let Some(l) = loc.take() {
                     let l = l.trim();
                     if !l.is_empty() {
@@ -114,6 +114,7 @@ pub fn parse(body: &[u8]) -> Result<Sitemap, SitemapError> {
                 }
                 depth = depth.saturating_sub(1);
             }
+            Event::End(_) => depth = depth.saturating_sub(1),
             Event::Eof => break,
             _ => {}
         }
@@ -163,6 +164,10 @@ mod tests {
             Sitemap::Index(vec!["http://h/s1.xml.gz".into(), "http://h/s2.xml".into()])
         );
         assert_eq!(parse(b"<urlset/>").unwrap(), Sitemap::Pages(vec![]));
+        // Markup inside a <loc> does not end it.
+        let odd =
+            b"<urlset><url><loc>http://h/<b>x</b>y</loc></url><url><loc>http://h/z</loc></url></urlset>";
+        assert_eq!(parse(odd).unwrap(), Sitemap::Pages(vec!["http://h/xy".into(), "http://h/z".into()]));
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let throttle = HostThrottle { polite: &ctx.polite, host, floor };
     let report =
         ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;
-    if report.result.is_ok() {
+    // Any answer but a throttling one eases a learned pace.
+    if matches!(&report.result, Ok(_) | Err(FetchError::Status(400..=428 | 430..=499))) {
         ctx.polite.paced_ok(host);
     }
     counters.pages.fetch_add(u64::from(report.responses), Relaxed);

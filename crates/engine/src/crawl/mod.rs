@@ -36,6 +36,11 @@ use politeness::Politeness;
 use recent::RecentLog;
 use sitemaps::read_sitemaps;
 
+/// Sitemap URLs are taken in while fewer requests than this wait in the frontier, so a huge
+/// sitemap waits for the crawl instead of filling memory (without a stored run the frontier
+/// holds everything).
+const FOUND_BACKLOG: usize = 100_000;
+
 /// Redirect hops followed from one link before it counts as an error.
 const MAX_REDIRECTS: usize = 10;
 
@@ -234,7 +239,7 @@ async fn run_crawl(
         while let Some(done) = refills.try_join_next() {
             refilled(&ctx, &mut frontier, done);
         }
-        while discovering {
+        while discovering && frontier.len() < FOUND_BACKLOG {
             match found.try_recv() {
                 Ok(urls) => queue_found(&ctx, &mut frontier, urls).await,
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -266,6 +271,9 @@ async fn run_crawl(
                 }
                 dispatched += 1;
                 let host = req.host;
+                if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
+                    frontier.pause(host, until);
+                }
                 let job = jobs.set.spawn(handle(ctx.clone(), req));
                 jobs.hosts.insert(job.id(), host);
                 continue;
@@ -280,7 +288,7 @@ async fn run_crawl(
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
-            urls = found.recv(), if discovering => match urls {
+            urls = found.recv(), if discovering && frontier.len() < FOUND_BACKLOG => match urls {
                 Some(urls) => queue_found(&ctx, &mut frontier, urls).await,
                 None => discovering = false,
             },

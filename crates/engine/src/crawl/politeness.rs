@@ -111,6 +111,13 @@ impl Politeness {
                 },
                 Ok(Fetched::NotHtml { .. }) => unreachable!("robots.txt is fetched as any content type"),
                 Err(FetchError::Cancelled) => return None,
+                // A 429 is the server saying "not now", as a 5xx is: not "no robots.txt".
+                Err(FetchError::Status(429)) => {
+                    return Some((
+                        Robots::unavailable("robots.txt unavailable (http status 429)".into()),
+                        false,
+                    ))
+                }
                 Err(FetchError::Status(400..=499)) => break,
                 Err(e) => {
                     let unresolved = matches!(e, FetchError::Network(_)) && !resolves(&url).await;
@@ -147,26 +154,30 @@ impl Politeness {
         }
     }
 
-    /// A host throttled us (429). A second 429 confirms it (one alone says little of a rate):
-    /// requests are then spaced so that at most `per_host` start per `Retry-After` window (it
-    /// throttled us at `per_host` in flight), with 3 % slack; every further 429 widens that by a
-    /// quarter. See [`Politeness::paced_ok`] for the way back.
+    /// A host throttled us (a 429, or any answer with `Retry-After`). A second time confirms it
+    /// (once alone says little of a rate): requests are then spaced so that at most `per_host`
+    /// start per `Retry-After` window (it throttled us at `per_host` in flight), with 3 %
+    /// slack; each later window with a 429 widens that by a quarter (429s within one window of
+    /// the last counted one answer requests sent together: they count once). See
+    /// [`Politeness::paced_ok`] for the way back.
     fn paced_throttled(&self, host: HostId, retry_after: Option<Duration>) {
         let now = Instant::now();
         let per_host = self.fetcher.config().per_host.clamp(1, 1000) as u32;
         let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
         let p = paced.entry(host).or_insert_with(|| Pace::new(now));
-        let window =
-            retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), PACE_MAX);
-        let Some(last) = p.throttled_at.replace(now) else { return };
-        let interval = match p.learned.is_zero() {
-            true => window.mul_f64(1.03) / per_host,
-            // 429s of one window answer requests sent together: they count once.
-            false if now.duration_since(last) < window => return,
-            false => p.learned.mul_f64(1.25),
-        };
-        p.learned = interval.min(PACE_MAX);
-        tracing::debug!(host, interval_ms = p.learned.as_millis() as u64, "host throttles us; pacing it");
+        if p.throttled(now, retry_after, per_host) {
+            tracing::debug!(host, interval_ms = p.learned.as_millis() as u64, "host throttles us; pacing it");
+        }
+    }
+
+    /// When the dispatcher, having just taken a request of `host`, may take the next one: after
+    /// the turn that request will get, for a paced host (so at most one request of a paced host
+    /// waits for its turn holding a slot); `None` for a host without a pace.
+    pub(super) fn hold_after_pop(&self, host: HostId, now: Instant) -> Option<Instant> {
+        let paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let p = paced.get(&host)?;
+        let interval = p.learned.max(p.interval);
+        (!interval.is_zero()).then(|| p.next.max(now) + interval)
     }
 
     /// Waits for this request's turn on a paced host (requests start at least `delay` apart: a
@@ -180,6 +191,7 @@ impl Politeness {
             let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
             let turn = pace.next.max(now);
             pace.next = turn + delay;
+            pace.interval = delay;
             turn
         };
         let _ = self.pauses.send((host, turn + delay));
@@ -215,15 +227,45 @@ struct HostRobots {
 struct Pace {
     next: Instant,
     learned: Duration,
+    /// The interval of the last turn taken (a `Crawl-delay` or the learned one).
+    interval: Duration,
     /// The last 429.
     throttled_at: Option<Instant>,
+    /// The last 429 that changed the pace.
+    counted_at: Option<Instant>,
 }
 /// The longest interval learned from 429s.
 const PACE_MAX: Duration = Duration::from_secs(60);
 
 impl Pace {
+    /// Learns from a throttling answer at `now` (see [`Politeness::paced_throttled`]); whether
+    /// the pace changed.
+    fn throttled(&mut self, now: Instant, retry_after: Option<Duration>, per_host: u32) -> bool {
+        let window =
+            retry_after.unwrap_or(Duration::from_secs(1)).clamp(Duration::from_millis(100), PACE_MAX);
+        if self.throttled_at.replace(now).is_none() {
+            return false;
+        }
+        if self.counted_at.is_some_and(|c| now.duration_since(c) < window) {
+            return false;
+        }
+        self.counted_at = Some(now);
+        let interval = match self.learned.is_zero() {
+            true => window.mul_f64(1.03) / per_host.max(1),
+            false => self.learned.mul_f64(1.25),
+        };
+        self.learned = interval.min(PACE_MAX);
+        true
+    }
+
     fn new(now: Instant) -> Pace {
-        Pace { next: now, learned: Duration::ZERO, throttled_at: None }
+        Pace {
+            next: now,
+            learned: Duration::ZERO,
+            interval: Duration::ZERO,
+            throttled_at: None,
+            counted_at: None,
+        }
     }
 }
 
@@ -260,6 +302,26 @@ impl Throttled for HostThrottle<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pace_widens_once_per_window_with_429s() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let second = Some(Duration::from_secs(1));
+        let mut p = Pace::new(t0);
+        // The first 429 only starts counting; the second sets per_host (8) per second.
+        assert!(!p.throttled(at(0), second, 8));
+        assert!(p.throttled(at(50), second, 8));
+        assert_eq!(p.learned, Duration::from_millis(1030) / 8);
+        // 429s arriving every 200 ms (closer than a window): one widening per window, not none.
+        let mut widened = 0;
+        for i in 1..=20 {
+            widened += u32::from(p.throttled(at(50 + i * 200), second, 8));
+        }
+        assert_eq!(widened, 4, "one per second over four seconds");
+        let want = (Duration::from_millis(1030) / 8).mul_f64(1.25f64.powi(4));
+        assert!(p.learned.abs_diff(want) < Duration::from_micros(1), "{:?} vs {want:?}", p.learned);
+    }
 
     #[tokio::test]
     async fn ip_literals_and_loopback_names_resolve_without_the_network() {

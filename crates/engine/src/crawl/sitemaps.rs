@@ -48,7 +48,8 @@ pub(super) async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) 
         let body = match report.result {
             Ok(Fetched::Body { body, .. }) => body,
             Ok(Fetched::Redirect { location, .. }) => {
-                queue.extend(url.join(&location).ok());
+                // Only to hosts the task may visit (as every sitemap it reads).
+                queue.extend(url.join(&location).ok().filter(|u| host_allowed(u, &inner.allow_hosts)));
                 continue;
             }
             Ok(Fetched::NotHtml { .. }) => unreachable!("sitemaps are fetched as any content type"),
@@ -59,7 +60,9 @@ pub(super) async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) 
             }
         };
         match sitemap::parse(&body) {
-            Ok(Sitemap::Index(locs)) => queue.extend(locs.iter().filter_map(|l| url.join(l).ok())),
+            Ok(Sitemap::Index(locs)) => queue.extend(
+                locs.iter().filter_map(|l| url.join(l).ok()).filter(|u| host_allowed(u, &inner.allow_hosts)),
+            ),
             Ok(Sitemap::Pages(locs)) => {
                 let urls: Vec<Url> = locs
                     .iter()

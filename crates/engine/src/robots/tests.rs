@@ -112,6 +112,13 @@ const CASES: &[Case] = &[
         true,
     ),
     ("star: substring is not a match", "user-agent: Foo\ndisallow: /\n", "foobot", "/x", true),
+    (
+        "agent: a version is not part of the token",
+        "user-agent: FooBot/2.1\ndisallow: /\n",
+        "foobot",
+        "/x",
+        false,
+    ),
     ("star: empty agent is not a match", "user-agent:\ndisallow: /\n", "foobot", "/x", true),
     // Longest match; allow wins a tie.
     (
@@ -336,6 +343,11 @@ fn only_the_first_500_kib_are_read() {
     let r = Robots::parse(&txt, UA);
     assert!(!r.allowed("/early/x"));
     assert!(r.allowed("/late/x"), "a rule past the cap was applied");
+    // A line cut by the cap is dropped, not read short.
+    let mut cut = b"User-agent: *\nDisallow: /pr\n".to_vec();
+    cut.resize(MAX_ROBOTS_BYTES - 5, b'\n');
+    cut.extend_from_slice(b"Allow: /private-ok\n");
+    assert!(!Robots::parse(&cut, UA).allowed("/private"), "a cut Allow line allowed more than written");
     // Invalid UTF-8 does not hide the rest.
     let r = Robots::parse(b"User-agent: *\n\xff\xfe junk\nDisallow: /x\n", UA);
     assert!(!r.allowed("/x"));
