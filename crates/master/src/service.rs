@@ -262,6 +262,11 @@ impl Master {
             }
         };
         let mut v = serde_json::to_value(figures).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut spec = spec;
+        // The cookie is a credential: readers of the API see that there is one, not what it is.
+        if let Some(c) = spec.get_mut("cookie").filter(|c| c.as_str().is_some_and(|c| !c.is_empty())) {
+            *c = serde_json::Value::String("(set)".into());
+        }
         v["spec"] = spec;
         v["recent"] = recent;
         Ok(v)
@@ -326,6 +331,8 @@ impl Master {
         let mut backoff =
             Backoff::new(Duration::from_millis(25), Duration::from_millis(400)).within(FORWARD_DEADLINE);
         let mut last = "no leader".to_owned();
+        // A forwarded delete that failed may still have been carried out (its answer lost).
+        let mut maybe_done = false;
         loop {
             if self.is_leader() {
                 return match write {
@@ -345,6 +352,11 @@ impl Master {
                     Err(ApiError::Unavailable(m)) => {
                         tracing::debug!(leader = %leader.id, error = %m, "forward failed; retrying");
                         last = m;
+                        maybe_done = true;
+                    }
+                    // The earlier try's answer was lost: the resource is gone, as asked.
+                    Err(ApiError::NotFound(_)) if maybe_done && matches!(write, Write::Delete(_)) => {
+                        return Ok(None)
                     }
                     answer => return answer,
                 }

@@ -48,7 +48,7 @@ pub struct TaskFigures {
 }
 
 /// A task as a worker's `GET /tasks` shows it.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 struct WorkerTask {
     name: String,
     pages: u64,
@@ -61,10 +61,13 @@ struct WorkerTask {
     fetch_ms: f64,
 }
 
+/// The workers' answers last pulled: when, when in Unix milliseconds, and each one's tasks.
+type Pulled = (Instant, i64, BTreeMap<String, Option<Vec<WorkerTask>>>);
+
 /// The figures last pulled, and the client that pulls them.
 pub struct Stats {
     client: reqwest::Client,
-    last: tokio::sync::Mutex<Option<(Instant, Vec<TaskFigures>)>>,
+    last: tokio::sync::Mutex<Option<Pulled>>,
 }
 
 impl Default for Stats {
@@ -100,14 +103,60 @@ impl Stats {
         resources: Vec<Assigned>,
         workers: BTreeMap<String, String>,
     ) -> Vec<TaskFigures> {
+        // The workers' answers are cached; the figures are built from the resources as they are
+        // now (an added task shows at once, a deleted one goes at once).
+        let wanted: std::collections::BTreeSet<&String> =
+            resources.iter().map(|r| &r.worker).filter(|w| workers.contains_key(*w)).collect();
         let mut last = self.last.lock().await;
-        if let Some((at, figures)) = last.as_ref() {
-            if at.elapsed() < FRESH {
-                return figures.clone();
+        let fresh = last.as_ref().filter(|(at, _, answers)| {
+            at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
+        });
+        let (sampled_ms, by_worker) = match fresh {
+            Some((_, sampled_ms, answers)) => (*sampled_ms, answers.clone()),
+            None => {
+                let answers = self.pull(&workers, &wanted).await;
+                let sampled_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                *last = Some((Instant::now(), sampled_ms, answers.clone()));
+                (sampled_ms, answers)
             }
-        }
+        };
+        drop(last);
+        resources
+            .into_iter()
+            .map(|r| {
+                let address = workers.get(&r.worker).cloned().unwrap_or_default();
+                let answer = by_worker.get(&r.worker).and_then(Option::as_ref);
+                let task = answer.and_then(|ts| ts.iter().find(|t| t.name == r.name));
+                let mut f = TaskFigures {
+                    name: r.name,
+                    worker: r.worker,
+                    address,
+                    state: "waiting".into(),
+                    creation_time: r.creation_time,
+                    sampled_ms,
+                    worker_answered: answer.is_some(),
+                    ..TaskFigures::default()
+                };
+                if let Some(t) = task {
+                    f.state = if t.finished { "finished" } else { "running" }.into();
+                    (f.pages, f.items, f.errors, f.queued) = (t.pages, t.items, t.errors, t.queued);
+                    f.started_at = t.started_at.clone();
+                    f.fetch_ms = t.fetch_ms;
+                }
+                f
+            })
+            .collect()
+    }
+
+    /// Each wanted worker's `GET /tasks` answer (`None`: it did not answer), in parallel.
+    async fn pull(
+        &self,
+        workers: &BTreeMap<String, String>,
+        wanted: &std::collections::BTreeSet<&String>,
+    ) -> BTreeMap<String, Option<Vec<WorkerTask>>> {
         let mut pulls = JoinSet::new();
-        let wanted: std::collections::BTreeSet<&String> = resources.iter().map(|r| &r.worker).collect();
         for (id, address) in workers.iter().filter(|(id, _)| wanted.contains(id)) {
             let (client, id, url) = (self.client.clone(), id.clone(), format!("http://{address}/tasks"));
             pulls.spawn(async move {
@@ -136,35 +185,6 @@ impl Stats {
                 by_worker.insert(id, tasks);
             }
         }
-        let sampled_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let figures: Vec<TaskFigures> = resources
-            .into_iter()
-            .map(|r| {
-                let address = workers.get(&r.worker).cloned().unwrap_or_default();
-                let answer = by_worker.get(&r.worker).and_then(Option::as_ref);
-                let task = answer.and_then(|ts| ts.iter().find(|t| t.name == r.name));
-                let mut f = TaskFigures {
-                    name: r.name,
-                    worker: r.worker,
-                    address,
-                    state: "waiting".into(),
-                    creation_time: r.creation_time,
-                    sampled_ms,
-                    worker_answered: answer.is_some(),
-                    ..TaskFigures::default()
-                };
-                if let Some(t) = task {
-                    f.state = if t.finished { "finished" } else { "running" }.into();
-                    (f.pages, f.items, f.errors, f.queued) = (t.pages, t.items, t.errors, t.queued);
-                    f.started_at = t.started_at.clone();
-                    f.fetch_ms = t.fetch_ms;
-                }
-                f
-            })
-            .collect();
-        *last = Some((Instant::now(), figures.clone()));
-        figures
+        by_worker
     }
 }

@@ -69,6 +69,8 @@ impl Masters {
         body: Option<&Value>,
     ) -> Result<(u16, Value), CtlError> {
         let mut last = String::new();
+        // A delete sent and not answered may have been carried out.
+        let mut maybe_done = false;
         for (i, base) in self.urls.iter().enumerate() {
             let mut req = self.client.request(method.clone(), format!("{base}{path}"));
             if let Some(b) = body {
@@ -81,10 +83,14 @@ impl Masters {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("{base}: {}", innermost(&e));
+                    maybe_done |= !e.is_connect();
                     continue;
                 }
             };
             let status = resp.status().as_u16();
+            if status == 404 && maybe_done && method == reqwest::Method::DELETE {
+                return Ok((200, json!({})));
+            }
             let text = resp.text().await.map_err(|e| failed(format!("{base}: {e}")))?;
             let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
             if status == 503 && i + 1 < self.urls.len() {
@@ -156,7 +162,10 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     };
     match &args.command {
         CtlCommand::Add { name, task } => {
-            let mut body = json!({ "name": name });
+            // A request id makes the add idempotent: tried again on the next master after a
+            // lost answer, it answers the worker chosen the first time, not 409.
+            let id = format!("ctl-{:016x}", fastrand::u64(..));
+            let mut body = json!({ "name": name, "id": id });
             if let Some(path) = task {
                 body["task"] = read_task(path)?;
             }
