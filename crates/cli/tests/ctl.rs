@@ -46,6 +46,8 @@ fn failure(out: &Output) -> (i32, String) {
 async fn every_subcommand_against_a_live_cluster() {
     let site = Site { books: 40, tags: 2, per_page: 5, latency: Duration::from_millis(20) };
     let sb = Sandbox::start(bin(), site, false).await;
+    // A leader is elected (until then every master answers writes and `leader` with 503).
+    sb.leader_and_follower().await;
     let dead = format!("http://127.0.0.1:{}", crawler_fixture::wait::free_port());
     // The first master of the list cannot be reached: every call goes to the next.
     let masters = format!("{dead},{}", sb.masters[0].http);
@@ -76,13 +78,19 @@ async fn every_subcommand_against_a_live_cluster() {
     std::fs::write(
         &file,
         format!(
-            "seeds = [\"{}\"]\nmax_depth = 0\n[[rule]]\nname = \"page\"\n",
+            "seeds = [\"{}\"]\nmax_depth = 0\ncookie = \"session=secret\"\n[[rule]]\nname = \"page\"\n",
             sb.fixture.url("/index.html")
         ),
     )
     .unwrap();
     let out = text(&ctl(&masters, &["add", "mini", "--task", file.to_str().unwrap()]).await);
     assert!(out.starts_with("added mini on w"), "{out}");
+    // Shown at once (figures are cached, the list of tasks is not), its cookie hidden.
+    let mini = json(&ctl(&masters, &["stats", "mini", "-o", "json"]).await);
+    assert_eq!(mini["name"], "mini");
+    let detail = reqwest::get(format!("http://{}/crawler/stats/mini", sb.masters[0].http)).await.unwrap();
+    let detail: Value = serde_json::from_str(&detail.text().await.unwrap()).unwrap();
+    assert_eq!(detail["spec"]["cookie"], "(set)", "{detail}");
 
     // Errors: the API's (exit 1), a bad task file (exit 2), bad flags (exit 2).
     let (code, err) = failure(&ctl(&masters, &["add", "books"]).await);

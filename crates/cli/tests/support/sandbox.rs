@@ -146,6 +146,8 @@ max_depth = 100
             .collect();
         let sb = Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
         sb.wait_workers(2).await;
+        // A leader is elected: until then writes answer 503.
+        sb.leader_and_follower().await;
         sb
     }
 
