@@ -211,21 +211,15 @@ async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     .await
     .unwrap();
     let deleted = Instant::now();
-    loop {
+    crawler_fixture::wait::until("the worker to register again", Duration::from_secs(10), || async {
         let k = key.clone();
-        let resp = etcd
-            .call("get", |mut c| {
-                let k = k.clone();
-                async move { c.get(k, None).await }
-            })
-            .await
-            .unwrap();
-        if !resp.kvs().is_empty() {
-            break;
-        }
-        assert!(deleted.elapsed() < Duration::from_secs(10), "the worker did not register again within 10 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        let resp = etcd.call("get", |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        });
+        !resp.await.unwrap().kvs().is_empty()
+    })
+    .await;
     println!("a deleted worker record was put back after {:?}", deleted.elapsed());
     // Registered and healthy; every master sees both workers again.
     assert_eq!(sb.get(&w.http, "/healthz").await.map(|(s, _)| s), Some(200));

@@ -259,16 +259,16 @@ const MAX_FIELD_BYTES: usize = 1 << 20;
 
 /// Appends as much of `text` as fits in `max` bytes (whole characters).
 fn push_capped(buf: &mut String, text: &str, max: usize) {
-    let room = max.saturating_sub(buf.len());
-    if text.len() <= room {
-        buf.push_str(text);
-    } else {
-        let mut end = room;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        buf.push_str(&text[..end]);
+    buf.push_str(prefix_within(text, max.saturating_sub(buf.len())));
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn prefix_within(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
+    &text[..end]
 }
 
 fn collapse_whitespace(s: &str) -> String {

@@ -26,6 +26,16 @@ pub struct NodeSpec {
     pub address: String,
 }
 
+/// A task written as TOML (the keys of one `[[task]]`, rules as `[[rule]]`), as the JSON the API
+/// takes; an error says the line and what is wrong, on one line.
+pub fn task_from_toml(text: &str) -> Result<serde_json::Value, String> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        format!("line {line}: {}", e.message().replace('\n', " "))
+    })?;
+    serde_json::to_value(table).map_err(|e| e.to_string())
+}
+
 impl AddRequest {
     /// An add request from its gRPC form.
     pub fn from_spec(spec: &ResourceSpec) -> Result<AddRequest, ApiError> {

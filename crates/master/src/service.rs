@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::request::{AddRequest, NodeSpec};
+use crate::request::{task_from_toml, AddRequest, NodeSpec};
 use crate::stats::{Assigned, Stats, TaskFigures};
 
 /// Settings of one master.
@@ -374,7 +374,8 @@ impl Master {
             Some(v) => {
                 // A task given as a string is a TOML document (the keys of one [[task]]).
                 let mut v = match v {
-                    serde_json::Value::String(text) => toml_task(text)?,
+                    serde_json::Value::String(text) => task_from_toml(text)
+                        .map_err(|e| ApiError::InvalidArgument(format!("task (TOML) {e}")))?,
                     v => v.clone(),
                 };
                 if let Some(obj) = v.as_object_mut() {
@@ -506,15 +507,6 @@ pub(crate) fn loads(snap: Option<&Snapshot>) -> BTreeMap<String, usize> {
         }
     }
     out
-}
-
-/// A task written as TOML (the keys of one `[[task]]`, rules as `[[rule]]`), as JSON.
-fn toml_task(text: &str) -> Result<serde_json::Value, ApiError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        ApiError::InvalidArgument(format!("task (TOML) line {line}: {}", e.message().replace('\n', " ")))
-    })?;
-    serde_json::to_value(table).map_err(|e| ApiError::InvalidArgument(format!("task (TOML): {e}")))
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {

@@ -136,12 +136,8 @@ pub fn read_task(path: &Path) -> Result<Value, CtlError> {
     let value = if is_json {
         serde_json::from_str(&text).map_err(|e| usage(format!("--task {}: {e}", path.display())))?
     } else {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let what = e.message().replace('\n', " ");
-            usage(format!("--task {} line {line}: {what}", path.display()))
-        })?;
-        serde_json::to_value(table).map_err(|e| usage(format!("--task {}: {e}", path.display())))?
+        crawler_master::request::task_from_toml(&text)
+            .map_err(|e| usage(format!("--task {} {e}", path.display())))?
     };
     if !value.is_object() {
         return Err(usage(format!(

@@ -111,10 +111,11 @@ impl Browser {
 
     /// Saves a PNG of the window.
     pub async fn screenshot(&self, path: &Path) {
-        use base64_png::decode;
+        use base64::Engine;
         let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, decode(v.as_str().unwrap())).unwrap();
+        std::fs::write(path, png).unwrap();
     }
 
     /// Ends the session (Chromium exits) and stops chromedriver.
@@ -129,30 +130,5 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
-    }
-}
-
-/// Base64 (standard alphabet) to bytes: WebDriver screenshots, without a crate for it.
-mod base64_png {
-    pub fn decode(s: &str) -> Vec<u8> {
-        let val = |c: u8| match c {
-            b'A'..=b'Z' => Some(c - b'A'),
-            b'a'..=b'z' => Some(c - b'a' + 26),
-            b'0'..=b'9' => Some(c - b'0' + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        };
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        let (mut acc, mut bits) = (0u32, 0);
-        for v in s.bytes().filter_map(val) {
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
     }
 }

@@ -2,6 +2,7 @@
 //! its pace (a `Crawl-delay`, or what its 429s taught), with the waits they impose.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub(super) struct Politeness {
     robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
     robots_settled: Mutex<HashMap<String, Arc<Robots>>>,
     paced: Mutex<HashMap<HostId, Pace>>,
+    /// Whether `paced` holds any host: until one is paced, the per-request checks take no lock.
+    any_paced: AtomicBool,
 }
 
 impl Politeness {
@@ -42,6 +45,7 @@ impl Politeness {
             robots: Mutex::new(HashMap::new()),
             robots_settled: Mutex::new(HashMap::new()),
             paced: Mutex::new(HashMap::new()),
+            any_paced: AtomicBool::new(false),
         }
     }
 
@@ -135,16 +139,30 @@ impl Politeness {
     /// The least time between two request starts on `host`: its `Crawl-delay` (`floor`) or the
     /// interval learned from its 429s, whichever is longer.
     pub(super) fn pace_interval(&self, host: HostId, floor: Duration) -> Duration {
-        let paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(paced) = self.paced_hosts() else { return floor };
         paced.get(&host).map_or(floor, |p| p.learned.max(floor))
+    }
+
+    /// The paces, once some host has one (the common crawl never takes this lock).
+    fn paced_hosts(&self) -> Option<std::sync::MutexGuard<'_, HashMap<HostId, Pace>>> {
+        if !self.any_paced.load(Relaxed) {
+            return None;
+        }
+        Some(self.paced.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The paces, for a host about to get one.
+    fn pacing(&self) -> std::sync::MutexGuard<'_, HashMap<HostId, Pace>> {
+        self.any_paced.store(true, Relaxed);
+        self.paced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A host answered. A learned interval holds while the host throttles now and then; after
     /// [`PACE_HOLD`] without a 429 each answer shrinks it by 5 % (a server that allows more again
     /// gets more again, a 429 at a time).
     pub(super) fn paced_ok(&self, host: HostId) {
+        let Some(mut paced) = self.paced_hosts() else { return };
         let now = Instant::now();
-        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
         let Some(p) = paced.get_mut(&host) else { return };
         if p.throttled_at.is_some_and(|t| now.duration_since(t) > PACE_HOLD) {
             p.learned = p.learned.mul_f64(0.95);
@@ -163,7 +181,7 @@ impl Politeness {
     fn paced_throttled(&self, host: HostId, retry_after: Option<Duration>) {
         let now = Instant::now();
         let per_host = self.fetcher.config().per_host.clamp(1, 1000) as u32;
-        let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut paced = self.pacing();
         let p = paced.entry(host).or_insert_with(|| Pace::new(now));
         if p.throttled(now, retry_after, per_host) {
             tracing::debug!(host, interval_ms = p.learned.as_millis() as u64, "host throttles us; pacing it");
@@ -174,7 +192,7 @@ impl Politeness {
     /// the turn that request will get, for a paced host (so at most one request of a paced host
     /// waits for its turn holding a slot); `None` for a host without a pace.
     pub(super) fn hold_after_pop(&self, host: HostId, now: Instant) -> Option<Instant> {
-        let paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+        let paced = self.paced_hosts()?;
         let p = paced.get(&host)?;
         let interval = p.learned.max(p.interval);
         (!interval.is_zero()).then(|| p.next.max(now) + interval)
@@ -187,7 +205,7 @@ impl Politeness {
     pub(super) async fn wait_turn(&self, host: HostId, delay: Duration) -> bool {
         let now = Instant::now();
         let turn = {
-            let mut paced = self.paced.lock().unwrap_or_else(|p| p.into_inner());
+            let mut paced = self.pacing();
             let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
             let turn = pace.next.max(now);
             pace.next = turn + delay;

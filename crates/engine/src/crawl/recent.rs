@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use url::Url;
 
+use crate::extract::prefix_within;
 use crate::item::{rfc3339, Item};
 
 /// How many recent failures and items a crawl keeps.
@@ -72,13 +73,7 @@ impl RecentLog {
 
     /// Keeps an item among the recent ones (values cut).
     pub(super) fn item(&self, item: &Item) {
-        let cut = |v: &str| {
-            let mut end = v.len().min(RECENT_VALUE_BYTES);
-            while !v.is_char_boundary(end) {
-                end -= 1;
-            }
-            v[..end].to_owned()
-        };
+        let cut = |v: &str| prefix_within(v, RECENT_VALUE_BYTES).to_owned();
         let fields = item.fields.iter().map(|(k, v)| (k.to_string(), v.as_deref().map(cut))).collect();
         let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if recent.items.len() == RECENT_ITEMS {
