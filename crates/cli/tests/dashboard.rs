@@ -1,9 +1,9 @@
-//! The web dashboard in a real browser (headless Chromium through chromedriver) against a real
-//! cluster sandbox (etcd, 2 masters, 2 workers, the fixture site): the page lists the leader
+//! The web dashboard in real browsers (headless Chromium through chromedriver, headless Firefox
+//! through geckodriver), each against its own real cluster sandbox (etcd, 2 masters, 2 workers, the fixture site): the page lists the leader
 //! and both workers; adding a task through the form starts a crawl whose counters rise on the
 //! page; killing the worker that runs it shows the worker gone and the task on the other one;
 //! deleting the task removes it. A screenshot of each step is saved under
-//! `target/tmp/dashboard/`.
+//! `target/tmp/dashboard/<browser>/`.
 
 mod support;
 
@@ -14,14 +14,14 @@ use crawler_fixture::wait::until;
 use crawler_fixture::Site;
 use serde_json::Value;
 use support::sandbox::Sandbox;
-use support::webdriver::Browser;
+use support::webdriver::{Browser, Kind};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_crawler"))
 }
 
-fn shot(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard").join(format!("{name}.png"))
+fn shot(kind: Kind, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard").join(kind.name()).join(format!("{name}.png"))
 }
 
 /// The ids in the first column of a table's body.
@@ -52,12 +52,21 @@ fn num(row: &Value, col: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_and_steers_a_live_cluster() {
+async fn the_dashboard_shows_and_steers_a_live_cluster_in_chromium() {
+    scenario(Kind::Chromium).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_and_steers_a_live_cluster_in_firefox() {
+    scenario(Kind::Firefox).await;
+}
+
+async fn scenario(kind: Kind) {
     // Slow enough (40 pages a second at most) that the crawl runs through every step.
     let site = Site { books: 2000, tags: 2, per_page: 5, latency: Duration::from_millis(100) };
     let mut sb = Sandbox::start(bin(), site, false).await;
     let logs = tempfile::tempdir().unwrap();
-    let b = Browser::start(logs.path()).await;
+    let b = Browser::start(kind, logs.path()).await;
     let (leader, _) = sb.leader_and_follower().await;
     b.goto(&format!("http://{}/", sb.masters[0].http)).await;
 
@@ -68,7 +77,7 @@ async fn the_dashboard_shows_and_steers_a_live_cluster() {
     })
     .await;
     assert_eq!(rows(&b, "#masters").await.len(), 2);
-    b.screenshot(&shot("1-cluster")).await;
+    b.screenshot(&shot(kind, "1-cluster")).await;
 
     // Add a task through the form: its counters rise on the page.
     b.type_into("#add-name", "books").await;
@@ -83,16 +92,17 @@ async fn the_dashboard_shows_and_steers_a_live_cluster() {
     })
     .await;
     assert_eq!(b.eval("return document.querySelector('#add-error').textContent;").await, "");
-    b.screenshot(&shot("2-task-running")).await;
+    b.screenshot(&shot(kind, "2-task-running")).await;
 
     // Its detail: spec and figures.
-    b.click("#tasks tbody tr[data-name=\"books\"]").await;
+    // The name cell: Firefox cannot scroll a whole table row into view to click it.
+    b.click("#tasks tbody tr[data-name=\"books\"] td:first-child").await;
     until("the task's detail", Duration::from_secs(10), || async {
         let spec = b.eval("const d = document.querySelector('#detail'); return d.hidden ? '' : document.querySelector('#detail-spec').textContent;").await;
         spec.as_str().is_some_and(|s| s.contains("seeds"))
     })
     .await;
-    b.screenshot(&shot("3-task-detail")).await;
+    b.screenshot(&shot(kind, "3-task-detail")).await;
 
     // Kill the worker that runs it: gone from the page, the task shown on the other worker.
     let running_on = task_row(&b, "books").await.unwrap()["worker"].as_str().unwrap().to_owned();
@@ -103,7 +113,7 @@ async fn the_dashboard_shows_and_steers_a_live_cluster() {
             && task_row(&b, "books").await.is_some_and(|r| r["worker"] == other && r["state"] != "waiting")
     })
     .await;
-    b.screenshot(&shot("4-worker-killed")).await;
+    b.screenshot(&shot(kind, "4-worker-killed")).await;
 
     // Delete it, confirming the dialog: the row goes.
     b.click("#tasks tbody tr[data-name=\"books\"] button[data-action=\"delete\"]").await;
@@ -112,7 +122,7 @@ async fn the_dashboard_shows_and_steers_a_live_cluster() {
         task_row(&b, "books").await.is_none()
     })
     .await;
-    b.screenshot(&shot("5-task-deleted")).await;
+    b.screenshot(&shot(kind, "5-task-deleted")).await;
 
     // A bad spec through the form shows the API's error next to it.
     b.type_into("#add-name", "broken").await;
@@ -123,6 +133,6 @@ async fn the_dashboard_shows_and_steers_a_live_cluster() {
         e.as_str().is_some_and(|e| e.starts_with("400") && e.contains("seeds[0]"))
     })
     .await;
-    b.screenshot(&shot("6-form-error")).await;
+    b.screenshot(&shot(kind, "6-form-error")).await;
     b.close().await;
 }
