@@ -32,6 +32,47 @@ pub fn plan_moves(assigned: &BTreeMap<String, String>, live: &BTreeSet<String>) 
     moves
 }
 
+/// The owners of a split task's partitions after a change of live workers: partitions of dead
+/// (or no) owners go to the least-loaded live worker, then partitions move one at a time from
+/// the most- to the least-loaded worker until no two differ by more than one. Every other
+/// partition stays where it is, so a join or a leave moves as few as balance needs. Ties go to
+/// the smallest worker id, so every master plans the same. With no live worker nothing moves.
+pub fn plan_partitions(owners: &[String], live: &BTreeSet<String>) -> Vec<String> {
+    if live.is_empty() {
+        return owners.to_vec();
+    }
+    let mut out = owners.to_vec();
+    let mut held: BTreeMap<&String, Vec<usize>> = live.iter().map(|w| (w, Vec::new())).collect();
+    let mut orphans = Vec::new();
+    for (p, o) in owners.iter().enumerate() {
+        match held.get_mut(o) {
+            Some(ps) => ps.push(p),
+            None => orphans.push(p),
+        }
+    }
+    for p in orphans {
+        let to = *held.iter().min_by_key(|(w, ps)| (ps.len(), **w)).map(|(w, _)| w).expect("live");
+        held.get_mut(to).expect("live").push(p);
+        out[p] = to.clone();
+    }
+    loop {
+        let (most, most_n) = held
+            .iter()
+            .max_by_key(|(w, ps)| (ps.len(), std::cmp::Reverse(**w)))
+            .map(|(w, ps)| (*w, ps.len()))
+            .expect("live");
+        let (least, least_n) =
+            held.iter().min_by_key(|(w, ps)| (ps.len(), **w)).map(|(w, ps)| (*w, ps.len())).expect("live");
+        if most_n <= least_n + 1 {
+            return out;
+        }
+        // The most-loaded worker gives up its highest partition.
+        let p = held.get_mut(most).expect("live").pop().expect("not empty");
+        held.get_mut(least).expect("live").push(p);
+        out[p] = least.clone();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,7 +104,57 @@ mod tests {
         assert!(plan_moves(&assigned, &set(&[])).is_empty());
     }
 
+    #[test]
+    fn a_join_takes_a_fair_share_and_a_leave_hands_out_only_its_own() {
+        let owners: Vec<String> = (0..8).map(|p| if p % 2 == 0 { "w1" } else { "w2" }.to_string()).collect();
+        let joined = plan_partitions(&owners, &set(&["w1", "w2", "w3"]));
+        assert_eq!(joined.iter().filter(|o| *o == "w3").count(), 2);
+        assert_eq!(joined.iter().zip(&owners).filter(|(a, b)| a != b).count(), 2);
+        let left = plan_partitions(&joined, &set(&["w1", "w3"]));
+        for (p, (before, after)) in joined.iter().zip(&left).enumerate() {
+            if before != "w2" {
+                assert_eq!(before, after, "partition {p} moved without need");
+            }
+        }
+        assert!(plan_partitions(&owners, &set(&[])) == owners);
+        let fresh = plan_partitions(&vec![String::new(); 5], &set(&["a", "b"]));
+        assert_eq!(fresh.iter().filter(|o| *o == "a").count(), 3);
+    }
+
     proptest! {
+        #[test]
+        fn partitions_end_balanced_within_one_with_the_fewest_moves(
+            owners in proptest::collection::vec(0u8..6, 1..200),
+            live in proptest::collection::btree_set(0u8..6, 1..6),
+        ) {
+            let owners: Vec<String> = owners.into_iter().map(|w| format!("w{w}")).collect();
+            let live: BTreeSet<String> = live.into_iter().map(|w| format!("w{w}")).collect();
+            let out = plan_partitions(&owners, &live);
+            prop_assert_eq!(out.len(), owners.len());
+            prop_assert!(out.iter().all(|o| live.contains(o)));
+            let mut counts: BTreeMap<&String, usize> = live.iter().map(|w| (w, 0)).collect();
+            for o in &out { *counts.get_mut(o).unwrap() += 1; }
+            let (min, max) = (*counts.values().min().unwrap(), *counts.values().max().unwrap());
+            prop_assert!(max <= min + 1, "unbalanced: {:?}", counts);
+            // Fewest moves: every orphan moves once, and beyond that only what balance needs:
+            // the `n % workers` workers holding the most may keep the ceiling, the others the
+            // floor; whatever a worker holds above its target moves, nothing else.
+            let n = owners.len();
+            let (floor, extra) = (n / live.len(), n % live.len());
+            let orphans = owners.iter().filter(|o| !live.contains(*o)).count();
+            let mut before: Vec<usize> = live.iter().map(|w| owners.iter().filter(|o| *o == w).count()).collect();
+            before.sort_unstable_by(|a, b| b.cmp(a));
+            let excess: usize = before
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(if i < extra { floor + 1 } else { floor }))
+                .sum();
+            let moved = owners.iter().zip(&out).filter(|(a, b)| a != b).count();
+            prop_assert_eq!(moved, orphans + excess);
+            // Running it again changes nothing.
+            prop_assert_eq!(plan_partitions(&out, &live), out);
+        }
+
         #[test]
         fn moves_only_orphans_onto_live_workers_and_balance(
             assigned in proptest::collection::btree_map("[a-z]{1,4}", 0u8..6, 0..40),

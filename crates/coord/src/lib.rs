@@ -17,7 +17,7 @@ mod watcher;
 
 pub use client::{CoordError, Etcd};
 pub use election::{Fence, Leadership};
-pub use resources::{CreateOutcome, ResourceRecord};
+pub use resources::{CreateOutcome, Partitions, ResourceRecord};
 pub use retry::Backoff;
 pub use session::Session;
 pub use watcher::{Entry, PrefixWatch, Snapshot};

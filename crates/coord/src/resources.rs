@@ -22,6 +22,61 @@ pub struct ResourceRecord {
     /// Inline task spec, when the resource was added with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<serde_json::Value>,
+    /// A task split across workers: who owns each host partition (then `assigned_node` is the
+    /// owner of the seeds' partition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Partitions>,
+}
+
+/// The partition assignment of a split task: one small record, never per URL. Each partition
+/// carries the epoch of its current assignment; it grows whenever the partition moves, and the
+/// owner's state writes are fenced on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partitions {
+    /// The partition of the seeds' host.
+    pub home: u32,
+    /// Owner (worker id) of each partition, indexed by partition.
+    pub owners: Vec<String>,
+    /// Epoch of each partition's assignment.
+    pub epochs: Vec<i64>,
+}
+
+impl Partitions {
+    /// Number of partitions.
+    pub fn count(&self) -> u32 {
+        self.owners.len() as u32
+    }
+
+    /// The partitions `worker` owns, with their epochs.
+    pub fn owned_by(&self, worker: &str) -> Vec<(u32, i64)> {
+        self.owners
+            .iter()
+            .zip(&self.epochs)
+            .enumerate()
+            .filter(|(_, (o, _))| *o == worker)
+            .map(|(p, (_, e))| (p as u32, *e))
+            .collect()
+    }
+
+    /// Distinct owners.
+    pub fn workers(&self) -> std::collections::BTreeSet<&str> {
+        self.owners.iter().map(String::as_str).collect()
+    }
+
+    /// Takes a new assignment: partitions whose owner changes get an epoch above every epoch
+    /// so far. Returns whether anything moved.
+    pub fn reassign(&mut self, owners: Vec<String>) -> bool {
+        let next = self.epochs.iter().copied().max().unwrap_or(0) + 1;
+        let mut moved = false;
+        for (p, owner) in owners.into_iter().enumerate() {
+            if self.owners[p] != owner {
+                self.owners[p] = owner;
+                self.epochs[p] = next;
+                moved = true;
+            }
+        }
+        moved
+    }
 }
 
 impl ResourceRecord {

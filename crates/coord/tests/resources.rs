@@ -21,6 +21,7 @@ fn record(name: &str, id: &str) -> ResourceRecord {
         assigned_node: "w1".into(),
         creation_time: 1,
         task: None,
+        partitions: None,
     }
 }
 

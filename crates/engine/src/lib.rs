@@ -39,16 +39,16 @@ mod units;
 
 pub use charset::decode_html;
 pub use config::EngineConfig;
-pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem};
+pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem, Split};
 pub use fetch::{FetchError, FetchReport, Fetched, Fetcher, Throttled, Want};
-pub use frontier::{host_name, Admission, Frontier, HostId, Refill, Request};
+pub use frontier::{host_name, partition_of, Admission, Frontier, HostId, Refill, Request};
 pub use item::{rfc3339, Item};
 pub use limiter::RateLimiter;
 pub use robots::Robots;
 pub use scope::{host_allowed, normalize, resolve_link, url_key};
 pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, TaskSpec};
 pub use store::{
-    Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus, QueuedUrl,
-    RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore,
+    Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus, PartsOpen, Polled,
+    QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore,
 };
 pub use units::{ByteSize, HumanDuration};

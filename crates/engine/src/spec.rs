@@ -60,7 +60,14 @@ pub struct TaskSpec {
     /// The rule that handles sitemap URLs; the first rule when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sitemap_rule: Option<String>,
+    /// In a cluster: host partitions the task is split into across workers (1: the whole task
+    /// on one worker). Absent: the cluster's default (64 on a shared MySQL store, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
 }
+
+/// The most partitions a task may be split into.
+pub const MAX_PARTITIONS: u32 = 4096;
 
 fn default_max_depth() -> u32 {
     5
@@ -269,6 +276,9 @@ impl Task {
             allow_hosts =
                 seeds.iter().chain(&sitemaps).filter_map(|u| u.host_str().map(str::to_owned)).collect();
         }
+        if let Some(p) = spec.partitions.filter(|p| !(1..=MAX_PARTITIONS).contains(p)) {
+            return Err(err(format!("{base}.partitions"), format!("{p} is not in 1..={MAX_PARTITIONS}")));
+        }
         let mut limits = Vec::new();
         for (i, l) in spec.limits.iter().enumerate() {
             if l.events == 0 || l.per.0.is_zero() {
@@ -385,6 +395,13 @@ impl Task {
     /// The spec this task was compiled from.
     pub fn spec(&self) -> &TaskSpec {
         &self.0.spec
+    }
+
+    /// The partition of the seeds' host (the first seed's, else the first sitemap's) when the
+    /// task is split into `count` partitions.
+    pub fn home_partition(&self, count: u32) -> u32 {
+        let first = self.0.seeds.first().or(self.0.sitemaps.first());
+        first.map_or(0, |u| crate::frontier::partition_of(crate::frontier::host_name(u), count))
     }
 
     /// The tables this task writes into, with their field names, in rule order.

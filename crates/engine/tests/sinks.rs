@@ -65,6 +65,8 @@ fn queued(seq: u64, key: u64, depth: u32) -> QueuedUrl {
         priority: 0,
         replaces: None,
         held: true,
+        part: 0,
+        sent: false,
     }
 }
 
@@ -122,7 +124,7 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     assert!(again.resumed);
     assert_eq!(again.id, run.id);
     assert_eq!(again.epoch, run.epoch + 1);
-    assert_eq!((again.handled, again.waiting, again.last_seq), (2, 4, 7));
+    assert_eq!((again.handled, again.waiting, again.last_seqs.clone()), (2, 4, vec![7]));
     assert_eq!(sorted(again.seen.clone()), [1, 4]);
     assert_eq!(keys(&again.queued), [(2, 5, 1), (3, 3, 1), (6, 6, 2), (9, 7, 2)]);
     assert!(again.spilled.is_empty());

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crawler_coord::assign::plan_moves;
+use crawler_coord::assign::{plan_moves, plan_partitions};
 use crawler_coord::resources::{self, ResourceRecord};
 use crawler_coord::{keys, Backoff, CoordError, Leadership, MasterRecord, Session};
 use tokio::sync::watch;
@@ -105,7 +105,8 @@ async fn lead_while_alive(
     }
 }
 
-/// While leading: whenever workers or resources change, move resources off dead workers.
+/// While leading: whenever workers or resources change, move resources off dead workers and
+/// keep split tasks' partitions spread evenly over the live ones.
 async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken) {
     let mut workers = master.0.views.workers.clone();
     let mut resources = master.0.views.resources.clone();
@@ -156,8 +157,24 @@ async fn move_orphans(master: &Master, lead: &LeaderState) -> Result<(), CoordEr
             Err(err) => tracing::warn!(resource = %name, error = %err, "skipping an unreadable resource"),
         }
     }
-    let assigned: BTreeMap<String, String> =
-        records.iter().map(|(n, (r, _))| (n.clone(), r.assigned_node.clone())).collect();
+    // Split tasks: partitions of dead workers to live ones, and a fair share to new workers.
+    for (name, (rec, rev)) in records.iter().filter(|(_, (r, _))| r.partitions.is_some()) {
+        let mut rec = rec.clone();
+        let Some(parts) = rec.partitions.as_mut() else { continue };
+        if live.is_empty() || !parts.reassign(plan_partitions(&parts.owners, &live)) {
+            continue;
+        }
+        rec.assigned_node = parts.owners[parts.home as usize].clone();
+        let per_worker = crate::service::partitions_per_worker(parts);
+        if resources::update(&master.0.etcd, &lead.fence, &rec, *rev).await? {
+            tracing::info!(resource = %name, ?per_worker, "partitions reassigned");
+        }
+    }
+    let assigned: BTreeMap<String, String> = records
+        .iter()
+        .filter(|(_, (r, _))| r.partitions.is_none())
+        .map(|(n, (r, _))| (n.clone(), r.assigned_node.clone()))
+        .collect();
     for (name, to) in plan_moves(&assigned, &live) {
         let (mut rec, rev) = records.remove(&name).expect("planned from these records");
         let from = std::mem::replace(&mut rec.assigned_node, to.clone());

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crawler_coord::assign::pick_worker;
+use crawler_coord::assign::{pick_worker, plan_partitions};
 use crawler_coord::resources::{self, CreateOutcome, ResourceRecord};
-use crawler_coord::{Backoff, CoordError, Etcd, Fence, MasterRecord, PrefixWatch, Snapshot, WorkerRecord};
+use crawler_coord::{
+    Backoff, CoordError, Etcd, Fence, MasterRecord, Partitions, PrefixWatch, Snapshot, WorkerRecord,
+};
 use crawler_engine::{Task, TaskSpec};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -39,6 +41,8 @@ pub struct MasterConfig {
     pub token: String,
     /// API calls per second this master accepts.
     pub rate_per_sec: f64,
+    /// Partitions a task is split into when its spec does not say (1: whole tasks).
+    pub default_partitions: u32,
 }
 
 /// A resource as the API lists it.
@@ -52,6 +56,18 @@ pub struct ResourceView {
     pub assigned_node: String,
     /// Creation time, Unix milliseconds.
     pub creation_time: i64,
+    /// A split task: how many of its partitions each worker holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<BTreeMap<String, usize>>,
+}
+
+/// Partitions per worker of a split task.
+pub(crate) fn partitions_per_worker(p: &Partitions) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for o in &p.owners {
+        *out.entry(o.clone()).or_default() += 1;
+    }
+    out
 }
 
 /// A master as the API lists it.
@@ -283,6 +299,7 @@ impl Master {
                 name: r.name,
                 assigned_node: r.assigned_node,
                 creation_time: r.creation_time,
+                partitions: r.partitions.as_ref().map(partitions_per_worker),
             })
             .collect()
     }
@@ -422,8 +439,24 @@ impl Master {
             };
         }
         let live: BTreeSet<String> = workers.keys().cloned().collect();
-        let Some(worker) = pick_worker(&live, &loads(Some(&resources))).cloned() else {
+        let Some(mut worker) = pick_worker(&live, &loads(Some(&resources))).cloned() else {
             return Err(ApiError::NoWorker("no live worker".into()));
+        };
+        let spec = match &task {
+            Some(v) => serde_json::from_value::<TaskSpec>(v.clone()).ok(),
+            None => self.0.tasks.get(&req.name).cloned(),
+        };
+        let count = spec.as_ref().and_then(|s| s.partitions).unwrap_or(self.0.cfg.default_partitions).max(1);
+        let partitions = match spec.map(Task::compile) {
+            Some(Ok(compiled)) if count > 1 => {
+                // Every partition to a live worker, evenly; the answer names the owner of the
+                // seeds' partition.
+                let owners = plan_partitions(&vec![String::new(); count as usize], &live);
+                let home = compiled.home_partition(count);
+                worker = owners[home as usize].clone();
+                Some(Partitions { home, owners, epochs: vec![1; count as usize] })
+            }
+            _ => None,
         };
         let rec = ResourceRecord {
             id: req.id.clone().unwrap_or_else(new_id),
@@ -431,6 +464,7 @@ impl Master {
             assigned_node: worker.clone(),
             creation_time: now_ms(),
             task,
+            partitions,
         };
         match resources::create(&self.0.etcd, &lead.fence, &rec).await {
             Ok(CreateOutcome::Created(rev)) => {

@@ -35,6 +35,7 @@ async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> Mast
         .unwrap()],
         token: token.into(),
         rate_per_sec: rate,
+        default_partitions: 1,
     };
     let stop = CancellationToken::new();
     let s = stop.clone();

@@ -69,6 +69,7 @@ pub async fn run(
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
+    runner.set_registry(registry.clone());
 
     let server = axum::serve(http, http::router(runner.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -76,7 +77,7 @@ pub async fn run(
 
     follow(&cfg, &etcd, &runner, resources, registry, &shutdown).await;
 
-    runner.stop_all().await;
+    runner.stop_all(true).await;
     watchers.cancel();
     drop(runner);
     let written = writer.close().await?;
@@ -147,14 +148,16 @@ async fn follow(
         }
         runner.set_registered(false);
         if shutdown.is_cancelled() {
-            // Stop the crawls and flush before the lease goes, then revoke it.
-            runner.stop_all().await;
+            // Finish what is in flight and store it, then revoke the lease: once the lease is
+            // gone, the next owners take over and would fetch anything not stored yet again.
+            runner.stop_all(true).await;
+            runner.flush().await;
             session.close().await;
             return;
         }
         // The lease is gone: the masters move our resources; stop them here so no task runs
         // on two workers, then register again and take whatever is assigned then.
         tracing::warn!(id = %cfg.id, "lease lost: stopping every task and registering again");
-        runner.stop_all().await;
+        runner.stop_all(false).await;
     }
 }

@@ -6,19 +6,40 @@
 //! opened at the epoch of its assignment (the record's etcd revision): a task that moves here
 //! continues where its previous worker stopped, and the previous worker, should it come back,
 //! can no longer commit for it. A deleted (or re-added) resource's run is ended.
+//!
+//! A split task (its record lists partition owners) runs here as this worker's share: the
+//! partitions it owns. When that set changes, the share is drained (what is in flight finishes
+//! and is committed, the partitions are released) and started again with the new set. A
+//! partition that moves here from a live worker is opened only once that worker has released
+//! it (or its registration is gone), so no host is ever fetched by two workers at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crawler_coord::{ResourceRecord, Snapshot};
-use crawler_engine::{rfc3339, CommitSender, Crawl, CrawlStats, Epoch, Fetcher, StateStore, Task, TaskSpec};
+use crawler_coord::{PrefixWatch, ResourceRecord, Snapshot};
+use crawler_engine::{
+    rfc3339, CommitSender, Crawl, CrawlStats, Epoch, Fetcher, PartsOpen, Split, StateStore, Task, TaskSpec,
+};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// How long a stopping crawl may take to end its in-flight requests.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a partition's previous owner, still registered, may take to release it before
+/// it is taken anyway (its commits are refused from then on).
+const RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// How stopping a crawl treats its requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// Finish and commit them (a task moving away, a shutdown).
+    Drain,
+    /// Abandon them (a deleted task, a lost lease).
+    Abandon,
+}
 
 /// A task running (or finished) on this worker, as `GET /tasks` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -39,6 +60,9 @@ pub struct TaskStatus {
     pub finished: bool,
     /// Average fetch latency in milliseconds.
     pub fetch_ms: f64,
+    /// A split task: the partitions this worker holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// One task with its recent failures and items, as `GET /tasks/{name}` shows it.
@@ -56,6 +80,8 @@ struct Running {
     crawl: Option<Crawl>,
     /// The stored run, when there is a state store.
     run: Option<i64>,
+    /// A split task: the partitions held here, with their epochs.
+    parts: Option<Vec<(u32, i64)>>,
 }
 
 /// The crawls of one worker. Cheap to clone.
@@ -72,6 +98,8 @@ struct Inner {
     registered: AtomicBool,
     unknown_tasks: AtomicU64,
     parent: CancellationToken,
+    /// The worker registry, to tell a gone partition owner from a live one.
+    registry: std::sync::Mutex<Option<PrefixWatch>>,
 }
 
 impl Runner {
@@ -94,7 +122,19 @@ impl Runner {
             registered: AtomicBool::new(false),
             unknown_tasks: AtomicU64::new(0),
             parent: CancellationToken::new(),
+            registry: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Follows the worker registry (to know whether a partition's previous owner is gone).
+    pub fn set_registry(&self, registry: PrefixWatch) {
+        *self.0.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(registry);
+    }
+
+    /// Whether `worker` is not registered now (unknown without a registry: not gone).
+    fn gone(&self, worker: &str) -> bool {
+        let registry = self.0.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.as_ref().and_then(|r| r.current()).is_some_and(|s| !s.entries.contains_key(worker))
     }
 
     /// Whether the worker is registered in etcd now.
@@ -119,7 +159,11 @@ impl Runner {
             match ResourceRecord::decode(name, &e.value) {
                 Ok(r) => {
                     ids.insert(name, r.id.clone());
-                    if r.assigned_node == self.0.id {
+                    let mine = match &r.partitions {
+                        Some(p) => p.owners.iter().any(|o| *o == self.0.id),
+                        None => r.assigned_node == self.0.id,
+                    };
+                    if mine {
                         desired.insert(name.clone(), (r, e.mod_revision));
                     }
                 }
@@ -127,17 +171,22 @@ impl Runner {
             }
         }
         let mut running = self.0.running.lock().await;
+        let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
         let stale: Vec<String> = running
             .iter()
-            .filter(|(name, r)| desired.get(*name).is_none_or(|(d, _)| d.id != r.resource_id))
+            .filter(|(name, r)| {
+                desired.get(*name).is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts)
+            })
             .map(|(name, _)| name.clone())
             .collect();
+        let stopped = !stale.is_empty();
         for name in stale {
             if let Some(r) = running.remove(&name) {
-                // Deleted or re-added (not moved to another worker): its run is over.
+                // Deleted or re-added (not moved to another worker): its run is over (a split
+                // run is ended by every worker that held a share; ending is idempotent).
                 let ended = ids.get(name.as_str()).is_none_or(|id| *id != r.resource_id);
                 let run = r.run;
-                stop(&name, r).await;
+                stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
                 if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
                     let state = state.clone();
                     match tokio::task::spawn_blocking(move || state.end_run(run)).await {
@@ -148,13 +197,19 @@ impl Runner {
                 }
             }
         }
+        if stopped {
+            // What the stopped crawls committed is stored before any run is opened again here:
+            // an open would otherwise take their last pages for unfetched ones.
+            self.flush().await;
+        }
         for (name, (rec, revision)) in desired {
             if running.contains_key(&name) {
                 continue;
             }
+            let parts = mine(&rec);
             let (crawl, run) = match self.task_for(&rec) {
                 Ok(task) => match self.start(task, &rec, revision).await {
-                    Ok((crawl, run)) => (Some(crawl), run),
+                    Ok((crawl, run)) => (crawl, run),
                     Err(e) => {
                         // Not recorded as running, so the next event tries again.
                         tracing::error!(resource = %name, error = %e, "cannot open the task's run");
@@ -167,26 +222,30 @@ impl Runner {
                     (None, None)
                 }
             };
-            running.insert(name, Running { resource_id: rec.id, crawl, run });
+            running.insert(name, Running { resource_id: rec.id, crawl, run, parts });
         }
     }
 
     /// Starts a resource's crawl: its stored run (resumed if the task moved here) or, without
-    /// a state store, a crawl from the seeds.
+    /// a state store, a crawl from the seeds; for a split task, this worker's share (none when
+    /// its run is over).
     async fn start(
         &self,
         task: Task,
         rec: &ResourceRecord,
         revision: i64,
-    ) -> Result<(Crawl, Option<i64>), crawler_engine::SinkError> {
+    ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
         let inner = &self.0;
         let Some(state) = inner.state.clone() else {
             tracing::info!(resource = %rec.name, id = %rec.id, "starting crawl");
             return Ok((
-                Crawl::start(task, inner.fetcher.clone(), inner.commits.clone(), &inner.parent),
+                Some(Crawl::start(task, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
                 None,
             ));
         };
+        if rec.partitions.is_some() {
+            return self.start_share(task, rec, state).await;
+        }
         let (name, label) = (rec.name.clone(), rec.id.clone());
         let window = inner.fetcher.config().queue_window;
         let opened = tokio::task::spawn_blocking(move || {
@@ -206,9 +265,75 @@ impl Runner {
         );
         let run = opened.id;
         Ok((
-            Crawl::resume(task, opened, inner.fetcher.clone(), inner.commits.clone(), &inner.parent),
+            Some(Crawl::resume(task, opened, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
             Some(run),
         ))
+    }
+
+    /// Opens this worker's partitions of a split task's run, waiting (up to [`RELEASE_WAIT`])
+    /// for previous owners that are still registered to release theirs, and starts the share.
+    async fn start_share(
+        &self,
+        task: Task,
+        rec: &ResourceRecord,
+        state: Arc<dyn StateStore>,
+    ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
+        let inner = &self.0;
+        let p = rec.partitions.as_ref().expect("a split task");
+        let parts = p.owned_by(&inner.id);
+        let split = Split {
+            count: p.count(),
+            home: parts.iter().any(|(part, _)| *part == p.home),
+            share: p.workers().len() as u32,
+            parts,
+        };
+        let window = inner.fetcher.config().queue_window;
+        let started = std::time::Instant::now();
+        loop {
+            let (state, runner) = (state.clone(), self.clone());
+            let (name, label, me, parts) =
+                (rec.name.clone(), rec.id.clone(), inner.id.clone(), split.parts.clone());
+            let force = started.elapsed() > RELEASE_WAIT;
+            let opened = tokio::task::spawn_blocking(move || {
+                state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
+            })
+            .await
+            .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
+            match opened {
+                PartsOpen::Opened(run) => {
+                    tracing::info!(
+                        resource = %rec.name,
+                        run = run.id,
+                        partitions = split.parts.len(),
+                        of = split.count,
+                        home = split.home,
+                        resumed = run.resumed,
+                        done = run.handled,
+                        queued = run.waiting,
+                        forced = force,
+                        "starting this worker's share"
+                    );
+                    let id = run.id;
+                    let crawl = Crawl::resume_split(
+                        task,
+                        run,
+                        split,
+                        inner.fetcher.clone(),
+                        inner.commits.clone(),
+                        &inner.parent,
+                    );
+                    return Ok((Some(crawl), Some(id)));
+                }
+                PartsOpen::Over => {
+                    tracing::info!(resource = %rec.name, "the split run is over; nothing to do here");
+                    return Ok((None, None));
+                }
+                PartsOpen::Busy { part, owner } => {
+                    tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 
     fn task_for(&self, rec: &ResourceRecord) -> Result<Task, String> {
@@ -226,19 +351,32 @@ impl Runner {
         Task::compile(spec).map_err(|e| e.to_string())
     }
 
-    /// Stops every crawl (their items are flushed by the writer).
-    pub async fn stop_all(&self) {
+    /// Stops every crawl (their items are flushed by the writer): gracefully (`drain`: what is
+    /// in flight is finished and committed), or at once.
+    pub async fn stop_all(&self, drain: bool) {
         let mut running = self.0.running.lock().await;
+        let how = if drain { Stop::Drain } else { Stop::Abandon };
+        // All at once: each may wait for its requests in flight.
+        let mut stops = tokio::task::JoinSet::new();
         for (name, r) in std::mem::take(&mut *running) {
-            stop(&name, r).await;
+            stops.spawn(async move { stop(&name, r, how).await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// Waits until everything the crawls handed to the writer is stored.
+    pub async fn flush(&self) {
+        if let Err(e) = self.0.commits.flush().await {
+            tracing::error!(error = %e, "cannot flush the writer");
         }
     }
 
     /// One crawl's figures with its recent failures and items.
     pub async fn detail(&self, name: &str) -> Option<TaskDetail> {
         let running = self.0.running.lock().await;
-        let crawl = running.get(name)?.crawl.as_ref()?;
-        Some(TaskDetail { status: status(name, crawl.stats(), crawl), recent: crawl.recent() })
+        let r = running.get(name)?;
+        let crawl = r.crawl.as_ref()?;
+        Some(TaskDetail { status: status(name, crawl.stats(), crawl, r), recent: crawl.recent() })
     }
 
     /// The crawls and their figures.
@@ -246,13 +384,13 @@ impl Runner {
         let running = self.0.running.lock().await;
         running
             .iter()
-            .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name, c)))
-            .map(|(name, c)| status(name, c.stats(), c))
+            .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name, c, r)))
+            .map(|(name, c, r)| status(name, c.stats(), c, r))
             .collect()
     }
 }
 
-fn status(name: &str, s: CrawlStats, c: &Crawl) -> TaskStatus {
+fn status(name: &str, s: CrawlStats, c: &Crawl, r: &Running) -> TaskStatus {
     TaskStatus {
         name: name.to_owned(),
         pages: s.pages,
@@ -262,15 +400,28 @@ fn status(name: &str, s: CrawlStats, c: &Crawl) -> TaskStatus {
         started_at: rfc3339(c.started_at()),
         finished: c.is_finished(),
         fetch_ms: if s.fetches == 0 { 0.0 } else { s.fetch_micros as f64 / s.fetches as f64 / 1000.0 },
+        partitions: r.parts.as_ref().map(|p| p.iter().map(|(part, _)| *part).collect()),
     }
 }
 
-async fn stop(name: &str, r: Running) {
+async fn stop(name: &str, r: Running, how: Stop) {
     let Some(crawl) = r.crawl else { return };
-    crawl.cancel();
-    match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
-        Ok(s) => tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped"),
-        Err(_) => tracing::warn!(resource = %name, "crawl did not stop in time"),
+    match how {
+        Stop::Drain => crawl.drain(),
+        Stop::Abandon => crawl.cancel(),
+    }
+    let stopped = match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
+        Ok(s) => Some(s),
+        Err(_) if how == Stop::Drain => {
+            tracing::warn!(resource = %name, "requests in flight did not finish in time; abandoning them");
+            crawl.cancel();
+            tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await.ok()
+        }
+        Err(_) => None,
+    };
+    match stopped {
+        Some(s) => tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped"),
+        None => tracing::warn!(resource = %name, "crawl did not stop in time"),
     }
 }
 
@@ -290,6 +441,7 @@ mod tests {
                 assigned_node: (*node).into(),
                 creation_time: 0,
                 task: task.clone(),
+                partitions: None,
             };
             let entry = Entry {
                 value: serde_json::to_vec(&rec).unwrap(),

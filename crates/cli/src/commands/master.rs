@@ -46,6 +46,9 @@ pub fn etcd_endpoints(flag: Option<&str>, config: &Config) -> Result<Vec<String>
     Ok(list)
 }
 
+/// Partitions of a task on a shared MySQL store when its spec does not say.
+pub const DEFAULT_PARTITIONS: u32 = 64;
+
 /// Builds the master's settings from flags and config.
 pub fn master_config(
     args: &MasterArgs,
@@ -69,6 +72,11 @@ pub fn master_config(
         token: config.api.token.clone(),
         rate_per_sec: parse_rate(&config.api.rate)
             .map_err(|p| ConfigError::Key { key: "api.rate".into(), problem: p })?,
+        // Split tasks need a store every worker shares.
+        default_partitions: match config.storage() {
+            Ok(crate::config::Storage::Mysql(_)) => DEFAULT_PARTITIONS,
+            _ => 1,
+        },
     })
 }
 

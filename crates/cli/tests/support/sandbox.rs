@@ -75,11 +75,18 @@ pub struct Sandbox {
     pub masters: Vec<Proc>,
     pub workers: Vec<Proc>,
     client: reqwest::Client,
+    /// How to start another worker: the binary, etcd endpoints, the config file.
+    spawn: (PathBuf, String, String),
 }
 
 impl Sandbox {
     /// Items go to a shared SQLite file, or to MariaDB with `mysql`.
     pub async fn start(bin: &Path, site: Site, mysql: bool) -> Sandbox {
+        Self::start_with(bin, site, mysql, 4).await
+    }
+
+    /// The same, with `per_host` requests per host in flight on each worker.
+    pub async fn start_with(bin: &Path, site: Site, mysql: bool, per_host: usize) -> Sandbox {
         let etcd = EtcdCluster::start(1);
         let mariadb = mysql.then(MariaDb::start);
         let fixture = Fixture::start(site).await.unwrap();
@@ -91,7 +98,7 @@ impl Sandbox {
                 r#"
 [engine]
 concurrency = 4
-per_host = 4
+per_host = {per_host}
 retries = 1
 backoff = "10ms"
 timeout = "2s"
@@ -144,11 +151,26 @@ max_depth = 100
                 Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", &eps, "--config", &cfg], dir.path())
             })
             .collect();
-        let sb = Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new() };
+        let spawn = (bin.to_owned(), eps, cfg);
+        let sb =
+            Sandbox { etcd, mariadb, dir, fixture, masters, workers, client: reqwest::Client::new(), spawn };
         sb.wait_workers(2).await;
         // A leader is elected: until then writes answer 503.
         sb.leader_and_follower().await;
         sb
+    }
+
+    /// Starts one more worker (registered when this returns).
+    pub fn add_worker(&mut self, id: &str) {
+        let (bin, eps, cfg) = &self.spawn;
+        let w =
+            Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", eps, "--config", cfg], self.dir.path());
+        self.workers.push(w);
+    }
+
+    /// Runs an SQL query on the sandbox's MariaDB.
+    pub fn query(&self, sql: &str) -> String {
+        self.mariadb.as_ref().expect("a sandbox with MariaDB").query(sql)
     }
 
     /// What a master or worker logged so far.

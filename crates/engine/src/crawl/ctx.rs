@@ -77,6 +77,10 @@ pub(super) struct Ctx {
     pub(super) cookie: Option<HeaderValue>,
     pub(super) counters: Counters,
     pub(super) cancel: CancellationToken,
+    /// Fired to stop gracefully: finish what is in flight, start nothing new.
+    pub(super) drain: CancellationToken,
+    /// This crawl's share of a run split across workers.
+    pub(super) split: Option<super::Split>,
     /// robots.txt and pace per host.
     pub(super) polite: Politeness,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").

@@ -29,7 +29,9 @@ use crate::frontier::{Admission, Frontier, HostId, Refill, Request};
 use crate::limiter::RateLimiter;
 use crate::scope::url_key;
 use crate::spec::Task;
-use crate::store::{Commit, CommitSender, OpenedRun, PageStatus, QueuedUrl, RefillReply, RunHandle};
+use crate::store::{
+    Commit, CommitSender, OpenedRun, PageStatus, PollReply, QueuedUrl, RefillReply, RunHandle,
+};
 use ctx::{Counters, Ctx};
 use job::{handle, Handled, Outcome};
 use politeness::Politeness;
@@ -43,6 +45,26 @@ const FOUND_BACKLOG: usize = 100_000;
 
 /// Redirect hops followed from one link before it counts as an error.
 const MAX_REDIRECTS: usize = 10;
+
+/// How often a split run's owner reads the URLs other workers sent to its partitions.
+const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Inbox rows taken in per poll.
+const POLL_LIMIT: usize = 2000;
+
+/// A share of a run split across workers: which partitions this crawl owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Partitions of the run.
+    pub count: u32,
+    /// The partitions owned here, each with its epoch.
+    pub parts: Vec<(u32, i64)>,
+    /// Whether the seeds' partition is among them: this owner queues the seeds, reads the
+    /// sitemaps and marks the run finished once nothing waits anywhere.
+    pub home: bool,
+    /// Workers sharing the run: the task's rate limits are divided among them.
+    pub share: u32,
+}
 
 pub use ctx::CrawlStats;
 pub use recent::{Recent, RecentError, RecentItem};
@@ -65,7 +87,7 @@ impl Crawl {
         commits: CommitSender,
         parent: &CancellationToken,
     ) -> Crawl {
-        Self::spawn(task, None, fetcher, commits, parent)
+        Self::spawn(task, None, None, fetcher, commits, parent)
     }
 
     /// Starts or continues a stored run (opened by a [`crate::StateStore`]): a resumed run
@@ -79,12 +101,29 @@ impl Crawl {
         commits: CommitSender,
         parent: &CancellationToken,
     ) -> Crawl {
-        Self::spawn(task, Some(run), fetcher, commits, parent)
+        Self::spawn(task, Some(run), None, fetcher, commits, parent)
+    }
+
+    /// Runs this worker's share of a run split across workers (opened by
+    /// [`crate::StateStore::open_parts`]): the hosts of its partitions; URLs of other
+    /// partitions are sent to their owners through the shared inbox, and URLs sent here are
+    /// taken in every half second. It ends when the run is over: the seeds' owner marks it
+    /// finished once no request waits anywhere.
+    pub fn resume_split(
+        task: Task,
+        run: OpenedRun,
+        split: Split,
+        fetcher: Arc<Fetcher>,
+        commits: CommitSender,
+        parent: &CancellationToken,
+    ) -> Crawl {
+        Self::spawn(task, Some(run), Some(split), fetcher, commits, parent)
     }
 
     fn spawn(
         task: Task,
         run: Option<OpenedRun>,
+        split: Option<Split>,
         fetcher: Arc<Fetcher>,
         commits: CommitSender,
         parent: &CancellationToken,
@@ -93,7 +132,12 @@ impl Crawl {
             .filter(|c| !c.is_empty())
             .and_then(|c| HeaderValue::from_str(c).ok());
         let cancel = parent.child_token();
-        let handle = run.as_ref().map(|r| Arc::new(RunHandle::new(r.id, r.epoch, cancel.clone())));
+        let handle = run.as_ref().map(|r| {
+            Arc::new(match &split {
+                Some(split) => RunHandle::split(r.id, split.parts.clone(), cancel.clone()),
+                None => RunHandle::new(r.id, r.epoch, cancel.clone()),
+            })
+        });
         let (pauses, paused) = mpsc::unbounded_channel();
         let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses);
         let ctx = Arc::new(Ctx {
@@ -104,6 +148,8 @@ impl Crawl {
             cookie,
             counters: Counters::default(),
             cancel,
+            drain: CancellationToken::new(),
+            split,
             polite,
             first_problem: Mutex::new(None),
             recent: RecentLog::default(),
@@ -153,6 +199,12 @@ impl Crawl {
         self.ctx.cancel.cancel();
     }
 
+    /// Asks the crawl to stop gracefully: nothing new is started, the requests in flight are
+    /// finished and committed, then it ends (a split run's partitions are released).
+    pub fn drain(&self) {
+        self.ctx.drain.cancel();
+    }
+
     /// Whether the crawl has ended.
     pub fn is_finished(&self) -> bool {
         *self.done.borrow()
@@ -188,6 +240,11 @@ async fn run_crawl(
     if record {
         frontier = frontier.with_window(cfg.queue_window);
     }
+    let split = ctx.split.clone();
+    if let Some(split) = &split {
+        frontier = frontier.with_parts(split.count, split.parts.iter().map(|(p, _)| *p));
+    }
+    let home = split.as_ref().is_none_or(|s| s.home);
     let mut dispatched = 0u64;
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
@@ -196,7 +253,9 @@ async fn run_crawl(
             for key in run.seen {
                 frontier.mark_handled(key);
             }
-            frontier.continue_after(run.last_seq);
+            for seq in run.last_seqs {
+                frontier.continue_after(seq);
+            }
             for q in run.queued {
                 if let Some(req) = stored_request(&ctx, &q) {
                     frontier.restore(req, q.seq);
@@ -208,6 +267,7 @@ async fn run_crawl(
                 }
             }
         }
+        _ if !home => {}
         _ => {
             for seed in &inner.seeds {
                 let req = Request::new(seed.clone(), 0, 0, inner.rules[0].priority);
@@ -221,9 +281,18 @@ async fn run_crawl(
     // Sitemaps are read beside the crawl; their URLs arrive in batches (bounded, so a huge
     // sitemap waits for the frontier rather than filling memory).
     let (found_tx, mut found) = mpsc::channel::<Vec<Url>>(2);
-    let mut discovering = !inner.sitemaps.is_empty() || inner.spec.sitemaps_from_robots;
+    let mut discovering = home && (!inner.sitemaps.is_empty() || inner.spec.sitemaps_from_robots);
     let sitemaps = discovering.then(|| tokio::spawn(read_sitemaps(ctx.clone(), found_tx)));
-    let mut limiter = RateLimiter::new(&inner.limits);
+    let share = split.as_ref().map_or(1, |s| s.share);
+    let mut limiter = RateLimiter::new(&shared_limits(&inner.limits, share));
+    let mut polls: JoinSet<(bool, Option<PollReply>)> = JoinSet::new();
+    let mut next_poll = Instant::now();
+    let mut polling = false;
+    // A split run: the run is over (ended by its seeds' owner or a delete), or, on the seeds'
+    // owner, nothing waits anywhere.
+    let mut over = false;
+    let mut quiet = false;
+    let mut draining = false;
     let mut jobs = Jobs::default();
     let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
     let max_in_flight = ctx.fetcher.config().concurrency;
@@ -249,13 +318,29 @@ async fn run_crawl(
         for refill in frontier.take_refills() {
             ask_refill(&ctx, &mut refills, refill).await;
         }
+        while let Some(done) = polls.try_join_next() {
+            polling = false;
+            polled(&ctx, &mut frontier, done, &mut over, &mut quiet).await;
+        }
+        let idle = jobs.set.is_empty() && frontier.is_empty() && !discovering && refills.is_empty();
+        if split.is_some() && !polling && !draining && Instant::now() >= next_poll {
+            ask_poll(&ctx, &mut polls, idle).await;
+            polling = true;
+            next_poll = Instant::now() + POLL_EVERY;
+        }
         counters.queued.store(frontier.len() as u64, Relaxed);
         counters.in_flight.store(jobs.set.len() as u64, Relaxed);
-        if ctx.cancel.is_cancelled() {
+        if ctx.cancel.is_cancelled() || over || (quiet && home) {
             break;
         }
+        if ctx.drain.is_cancelled() {
+            draining = true;
+            if jobs.set.is_empty() {
+                break;
+            }
+        }
         let budget = max_pages == 0 || dispatched < max_pages;
-        let room = jobs.set.len() < max_in_flight && budget;
+        let room = jobs.set.len() < max_in_flight && budget && !draining;
         if room {
             // Only a request whose host can be served now: a busy or paused host never holds
             // a slot another host could use.
@@ -279,12 +364,19 @@ async fn run_crawl(
                 continue;
             }
         }
-        if jobs.set.is_empty() && (!budget || (frontier.is_empty() && !discovering)) {
+        if jobs.set.is_empty() && (!budget || (split.is_none() && frontier.is_empty() && !discovering)) {
             break;
         }
         let wake = if room { frontier.next_wake() } else { None };
+        let poll_at = (split.is_some() && !polling && !draining).then_some(next_poll);
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
+            _ = ctx.drain.cancelled(), if !draining => {}
+            Some(done) = polls.join_next() => {
+                polling = false;
+                polled(&ctx, &mut frontier, done, &mut over, &mut quiet).await;
+            }
+            _ = sleep_until_some(poll_at) => {}
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
@@ -298,26 +390,101 @@ async fn run_crawl(
     if let Some(reader) = sitemaps {
         reader.abort();
     }
-    let finished = !ctx.cancel.is_cancelled();
+    let finished = !ctx.cancel.is_cancelled() && !draining;
     // Pages already handled are committed; requests still in flight are abandoned and stay
     // queued in the stored run.
     jobs.set.abort_all();
     while let Some(done) = jobs.set.join_next_with_id().await {
         settle(&ctx, &mut frontier, &mut jobs, done).await;
     }
-    if finished
-        && record
-        && ctx
-            .commits
-            .send(Commit { run: ctx.run.clone(), finished: true, ..Commit::default() })
-            .await
-            .is_err()
-    {
+    // A split run is finished by its seeds' owner only (the others end when it is over); a
+    // share that stops before lets its partitions go.
+    let fenced = ctx.run.as_ref().is_some_and(|r| r.is_fenced());
+    let last = Commit {
+        run: ctx.run.clone(),
+        finished: finished && (split.is_none() || (home && quiet) || !budget_left(&ctx, dispatched)),
+        release: split.is_some() && !finished && !fenced,
+        ..Commit::default()
+    };
+    if record && (last.finished || last.release) && ctx.commits.send(last).await.is_err() {
         writer_gone(&ctx);
     }
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
+}
+
+/// Whether the task's page budget still allows requests.
+fn budget_left(ctx: &Ctx, dispatched: u64) -> bool {
+    let max = ctx.task.0.spec.max_pages;
+    max == 0 || dispatched < max
+}
+
+/// A task's rate limits as one of `share` workers applies them, so that together they keep
+/// them: `events / share` per window, or one per `share / events` windows when fewer events
+/// than workers.
+fn shared_limits(limits: &[(u32, std::time::Duration)], share: u32) -> Vec<(u32, std::time::Duration)> {
+    let share = share.max(1);
+    limits
+        .iter()
+        .map(|&(events, per)| {
+            if events >= share {
+                (events / share, per)
+            } else {
+                (1, per.mul_f64(f64::from(share) / f64::from(events.max(1))))
+            }
+        })
+        .collect()
+}
+
+/// Sends a poll of the inbox to the writer (ordered after every commit sent so far); `idle`
+/// says whether nothing was waiting or in flight here when it was sent.
+async fn ask_poll(ctx: &Ctx, polls: &mut JoinSet<(bool, Option<PollReply>)>, idle: bool) {
+    let Some(run) = &ctx.run else { return };
+    match ctx.commits.poll(run.clone(), POLL_LIMIT).await {
+        Ok(answer) => {
+            polls.spawn(async move { (idle, answer.await.ok()) });
+        }
+        Err(_) => writer_gone(ctx),
+    }
+}
+
+/// Takes the URLs sent to this owner into the frontier, committing them with the removal of
+/// their inbox rows; notes whether the run is over, or quiet (nothing waits anywhere, and
+/// nothing did here when the poll was sent).
+async fn polled(
+    ctx: &Ctx,
+    frontier: &mut Frontier,
+    done: Result<(bool, Option<PollReply>), tokio::task::JoinError>,
+    over: &mut bool,
+    quiet: &mut bool,
+) {
+    let (idle, polled) = match done {
+        Ok((idle, Some(Ok(p)))) => (idle, p),
+        Ok((_, Some(Err(e)))) => {
+            ctx.counters.errors.fetch_add(1, Relaxed);
+            tracing::error!(task = %ctx.task.name(), error = %e, "cannot read the inbox; stopping the crawl");
+            ctx.cancel.cancel();
+            return;
+        }
+        Ok((_, None)) | Err(_) => return writer_gone(ctx),
+    };
+    *over |= polled.over;
+    if polled.rows.is_empty() {
+        *quiet = idle && !polled.waiting_elsewhere && frontier.is_empty();
+        return;
+    }
+    *quiet = false;
+    let mut commit = Commit { run: ctx.run.clone(), ..Commit::default() };
+    for q in &polled.rows {
+        commit.taken.push((q.part, q.key));
+        if let Some(req) = stored_request(ctx, q) {
+            commit.queued.extend(frontier.offer(req, true).1);
+        }
+    }
+    if ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
+    }
 }
 
 /// Queues the page URLs a sitemap listed, at depth 0 under the sitemap rule, and commits them.

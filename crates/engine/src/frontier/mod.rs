@@ -19,6 +19,12 @@
 //! back, best `(depth, seq)` first, when the host's window runs low. The frontier asks for that
 //! ([`Frontier::take_refills`]) and is given the rows ([`Frontier::refilled`]); it never does
 //! I/O itself. A spilled URL found again closer to a seed keeps its first depth.
+//!
+//! A run split across workers ([`Frontier::with_parts`]) puts every host in one of a fixed
+//! number of partitions ([`partition_of`]); this frontier holds only the hosts of the
+//! partitions it owns. A URL of another partition is *sent*: it comes back as a row for the
+//! shared inbox, and its owner takes it from there. Requests are numbered per partition (the
+//! partition in the top bits), so owners of different partitions never pick the same number.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -38,6 +44,28 @@ pub type HostId = u32;
 pub const BUDGET_WINDOWS: usize = 50;
 /// ... beyond which a host holds at most this many (so every host still makes progress).
 pub const MIN_HELD: usize = 16;
+
+/// Request numbers carry their partition above this many bits.
+pub const PART_SHIFT: u32 = 40;
+
+/// The partition of a host (as [`host_name`] spells it) in a run split into `count`
+/// partitions: FNV-1a of the name, so every worker and master computes the same one.
+pub fn partition_of(host: &str, count: u32) -> u32 {
+    if count <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(count)) as u32
+}
+
+/// The partition a request number belongs to.
+pub fn part_of_seq(seq: u64) -> u32 {
+    (seq >> PART_SHIFT) as u32
+}
 
 /// A request waiting in the frontier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +120,8 @@ pub enum Admission {
     Seen,
     /// Deeper than the task's `max_depth`.
     TooDeep,
+    /// Of a partition another worker owns: to be sent to it through the shared inbox.
+    Sent,
 }
 
 /// A hasher for keys that are already uniformly distributed 64-bit hashes.
@@ -154,6 +184,10 @@ impl Ord for Entry {
 #[derive(Default)]
 struct HostQueue {
     name: Arc<str>,
+    /// Its partition.
+    part: u32,
+    /// Its partition is owned elsewhere: its URLs are sent, never held.
+    foreign: bool,
     queue: BinaryHeap<Entry>,
     in_flight: u32,
     /// Paused until then.
@@ -192,7 +226,11 @@ pub struct Frontier {
     waiting: HashMap<u64, (u32, u64), BuildHasherDefault<KeyHasher>>,
     /// Entries queued (stale ones included) and not popped.
     entries: usize,
-    seq: u64,
+    /// The last request number used, per partition.
+    seqs: HashMap<u32, u64>,
+    /// Partitions of the run, and the ones this frontier owns (`None`: all of them).
+    parts: u32,
+    owned: Option<HashSet<u32>>,
     max_depth: u32,
     reload: bool,
     per_host: u32,
@@ -218,7 +256,9 @@ impl Frontier {
             visited: HashSet::default(),
             waiting: HashMap::default(),
             entries: 0,
-            seq: 0,
+            seqs: HashMap::new(),
+            parts: 1,
+            owned: None,
             max_depth,
             reload,
             per_host: per_host.clamp(1, u32::MAX as usize) as u32,
@@ -237,6 +277,14 @@ impl Frontier {
         if !self.reload {
             self.window = window.max(2);
         }
+        self
+    }
+
+    /// Holds only the hosts of the `owned` partitions (of `count`); URLs of other hosts are
+    /// [`Admission::Sent`].
+    pub fn with_parts(mut self, count: u32, owned: impl IntoIterator<Item = u32>) -> Frontier {
+        self.parts = count.max(1);
+        self.owned = Some(owned.into_iter().collect());
         self
     }
 
@@ -279,14 +327,35 @@ impl Frontier {
             }
         }
         let host = self.host_id(&req.url);
+        let (part, foreign) = {
+            let hq = &self.hosts[host as usize];
+            (hq.part, hq.foreign)
+        };
+        if foreign {
+            let row = record.then(|| QueuedUrl {
+                seq: 0,
+                key,
+                url: Arc::from(String::from(req.url)),
+                host: self.hosts[host as usize].name.clone(),
+                part,
+                depth: req.depth,
+                rule: req.rule as u32,
+                priority: req.priority,
+                replaces: None,
+                held: false,
+                sent: true,
+            });
+            return (Admission::Sent, row);
+        }
+        let last = self.seqs.entry(part).or_insert(u64::from(part) << PART_SHIFT);
         let seq = match stored {
             Some(seq) => {
-                self.seq = self.seq.max(seq);
+                *last = (*last).max(seq);
                 seq
             }
             None => {
-                self.seq += 1;
-                self.seq
+                *last += 1;
+                *last
             }
         };
         let url: Arc<str> = Arc::from(String::from(req.url));
@@ -301,11 +370,13 @@ impl Frontier {
             key,
             url: url.clone(),
             host: hq.name.clone(),
+            part,
             depth: req.depth,
             rule: req.rule as u32,
             priority: req.priority,
             replaces,
             held: !spill,
+            sent: false,
         });
         if spill {
             hq.spilled += 1;
@@ -418,9 +489,11 @@ impl Frontier {
         }
     }
 
-    /// Numbers new requests after `seq` (a resumed run's last stored number).
+    /// Numbers new requests of `seq`'s partition after it (a resumed run's last stored
+    /// number of that partition).
     pub fn continue_after(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
+        let last = self.seqs.entry(part_of_seq(seq)).or_insert(0);
+        *last = (*last).max(seq);
     }
 
     /// Marks a URL key as already handled (a resumed run's done, failed and skipped URLs).
@@ -555,9 +628,11 @@ impl Frontier {
             return *id;
         }
         let id = self.hosts.len() as HostId;
+        let part = partition_of(name, self.parts);
+        let foreign = self.owned.as_ref().is_some_and(|o| !o.contains(&part));
         let name: Arc<str> = name.into();
         self.host_ids.insert(name.clone(), id);
-        self.hosts.push(HostQueue { name, ..HostQueue::default() });
+        self.hosts.push(HostQueue { name, part, foreign, ..HostQueue::default() });
         id
     }
 

@@ -22,7 +22,7 @@ use crate::item::Item;
 pub use jsonl::JsonlSink;
 pub use mysql::{MysqlSink, MysqlState};
 pub use sqlite::{SqliteSink, SqliteState};
-pub use writer::{CommitSender, RefillReply, SinkWriter};
+pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter};
 
 /// A storage failure. Fatal for the run: items are never dropped silently.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,8 @@ pub struct QueuedUrl {
     /// Its host as the frontier keys it (`host[:port]`, port only when not the default); refills
     /// ask for a host by this name.
     pub host: Arc<str>,
+    /// Its host's partition (0 in a run that is not split).
+    pub part: u32,
     /// Link distance from a seed.
     pub depth: u32,
     /// Index of the rule that handles it.
@@ -76,6 +78,9 @@ pub struct QueuedUrl {
     /// Held in the owner's memory (stored as `held`); otherwise spilled (stored as `queued`),
     /// to be read back by a refill.
     pub held: bool,
+    /// Of a partition another worker owns: goes to the shared inbox (`crawler_inbox`, once per
+    /// URL), not to the frontier rows.
+    pub sent: bool,
 }
 
 /// A task run held open by one crawl. A store accepts its commits only while `epoch` is the
@@ -87,6 +92,9 @@ pub struct RunHandle {
     pub id: i64,
     /// The epoch this owner opened the run with.
     pub epoch: i64,
+    /// In a split run: the partitions this owner holds and the epoch of each (the run's own
+    /// epoch is then not used).
+    pub parts: Vec<(u32, i64)>,
     stop: CancellationToken,
     fenced: AtomicBool,
 }
@@ -94,7 +102,17 @@ pub struct RunHandle {
 impl RunHandle {
     /// A handle whose loss of the run cancels `stop`.
     pub fn new(id: i64, epoch: i64, stop: CancellationToken) -> RunHandle {
-        RunHandle { id, epoch, stop, fenced: AtomicBool::new(false) }
+        RunHandle { id, epoch, parts: Vec::new(), stop, fenced: AtomicBool::new(false) }
+    }
+
+    /// A handle of a split run holding `parts` (partition, epoch).
+    pub fn split(id: i64, parts: Vec<(u32, i64)>, stop: CancellationToken) -> RunHandle {
+        RunHandle { id, epoch: 0, parts, stop, fenced: AtomicBool::new(false) }
+    }
+
+    /// Whether the run is split across workers.
+    pub fn is_split(&self) -> bool {
+        !self.parts.is_empty()
     }
 
     /// Called by a store that found a newer owner: commits of this run are refused from now on.
@@ -125,6 +143,24 @@ pub struct Commit {
     pub queued: Vec<QueuedUrl>,
     /// The run ended: its frontier is exhausted or its page budget spent.
     pub finished: bool,
+    /// Inbox rows taken in (partition, URL key): deleted with this commit, so a URL sent here
+    /// is in the frontier rows or still in the inbox, never lost.
+    pub taken: Vec<(u32, u64)>,
+    /// A split run's owner lets its partitions go: its held rows become queued and its
+    /// partitions are marked released, so the next owner takes them at once.
+    pub release: bool,
+}
+
+/// What a poll of a split run's inbox finds.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// URLs sent to this owner's partitions (up to the limit asked for).
+    pub rows: Vec<QueuedUrl>,
+    /// Whether any request of the run waits anywhere else: queued or held rows of other
+    /// partitions, or inbox rows of any partition.
+    pub waiting_elsewhere: bool,
+    /// Whether the run is over (finished or ended).
+    pub over: bool,
 }
 
 /// A destination for commits. Stores with state write every part of a batch or none of it;
@@ -142,6 +178,12 @@ pub trait Sink: Send + 'static {
         _host: &str,
         _limit: usize,
     ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
+        None
+    }
+
+    /// Reads the inbox of a split run's partitions held by `run` (see [`Polled`]). `None` from
+    /// a store that cannot share a run.
+    fn poll(&mut self, _run: &RunHandle, _limit: usize) -> Option<Result<Polled, SinkError>> {
         None
     }
 }
@@ -166,8 +208,25 @@ pub struct OpenedRun {
     pub handled: u64,
     /// Requests waiting, in all.
     pub waiting: u64,
-    /// The largest request number used so far (new requests continue after it).
-    pub last_seq: u64,
+    /// The largest request number used so far in each partition met (new requests of a
+    /// partition continue after its own).
+    pub last_seqs: Vec<u64>,
+}
+
+/// Why a split run's partitions could not be opened now.
+#[derive(Debug)]
+pub enum PartsOpen {
+    /// Opened: the rows of the partitions.
+    Opened(OpenedRun),
+    /// A partition is still held by its previous owner, alive and not released yet.
+    Busy {
+        /// The partition.
+        part: u32,
+        /// Its owner.
+        owner: String,
+    },
+    /// The run is over (finished, or ended by a delete).
+    Over,
 }
 
 /// Builds an [`OpenedRun`] from a run's rows, read in two passes: every row's key and status,
@@ -177,6 +236,7 @@ pub(crate) struct RunLoader {
     window: usize,
     handled: std::collections::HashSet<u64>,
     loaded: std::collections::HashSet<u64>,
+    last_seqs: std::collections::HashMap<u32, u64>,
     host: Option<Arc<str>>,
     in_host: usize,
     last: Option<Arc<str>>,
@@ -190,6 +250,7 @@ impl RunLoader {
             window: window.max(1),
             handled: Default::default(),
             loaded: Default::default(),
+            last_seqs: Default::default(),
             host: None,
             in_host: 0,
             last: None,
@@ -199,7 +260,8 @@ impl RunLoader {
 
     /// First pass: any row (held rows already turned back into queued).
     pub(crate) fn status(&mut self, key: u64, seq: u64, status: u8) {
-        self.run.last_seq = self.run.last_seq.max(seq);
+        let last = self.last_seqs.entry(crate::frontier::part_of_seq(seq)).or_insert(0);
+        *last = (*last).max(seq);
         if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
             self.handled.insert(key);
         }
@@ -242,6 +304,7 @@ impl RunLoader {
         self.end_host();
         self.run.handled = self.handled.len() as u64;
         self.run.seen.extend(self.handled);
+        self.run.last_seqs = self.last_seqs.into_values().collect();
         self.run.queued.sort_unstable_by_key(|q| q.seq);
         self.run
     }
@@ -291,6 +354,28 @@ pub trait StateStore: Send + Sync {
 
     /// Ends a run for good (its task was deleted) and drops its frontier.
     fn end_run(&self, id: i64) -> Result<(), SinkError>;
+
+    /// Opens `parts` (partition, epoch) of the split run of `task` under `label` for `owner`,
+    /// creating the run if it is new: each partition is taken when it is new, released, held
+    /// by `owner` already, or held by an owner `gone` says is gone; else the answer is
+    /// [`PartsOpen::Busy`]. `force` takes every partition regardless (a previous owner that
+    /// never released). An epoch older than a partition's is refused. The rows of the opened
+    /// partitions come back as by `open_run`.
+    fn open_parts(
+        &self,
+        _task: &str,
+        _label: &str,
+        _owner: &str,
+        _parts: &[(u32, i64)],
+        _gone: &dyn Fn(&str) -> bool,
+        _force: bool,
+        _window: usize,
+    ) -> Result<PartsOpen, SinkError> {
+        Err(SinkError {
+            sink: "state",
+            message: "a task split into partitions needs a shared MySQL/MariaDB store".into(),
+        })
+    }
 }
 
 /// The `crawler_runs.state` values.

@@ -3,6 +3,12 @@
 //! crawl state, written together in one transaction per batch. Each batch locks the rows of its
 //! runs (`SELECT ... FOR UPDATE`) and checks their epochs, so a worker that lost a run can never
 //! commit for it, even while the new owner is opening it.
+//!
+//! A run split across workers keeps one row per partition in `crawler_parts` (owner, epoch,
+//! released); each owner's batches lock only its own partitions' rows and check their epochs.
+//! URLs found for another owner's partition go to `crawler_inbox`, one row per URL (`INSERT
+//! IGNORE` on `(run, part, url_key)`), and leave it in the same transaction that stores them in
+//! the frontier of the partition's owner.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,10 +17,11 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
 use super::{
-    key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
-    StateStore,
+    key_col, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle, RunLoader, Sink,
+    SinkError, StateStore,
 };
 use super::{FINISHED, RUNNING};
+use crate::frontier::part_of_seq;
 use crate::item::{rfc3339, Item};
 
 fn err(e: impl std::fmt::Display) -> SinkError {
@@ -28,10 +35,28 @@ type RequestRow = (u64, i64, String, u32, u32, i32);
 /// A `crawler_frontier` row selected as [`REQUEST_COLUMNS`].
 fn stored_request(row: RequestRow, host: Arc<str>, held: bool) -> QueuedUrl {
     let (seq, key, url, depth, rule, priority) = row;
-    QueuedUrl { seq, key: key as u64, url: url.into(), host, depth, rule, priority, replaces: None, held }
+    QueuedUrl {
+        seq,
+        key: key as u64,
+        url: url.into(),
+        host,
+        part: part_of_seq(seq),
+        depth,
+        rule,
+        priority,
+        replaces: None,
+        held,
+        sent: false,
+    }
 }
 
-const SCHEMA: [&str; 2] = [
+/// `(a, b, c)`: an SQL list of partitions (numbers, so nothing to escape).
+fn part_list(parts: &[(u32, i64)]) -> String {
+    let list: Vec<String> = parts.iter().map(|(p, _)| p.to_string()).collect();
+    format!("({})", list.join(", "))
+}
+
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS crawler_runs (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
      task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
      epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
@@ -39,13 +64,33 @@ const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, seq BIGINT NOT NULL, \
      url_key BIGINT NOT NULL, url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, \
      rule INT NOT NULL, priority INT NOT NULL, status TINYINT NOT NULL, attempts INT NOT NULL DEFAULT 0, \
-     PRIMARY KEY (run, seq), KEY crawler_frontier_spilled (run, host, status, depth, seq)) DEFAULT CHARSET = utf8mb4",
+     part INT NOT NULL DEFAULT 0, PRIMARY KEY (run, seq), KEY crawler_frontier_spilled (run, host, status, depth, seq), \
+     KEY crawler_frontier_parts (run, part, status)) DEFAULT CHARSET = utf8mb4",
+    "CREATE TABLE IF NOT EXISTS crawler_parts (run BIGINT NOT NULL, part INT NOT NULL, \
+     owner VARCHAR(255) NOT NULL, epoch BIGINT NOT NULL, released TINYINT NOT NULL DEFAULT 0, \
+     PRIMARY KEY (run, part)) DEFAULT CHARSET = utf8mb4",
+    "CREATE TABLE IF NOT EXISTS crawler_inbox (run BIGINT NOT NULL, part INT NOT NULL, url_key BIGINT NOT NULL, \
+     url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, rule INT NOT NULL, priority INT NOT NULL, \
+     PRIMARY KEY (run, part, url_key)) DEFAULT CHARSET = utf8mb4",
+];
+
+/// Brings a `crawler_frontier` of an earlier version up to date (error 1060: the column is
+/// there, 1061: the key is).
+const UPGRADE: [&str; 2] = [
+    "ALTER TABLE crawler_frontier ADD COLUMN part INT NOT NULL DEFAULT 0",
+    "ALTER TABLE crawler_frontier ADD KEY crawler_frontier_parts (run, part, status)",
 ];
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
     let mut conn = Conn::new(opts.clone()).map_err(err)?;
     for ddl in SCHEMA {
         conn.query_drop(ddl).map_err(err)?;
+    }
+    for ddl in UPGRADE {
+        match conn.query_drop(ddl) {
+            Err(mysql::Error::MySqlError(e)) if e.code == 1060 || e.code == 1061 => {}
+            r => r.map_err(err)?,
+        }
     }
     Ok(conn)
 }
@@ -132,7 +177,7 @@ impl MysqlSink {
                 write_item(&mut tx, item)?;
             }
             if let Some(run) = &c.run {
-                write_state(&mut tx, run.id, c)?;
+                write_state(&mut tx, run, c)?;
             }
         }
         tx.commit().map_err(err)?;
@@ -160,17 +205,38 @@ fn write_item(tx: &mut Transaction, item: &Item) -> Result<(), SinkError> {
 }
 
 /// Writes a commit's state rows; see the SQLite store for the rules.
-fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkError> {
-    if !c.queued.is_empty() {
+fn write_state(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<(), SinkError> {
+    let run = handle.id;
+    if c.queued.iter().any(|q| !q.sent) {
         tx.exec_batch(
-            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            c.queued.iter().map(|q| {
+            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            c.queued.iter().filter(|q| !q.sent).map(|q| {
                 let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
-                (run, q.seq, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority, status)
+                (run, q.seq, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority, status, q.part)
             }),
         )
         .map_err(err)?;
+    }
+    if c.queued.iter().any(|q| q.sent) {
+        tx.exec_batch(
+            "INSERT IGNORE INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            c.queued
+                .iter()
+                .filter(|q| q.sent)
+                .map(|q| (run, q.part, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority)),
+        )
+        .map_err(err)?;
+    }
+    if !c.taken.is_empty() {
+        tx.exec_batch(
+            "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND url_key = ?",
+            c.taken.iter().map(|(part, key)| (run, *part, key_col(*key))),
+        )
+        .map_err(err)?;
+    }
+    if !c.queued.is_empty() {
         let replaced: Vec<u64> = c.queued.iter().filter_map(|q| q.replaces).collect();
         if !replaced.is_empty() {
             tx.exec_batch(
@@ -189,8 +255,23 @@ fn write_state(tx: &mut Transaction, run: i64, c: &Commit) -> Result<(), SinkErr
     }
     if c.finished {
         tx.exec_drop(
-            "UPDATE crawler_runs SET state = ?, finished_at = ? WHERE id = ?",
-            (FINISHED, rfc3339(std::time::SystemTime::now()), run),
+            "UPDATE crawler_runs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
+            (FINISHED, rfc3339(std::time::SystemTime::now()), run, RUNNING),
+        )
+        .map_err(err)?;
+    }
+    if c.release && handle.is_split() {
+        let parts = part_list(&handle.parts);
+        tx.exec_drop(
+            format!(
+                "UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {parts} AND status = 5"
+            ),
+            (run,),
+        )
+        .map_err(err)?;
+        tx.exec_batch(
+            "UPDATE crawler_parts SET released = 1 WHERE run = ? AND part = ? AND epoch = ?",
+            handle.parts.iter().map(|(p, e)| (run, *p, *e)),
         )
         .map_err(err)?;
     }
@@ -219,9 +300,60 @@ impl Sink for MysqlSink {
     ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
         Some(self.refill_once(run, host, limit))
     }
+
+    fn poll(&mut self, run: &RunHandle, limit: usize) -> Option<Result<Polled, SinkError>> {
+        Some(self.poll_once(run, limit))
+    }
 }
 
 impl MysqlSink {
+    fn poll_once(&mut self, run: &RunHandle, limit: usize) -> Result<Polled, SinkError> {
+        let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
+        let state: Option<String> =
+            tx.exec_first("SELECT state FROM crawler_runs WHERE id = ?", (run.id,)).map_err(err)?;
+        if state.as_deref() != Some(RUNNING) {
+            return Ok(Polled { over: true, ..Polled::default() });
+        }
+        if !holds_run(&mut tx, run)? {
+            drop(tx);
+            run.fence();
+            return Ok(Polled::default());
+        }
+        let rows = tx
+            .exec_map(
+                format!(
+                    "SELECT 0, url_key, url, depth, rule, priority, host, part FROM crawler_inbox \
+                     WHERE run = ? AND part IN {} LIMIT ?",
+                    part_list(&run.parts)
+                ),
+                (run.id, limit as u64),
+                |(seq, key, url, depth, rule, priority, host, part): (
+                    u64,
+                    i64,
+                    String,
+                    u32,
+                    u32,
+                    i32,
+                    String,
+                    u32,
+                )| {
+                    let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
+                    QueuedUrl { part, ..q }
+                },
+            )
+            .map_err(err)?;
+        let waiting: Option<(i64, i64)> = tx
+            .exec_first(
+                "SELECT EXISTS(SELECT 1 FROM crawler_frontier WHERE run = ? AND status IN (0, 5)), \
+                 EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
+                (run.id, run.id),
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        let waiting_elsewhere = waiting.is_some_and(|(a, b)| a != 0 || b != 0);
+        Ok(Polled { rows, waiting_elsewhere, over: false })
+    }
+
     fn refill_once(
         &mut self,
         run: &RunHandle,
@@ -256,12 +388,149 @@ impl MysqlSink {
 }
 
 /// Whether the run's owner still holds it, locking the run's row until the transaction ends
-/// (so a new owner's open waits for it).
+/// (so a new owner's open waits for it). In a split run: whether the run is running and each
+/// of the owner's partitions is still at its epoch, locking those partitions' rows only (so the
+/// owners of other partitions never wait for each other).
 fn holds_run(tx: &mut Transaction, run: &RunHandle) -> Result<bool, SinkError> {
+    if run.is_split() {
+        let state: Option<String> =
+            tx.exec_first("SELECT state FROM crawler_runs WHERE id = ?", (run.id,)).map_err(err)?;
+        if state.as_deref() != Some(RUNNING) {
+            return Ok(false);
+        }
+        let rows: Vec<(u32, i64)> = tx
+            .exec(
+                format!(
+                    "SELECT part, epoch FROM crawler_parts WHERE run = ? AND part IN {} FOR UPDATE",
+                    part_list(&run.parts)
+                ),
+                (run.id,),
+            )
+            .map_err(err)?;
+        let held: HashMap<u32, i64> = rows.into_iter().collect();
+        return Ok(run.parts.iter().all(|(p, e)| held.get(p) == Some(e)));
+    }
     let current: Option<(i64, String)> = tx
         .exec_first("SELECT epoch, state FROM crawler_runs WHERE id = ? FOR UPDATE", (run.id,))
         .map_err(err)?;
     Ok(current.is_some_and(|(e, s)| e == run.epoch && s == RUNNING))
+}
+
+/// Why opening partitions failed: a database error (a deadlock is tried again) or a refusal.
+enum OpenError {
+    Sql(mysql::Error),
+    Sink(SinkError),
+}
+
+impl From<mysql::Error> for OpenError {
+    fn from(e: mysql::Error) -> OpenError {
+        OpenError::Sql(e)
+    }
+}
+
+impl MysqlState {
+    #[allow(clippy::too_many_arguments)]
+    fn open_parts_once(
+        &self,
+        task: &str,
+        label: &str,
+        owner: &str,
+        parts: &[(u32, i64)],
+        gone: &dyn Fn(&str) -> bool,
+        force: bool,
+        window: usize,
+    ) -> Result<PartsOpen, OpenError> {
+        let mut conn = Conn::new(self.opts.clone())?;
+        let mut tx = conn.start_transaction(TxOpts::default())?;
+        let found: Option<(i64, String)> = tx.exec_first(
+            "SELECT id, state FROM crawler_runs WHERE task = ? AND label = ? ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            (task, label),
+        )?;
+        let id = match found {
+            Some((_, state)) if state != RUNNING => return Ok(PartsOpen::Over),
+            Some((id, _)) => id,
+            None => {
+                tx.exec_drop(
+                    "INSERT INTO crawler_runs (task, label, state, epoch, started_at) VALUES (?, ?, ?, 0, ?)",
+                    (task, label, RUNNING, rfc3339(std::time::SystemTime::now())),
+                )?;
+                tx.last_insert_id().unwrap_or_default() as i64
+            }
+        };
+        for &(part, epoch) in parts {
+            let row: Option<(String, i64, u8)> = tx.exec_first(
+                "SELECT owner, epoch, released FROM crawler_parts WHERE run = ? AND part = ? FOR UPDATE",
+                (id, part),
+            )?;
+            match row {
+                None => tx.exec_drop(
+                    "INSERT INTO crawler_parts (run, part, owner, epoch, released) VALUES (?, ?, ?, ?, 0)",
+                    (id, part, owner, epoch),
+                )?,
+                Some((_, current, _)) if current > epoch => {
+                    return Err(OpenError::Sink(SinkError {
+                        sink: "mysql",
+                        message: format!(
+                            "partition {part} of {task:?} is held at epoch {current}, newer than {epoch}"
+                        ),
+                    }))
+                }
+                Some((held_by, _, released)) => {
+                    if !(force || released != 0 || held_by == owner || gone(&held_by)) {
+                        return Ok(PartsOpen::Busy { part, owner: held_by });
+                    }
+                    tx.exec_drop(
+                        "UPDATE crawler_parts SET owner = ?, epoch = ?, released = 0 WHERE run = ? AND part = ?",
+                        (owner, epoch, id, part),
+                    )?;
+                }
+            }
+        }
+        let list = part_list(parts);
+        tx.exec_drop(
+            format!("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {list} AND status = 5"),
+            (id,),
+        )?;
+        let any: Option<(i64, i64)> = tx.exec_first(
+            "SELECT EXISTS(SELECT 1 FROM crawler_frontier WHERE run = ?), EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
+            (id, id),
+        )?;
+        let mut loader = RunLoader::new(id, 0, window);
+        let mut held = Vec::new();
+        for row in tx.exec_iter(
+            format!("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ? AND part IN {list}"),
+            (id,),
+        )? {
+            let (key, seq, status): (i64, u64, u8) =
+                mysql::from_row_opt(row?).map_err(|e| OpenError::Sink(err(e)))?;
+            loader.status(key as u64, seq, status);
+        }
+        let waiting = tx.exec_iter(
+            format!(
+                "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
+                 WHERE run = ? AND part IN {list} AND status = 0 ORDER BY host, depth, seq"
+            ),
+            (id,),
+        )?;
+        for row in waiting {
+            let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
+                mysql::from_row_opt(row?).map_err(|e| OpenError::Sink(err(e)))?;
+            let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
+            if loader.waiting(q) {
+                held.push(seq);
+            }
+        }
+        tx.exec_batch(
+            "UPDATE crawler_frontier SET status = 5 WHERE run = ? AND seq = ?",
+            held.iter().map(|seq| (id, *seq)),
+        )?;
+        tx.commit()?;
+        let mut run = loader.finish();
+        // Resumed when anything of the run is stored (whoever stored it): the seeds are queued
+        // once, by the first owner of the seeds' partition that finds the run empty.
+        run.resumed = any.is_some_and(|(a, b)| a != 0 || b != 0);
+        Ok(PartsOpen::Opened(run))
+    }
 }
 
 /// The run bookkeeping of a MySQL/MariaDB database (a connection per call).
@@ -363,6 +632,28 @@ impl StateStore for MysqlState {
         Ok(loader.finish())
     }
 
+    fn open_parts(
+        &self,
+        task: &str,
+        label: &str,
+        owner: &str,
+        parts: &[(u32, i64)],
+        gone: &dyn Fn(&str) -> bool,
+        force: bool,
+        window: usize,
+    ) -> Result<PartsOpen, SinkError> {
+        // Two workers creating the run at once: one of them deadlocks (1213) and tries again.
+        let mut tries = 0;
+        loop {
+            match self.open_parts_once(task, label, owner, parts, gone, force, window) {
+                Err(OpenError::Sql(mysql::Error::MySqlError(e))) if e.code == 1213 && tries < 5 => tries += 1,
+                Err(OpenError::Sql(e)) => return Err(err(e)),
+                Err(OpenError::Sink(e)) => return Err(e),
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
     fn end_run(&self, id: i64) -> Result<(), SinkError> {
         let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
         let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
@@ -372,6 +663,8 @@ impl StateStore for MysqlState {
         )
         .map_err(err)?;
         tx.exec_drop("DELETE FROM crawler_frontier WHERE run = ?", (id,)).map_err(err)?;
+        tx.exec_drop("DELETE FROM crawler_inbox WHERE run = ?", (id,)).map_err(err)?;
+        tx.exec_drop("DELETE FROM crawler_parts WHERE run = ?", (id,)).map_err(err)?;
         tx.commit().map_err(err)
     }
 }

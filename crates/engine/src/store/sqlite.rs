@@ -69,6 +69,8 @@ fn stored_request(r: &rusqlite::Row, host: Arc<str>, held: bool) -> rusqlite::Re
         priority: r.get(5)?,
         replaces: None,
         held,
+        part: 0,
+        sent: false,
     })
 }
 

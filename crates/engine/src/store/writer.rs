@@ -12,10 +12,13 @@ use tokio::task::JoinHandle;
 
 use std::sync::Arc;
 
-use super::{Commit, QueuedUrl, RunHandle, Sink, SinkError};
+use super::{Commit, Polled, QueuedUrl, RunHandle, Sink, SinkError};
 
 /// The answer to a refill: the spilled rows read back.
 pub type RefillReply = Result<Vec<QueuedUrl>, SinkError>;
+
+/// The answer to a poll of a split run's inbox.
+pub type PollReply = Result<Polled, SinkError>;
 
 /// What crawls hand to the writer, in order.
 enum Record {
@@ -27,6 +30,14 @@ enum Record {
         limit: usize,
         reply: oneshot::Sender<RefillReply>,
     },
+    /// A split run's inbox to read, after every commit sent before it is written.
+    Poll {
+        run: Arc<RunHandle>,
+        limit: usize,
+        reply: oneshot::Sender<PollReply>,
+    },
+    /// Answered once every commit sent before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 /// A handle crawls use to hand commits to the writer. Cheap to clone.
@@ -38,6 +49,8 @@ impl std::fmt::Debug for Record {
         match self {
             Record::Commit(c) => c.fmt(f),
             Record::Refill { run, host, .. } => write!(f, "refill of run {}, host {host}", run.id),
+            Record::Poll { run, .. } => write!(f, "poll of run {}", run.id),
+            Record::Flush(_) => write!(f, "flush"),
         }
     }
 }
@@ -47,7 +60,7 @@ impl CommitSender {
     pub async fn send(&self, commit: Commit) -> Result<(), Commit> {
         self.0.send(Record::Commit(commit)).await.map_err(|e| match e.0 {
             Record::Commit(c) => c,
-            Record::Refill { .. } => unreachable!("a commit was sent"),
+            _ => unreachable!("a commit was sent"),
         })
     }
 
@@ -64,6 +77,30 @@ impl CommitSender {
         let record = Record::Refill { run, host: host.to_owned(), limit, reply };
         self.0
             .send(record)
+            .await
+            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
+        Ok(answer)
+    }
+
+    /// Waits until every commit sent before this call is written (or the writer has failed:
+    /// then an error).
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let gone = || SinkError { sink: "writer", message: "the writer has stopped".into() };
+        let (reply, answer) = oneshot::channel();
+        self.0.send(Record::Flush(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
+    /// Asks the state store for up to `limit` inbox rows of a split run's partitions, read once
+    /// every commit sent before this call is written.
+    pub async fn poll(
+        &self,
+        run: Arc<RunHandle>,
+        limit: usize,
+    ) -> Result<oneshot::Receiver<PollReply>, SinkError> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Record::Poll { run, limit, reply })
             .await
             .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
         Ok(answer)
@@ -110,7 +147,7 @@ async fn write_loop(
     linger: Duration,
 ) -> Result<u64, SinkError> {
     let mut written = 0u64;
-    let has_refill = |buf: &[Record]| buf.iter().any(|r| matches!(r, Record::Refill { .. }));
+    let has_refill = |buf: &[Record]| buf.iter().any(|r| !matches!(r, Record::Commit(_)));
     loop {
         let mut buf: Vec<Record> = Vec::with_capacity(batch);
         // Wait, without a timer, for the first record of the next batch.
@@ -176,6 +213,17 @@ fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u6
                     sinks.iter_mut().find_map(|s| s.refill(&run, &host, limit)).unwrap_or_else(|| {
                         Err(SinkError { sink: "writer", message: "no store keeps crawl state".into() })
                     });
+                let _ = reply.send(answer);
+            }
+            Record::Flush(reply) => {
+                flush(sinks, &mut group)?;
+                let _ = reply.send(());
+            }
+            Record::Poll { run, limit, reply } => {
+                flush(sinks, &mut group)?;
+                let answer = sinks.iter_mut().find_map(|s| s.poll(&run, limit)).unwrap_or_else(|| {
+                    Err(SinkError { sink: "writer", message: "no store shares crawl state".into() })
+                });
                 let _ = reply.send(answer);
             }
         }

@@ -1,0 +1,190 @@
+//! One task split across workers, on real processes: etcd, two masters, three workers sharing
+//! MariaDB, and 24 sites on 127.0.1.x whose indexes link to each other (one seed reaches them
+//! all). The task spreads over every worker; a SIGTERMed worker hands its partitions over with
+//! zero refetch; a worker that joins mid-crawl receives partitions; a SIGKILLed worker's
+//! partitions move within the lease TTL and at most its in-flight and uncommitted pages are
+//! fetched again; every item is stored exactly once; no site ever sees more than `per_host`
+//! requests at once, counting every worker; a delete stops every worker's share at once.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crawler_fixture::wait::until;
+use crawler_fixture::{Fixture, Site};
+use serde_json::{json, Value};
+use support::sandbox::Sandbox;
+
+const PER_HOST: usize = 2;
+const HOSTS: u8 = 24;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_crawler"))
+}
+
+fn site() -> Site {
+    Site { books: 60, tags: 2, per_page: 10, latency: Duration::from_millis(100) }
+}
+
+/// The task, inline: one seed, every site in scope, 16 partitions.
+fn task(name: &str, sites: &[Fixture]) -> Value {
+    let hosts: Vec<String> = sites.iter().map(|s| s.addr().ip().to_string()).collect();
+    json!({"name": name, "task": {
+        "seeds": [sites[0].url("/index.html")],
+        "allow_hosts": hosts,
+        "max_depth": 100,
+        "partitions": 16,
+        "rule": [
+            {"name": "index", "follow": [{"select": "a.tag", "rule": "tag"}, {"select": "a.host", "rule": "index"}]},
+            {"name": "tag", "follow": [{"select": "a.book", "rule": "book"}, {"select": "a.next", "rule": "tag"}]},
+            {"name": "book", "table": "book", "fields": {"title": "h1.title"}}
+        ]
+    }})
+}
+
+/// Fetches per URL over all sites (robots.txt left out).
+fn fetches(sites: &[Fixture]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for s in sites {
+        for r in s.requests().into_iter().filter(|r| r.path != "/robots.txt") {
+            *out.entry(format!("{}{}", s.addr(), r.path)).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn extra(f: &HashMap<String, usize>) -> usize {
+    let twice: Vec<_> = f.iter().filter(|(_, n)| **n > 1).collect();
+    if !twice.is_empty() {
+        println!("fetched more than once: {twice:?}");
+    }
+    f.values().map(|n| n - 1).sum()
+}
+
+/// Partitions per worker of the task, as `GET /crawler/resources` shows them.
+async fn spread(sb: &Sandbox, master: &str, name: &str) -> BTreeMap<String, u64> {
+    let Some((200, v)) = sb.get(master, "/crawler/resources").await else { return BTreeMap::new() };
+    let r = v.as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or(Value::Null);
+    r["partitions"]
+        .as_object()
+        .map(|o| o.iter().map(|(w, n)| (w.clone(), n.as_u64().unwrap())).collect())
+        .unwrap_or_default()
+}
+
+/// A worker's figures for the task: (pages, partitions held).
+async fn share(sb: &Sandbox, worker: usize, name: &str) -> Option<(u64, usize)> {
+    let (200, v) = sb.get(&sb.workers[worker].http, "/tasks").await? else { return None };
+    let t = v.as_array()?.iter().find(|t| t["name"] == name)?.clone();
+    Some((t["pages"].as_u64()?, t["partitions"].as_array().map_or(0, Vec::len)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_spreads_over_workers_hands_over_and_stays_polite_across_them() {
+    let mut sb = Sandbox::start_with(bin(), site(), true, PER_HOST).await;
+    sb.add_worker("w3");
+    sb.wait_workers(3).await;
+    let sites = Fixture::start_chain(site(), HOSTS).await.unwrap();
+    let pages = site().clean_paths().len() * usize::from(HOSTS);
+    let (_, follower) = sb.leader_and_follower().await;
+    let master = sb.masters[0].http.clone();
+
+    // The task spreads: every worker holds partitions, every worker fetches.
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, task("hosts", &sites)).await;
+    assert_eq!(s, 200, "{v}");
+    let at_add = spread(&sb, &master, "hosts").await;
+    assert_eq!(at_add.keys().collect::<Vec<_>>(), ["w1", "w2", "w3"], "{at_add:?}");
+    assert!(at_add.values().all(|n| (5..=6).contains(n)), "16 partitions over 3 workers: {at_add:?}");
+    until("every worker to fetch", Duration::from_secs(20), || async {
+        let mut all = true;
+        for w in 0..3 {
+            all &= share(&sb, w, "hosts").await.is_some_and(|(p, _)| p > 0);
+        }
+        all
+    })
+    .await;
+
+    // SIGTERM of w3: it drains, commits and lets its partitions go; the others take them.
+    sb.workers[2].signal("-TERM");
+    until("w3's partitions to move", Duration::from_secs(10), || async {
+        let now = spread(&sb, &master, "hosts").await;
+        !now.contains_key("w3") && now.len() == 2
+    })
+    .await;
+    let before = fetches(&sites).len();
+    until("crawling to go on after the SIGTERM", Duration::from_secs(20), || async {
+        fetches(&sites).len() > before + 50
+    })
+    .await;
+    if extra(&fetches(&sites)) != 0 {
+        for w in ["w1", "w2", "w3", "m1", "m2"] {
+            println!("--- {w}\n{}", sb.log(w));
+        }
+    }
+    assert_eq!(extra(&fetches(&sites)), 0, "a drained worker's pages are not fetched again");
+
+    // A worker joining mid-crawl receives partitions and fetches.
+    sb.add_worker("w4");
+    until("w4 to receive partitions", Duration::from_secs(10), || async {
+        spread(&sb, &master, "hosts").await.get("w4").is_some_and(|n| *n >= 5)
+    })
+    .await;
+    until("w4 to fetch", Duration::from_secs(20), || async {
+        share(&sb, 3, "hosts").await.is_some_and(|(p, parts)| p > 0 && parts >= 5)
+    })
+    .await;
+    if extra(&fetches(&sites)) != 0 {
+        for w in ["w1", "w2", "w4"] {
+            println!("--- {w}\n{}", sb.log(w));
+        }
+    }
+    assert_eq!(extra(&fetches(&sites)), 0, "a re-balance moves partitions without refetch");
+    assert!(fetches(&sites).len() < pages, "the crawl is still going");
+
+    // SIGKILL of w1: its partitions move once its lease (2 s) expires.
+    sb.workers[0].kill();
+    let killed = Instant::now();
+    until("w1's partitions to move", Duration::from_secs(10), || async {
+        !spread(&sb, &master, "hosts").await.contains_key("w1")
+    })
+    .await;
+    let moved = killed.elapsed();
+    println!("partitions of a SIGKILLed worker moved after {moved:?} (lease TTL 2 s)");
+    assert!(moved < Duration::from_secs(2 + 1 + 1), "moved after {moved:?}");
+
+    until("every page fetched", Duration::from_secs(60), || async { fetches(&sites).len() == pages }).await;
+    until("the run to finish", Duration::from_secs(20), || async {
+        sb.query("SELECT state FROM crawler_runs WHERE task = 'hosts'").trim() == "finished"
+    })
+    .await;
+    let fetched = fetches(&sites);
+    // What w1 had in flight (concurrency 4) or fetched but not committed (2 batches of 5).
+    let again = extra(&fetched);
+    println!("{again} pages fetched again of {pages} after a SIGTERM, a join and a SIGKILL");
+    assert!(again <= 4 + 2 * 5, "{again} pages fetched again");
+    let books = u64::from(site().books) * u64::from(HOSTS);
+    let stored = sb.query("SELECT COUNT(*), COUNT(DISTINCT url) FROM book WHERE task = 'hosts'");
+    assert_eq!(stored.trim(), format!("{books}\t{books}"), "every book exactly once");
+    for s in &sites {
+        assert!(s.max_in_flight() <= PER_HOST, "{} saw {} requests at once", s.addr(), s.max_in_flight());
+    }
+
+    // A delete stops every worker's share at once.
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, task("again", &sites)).await;
+    assert_eq!(s, 200, "{v}");
+    until("the new task to fetch on both workers", Duration::from_secs(20), || async {
+        share(&sb, 1, "again").await.is_some_and(|(p, _)| p > 0)
+            && share(&sb, 3, "again").await.is_some_and(|(p, _)| p > 0)
+    })
+    .await;
+    let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "again"})).await;
+    assert_eq!(s, 200, "{v}");
+    until("both shares to stop", Duration::from_secs(5), || async {
+        share(&sb, 1, "again").await.is_none() && share(&sb, 3, "again").await.is_none()
+    })
+    .await;
+    let stopped = sites.iter().map(|s| s.requests().len()).sum::<usize>();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sites.iter().map(|s| s.requests().len()).sum::<usize>(), stopped, "fetching after the delete");
+}

@@ -1,0 +1,211 @@
+//! One run split across two owners by host partition, against a real MariaDB and twelve sites
+//! on 127.0.1.x whose indexes link to each other (one seed reaches them all, so URLs cross
+//! from one owner to the other through the shared inbox): every page fetched once, every item
+//! stored once, per-host concurrency within the limit at the sites, the run finished by the
+//! seeds' owner. Then a handover: a partition released by its owner moves with zero refetch,
+//! a partition taken from an owner that did not release it fences that owner's commits.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crawler_engine::{
+    partition_of, Crawl, EngineConfig, Fetcher, HumanDuration, MysqlSink, MysqlState, PartsOpen, Sink,
+    SinkWriter, Split, StateStore, Task, TaskSpec,
+};
+use crawler_fixture::mariadb::MariaDb;
+use crawler_fixture::{Fixture, Site};
+use tokio_util::sync::CancellationToken;
+
+const HOSTS: u8 = 12;
+const PARTS: u32 = 8;
+const PER_HOST: usize = 2;
+
+fn engine() -> EngineConfig {
+    EngineConfig {
+        queue_window: 8,
+        concurrency: 8,
+        per_host: PER_HOST,
+        retries: 1,
+        backoff: HumanDuration(Duration::from_millis(20)),
+        timeout: HumanDuration(Duration::from_secs(5)),
+        ..EngineConfig::default()
+    }
+}
+
+fn site() -> Site {
+    Site { books: 30, tags: 2, per_page: 10, latency: Duration::from_millis(5) }
+}
+
+/// The task: one seed, every site in scope.
+fn spec(sites: &[Fixture]) -> TaskSpec {
+    let seed = sites[0].url("/index.html");
+    let hosts: Vec<String> = sites.iter().map(|s| format!("\"{}\"", s.addr().ip())).collect();
+    let hosts = hosts.join(",");
+    let json = format!(
+        r#"{{"name":"books","seeds":["{seed}"],"allow_hosts":[{hosts}],"max_depth":100,"partitions":{PARTS},"rule":[
+          {{"name":"index","follow":[{{"select":"a.tag","rule":"tag"}},{{"select":"a.host","rule":"index"}}]}},
+          {{"name":"tag","follow":[{{"select":"a.book","rule":"book"}},{{"select":"a.next","rule":"tag"}}]}},
+          {{"name":"book","table":"book","fields":{{"title":"h1.title"}},"follow":[{{"select":"a.book","rule":"book"}}]}}]}}"#
+    );
+    serde_json::from_str(&json).unwrap()
+}
+
+/// One owner of a share: its writer and crawl.
+struct Share {
+    crawl: Crawl,
+    writer: SinkWriter,
+}
+
+impl Share {
+    /// Waits for the writer to store everything (the crawl's handle holds a sender).
+    async fn close(self) {
+        drop(self.crawl);
+        self.writer.close().await.unwrap();
+    }
+}
+
+/// Opens `parts` (with `epoch`) for `owner` and starts its share; `None` when a partition is
+/// busy.
+fn open(
+    state: &MysqlState,
+    owner: &str,
+    parts: &[u32],
+    epoch: i64,
+    gone: bool,
+    force: bool,
+) -> Option<crawler_engine::OpenedRun> {
+    let with: Vec<(u32, i64)> = parts.iter().map(|p| (*p, epoch)).collect();
+    match state.open_parts("books", "res-1", owner, &with, &|_| gone, force, 8).unwrap() {
+        PartsOpen::Opened(run) => Some(run),
+        PartsOpen::Busy { .. } => None,
+        PartsOpen::Over => panic!("the run is over"),
+    }
+}
+
+fn start(db: &MariaDb, task: &Task, run: crawler_engine::OpenedRun, parts: &[u32], epoch: i64) -> Share {
+    let sink: Box<dyn Sink> = Box::new(MysqlSink::open(&db.url).unwrap());
+    let writer = SinkWriter::spawn(vec![sink], 50, Duration::from_millis(50));
+    let home = task.home_partition(PARTS);
+    let split = Split {
+        count: PARTS,
+        parts: parts.iter().map(|p| (*p, epoch)).collect(),
+        home: parts.contains(&home),
+        share: 2,
+    };
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let crawl =
+        Crawl::resume_split(task.clone(), run, split, fetcher, writer.sender(), &CancellationToken::new());
+    Share { crawl, writer }
+}
+
+/// Fetches per (host, path) over all sites, robots.txt left out.
+fn fetches(sites: &[Fixture]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for s in sites {
+        for r in s.requests().into_iter().filter(|r| r.path != "/robots.txt") {
+            *out.entry(format!("{}{}", s.addr(), r.path)).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn books_stored(db: &MariaDb) -> (u64, u64) {
+    let out = db.query("SELECT COUNT(*), COUNT(DISTINCT url) FROM book WHERE task = 'books'");
+    let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_run_crosses_owners_through_the_database_and_fetches_each_url_once() {
+    let db = MariaDb::start();
+    let sites = Fixture::start_chain(site(), HOSTS).await.unwrap();
+    let task = Task::compile(spec(&sites)).unwrap();
+    let hosts: BTreeSet<u32> = sites.iter().map(|s| partition_of(&s.addr().to_string(), PARTS)).collect();
+    assert!(hosts.len() > 2, "the sites fall into several partitions: {hosts:?}");
+    let state = MysqlState::open(&db.url).unwrap();
+    let (a_parts, b_parts): (Vec<u32>, Vec<u32>) = (0..PARTS).partition(|p| p % 2 == 0);
+    // Each owner sends the other some of its links: the hosts are spread over both.
+    assert!(hosts.iter().any(|p| a_parts.contains(p)) && hosts.iter().any(|p| b_parts.contains(p)));
+    let a_run = open(&state, "a", &a_parts, 1, false, false).unwrap();
+    let b_run = open(&state, "b", &b_parts, 1, false, false).unwrap();
+    let a = start(&db, &task, a_run, &a_parts, 1);
+    let b = start(&db, &task, b_run, &b_parts, 1);
+    let (sa, sb) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(a.crawl.join(), b.crawl.join()) })
+            .await
+            .expect("both shares end once the run is finished");
+    assert!(!a.crawl.is_fenced() && !b.crawl.is_fenced());
+    a.close().await;
+    b.close().await;
+
+    let pages_per_site = site().clean_paths().len();
+    let fetched = fetches(&sites);
+    assert_eq!(fetched.len(), pages_per_site * usize::from(HOSTS), "every page of every site fetched");
+    let twice: Vec<_> = fetched.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "fetched more than once: {twice:?}");
+    assert!(sa.pages > 0 && sb.pages > 0, "both owners fetched: {} and {}", sa.pages, sb.pages);
+    let books = u64::from(site().books) * u64::from(HOSTS);
+    assert_eq!(books_stored(&db), (books, books), "every book stored once");
+    for s in &sites {
+        assert!(s.max_in_flight() <= PER_HOST, "{} saw {} at once", s.addr(), s.max_in_flight());
+    }
+    assert_eq!(db.query("SELECT state FROM crawler_runs WHERE label = 'res-1'").trim(), "finished");
+    assert_eq!(db.query("SELECT COUNT(*) FROM crawler_inbox").trim(), "0");
+    // Over: a late owner finds nothing to do.
+    assert!(matches!(
+        state.open_parts("books", "res-1", "c", &[(0, 2)], &|_| true, false, 8).unwrap(),
+        PartsOpen::Over
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences_its_owner() {
+    let db = MariaDb::start();
+    let slow = Site { latency: Duration::from_millis(40), ..site() };
+    let sites = Fixture::start_chain(slow, HOSTS).await.unwrap();
+    let task = Task::compile(spec(&sites)).unwrap();
+    let state = MysqlState::open(&db.url).unwrap();
+    let all: Vec<u32> = (0..PARTS).collect();
+    let a = start(&db, &task, open(&state, "a", &all, 1, false, false).unwrap(), &all, 1);
+    crawler_fixture::wait::until("a third of the pages", Duration::from_secs(30), || async {
+        fetches(&sites).len() > 100
+    })
+    .await;
+    // Half the partitions move to b: b cannot open them while a, alive, holds them.
+    let (keep, moved): (Vec<u32>, Vec<u32>) = (0..PARTS).partition(|p| p % 2 == 0);
+    assert!(open(&state, "b", &moved, 2, false, false).is_none(), "busy until released");
+    // a drains (finishes and commits what is in flight, releases), then reopens its half.
+    a.crawl.drain();
+    a.crawl.join().await;
+    assert!(!a.crawl.is_fenced());
+    a.close().await;
+    let b = start(&db, &task, open(&state, "b", &moved, 2, false, false).unwrap(), &moved, 2);
+    let a = start(&db, &task, open(&state, "a", &keep, 2, false, false).unwrap(), &keep, 2);
+    crawler_fixture::wait::until("two thirds of the pages", Duration::from_secs(30), || async {
+        fetches(&sites).len() > 250
+    })
+    .await;
+    let extra = |f: &HashMap<String, usize>| f.values().map(|n| n - 1).sum::<usize>();
+    assert_eq!(extra(&fetches(&sites)), 0, "the drained handover fetched nothing again");
+    // b's partitions taken by c without a release (b is "stuck", not gone): forced, at a
+    // newer epoch. b's commits are refused from then on and it stops.
+    let c = start(&db, &task, open(&state, "c", &moved, 3, false, true).unwrap(), &moved, 3);
+    tokio::time::timeout(Duration::from_secs(10), b.crawl.join()).await.expect("the fenced owner stops");
+    assert!(b.crawl.is_fenced());
+    b.close().await;
+    tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(a.crawl.join(), c.crawl.join()) })
+        .await
+        .expect("the run finishes");
+    a.close().await;
+    c.close().await;
+
+    let fetched = fetches(&sites);
+    assert_eq!(fetched.len(), site().clean_paths().len() * usize::from(HOSTS));
+    // The forced takeover may refetch what b had in flight or fetched but not committed (its
+    // concurrency plus one batch).
+    let extra = extra(&fetched);
+    assert!(extra <= 8 + 50, "{extra} pages fetched again");
+    let books = u64::from(site().books) * u64::from(HOSTS);
+    assert_eq!(books_stored(&db), (books, books), "every book stored once");
+}
