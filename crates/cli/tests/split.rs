@@ -104,6 +104,27 @@ async fn a_task_spreads_over_workers_hands_over_and_stays_polite_across_them() {
         all
     })
     .await;
+    // The add's answer names the worker holding the seeds' partition; every worker shows its
+    // partitions (with their queues) in /tasks and /metrics; the masters' figures sum them.
+    let home = crawler_engine::partition_of(&sites[0].addr().to_string(), 16);
+    let owner = sb.workers.iter().position(|w| w.id == v["id"]).unwrap();
+    let (_, tasks) = sb.get(&sb.workers[owner].http, "/tasks").await.unwrap();
+    let parts = tasks[0]["partitions"].as_array().unwrap();
+    assert!(parts.iter().any(|p| p["part"] == home && p["queued"].is_u64()), "{tasks}");
+    let (_, metrics) = sb.get(&sb.workers[owner].http, "/metrics").await.unwrap();
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains(&format!("crawler_task_partitions{{task=\"hosts\"}} {}", parts.len())),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("crawler_task_partition_queued{{task=\"hosts\",partition=\"{home}\"}}"))
+    );
+    let (_, stats) = sb.get(&master, "/crawler/stats").await.unwrap();
+    let figures = stats.as_array().unwrap().iter().find(|t| t["name"] == "hosts").unwrap().clone();
+    assert_eq!(figures["workers"], json!(["w1", "w2", "w3"]), "{figures}");
+    assert_eq!(figures["worker"], v["id"]);
+    assert!(figures["pages"].as_u64().unwrap() > 0 && figures["state"] == "running", "{figures}");
 
     // SIGTERM of w3: it drains, commits and lets its partitions go; the others take them.
     sb.workers[2].signal("-TERM");

@@ -249,7 +249,12 @@ impl Master {
         let resources = self
             .resources()
             .into_iter()
-            .map(|r| Assigned { name: r.name, worker: r.assigned_node, creation_time: r.creation_time })
+            .map(|r| Assigned {
+                name: r.name,
+                worker: r.assigned_node,
+                shares: r.partitions.map(|p| p.into_keys().collect()).unwrap_or_default(),
+                creation_time: r.creation_time,
+            })
             .collect();
         let workers = live_workers(self.0.views.workers.current().as_deref())
             .into_iter()

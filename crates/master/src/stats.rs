@@ -19,8 +19,11 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct TaskFigures {
     /// Resource (task) name.
     pub name: String,
-    /// Worker it is assigned to.
+    /// Worker it is assigned to (of a split task: the one holding the seeds' partition).
     pub worker: String,
+    /// A split task: every worker holding a share (its figures are their sums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     /// That worker's address, when it is alive.
     pub address: String,
     /// `running`, `finished`, or `waiting` (no live worker, or not started there yet).
@@ -83,6 +86,8 @@ pub struct Assigned {
     pub name: String,
     /// Worker id.
     pub worker: String,
+    /// A split task: every worker holding partitions (empty otherwise).
+    pub shares: Vec<String>,
     /// Unix milliseconds.
     pub creation_time: i64,
 }
@@ -105,8 +110,11 @@ impl Stats {
     ) -> Vec<TaskFigures> {
         // The workers' answers are cached; the figures are built from the resources as they are
         // now (an added task shows at once, a deleted one goes at once).
-        let wanted: std::collections::BTreeSet<&String> =
-            resources.iter().map(|r| &r.worker).filter(|w| workers.contains_key(*w)).collect();
+        let wanted: std::collections::BTreeSet<&String> = resources
+            .iter()
+            .flat_map(|r| std::iter::once(&r.worker).chain(&r.shares))
+            .filter(|w| workers.contains_key(*w))
+            .collect();
         let mut last = self.last.lock().await;
         let fresh = last.as_ref().filter(|(at, _, answers)| {
             at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
@@ -128,10 +136,16 @@ impl Stats {
             .map(|r| {
                 let address = workers.get(&r.worker).cloned().unwrap_or_default();
                 let answer = by_worker.get(&r.worker).and_then(Option::as_ref);
-                let task = answer.and_then(|ts| ts.iter().find(|t| t.name == r.name));
+                let holders = if r.shares.is_empty() { vec![r.worker.clone()] } else { r.shares.clone() };
+                let tasks: Vec<&WorkerTask> = holders
+                    .iter()
+                    .filter_map(|w| by_worker.get(w).and_then(Option::as_ref))
+                    .filter_map(|ts| ts.iter().find(|t| t.name == r.name))
+                    .collect();
                 let mut f = TaskFigures {
                     name: r.name,
                     worker: r.worker,
+                    workers: r.shares,
                     address,
                     state: "waiting".into(),
                     creation_time: r.creation_time,
@@ -139,11 +153,17 @@ impl Stats {
                     worker_answered: answer.is_some(),
                     ..TaskFigures::default()
                 };
-                if let Some(t) = task {
-                    f.state = if t.finished { "finished" } else { "running" }.into();
-                    (f.pages, f.items, f.errors, f.queued) = (t.pages, t.items, t.errors, t.queued);
-                    f.started_at = t.started_at.clone();
-                    f.fetch_ms = t.fetch_ms;
+                if !tasks.is_empty() {
+                    // A split task is finished once every share is.
+                    f.state = if tasks.iter().all(|t| t.finished) { "finished" } else { "running" }.into();
+                    for t in &tasks {
+                        f.pages += t.pages;
+                        f.items += t.items;
+                        f.errors += t.errors;
+                        f.queued += t.queued;
+                        f.fetch_ms += t.fetch_ms / tasks.len() as f64;
+                    }
+                    f.started_at = tasks.iter().map(|t| t.started_at.clone()).min().unwrap_or_default();
                 }
                 f
             })

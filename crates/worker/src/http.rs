@@ -77,5 +77,21 @@ async fn metrics(State(r): State<Runner>) -> Response {
             let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", t.name);
         }
     }
+    let _ = writeln!(s, "# TYPE crawler_task_partitions gauge");
+    for t in &statuses {
+        if let Some(parts) = &t.partitions {
+            let _ = writeln!(s, "crawler_task_partitions{{task=\"{}\"}} {}", t.name, parts.len());
+        }
+    }
+    let _ = writeln!(s, "# TYPE crawler_task_partition_queued gauge");
+    for t in &statuses {
+        for p in t.partitions.iter().flatten() {
+            let _ = writeln!(
+                s,
+                "crawler_task_partition_queued{{task=\"{}\",partition=\"{}\"}} {}",
+                t.name, p.part, p.queued
+            );
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], s).into_response()
 }

@@ -60,9 +60,18 @@ pub struct TaskStatus {
     pub finished: bool,
     /// Average fetch latency in milliseconds.
     pub fetch_ms: f64,
-    /// A split task: the partitions this worker holds.
+    /// A split task: the partitions this worker holds, each with its requests waiting here.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<Vec<u32>>,
+    pub partitions: Option<Vec<PartitionStatus>>,
+}
+
+/// One partition of a split task held by this worker.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartitionStatus {
+    /// Partition number.
+    pub part: u32,
+    /// Requests of its hosts waiting here (as of the last half second).
+    pub queued: u64,
 }
 
 /// One task with its recent failures and items, as `GET /tasks/{name}` shows it.
@@ -400,7 +409,16 @@ fn status(name: &str, s: CrawlStats, c: &Crawl, r: &Running) -> TaskStatus {
         started_at: rfc3339(c.started_at()),
         finished: c.is_finished(),
         fetch_ms: if s.fetches == 0 { 0.0 } else { s.fetch_micros as f64 / s.fetches as f64 / 1000.0 },
-        partitions: r.parts.as_ref().map(|p| p.iter().map(|(part, _)| *part).collect()),
+        partitions: r.parts.as_ref().map(|parts| {
+            let queued: HashMap<u32, u64> = c.part_queues().into_iter().collect();
+            parts
+                .iter()
+                .map(|(part, _)| PartitionStatus {
+                    part: *part,
+                    queued: queued.get(part).copied().unwrap_or(0),
+                })
+                .collect()
+        }),
     }
 }
 

@@ -87,6 +87,8 @@ pub(super) struct Ctx {
     pub(super) first_problem: Mutex<Option<String>>,
     /// The last failures and items, for operators.
     pub(super) recent: RecentLog,
+    /// A split run: requests waiting per owned partition, as of the last poll.
+    pub(super) part_queues: Mutex<Vec<(u32, u64)>>,
 }
 
 /// Keeps the first problem of the crawl.

@@ -153,6 +153,7 @@ impl Crawl {
             polite,
             first_problem: Mutex::new(None),
             recent: RecentLog::default(),
+            part_queues: Mutex::new(Vec::new()),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
@@ -182,6 +183,11 @@ impl Crawl {
     /// the reason to give when a crawl fetched nothing at all.
     pub fn first_problem(&self) -> Option<String> {
         self.ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A split run's share: requests waiting per partition held (as of the last half second).
+    pub fn part_queues(&self) -> Vec<(u32, u64)> {
+        self.ctx.part_queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The last failures and items.
@@ -324,6 +330,7 @@ async fn run_crawl(
         }
         let idle = jobs.set.is_empty() && frontier.is_empty() && !discovering && refills.is_empty();
         if split.is_some() && !polling && !draining && Instant::now() >= next_poll {
+            *ctx.part_queues.lock().unwrap_or_else(|p| p.into_inner()) = frontier.queued_by_part();
             ask_poll(&ctx, &mut polls, idle).await;
             polling = true;
             next_poll = Instant::now() + POLL_EVERY;

@@ -594,6 +594,17 @@ impl Frontier {
         }
     }
 
+    /// Requests waiting per owned partition (in memory, stale entries included, or spilled),
+    /// partitions in order.
+    pub fn queued_by_part(&self) -> Vec<(u32, u64)> {
+        let mut by: std::collections::BTreeMap<u32, u64> =
+            self.owned.as_ref().map(|o| o.iter().map(|p| (*p, 0)).collect()).unwrap_or_default();
+        for hq in self.hosts.iter().filter(|h| !h.foreign) {
+            *by.entry(hq.part).or_default() += hq.queue.len() as u64 + hq.spilled;
+        }
+        by.into_iter().collect()
+    }
+
     /// Requests waiting in memory.
     pub fn held(&self) -> usize {
         self.entries
