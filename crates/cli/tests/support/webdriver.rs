@@ -105,6 +105,8 @@ impl Browser {
                     c
                 }
             };
+            // Its own process group, so that the browser it starts goes with it.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             cmd.stdout(std::fs::File::create(&log).unwrap()).stderr(Stdio::null());
             cmd
         };
@@ -185,16 +187,18 @@ impl Browser {
     }
 
     /// Ends the session (the browser exits) and stops its driver.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = self.client.delete(format!("{}/session/{}", self.base, self.session)).send().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // Drop stops the driver and whatever browser process is left.
     }
 }
 
 impl Drop for Browser {
+    /// Kills the driver's whole process group: the driver, and the browser it started (which
+    /// would outlive the driver otherwise, e.g. when a test fails before closing the session).
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }

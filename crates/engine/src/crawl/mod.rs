@@ -641,3 +641,20 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
         ctx.counters.items.fetch_add(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::shared_limits;
+    use std::time::Duration;
+
+    #[test]
+    fn workers_sharing_a_run_keep_its_rate_limits_together() {
+        let s = Duration::from_secs(1);
+        assert_eq!(shared_limits(&[(20, s)], 1), [(20, s)]);
+        assert_eq!(shared_limits(&[(20, s)], 4), [(5, s)]);
+        // 10 a second over 3 workers: 3 each (9 in all, never above 10).
+        assert_eq!(shared_limits(&[(10, s)], 3), [(3, s)]);
+        // Fewer events than workers: one per longer window each, 2 per second in all.
+        assert_eq!(shared_limits(&[(2, s)], 4), [(1, Duration::from_secs(2))]);
+    }
+}

@@ -158,8 +158,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// First-come within a depth and priority counts in the request's own partition (the number
+    /// without its partition bits): partitions then advance side by side, so a partition that
+    /// moves to another worker takes its fair share of what is left.
     fn rank(&self) -> Rank {
-        (Reverse(self.depth), self.priority, Reverse(self.seq))
+        (Reverse(self.depth), self.priority, Reverse(self.seq & ((1 << PART_SHIFT) - 1)))
     }
 }
 
@@ -884,6 +887,53 @@ mod tests {
         }
         assert_eq!(seen.len(), hosts * per_host);
         assert!(most_held <= budget + MIN_HELD * hosts, "{most_held} held while draining");
+    }
+
+    /// Two hosts in different partitions of `count`.
+    fn two_parts(count: u32) -> (String, String, u32, u32) {
+        let names: Vec<String> = (1..50).map(|i| format!("h{i}")).collect();
+        let a = &names[0];
+        let pa = partition_of(a, count);
+        let b = names.iter().find(|n| partition_of(n, count) != pa).unwrap();
+        (a.clone(), b.clone(), pa, partition_of(b, count))
+    }
+
+    #[test]
+    fn a_split_frontier_holds_its_partitions_and_sends_the_others() {
+        let (a, b, pa, pb) = two_parts(8);
+        let mut f = Frontier::new(5, false, 8).with_window(100).with_parts(8, [pa]);
+        let (adm, row) = f.offer(on(&a, "/1", 1), true);
+        let row = row.unwrap();
+        assert_eq!((adm, row.sent, row.part, part_of_seq(row.seq)), (Admission::Queued, false, pa, pa));
+        let (adm, row) = f.offer(on(&b, "/1", 1), true);
+        let row = row.unwrap();
+        assert_eq!((adm, row.sent, row.part), (Admission::Sent, true, pb));
+        // Sent once: found again, it is seen.
+        assert_eq!(f.offer(on(&b, "/1", 1), true).0, Admission::Seen);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.queued_by_part(), [(pa, 1)]);
+        assert_eq!(f.pop(Instant::now()).unwrap().url.host_str(), Some(a.as_str()));
+        assert!(f.pop(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn partitions_advance_side_by_side() {
+        // Requests are numbered per partition; within a depth, the partitions take turns
+        // instead of the lower partition going first (a partition that moves away must leave
+        // its fair share of the work).
+        let (a, b, pa, pb) = two_parts(8);
+        let mut f = Frontier::new(5, false, 8).with_parts(8, [pa, pb]);
+        for i in 0..4 {
+            f.push(on(&a, &format!("/{i}"), 1));
+        }
+        for i in 0..4 {
+            f.push(on(&b, &format!("/{i}"), 1));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| f.pop(Instant::now()))
+            .map(|r| r.url.host_str().unwrap().to_owned())
+            .collect();
+        let first_half_a = order[..4].iter().filter(|h| **h == a).count();
+        assert_eq!(first_half_a, 2, "{order:?}");
     }
 
     #[test]
