@@ -91,6 +91,8 @@ struct Running {
     run: Option<i64>,
     /// A split task: the partitions held here, with their epochs.
     parts: Option<Vec<(u32, i64)>>,
+    /// A split task: how many workers share it (its rate limits are divided by that).
+    share: usize,
 }
 
 /// The crawls of one worker. Cheap to clone.
@@ -181,10 +183,13 @@ impl Runner {
         }
         let mut running = self.0.running.lock().await;
         let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
+        let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
         let stale: Vec<String> = running
             .iter()
             .filter(|(name, r)| {
-                desired.get(*name).is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts)
+                desired
+                    .get(*name)
+                    .is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts || share(d) != r.share)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -215,7 +220,7 @@ impl Runner {
             if running.contains_key(&name) {
                 continue;
             }
-            let parts = mine(&rec);
+            let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
                 Ok(task) => match self.start(task, &rec, revision).await {
                     Ok((crawl, run)) => (crawl, run),
@@ -231,7 +236,7 @@ impl Runner {
                     (None, None)
                 }
             };
-            running.insert(name, Running { resource_id: rec.id, crawl, run, parts });
+            running.insert(name, Running { resource_id: rec.id, crawl, run, parts, share: shared_by });
         }
     }
 

@@ -158,6 +158,7 @@ impl MysqlSink {
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
         let mut holds: HashMap<i64, bool> = HashMap::new();
         let mut fenced = Vec::new();
+        let mut accepted = Vec::with_capacity(batch.len());
         for c in batch {
             if let Some(run) = &c.run {
                 let held = match holds.get(&run.id) {
@@ -173,13 +174,9 @@ impl MysqlSink {
                     continue;
                 }
             }
-            if let Some(item) = &c.item {
-                write_item(&mut tx, item)?;
-            }
-            if let Some(run) = &c.run {
-                write_state(&mut tx, run, c)?;
-            }
+            accepted.push(c);
         }
+        write_batch(&mut tx, &accepted)?;
         tx.commit().map_err(err)?;
         for run in fenced {
             run.fence();
@@ -188,71 +185,178 @@ impl MysqlSink {
     }
 }
 
-fn write_item(tx: &mut Transaction, item: &Item) -> Result<(), SinkError> {
-    let mut cols = String::from("task, url, crawled_at");
-    let mut marks = String::from("?, ?, ?");
-    let mut set = String::from("crawled_at = VALUES(crawled_at)");
-    for (f, _) in &item.fields {
-        cols.push_str(&format!(", `{f}`"));
-        marks.push_str(", ?");
-        set.push_str(&format!(", `{f}` = VALUES(`{f}`)"));
-    }
-    let sql = format!("INSERT INTO `{}` ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {set}", item.table);
-    let mut params: Vec<Value> =
-        vec![(*item.task).into(), item.url.as_str().into(), item.crawled_at.as_str().into()];
-    params.extend(item.fields.iter().map(|(_, v)| v.as_deref().map_or(Value::NULL, Value::from)));
-    tx.exec_drop(sql, params).map_err(err)
+/// Rows per multi-row statement (well within MySQL's placeholder and packet limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `cols` placeholders.
+fn marks(rows: usize, cols: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    vec![one; rows].join(", ")
 }
 
-/// Writes a commit's state rows; see the SQLite store for the rules.
-fn write_state(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<(), SinkError> {
-    let run = handle.id;
-    if c.queued.iter().any(|q| !q.sent) {
-        tx.exec_batch(
-            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            c.queued.iter().filter(|q| !q.sent).map(|q| {
-                let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
-                (run, q.seq, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority, status, q.part)
-            }),
-        )
-        .map_err(err)?;
-    }
-    if c.queued.iter().any(|q| q.sent) {
-        tx.exec_batch(
-            "INSERT IGNORE INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            c.queued
-                .iter()
-                .filter(|q| q.sent)
-                .map(|q| (run, q.part, key_col(q.key), &*q.url, &*q.host, q.depth, q.rule, q.priority)),
-        )
-        .map_err(err)?;
-    }
-    if !c.taken.is_empty() {
-        tx.exec_batch(
-            "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND url_key = ?",
-            c.taken.iter().map(|(part, key)| (run, *part, key_col(*key))),
-        )
-        .map_err(err)?;
-    }
-    if !c.queued.is_empty() {
-        let replaced: Vec<u64> = c.queued.iter().filter_map(|q| q.replaces).collect();
-        if !replaced.is_empty() {
-            tx.exec_batch(
-                "UPDATE crawler_frontier SET status = ? WHERE run = ? AND seq = ? AND status IN (0, 5)",
-                replaced.iter().map(|old| (PageStatus::Superseded as u8, run, *old)),
-            )
-            .map_err(err)?;
+/// Writes the accepted commits of a batch with a few multi-row statements instead of several
+/// per page (each statement is a round trip): items per table, then the frontier and inbox
+/// rows, then superseded rows, inbox rows taken, handled pages, and runs finished or released.
+/// The final rows are those the commits would give one by one: inserts come before the
+/// updates of the same rows, and a later item of a URL replaces an earlier one.
+fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkError> {
+    // Items, grouped by table and field set (in order, so the last of a URL wins).
+    let mut groups: Vec<(String, Vec<&Item>)> = Vec::new();
+    for item in commits.iter().filter_map(|c| c.item.as_ref()) {
+        let fields: Vec<&str> = item.fields.iter().map(|(f, _)| &**f).collect();
+        let key = format!("{}\u{0}{}", item.table, fields.join("\u{0}"));
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(item),
+            None => groups.push((key, vec![item])),
         }
     }
-    if let Some((seq, status)) = c.page {
-        tx.exec_drop(
-            "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq = ?",
-            (status as u8, run, seq),
-        )
-        .map_err(err)?;
+    for (_, list) in &groups {
+        let first = list[0];
+        let mut cols = String::from("task, url, crawled_at");
+        let mut set = String::from("crawled_at = VALUES(crawled_at)");
+        for (f, _) in &first.fields {
+            cols.push_str(&format!(", `{f}`"));
+            set.push_str(&format!(", `{f}` = VALUES(`{f}`)"));
+        }
+        let width = 3 + first.fields.len();
+        for chunk in list.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO `{}` ({cols}) VALUES {} ON DUPLICATE KEY UPDATE {set}",
+                first.table,
+                marks(chunk.len(), width)
+            );
+            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * width);
+            for item in chunk {
+                params.extend([
+                    (*item.task).into(),
+                    item.url.as_str().into(),
+                    item.crawled_at.as_str().into(),
+                ]);
+                params.extend(item.fields.iter().map(|(_, v)| v.as_deref().map_or(Value::NULL, Value::from)));
+            }
+            tx.exec_drop(sql, params).map_err(err)?;
+        }
     }
+    let state: Vec<(&RunHandle, &Commit)> =
+        commits.iter().filter_map(|c| c.run.as_deref().map(|r| (r, *c))).collect();
+    // Frontier rows and inbox rows.
+    let queued: Vec<(i64, &QueuedUrl)> =
+        state.iter().flat_map(|(r, c)| c.queued.iter().map(move |q| (r.id, q))).collect();
+    let rows: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| !q.sent).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part) \
+             VALUES {}",
+            marks(chunk.len(), 10)
+        );
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
+        for (run, q) in chunk {
+            let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
+            params.extend([
+                (*run).into(),
+                q.seq.into(),
+                key_col(q.key).into(),
+                (*q.url).into(),
+                (*q.host).into(),
+                q.depth.into(),
+                q.rule.into(),
+                q.priority.into(),
+                status.into(),
+                q.part.into(),
+            ]);
+        }
+        tx.exec_drop(sql, params).map_err(err)?;
+    }
+    let sent: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| q.sent).collect();
+    for chunk in sent.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT IGNORE INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) VALUES {}",
+            marks(chunk.len(), 8)
+        );
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
+        for (run, q) in chunk {
+            params.extend([
+                (*run).into(),
+                q.part.into(),
+                key_col(q.key).into(),
+                (*q.url).into(),
+                (*q.host).into(),
+                q.depth.into(),
+                q.rule.into(),
+                q.priority.into(),
+            ]);
+        }
+        tx.exec_drop(sql, params).map_err(err)?;
+    }
+    // Rows replaced by a closer find (only while still waiting).
+    let replaced: Vec<(i64, u64)> =
+        queued.iter().filter_map(|(run, q)| q.replaces.map(|s| (*run, s))).collect();
+    for ((run, _), seqs) in grouped(&replaced, |(run, _)| (*run, 0), |(_, seq)| *seq) {
+        for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE crawler_frontier SET status = {} WHERE run = ? AND status IN (0, 5) AND seq IN ({})",
+                PageStatus::Superseded as u8,
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut params: Vec<Value> = vec![run.into()];
+            params.extend(chunk.iter().map(|s| Value::from(*s)));
+            tx.exec_drop(sql, params).map_err(err)?;
+        }
+    }
+    // Inbox rows taken in.
+    let taken: Vec<(i64, u32, u64)> =
+        state.iter().flat_map(|(r, c)| c.taken.iter().map(move |(p, k)| (r.id, *p, *k))).collect();
+    for ((run, part), keys) in grouped(&taken, |(run, part, _)| (*run, u64::from(*part)), |(_, _, k)| *k) {
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND url_key IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut params: Vec<Value> = vec![run.into(), part.into()];
+            params.extend(chunk.iter().map(|k| Value::from(key_col(*k))));
+            tx.exec_drop(sql, params).map_err(err)?;
+        }
+    }
+    // Handled pages, by run and status.
+    let pages: Vec<(i64, u8, u64)> =
+        state.iter().filter_map(|(r, c)| c.page.map(|(seq, st)| (r.id, st as u8, seq))).collect();
+    for ((run, status), seqs) in grouped(&pages, |(run, st, _)| (*run, u64::from(*st)), |(_, _, seq)| *seq) {
+        for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut params: Vec<Value> = vec![status.into(), run.into()];
+            params.extend(chunk.iter().map(|s| Value::from(*s)));
+            tx.exec_drop(sql, params).map_err(err)?;
+        }
+    }
+    for (handle, c) in state.iter().filter(|(_, c)| c.finished || c.release) {
+        end_of_share(tx, handle, c)?;
+    }
+    Ok(())
+}
+
+/// Values grouped by a key, groups in first-seen order.
+fn grouped<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (i64, u64),
+    value: impl Fn(&T) -> u64,
+) -> Vec<((i64, u64), Vec<u64>)> {
+    let mut out: Vec<((i64, u64), Vec<u64>)> = Vec::new();
+    for t in items {
+        let k = key(t);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(value(t)),
+            None => out.push((k, vec![value(t)])),
+        }
+    }
+    out
+}
+
+/// A run finished, or a split run's share releasing its partitions.
+fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<(), SinkError> {
+    let run = handle.id;
     if c.finished {
         tx.exec_drop(
             "UPDATE crawler_runs SET state = ?, finished_at = ? WHERE id = ? AND state = ?",
