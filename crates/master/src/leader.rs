@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crawler_coord::assign::{plan_moves, plan_partitions};
+use crawler_coord::assign::{plan_moves, plan_partitions, plan_swap};
 use crawler_coord::resources::{self, ResourceRecord};
 use crawler_coord::{keys, Backoff, CoordError, Leadership, MasterRecord, Session};
 use tokio::sync::watch;
@@ -112,6 +112,8 @@ async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken
     let mut resources = master.0.views.resources.clone();
     let mut election = master.0.views.election.clone();
     let own_key = String::from_utf8_lossy(&lead.fence.key).into_owned();
+    let mut last_balance = std::time::Instant::now();
+    let mut swapped = BTreeMap::new();
     loop {
         // Our election key gone (lease revoked or expired, key deleted): we no longer lead,
         // whatever the keep-alive has noticed so far.
@@ -123,7 +125,12 @@ async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken
                 return;
             }
         }
-        if let Err(e) = move_orphans(master, lead).await {
+        let mut result = move_orphans(master, lead).await;
+        if result.is_ok() && last_balance.elapsed() >= BALANCE_EVERY {
+            last_balance = std::time::Instant::now();
+            result = balance_work(master, lead, &mut swapped).await;
+        }
+        if let Err(e) = result {
             match e {
                 CoordError::NotLeader => {
                     lead.token.cancel();
@@ -138,9 +145,65 @@ async fn reconcile(master: &Master, lead: &LeaderState, stop: &CancellationToken
             _ = workers.changed() => {}
             _ = resources.changed() => {}
             _ = election.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(BALANCE_EVERY) => {}
         }
     }
+}
+
+/// How often the leader looks at the work waiting in split tasks' partitions.
+const BALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A gap in queued requests between two workers of a split task below which no partitions are
+/// swapped (a swap restarts both shares: a pause of a fraction of a second).
+const MIN_GAP: u64 = 500;
+
+/// The least time between two swaps of one task (the queues settle after a swap first).
+const SWAP_PAUSE: Duration = Duration::from_secs(6);
+
+/// Evens out the work of split tasks: per task, at most one swap of two partitions between the
+/// worker with the most requests waiting and the one with the fewest (see `plan_swap`), from
+/// the queues the workers report. Partition counts stay even, so joins and leaves plan as
+/// before; the swapped partitions move like any other (drained, released, epochs bumped).
+async fn balance_work(
+    master: &Master,
+    lead: &LeaderState,
+    swapped: &mut BTreeMap<String, std::time::Instant>,
+) -> Result<(), CoordError> {
+    let views = &master.0.views;
+    let (Some(res), Some(wk)) = (views.resources.current(), views.workers.current()) else { return Ok(()) };
+    let workers: BTreeMap<String, String> =
+        live_workers(Some(&wk)).into_iter().map(|(id, w)| (id, w.address)).collect();
+    for (name, e) in &res.entries {
+        let Ok(mut rec) = ResourceRecord::decode(name, &e.value) else { continue };
+        let Some(parts) = rec.partitions.as_mut() else { continue };
+        if swapped.get(name).is_some_and(|at| at.elapsed() < SWAP_PAUSE) {
+            continue;
+        }
+        if parts.workers().len() < 2 || parts.owners.iter().any(|o| !workers.contains_key(o)) {
+            continue;
+        }
+        let Some(queued) = master.0.stats.partition_queues(name, &parts.owners, &workers).await else { continue };
+        let Some((give, back)) = plan_swap(&parts.owners, &queued, MIN_GAP) else { continue };
+        let mut owners = parts.owners.clone();
+        owners.swap(give as usize, back as usize);
+        let (from, to) = (owners[back as usize].clone(), owners[give as usize].clone());
+        parts.reassign(owners);
+        rec.assigned_node = parts.owners[parts.home as usize].clone();
+        let _assigning = master.0.assign.lock().await;
+        if resources::update(&master.0.etcd, &lead.fence, &rec, e.mod_revision).await? {
+            swapped.insert(name.clone(), std::time::Instant::now());
+            tracing::info!(
+                resource = %name,
+                %from,
+                %to,
+                partition = give,
+                queued = queued[&give],
+                back = back,
+                "partitions swapped to even out the work"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn move_orphans(master: &Master, lead: &LeaderState) -> Result<(), CoordError> {

@@ -62,6 +62,16 @@ struct WorkerTask {
     finished: bool,
     #[serde(default)]
     fetch_ms: f64,
+    /// A split task's share: its partitions and their queues.
+    #[serde(default)]
+    partitions: Option<Vec<PartitionQueue>>,
+}
+
+/// A partition a worker holds and the requests waiting in it there.
+#[derive(Clone, Debug, Deserialize)]
+struct PartitionQueue {
+    part: u32,
+    queued: u64,
 }
 
 /// The workers' answers last pulled: when, when in Unix milliseconds, and each one's tasks.
@@ -168,6 +178,45 @@ impl Stats {
                 f
             })
             .collect()
+    }
+
+    /// Requests waiting per partition of the split task `name`, as the workers holding them
+    /// report (pulled unless the last pull is fresh); `owners` says who holds each partition,
+    /// and only a worker's report of its own partitions counts. `None` unless every partition
+    /// was reported (a share starting or a worker not answering: no decision on half a view).
+    pub async fn partition_queues(
+        &self,
+        name: &str,
+        owners: &[String],
+        workers: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<u32, u64>> {
+        let wanted: std::collections::BTreeSet<&String> = owners.iter().collect();
+        let mut last = self.last.lock().await;
+        let fresh = last.as_ref().filter(|(at, _, answers)| {
+            at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
+        });
+        let answers = match fresh {
+            Some((_, _, answers)) => answers.clone(),
+            None => {
+                let answers = self.pull(workers, &wanted).await;
+                let sampled_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                *last = Some((Instant::now(), sampled_ms, answers.clone()));
+                answers
+            }
+        };
+        drop(last);
+        let mut queued = BTreeMap::new();
+        for (worker, tasks) in &answers {
+            let share = tasks.as_ref().and_then(|ts| ts.iter().find(|t| t.name == name && !t.finished));
+            for p in share.and_then(|t| t.partitions.as_ref()).into_iter().flatten() {
+                if owners.get(p.part as usize) == Some(worker) {
+                    queued.insert(p.part, p.queued);
+                }
+            }
+        }
+        (queued.len() == owners.len()).then_some(queued)
     }
 
     /// Each wanted worker's `GET /tasks` answer (`None`: it did not answer), in parallel.
