@@ -182,7 +182,9 @@ async fn balance_work(
         if parts.workers().len() < 2 || parts.owners.iter().any(|o| !workers.contains_key(o)) {
             continue;
         }
-        let Some(queued) = master.0.stats.partition_queues(name, &parts.owners, &workers).await else { continue };
+        let Some(queued) = master.0.stats.partition_queues(name, &parts.owners, &workers).await else {
+            continue;
+        };
         let Some((give, back)) = plan_swap(&parts.owners, &queued, MIN_GAP) else { continue };
         let mut owners = parts.owners.clone();
         owners.swap(give as usize, back as usize);

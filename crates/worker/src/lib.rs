@@ -142,6 +142,8 @@ async fn follow(
                     _ = shutdown.cancelled() => break,
                     _ = done.cancelled() => break,
                     changed = resources.changed() => if changed.is_none() { break },
+                    // Also now and then: a crawl that broke off on an error is started again.
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = &mut keep, if !kept => kept = true,
                 }
             }

@@ -190,6 +190,7 @@ impl Runner {
                 desired
                     .get(*name)
                     .is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts || share(d) != r.share)
+                    || r.crawl.as_ref().is_some_and(broke_off)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -427,24 +428,33 @@ fn status(name: &str, s: CrawlStats, c: &Crawl, r: &Running) -> TaskStatus {
     }
 }
 
+/// A crawl that ended without completing and without being fenced: it stopped on an error
+/// (the database unreachable for a moment, the writer failing). Started again by the next
+/// reconcile, so a split run's partitions are never left without a running owner.
+fn broke_off(c: &Crawl) -> bool {
+    c.is_finished() && !c.completed() && !c.is_fenced()
+}
+
 async fn stop(name: &str, r: Running, how: Stop) {
     let Some(crawl) = r.crawl else { return };
     match how {
         Stop::Drain => crawl.drain(),
         Stop::Abandon => crawl.cancel(),
     }
-    let stopped = match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
-        Ok(s) => Some(s),
-        Err(_) if how == Stop::Drain => {
-            tracing::warn!(resource = %name, "requests in flight did not finish in time; abandoning them");
-            crawl.cancel();
-            tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await.ok()
+    if how == Stop::Drain && tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await.is_err() {
+        tracing::warn!(resource = %name, "requests in flight did not finish in time; abandoning them");
+        crawl.cancel();
+    }
+    // Never returns before the crawl has ended: a new copy of it (the same share started again
+    // after a re-balance) must not run beside the old one.
+    loop {
+        match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
+            Ok(s) => {
+                tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped");
+                return;
+            }
+            Err(_) => tracing::warn!(resource = %name, "crawl has not stopped yet; waiting"),
         }
-        Err(_) => None,
-    };
-    match stopped {
-        Some(s) => tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped"),
-        None => tracing::warn!(resource = %name, "crawl did not stop in time"),
     }
 }
 

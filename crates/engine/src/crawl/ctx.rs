@@ -87,6 +87,8 @@ pub(super) struct Ctx {
     pub(super) first_problem: Mutex<Option<String>>,
     /// The last failures and items, for operators.
     pub(super) recent: RecentLog,
+    /// Set when the crawl ended because its work was done (not stopped, failed or fenced).
+    pub(super) completed: std::sync::atomic::AtomicBool,
     /// A split run: requests waiting per owned partition, as of the last poll.
     pub(super) part_queues: Mutex<Vec<(u32, u64)>>,
 }

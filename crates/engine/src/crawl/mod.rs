@@ -154,6 +154,7 @@ impl Crawl {
             first_problem: Mutex::new(None),
             recent: RecentLog::default(),
             part_queues: Mutex::new(Vec::new()),
+            completed: std::sync::atomic::AtomicBool::new(false),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
@@ -211,6 +212,13 @@ impl Crawl {
         self.ctx.drain.cancel();
     }
 
+    /// Whether the crawl ended because its work was done: its frontier exhausted, its page
+    /// budget spent, or (a split run's share) its run over. False while it runs and when it
+    /// was stopped, failed or fenced.
+    pub fn completed(&self) -> bool {
+        self.ctx.completed.load(Relaxed)
+    }
+
     /// Whether the crawl has ended.
     pub fn is_finished(&self) -> bool {
         *self.done.borrow()
@@ -263,8 +271,10 @@ async fn run_crawl(
                 frontier.continue_after(seq);
             }
             for q in run.queued {
-                if let Some(req) = stored_request(&ctx, &q) {
-                    frontier.restore(req, q.seq);
+                // Unreadable, its rule gone, or beyond a lowered max_depth: skipped.
+                let restored = stored_request(&ctx, &q).map(|req| frontier.restore(req, q.seq));
+                if restored.is_none_or(|a| a == Admission::TooDeep) {
+                    unfit(&ctx, q.seq).await;
                 }
             }
             for (url, count) in run.spilled {
@@ -312,7 +322,7 @@ async fn run_crawl(
             frontier.pause(host, until);
         }
         while let Some(done) = refills.try_join_next() {
-            refilled(&ctx, &mut frontier, done);
+            refilled(&ctx, &mut frontier, done).await;
         }
         while discovering && frontier.len() < FOUND_BACKLOG {
             match found.try_recv() {
@@ -386,7 +396,7 @@ async fn run_crawl(
             _ = sleep_until_some(poll_at) => {}
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
-            Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done),
+            Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done).await,
             urls = found.recv(), if discovering && frontier.len() < FOUND_BACKLOG => match urls {
                 Some(urls) => queue_found(&ctx, &mut frontier, urls).await,
                 None => discovering = false,
@@ -418,6 +428,7 @@ async fn run_crawl(
     }
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
+    ctx.completed.store(finished && !ctx.run.as_ref().is_some_and(|r| r.is_fenced()), Relaxed);
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
 }
 
@@ -448,7 +459,9 @@ fn shared_limits(limits: &[(u32, std::time::Duration)], share: u32) -> Vec<(u32,
 /// says whether nothing was waiting or in flight here when it was sent.
 async fn ask_poll(ctx: &Ctx, polls: &mut JoinSet<(bool, Option<PollReply>)>, idle: bool) {
     let Some(run) = &ctx.run else { return };
-    match ctx.commits.poll(run.clone(), POLL_LIMIT).await {
+    // Only the seeds' owner decides that the run is finished; only it asks.
+    let census = ctx.split.as_ref().filter(|s| s.home).map(|s| s.count);
+    match ctx.commits.poll(run.clone(), POLL_LIMIT, census).await {
         Ok(answer) => {
             polls.spawn(async move { (idle, answer.await.ok()) });
         }
@@ -537,7 +550,7 @@ async fn ask_refill(ctx: &Ctx, refills: &mut JoinSet<(Refill, Option<RefillReply
 }
 
 /// Hands the rows a refill read back to the frontier.
-fn refilled(
+async fn refilled(
     ctx: &Ctx,
     frontier: &mut Frontier,
     done: Result<(Refill, Option<RefillReply>), tokio::task::JoinError>,
@@ -545,7 +558,13 @@ fn refilled(
     match done {
         Ok((refill, Some(Ok(rows)))) => {
             let exhausted = rows.len() < refill.limit;
-            let reqs = rows.iter().filter_map(|q| stored_request(ctx, q)).collect();
+            let mut reqs = Vec::with_capacity(rows.len());
+            for q in &rows {
+                match stored_request(ctx, q) {
+                    Some(req) => reqs.push(req),
+                    None => unfit(ctx, q.seq).await,
+                }
+            }
             frontier.refilled(&refill, reqs, exhausted);
         }
         Ok((_, Some(Err(e)))) => {
@@ -554,6 +573,17 @@ fn refilled(
             ctx.cancel.cancel();
         }
         Ok((_, None)) | Err(_) => writer_gone(ctx),
+    }
+}
+
+/// A stored request that no longer fits the task (its rule is gone, its URL unreadable): marked
+/// skipped, so that it waits for nothing (a split run ends once no request waits anywhere).
+async fn unfit(ctx: &Ctx, seq: u64) {
+    let Some(run) = &ctx.run else { return };
+    let commit =
+        Commit { run: Some(run.clone()), page: Some((seq, PageStatus::Skipped)), ..Commit::default() };
+    if ctx.commits.send(commit).await.is_err() {
+        writer_gone(ctx);
     }
 }
 

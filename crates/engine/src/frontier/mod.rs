@@ -224,6 +224,8 @@ pub struct Frontier {
     ready: BinaryHeap<Ready>,
     paused: BinaryHeap<Reverse<(Instant, HostId)>>,
     visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    /// URLs sent to other owners' partitions, with the smallest depth sent.
+    sent: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     /// Best depth and number of each URL waiting in memory; entries of a queue at another
     /// depth are stale.
     waiting: HashMap<u64, (u32, u64), BuildHasherDefault<KeyHasher>>,
@@ -257,6 +259,7 @@ impl Frontier {
             ready: BinaryHeap::new(),
             paused: BinaryHeap::new(),
             visited: HashSet::default(),
+            sent: HashMap::default(),
             waiting: HashMap::default(),
             entries: 0,
             seqs: HashMap::new(),
@@ -322,6 +325,12 @@ impl Frontier {
             return (Admission::TooDeep, None);
         }
         let key = url_key(&req.url);
+        if self.owned.is_some() {
+            let host = self.host_id(&req.url);
+            if self.hosts[host as usize].foreign {
+                return self.send(req, key, host, record);
+            }
+        }
         let mut replaces = None;
         if !self.reload && !self.visited.insert(key) {
             match self.waiting.get(&key) {
@@ -330,26 +339,7 @@ impl Frontier {
             }
         }
         let host = self.host_id(&req.url);
-        let (part, foreign) = {
-            let hq = &self.hosts[host as usize];
-            (hq.part, hq.foreign)
-        };
-        if foreign {
-            let row = record.then(|| QueuedUrl {
-                seq: 0,
-                key,
-                url: Arc::from(String::from(req.url)),
-                host: self.hosts[host as usize].name.clone(),
-                part,
-                depth: req.depth,
-                rule: req.rule as u32,
-                priority: req.priority,
-                replaces: None,
-                held: false,
-                sent: true,
-            });
-            return (Admission::Sent, row);
-        }
+        let part = self.hosts[host as usize].part;
         let last = self.seqs.entry(part).or_insert(u64::from(part) << PART_SHIFT);
         let seq = match stored {
             Some(seq) => {
@@ -403,6 +393,34 @@ impl Frontier {
             },
         );
         (Admission::Queued, row)
+    }
+
+    /// A URL of another owner's partition: sent once, and again only when found closer to a
+    /// seed (its owner then moves it up, or fetches it at the smaller depth).
+    fn send(&mut self, req: Request, key: u64, host: HostId, record: bool) -> (Admission, Option<QueuedUrl>) {
+        if !self.reload {
+            match self.sent.get(&key) {
+                Some(&depth) if depth <= req.depth => return (Admission::Seen, None),
+                _ => {
+                    self.sent.insert(key, req.depth);
+                }
+            }
+        }
+        let hq = &self.hosts[host as usize];
+        let row = record.then(|| QueuedUrl {
+            seq: 0,
+            key,
+            url: Arc::from(String::from(req.url)),
+            host: hq.name.clone(),
+            part: hq.part,
+            depth: req.depth,
+            rule: req.rule as u32,
+            priority: req.priority,
+            replaces: None,
+            held: false,
+            sent: true,
+        });
+        (Admission::Sent, row)
     }
 
     /// Puts an entry in its host's memory queue.
@@ -908,8 +926,9 @@ mod tests {
         let (adm, row) = f.offer(on(&b, "/1", 1), true);
         let row = row.unwrap();
         assert_eq!((adm, row.sent, row.part), (Admission::Sent, true, pb));
-        // Sent once: found again, it is seen.
+        // Sent once: found again, it is seen; found closer to a seed, it is sent again.
         assert_eq!(f.offer(on(&b, "/1", 1), true).0, Admission::Seen);
+        assert_eq!(f.offer(on(&b, "/1", 0), true).1.map(|r| (r.sent, r.depth)), Some((true, 0)));
         assert_eq!(f.len(), 1);
         assert_eq!(f.queued_by_part(), [(pa, 1)]);
         assert_eq!(f.pop(Instant::now()).unwrap().url.host_str(), Some(a.as_str()));

@@ -156,8 +156,8 @@ pub struct Commit {
 pub struct Polled {
     /// URLs sent to this owner's partitions (up to the limit asked for).
     pub rows: Vec<QueuedUrl>,
-    /// Whether any request of the run waits anywhere else: queued or held rows of other
-    /// partitions, or inbox rows of any partition.
+    /// Whether any request of the run waits anywhere: queued or held rows, or inbox rows (true
+    /// when not asked).
     pub waiting_elsewhere: bool,
     /// Whether the run is over (finished or ended).
     pub over: bool,
@@ -181,9 +181,15 @@ pub trait Sink: Send + 'static {
         None
     }
 
-    /// Reads the inbox of a split run's partitions held by `run` (see [`Polled`]). `None` from
-    /// a store that cannot share a run.
-    fn poll(&mut self, _run: &RunHandle, _limit: usize) -> Option<Result<Polled, SinkError>> {
+    /// Reads the inbox of a split run's partitions held by `run` (see [`Polled`]); with
+    /// `census` (the run's partition count), also whether any request waits anywhere (else
+    /// that is reported as true). `None` from a store that cannot share a run.
+    fn poll(
+        &mut self,
+        _run: &RunHandle,
+        _limit: usize,
+        _census: Option<u32>,
+    ) -> Option<Result<Polled, SinkError>> {
         None
     }
 }
@@ -237,6 +243,7 @@ pub(crate) struct RunLoader {
     handled: std::collections::HashSet<u64>,
     loaded: std::collections::HashSet<u64>,
     last_seqs: std::collections::HashMap<u32, u64>,
+    stale: Vec<u64>,
     host: Option<Arc<str>>,
     in_host: usize,
     last: Option<Arc<str>>,
@@ -251,6 +258,7 @@ impl RunLoader {
             handled: Default::default(),
             loaded: Default::default(),
             last_seqs: Default::default(),
+            stale: Vec::new(),
             host: None,
             in_host: 0,
             last: None,
@@ -271,6 +279,9 @@ impl RunLoader {
     /// (in the window), to be stored so.
     pub(crate) fn waiting(&mut self, q: QueuedUrl) -> bool {
         if self.handled.contains(&q.key) || !self.loaded.insert(q.key) {
+            // Already handled, or waiting under another row: this row is never to be fetched;
+            // marked superseded so that nothing waits for it.
+            self.stale.push(q.seq);
             return false;
         }
         self.run.waiting += 1;
@@ -288,6 +299,12 @@ impl RunLoader {
             self.run.seen.push(q.key);
             false
         }
+    }
+
+    /// Rows met in the second pass that are not to be fetched (duplicates of a URL waiting
+    /// under another row, or of one handled): to be marked superseded.
+    pub(crate) fn take_stale(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.stale)
     }
 
     fn end_host(&mut self) {

@@ -156,16 +156,18 @@ impl MysqlSink {
             self.ensure_table(item)?;
         }
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
-        let mut holds: HashMap<i64, bool> = HashMap::new();
+        // Checked once per handle (two handles of one run, e.g. an old and a new owner, are
+        // checked each on its own).
+        let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
         let mut fenced = Vec::new();
         let mut accepted = Vec::with_capacity(batch.len());
         for c in batch {
             if let Some(run) = &c.run {
-                let held = match holds.get(&run.id) {
+                let held = match holds.get(&Arc::as_ptr(run)) {
                     Some(h) => *h,
                     None => {
                         let h = holds_run(&mut tx, run)?;
-                        holds.insert(run.id, h);
+                        holds.insert(Arc::as_ptr(run), h);
                         h
                     }
                 };
@@ -187,6 +189,29 @@ impl MysqlSink {
 
 /// Rows per multi-row statement (well within MySQL's placeholder and packet limits).
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Bytes of row values per statement, far under MySQL's smallest usual `max_allowed_packet`
+/// (16 MiB in MariaDB; fields are capped at 1 MiB each).
+const BYTES_PER_STATEMENT: usize = 4 << 20;
+
+/// `rows` cut into runs of at most [`ROWS_PER_STATEMENT`] rows and, beyond a first row,
+/// [`BYTES_PER_STATEMENT`] bytes.
+fn by_size<T>(rows: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let n = size(row);
+        if i > start && (i - start >= ROWS_PER_STATEMENT || bytes + n > BYTES_PER_STATEMENT) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
 
 /// `(?, ?, ...), (?, ?, ...)`: `rows` groups of `cols` placeholders.
 fn marks(rows: usize, cols: usize) -> String {
@@ -219,7 +244,9 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
             set.push_str(&format!(", `{f}` = VALUES(`{f}`)"));
         }
         let width = 3 + first.fields.len();
-        for chunk in list.chunks(ROWS_PER_STATEMENT) {
+        for chunk in by_size(list, |i| {
+            i.url.len() + i.fields.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>()
+        }) {
             let sql = format!(
                 "INSERT INTO `{}` ({cols}) VALUES {} ON DUPLICATE KEY UPDATE {set}",
                 first.table,
@@ -242,8 +269,9 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     // Frontier rows and inbox rows.
     let queued: Vec<(i64, &QueuedUrl)> =
         state.iter().flat_map(|(r, c)| c.queued.iter().map(move |q| (r.id, q))).collect();
+    let row_size = |r: &&(i64, &QueuedUrl)| r.1.url.len() + r.1.host.len();
     let rows: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| !q.sent).collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+    for chunk in by_size(&rows, row_size) {
         let sql = format!(
             "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part) \
              VALUES {}",
@@ -268,9 +296,13 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
         tx.exec_drop(sql, params).map_err(err)?;
     }
     let sent: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| q.sent).collect();
-    for chunk in sent.chunks(ROWS_PER_STATEMENT) {
+    for chunk in by_size(&sent, row_size) {
         let sql = format!(
-            "INSERT IGNORE INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) VALUES {}",
+            // One row per URL; a URL sent again closer to a seed takes the smaller depth (and
+            // its rule), so its owner fetches it within `max_depth` of it.
+            "INSERT INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) VALUES {} \
+             ON DUPLICATE KEY UPDATE rule = IF(VALUES(depth) < depth, VALUES(rule), rule), \
+             priority = IF(VALUES(depth) < depth, VALUES(priority), priority), depth = LEAST(depth, VALUES(depth))",
             marks(chunk.len(), 8)
         );
         let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
@@ -382,18 +414,46 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
     Ok(())
 }
 
-impl Sink for MysqlSink {
-    fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
-        match self.write_once(batch) {
-            Ok(()) => Ok(()),
-            Err(first) => {
-                // One reconnect: a server restart or an idle timeout must not lose the batch.
-                tracing::warn!(error = %first, "mysql write failed; reconnecting once");
-                self.conn = connect(&self.opts)?;
-                self.columns.clear();
-                self.write_once(batch)
+/// Whether a failed transaction was rolled back by the server for a lock conflict (deadlock
+/// 1213, lock wait timeout 1205) and may simply be tried again.
+fn lock_conflict(e: &SinkError) -> bool {
+    e.message.contains("ERROR 1213 (") || e.message.contains("ERROR 1205 (")
+}
+
+impl MysqlSink {
+    /// Runs `op` again after a lock conflict (owners of a split run can deadlock on each
+    /// other's inbox rows), and once more on a fresh connection after any other failure (a
+    /// server restart or an idle timeout must not lose the batch or stop the crawl).
+    fn with_retries<T>(
+        &mut self,
+        what: &str,
+        mut op: impl FnMut(&mut Self) -> Result<T, SinkError>,
+    ) -> Result<T, SinkError> {
+        let mut conflicts = 0;
+        let mut reconnected = false;
+        loop {
+            match op(self) {
+                Ok(v) => return Ok(v),
+                Err(e) if lock_conflict(&e) && conflicts < 8 => {
+                    conflicts += 1;
+                    tracing::debug!(error = %e, what, "mysql lock conflict; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(5 * conflicts));
+                }
+                Err(e) if !reconnected => {
+                    tracing::warn!(error = %e, what, "mysql call failed; reconnecting once");
+                    reconnected = true;
+                    self.conn = connect(&self.opts)?;
+                    self.columns.clear();
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl Sink for MysqlSink {
+    fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
+        self.with_retries("write", |s| s.write_once(batch))
     }
 
     fn refill(
@@ -402,16 +462,21 @@ impl Sink for MysqlSink {
         host: &str,
         limit: usize,
     ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
-        Some(self.refill_once(run, host, limit))
+        Some(self.with_retries("refill", |s| s.refill_once(run, host, limit)))
     }
 
-    fn poll(&mut self, run: &RunHandle, limit: usize) -> Option<Result<Polled, SinkError>> {
-        Some(self.poll_once(run, limit))
+    fn poll(
+        &mut self,
+        run: &RunHandle,
+        limit: usize,
+        census: Option<u32>,
+    ) -> Option<Result<Polled, SinkError>> {
+        Some(self.with_retries("poll", |s| s.poll_once(run, limit, census)))
     }
 }
 
 impl MysqlSink {
-    fn poll_once(&mut self, run: &RunHandle, limit: usize) -> Result<Polled, SinkError> {
+    fn poll_once(&mut self, run: &RunHandle, limit: usize, census: Option<u32>) -> Result<Polled, SinkError> {
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
         let state: Option<String> =
             tx.exec_first("SELECT state FROM crawler_runs WHERE id = ?", (run.id,)).map_err(err)?;
@@ -446,15 +511,26 @@ impl MysqlSink {
                 },
             )
             .map_err(err)?;
-        let waiting: Option<(i64, i64)> = tx
-            .exec_first(
-                "SELECT EXISTS(SELECT 1 FROM crawler_frontier WHERE run = ? AND status IN (0, 5)), \
-                 EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
-                (run.id, run.id),
-            )
-            .map_err(err)?;
+        // Every partition listed, so the check is a few index lookups on (run, part, status),
+        // not a scan of the run's handled rows.
+        let waiting_elsewhere = match census {
+            None => true,
+            Some(count) => {
+                let all: Vec<String> = (0..count).map(|p| p.to_string()).collect();
+                let waiting: Option<(i64, i64)> = tx
+                    .exec_first(
+                        format!(
+                            "SELECT EXISTS(SELECT 1 FROM crawler_frontier WHERE run = ? AND part IN ({}) \
+                             AND status IN (0, 5)), EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
+                            all.join(", ")
+                        ),
+                        (run.id, run.id),
+                    )
+                    .map_err(err)?;
+                waiting.is_none_or(|(a, b)| a != 0 || b != 0)
+            }
+        };
         tx.commit().map_err(err)?;
-        let waiting_elsewhere = waiting.is_some_and(|(a, b)| a != 0 || b != 0);
         Ok(Polled { rows, waiting_elsewhere, over: false })
     }
 
@@ -628,6 +704,10 @@ impl MysqlState {
             "UPDATE crawler_frontier SET status = 5 WHERE run = ? AND seq = ?",
             held.iter().map(|seq| (id, *seq)),
         )?;
+        tx.exec_batch(
+            "UPDATE crawler_frontier SET status = 4 WHERE run = ? AND seq = ?",
+            loader.take_stale().into_iter().map(|seq| (id, seq)),
+        )?;
         tx.commit()?;
         let mut run = loader.finish();
         // Resumed when anything of the run is stored (whoever stored it): the seeds are queued
@@ -732,6 +812,11 @@ impl StateStore for MysqlState {
             held.iter().map(|seq| (id, *seq)),
         )
         .map_err(err)?;
+        tx.exec_batch(
+            "UPDATE crawler_frontier SET status = 4 WHERE run = ? AND seq = ?",
+            loader.take_stale().into_iter().map(|seq| (id, seq)),
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(loader.finish())
     }
@@ -770,5 +855,24 @@ impl StateStore for MysqlState {
         tx.exec_drop("DELETE FROM crawler_inbox WHERE run = ?", (id,)).map_err(err)?;
         tx.exec_drop("DELETE FROM crawler_parts WHERE run = ?", (id,)).map_err(err)?;
         tx.commit().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_size;
+
+    #[test]
+    fn statements_stay_under_the_row_and_byte_limits() {
+        let mib = 1usize << 20;
+        let rows = vec![mib; 10];
+        let chunks = by_size(&rows, |n| *n);
+        assert!(chunks.iter().all(|c| c.iter().sum::<usize>() <= 4 * mib), "{:?}", chunks);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 10);
+        let small = vec![1usize; 1200];
+        assert_eq!(by_size(&small, |n| *n).iter().map(|c| c.len()).collect::<Vec<_>>(), [500, 500, 200]);
+        // A row over the byte limit goes alone.
+        assert_eq!(by_size(&[10 * mib, 1], |n| *n).len(), 2);
+        assert!(by_size(&Vec::<usize>::new(), |n| *n).is_empty());
     }
 }

@@ -200,14 +200,15 @@ impl Sink for SqliteSink {
         let tx = self.conn.transaction().map_err(sqlite_err)?;
         // Whether each run's owner still holds it, checked once per batch inside the transaction
         // (SQLite has one writer at a time, so no other owner can slip in before the commit).
-        let mut holds: HashMap<i64, bool> = HashMap::new();
+        // Per handle: an old and a new owner of one run in one batch are checked each.
+        let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
         for c in batch {
             if let Some(run) = &c.run {
-                let held = match holds.get(&run.id) {
+                let held = match holds.get(&Arc::as_ptr(run)) {
                     Some(h) => *h,
                     None => {
                         let h = holds_run(&tx, run).map_err(sqlite_err)?;
-                        holds.insert(run.id, h);
+                        holds.insert(Arc::as_ptr(run), h);
                         h
                     }
                 };
@@ -395,6 +396,10 @@ fn open_in(
     let mut hold = tx.prepare("UPDATE crawler_frontier SET status = 5 WHERE run = ?1 AND seq = ?2")?;
     for seq in held {
         hold.execute(params![id, seq as i64])?;
+    }
+    let mut supersede = tx.prepare("UPDATE crawler_frontier SET status = 4 WHERE run = ?1 AND seq = ?2")?;
+    for seq in loader.take_stale() {
+        supersede.execute(params![id, seq as i64])?;
     }
     Ok(loader.finish())
 }

@@ -34,6 +34,7 @@ enum Record {
     Poll {
         run: Arc<RunHandle>,
         limit: usize,
+        census: Option<u32>,
         reply: oneshot::Sender<PollReply>,
     },
     /// Answered once every commit sent before it is written.
@@ -97,10 +98,11 @@ impl CommitSender {
         &self,
         run: Arc<RunHandle>,
         limit: usize,
+        census: Option<u32>,
     ) -> Result<oneshot::Receiver<PollReply>, SinkError> {
         let (reply, answer) = oneshot::channel();
         self.0
-            .send(Record::Poll { run, limit, reply })
+            .send(Record::Poll { run, limit, census, reply })
             .await
             .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
         Ok(answer)
@@ -219,11 +221,12 @@ fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u6
                 flush(sinks, &mut group)?;
                 let _ = reply.send(());
             }
-            Record::Poll { run, limit, reply } => {
+            Record::Poll { run, limit, census, reply } => {
                 flush(sinks, &mut group)?;
-                let answer = sinks.iter_mut().find_map(|s| s.poll(&run, limit)).unwrap_or_else(|| {
-                    Err(SinkError { sink: "writer", message: "no store shares crawl state".into() })
-                });
+                let answer =
+                    sinks.iter_mut().find_map(|s| s.poll(&run, limit, census)).unwrap_or_else(|| {
+                        Err(SinkError { sink: "writer", message: "no store shares crawl state".into() })
+                    });
                 let _ = reply.send(answer);
             }
         }
