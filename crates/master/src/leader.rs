@@ -157,7 +157,8 @@ const BALANCE_EVERY: Duration = Duration::from_secs(2);
 /// swapped (a swap restarts both shares: a pause of a fraction of a second).
 const MIN_GAP: u64 = 500;
 
-/// The least time between two swaps of one task (the queues settle after a swap first).
+/// The least time between a change of a task's assignment (an add, a join or leave, a swap)
+/// and a swap (the shares restart and their queues settle first).
 const SWAP_PAUSE: Duration = Duration::from_secs(6);
 
 /// Evens out the work of split tasks: per task, at most one swap of two partitions between the
@@ -167,7 +168,7 @@ const SWAP_PAUSE: Duration = Duration::from_secs(6);
 async fn balance_work(
     master: &Master,
     lead: &LeaderState,
-    swapped: &mut BTreeMap<String, std::time::Instant>,
+    swapped: &mut BTreeMap<String, (std::time::Instant, i64)>,
 ) -> Result<(), CoordError> {
     let views = &master.0.views;
     let (Some(res), Some(wk)) = (views.resources.current(), views.workers.current()) else { return Ok(()) };
@@ -176,7 +177,13 @@ async fn balance_work(
     for (name, e) in &res.entries {
         let Ok(mut rec) = ResourceRecord::decode(name, &e.value) else { continue };
         let Some(parts) = rec.partitions.as_mut() else { continue };
-        if swapped.get(name).is_some_and(|at| at.elapsed() < SWAP_PAUSE) {
+        // Not within SWAP_PAUSE of the task's last assignment change (an add, a join or leave, a
+        // swap): its shares are restarting and their queues settling.
+        let seen = swapped.entry(name.clone()).or_insert((std::time::Instant::now(), e.mod_revision));
+        if seen.1 != e.mod_revision {
+            *seen = (std::time::Instant::now(), e.mod_revision);
+        }
+        if seen.0.elapsed() < SWAP_PAUSE {
             continue;
         }
         if parts.workers().len() < 2 || parts.owners.iter().any(|o| !workers.contains_key(o)) {
@@ -193,7 +200,6 @@ async fn balance_work(
         rec.assigned_node = parts.owners[parts.home as usize].clone();
         let _assigning = master.0.assign.lock().await;
         if resources::update(&master.0.etcd, &lead.fence, &rec, e.mod_revision).await? {
-            swapped.insert(name.clone(), std::time::Instant::now());
             tracing::info!(
                 resource = %name,
                 %from,

@@ -70,6 +70,14 @@ pub async fn run(
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
     runner.set_registry(registry.clone());
+    {
+        // A reconcile waiting for a partition's release must not hold the shutdown up.
+        let (runner, shutdown) = (runner.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            runner.shutting_down();
+        });
+    }
 
     let server = axum::serve(http, http::router(runner.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -111,6 +111,8 @@ struct Inner {
     parent: CancellationToken,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
+    /// Fired when the worker shuts down: a share waiting for a partition's release gives up.
+    stopping: CancellationToken,
 }
 
 impl Runner {
@@ -134,7 +136,13 @@ impl Runner {
             unknown_tasks: AtomicU64::new(0),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
+            stopping: CancellationToken::new(),
         }))
+    }
+
+    /// The worker is shutting down: nothing waits for a partition's release any more.
+    pub fn shutting_down(&self) {
+        self.0.stopping.cancel();
     }
 
     /// Follows the worker registry (to know whether a partition's previous owner is gone).
@@ -345,7 +353,15 @@ impl Runner {
                 }
                 PartsOpen::Busy { part, owner } => {
                     tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::select! {
+                        _ = inner.stopping.cancelled() => {
+                            return Err(crawler_engine::SinkError {
+                                sink: "state",
+                                message: "shutting down while waiting for a partition".into(),
+                            });
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
                 }
             }
         }

@@ -369,6 +369,21 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     Ok(())
 }
 
+/// Sets the status of rows `seqs` of `run`, a thousand rows per statement (one statement per
+/// row made opening a run with tens of thousands of waiting rows take seconds).
+fn set_status(tx: &mut Transaction, run: i64, status: u8, seqs: &[u64]) -> Result<(), mysql::Error> {
+    for chunk in seqs.chunks(1000) {
+        let sql = format!(
+            "UPDATE crawler_frontier SET status = {status} WHERE run = ? AND seq IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut params: Vec<Value> = vec![run.into()];
+        params.extend(chunk.iter().map(|s| Value::from(*s)));
+        tx.exec_drop(sql, params)?;
+    }
+    Ok(())
+}
+
 /// Values grouped by a key, groups in first-seen order.
 fn grouped<T>(
     items: &[T],
@@ -557,11 +572,8 @@ impl MysqlSink {
                 |row: RequestRow| stored_request(row, name.clone(), true),
             )
             .map_err(err)?;
-        tx.exec_batch(
-            "UPDATE crawler_frontier SET status = ? WHERE run = ? AND seq = ?",
-            rows.iter().map(|q| (PageStatus::Held as u8, run.id, q.seq)),
-        )
-        .map_err(err)?;
+        let seqs: Vec<u64> = rows.iter().map(|q| q.seq).collect();
+        set_status(&mut tx, run.id, PageStatus::Held as u8, &seqs).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(rows)
     }
@@ -700,14 +712,8 @@ impl MysqlState {
                 held.push(seq);
             }
         }
-        tx.exec_batch(
-            "UPDATE crawler_frontier SET status = 5 WHERE run = ? AND seq = ?",
-            held.iter().map(|seq| (id, *seq)),
-        )?;
-        tx.exec_batch(
-            "UPDATE crawler_frontier SET status = 4 WHERE run = ? AND seq = ?",
-            loader.take_stale().into_iter().map(|seq| (id, seq)),
-        )?;
+        set_status(&mut tx, id, PageStatus::Held as u8, &held)?;
+        set_status(&mut tx, id, PageStatus::Superseded as u8, &loader.take_stale())?;
         tx.commit()?;
         let mut run = loader.finish();
         // Resumed when anything of the run is stored (whoever stored it): the seeds are queued
@@ -807,16 +813,8 @@ impl StateStore for MysqlState {
                 held.push(seq);
             }
         }
-        tx.exec_batch(
-            "UPDATE crawler_frontier SET status = 5 WHERE run = ? AND seq = ?",
-            held.iter().map(|seq| (id, *seq)),
-        )
-        .map_err(err)?;
-        tx.exec_batch(
-            "UPDATE crawler_frontier SET status = 4 WHERE run = ? AND seq = ?",
-            loader.take_stale().into_iter().map(|seq| (id, seq)),
-        )
-        .map_err(err)?;
+        set_status(&mut tx, id, PageStatus::Held as u8, &held).map_err(err)?;
+        set_status(&mut tx, id, PageStatus::Superseded as u8, &loader.take_stale()).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(loader.finish())
     }
