@@ -154,15 +154,18 @@ struct Entry {
     depth: u32,
     priority: i32,
     rule: u32,
+    /// Its place in its host's arrivals (set when it is held).
+    turn: u32,
     redirected_from: Box<[u64]>,
 }
 
 impl Entry {
-    /// First-come within a depth and priority counts in the request's own partition (the number
-    /// without its partition bits): partitions then advance side by side, so a partition that
-    /// moves to another worker takes its fair share of what is left.
+    /// First-come within a depth and priority counts per host: the k-th request of every host
+    /// goes before the (k+1)-th of any, so hosts advance side by side and a crawl does not end
+    /// with its last hosts served one at a time at their `per_host` limit (nor, split across
+    /// workers, with the partition that moved away holding most of what was left).
     fn rank(&self) -> Rank {
-        (Reverse(self.depth), self.priority, Reverse(self.seq & ((1 << PART_SHIFT) - 1)))
+        (Reverse(self.depth), self.priority, Reverse(u64::from(self.turn)))
     }
 }
 
@@ -187,6 +190,8 @@ impl Ord for Entry {
 #[derive(Default)]
 struct HostQueue {
     name: Arc<str>,
+    /// Requests held so far (the next one's turn).
+    turns: u32,
     /// Its partition.
     part: u32,
     /// Its partition is owned elsewhere: its URLs are sent, never held.
@@ -389,6 +394,7 @@ impl Frontier {
                 depth: req.depth,
                 priority: req.priority,
                 rule: req.rule as u32,
+                turn: 0,
                 redirected_from: req.redirected_from.into_boxed_slice(),
             },
         );
@@ -424,8 +430,10 @@ impl Frontier {
     }
 
     /// Puts an entry in its host's memory queue.
-    fn hold(&mut self, host: HostId, entry: Entry) {
+    fn hold(&mut self, host: HostId, mut entry: Entry) {
         let hq = &mut self.hosts[host as usize];
+        entry.turn = hq.turns;
+        hq.turns = hq.turns.saturating_add(1);
         let better = hq.queue.peek().is_none_or(|top| entry.rank() > top.rank());
         hq.queue.push(entry);
         self.entries += 1;
@@ -493,6 +501,7 @@ impl Frontier {
                     depth: req.depth,
                     priority: req.priority,
                     rule: req.rule as u32,
+                    turn: 0,
                     redirected_from: Box::default(),
                 },
             );
@@ -1021,8 +1030,11 @@ mod tests {
             let t0 = Instant::now();
             let mut now = t0;
             let mut f = Frontier::new(10, false, per_host);
-            // The model: queued (host, depth, priority, seq), in flight per host, pauses.
-            let mut queued: Vec<(u8, u32, i32, u64)> = Vec::new();
+            // The model: queued (host, depth, priority, seq, turn: the host's count of pushes),
+            // in flight per host, pauses; host ids in order of first appearance.
+            let mut queued: Vec<(u8, u32, i32, u64, u32)> = Vec::new();
+            let mut turns: HashMap<u8, u32> = HashMap::new();
+            let mut order: HashMap<u8, usize> = HashMap::new();
             let mut flying: Vec<(u8, HostId)> = Vec::new();
             let mut paused: HashMap<u8, Instant> = HashMap::new();
             let mut ids: HashMap<u8, HostId> = HashMap::new();
@@ -1033,16 +1045,21 @@ mod tests {
                         seq += 1;
                         let url = Url::parse(&format!("http://h{host}.example/{seq}")).unwrap();
                         prop_assert_eq!(f.push(Request::new(url, depth, 0, priority)), Admission::Queued);
-                        queued.push((host, depth, priority, seq));
+                        let n = order.len();
+                        order.entry(host).or_insert(n);
+                        let turn = turns.entry(host).or_insert(0);
+                        queued.push((host, depth, priority, seq, *turn));
+                        *turn += 1;
                     }
                     Op::Pop => {
                         let busy = |h: u8| flying.iter().filter(|(x, _)| *x == h).count();
                         let servable = |h: u8| busy(h) < per_host && paused.get(&h).is_none_or(|t| *t <= now);
-                        // Hosts ever paused go first, then the best request.
+                        // Hosts ever paused go first, then the best request: lowest depth, highest
+                        // priority, earliest turn in its host; ties to the host met last.
                         let best = queued
                             .iter()
                             .filter(|q| servable(q.0))
-                            .max_by_key(|q| (paused.contains_key(&q.0), Reverse(q.1), q.2, Reverse(q.3)))
+                            .max_by_key(|q| (paused.contains_key(&q.0), Reverse(q.1), q.2, Reverse(q.4), order[&q.0]))
                             .copied();
                         let got = f.pop(now);
                         match (best, got) {
