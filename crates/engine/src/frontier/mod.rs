@@ -7,7 +7,8 @@
 //! served. Among ready hosts, a paced one (ever paused: `Retry-After`, `Crawl-delay`, a pace
 //! learned from 429s) goes first, since its turns are scarce and it would otherwise finish
 //! last; then the order is breadth-first: lower depth first, then higher rule priority, then
-//! first-come.
+//! first-come per host (the k-th request of every host before the (k+1)-th of any: hosts take
+//! turns).
 //!
 //! Deduplication happens when a URL is queued, on its normalized form; the visited set keeps
 //! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits in
