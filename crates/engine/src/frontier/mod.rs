@@ -36,7 +36,7 @@ use std::time::Instant;
 use url::Url;
 
 use crate::scope::url_key;
-use crate::store::QueuedUrl;
+use crate::store::{part_of_seq, QueuedUrl, PART_SHIFT};
 
 /// A host's index in the frontier (a host and port).
 pub type HostId = u32;
@@ -45,9 +45,6 @@ pub type HostId = u32;
 pub const BUDGET_WINDOWS: usize = 50;
 /// ... beyond which a host holds at most this many (so every host still makes progress).
 pub const MIN_HELD: usize = 16;
-
-/// Request numbers carry their partition above this many bits.
-pub const PART_SHIFT: u32 = 40;
 
 /// The partition of a host (as [`host_name`] spells it) in a run split into `count`
 /// partitions: FNV-1a of the name, so every worker and master computes the same one.
@@ -61,11 +58,6 @@ pub fn partition_of(host: &str, count: u32) -> u32 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % u64::from(count)) as u32
-}
-
-/// The partition a request number belongs to.
-pub fn part_of_seq(seq: u64) -> u32 {
-    (seq >> PART_SHIFT) as u32
 }
 
 /// A request waiting in the frontier.

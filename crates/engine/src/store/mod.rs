@@ -34,6 +34,15 @@ pub struct SinkError {
     pub message: String,
 }
 
+/// Request numbers (`crawler_frontier.seq`) carry their partition above this many bits, so
+/// the owners of different partitions of a run never pick the same number.
+pub const PART_SHIFT: u32 = 40;
+
+/// The partition a request number belongs to.
+pub fn part_of_seq(seq: u64) -> u32 {
+    (seq >> PART_SHIFT) as u32
+}
+
 /// What became of a request, as stored in `crawler_frontier.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -268,7 +277,7 @@ impl RunLoader {
 
     /// First pass: any row (held rows already turned back into queued).
     pub(crate) fn status(&mut self, key: u64, seq: u64, status: u8) {
-        let last = self.last_seqs.entry(crate::frontier::part_of_seq(seq)).or_insert(0);
+        let last = self.last_seqs.entry(part_of_seq(seq)).or_insert(0);
         *last = (*last).max(seq);
         if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
             self.handled.insert(key);

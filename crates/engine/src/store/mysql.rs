@@ -17,11 +17,10 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
 use super::{
-    key_col, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle, RunLoader, Sink,
-    SinkError, StateStore,
+    key_col, part_of_seq, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle,
+    RunLoader, Sink, SinkError, StateStore,
 };
 use super::{FINISHED, RUNNING};
-use crate::frontier::part_of_seq;
 use crate::item::{rfc3339, Item};
 
 fn err(e: impl std::fmt::Display) -> SinkError {
