@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crawler_coord::assign::{pick_worker, plan_partitions};
+use crawler_coord::assign::{first_partitions, pick_worker};
 use crawler_coord::resources::{self, CreateOutcome, ResourceRecord};
 use crawler_coord::{
     Backoff, CoordError, Etcd, Fence, MasterRecord, Partitions, PrefixWatch, Snapshot, WorkerRecord,
@@ -454,9 +454,9 @@ impl Master {
         let count = spec.as_ref().and_then(|s| s.partitions).unwrap_or(self.0.cfg.default_partitions).max(1);
         let partitions = match spec.map(Task::compile) {
             Some(Ok(compiled)) if count > 1 => {
-                // Every partition to a live worker, evenly; the answer names the owner of the
-                // seeds' partition.
-                let owners = plan_partitions(&vec![String::new(); count as usize], &live);
+                // Every partition to a live worker, evenly, least-loaded first; the answer names
+                // the owner of the seeds' partition.
+                let owners = first_partitions(count as usize, &live, &shares(Some(&resources)));
                 let home = compiled.home_partition(count);
                 worker = owners[home as usize].clone();
                 Some(Partitions { home, owners, epochs: vec![1; count as usize] })
@@ -535,6 +535,24 @@ pub(crate) fn live_workers(snap: Option<&Snapshot>) -> BTreeMap<String, WorkerRe
             (id.clone(), rec)
         })
         .collect()
+}
+
+/// The work each worker holds, in tasks: 1 per whole resource, and its fraction of the
+/// partitions of each split one.
+pub(crate) fn shares(snap: Option<&Snapshot>) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for (k, e) in snap.map(|s| s.entries.iter()).into_iter().flatten() {
+        match ResourceRecord::decode(k, &e.value) {
+            Ok(ResourceRecord { partitions: Some(p), .. }) => {
+                for o in &p.owners {
+                    *out.entry(o.clone()).or_default() += 1.0 / f64::from(p.count().max(1));
+                }
+            }
+            Ok(r) => *out.entry(r.assigned_node).or_default() += 1.0,
+            Err(_) => {}
+        }
+    }
+    out
 }
 
 /// Resources per worker, from the resources snapshot.

@@ -113,6 +113,8 @@ struct Inner {
     registry: std::sync::Mutex<Option<PrefixWatch>>,
     /// Fired when the worker shuts down: a share waiting for a partition's release gives up.
     stopping: CancellationToken,
+    /// Crawls that broke off: how often each was started again, and when it may be next.
+    restarts: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
 }
 
 impl Runner {
@@ -137,6 +139,7 @@ impl Runner {
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
+            restarts: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -148,6 +151,25 @@ impl Runner {
     /// Follows the worker registry (to know whether a partition's previous owner is gone).
     pub fn set_registry(&self, registry: PrefixWatch) {
         *self.0.registry.lock().unwrap_or_else(|p| p.into_inner()) = Some(registry);
+    }
+
+    /// Whether a crawl of `name` that broke off may be started again now: not while the writer
+    /// is gone (nothing could be stored; the worker is failing), and no sooner than 2 s after
+    /// the last restart, doubling up to a minute while it keeps breaking off.
+    fn may_restart(&self, name: &str) -> bool {
+        if self.0.commits.is_closed() {
+            return false;
+        }
+        let mut backoff = self.0.restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let (count, next) = backoff.entry(name.to_owned()).or_insert((0, now));
+        if now < *next {
+            return false;
+        }
+        *count += 1;
+        *next = now + Duration::from_secs(2u64.saturating_pow(*count).min(60));
+        tracing::warn!(resource = %name, restarts = *count, "the crawl broke off; starting it again");
+        true
     }
 
     /// Whether `worker` is not registered now (unknown without a registry: not gone).
@@ -198,7 +220,7 @@ impl Runner {
                 desired
                     .get(*name)
                     .is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts || share(d) != r.share)
-                    || r.crawl.as_ref().is_some_and(broke_off)
+                    || (r.crawl.as_ref().is_some_and(broke_off) && self.may_restart(name))
             })
             .map(|(name, _)| name.clone())
             .collect();

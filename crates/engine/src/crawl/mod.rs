@@ -497,7 +497,7 @@ async fn polled(
     *quiet = false;
     let mut commit = Commit { run: ctx.run.clone(), ..Commit::default() };
     for q in &polled.rows {
-        commit.taken.push((q.part, q.key));
+        commit.taken.push((q.part, q.key, q.depth));
         if let Some(req) = stored_request(ctx, q) {
             commit.queued.extend(frontier.offer(req, true).1);
         }
@@ -576,12 +576,14 @@ async fn refilled(
     }
 }
 
-/// A stored request that no longer fits the task (its rule is gone, its URL unreadable): marked
-/// skipped, so that it waits for nothing (a split run ends once no request waits anywhere).
+/// A stored request that no longer fits the task (its rule is gone, its URL unreadable, beyond a
+/// lowered `max_depth`): marked superseded, so that nothing waits for it (a split run ends once
+/// no request waits anywhere), without counting it as handled (a later, closer find of the URL
+/// is still fetched).
 async fn unfit(ctx: &Ctx, seq: u64) {
     let Some(run) = &ctx.run else { return };
     let commit =
-        Commit { run: Some(run.clone()), page: Some((seq, PageStatus::Skipped)), ..Commit::default() };
+        Commit { run: Some(run.clone()), page: Some((seq, PageStatus::Superseded)), ..Commit::default() };
     if ctx.commits.send(commit).await.is_err() {
         writer_gone(ctx);
     }

@@ -147,7 +147,7 @@ struct Entry {
     depth: u32,
     priority: i32,
     rule: u32,
-    /// Its place in its host's arrivals (set when it is held).
+    /// Its place in its host's arrivals at its depth (set when it is held).
     turn: u32,
     redirected_from: Box<[u64]>,
 }
@@ -183,8 +183,8 @@ impl Ord for Entry {
 #[derive(Default)]
 struct HostQueue {
     name: Arc<str>,
-    /// Requests held so far (the next one's turn).
-    turns: u32,
+    /// Requests held so far at each depth (the next one's turn there).
+    turns: Vec<u32>,
     /// Its partition.
     part: u32,
     /// Its partition is owned elsewhere: its URLs are sent, never held.
@@ -425,8 +425,12 @@ impl Frontier {
     /// Puts an entry in its host's memory queue.
     fn hold(&mut self, host: HostId, mut entry: Entry) {
         let hq = &mut self.hosts[host as usize];
-        entry.turn = hq.turns;
-        hq.turns = hq.turns.saturating_add(1);
+        let depth = entry.depth as usize;
+        if hq.turns.len() <= depth {
+            hq.turns.resize(depth + 1, 0);
+        }
+        entry.turn = hq.turns[depth];
+        hq.turns[depth] = hq.turns[depth].saturating_add(1);
         let better = hq.queue.peek().is_none_or(|top| entry.rank() > top.rank());
         hq.queue.push(entry);
         self.entries += 1;
@@ -1023,10 +1027,11 @@ mod tests {
             let t0 = Instant::now();
             let mut now = t0;
             let mut f = Frontier::new(10, false, per_host);
-            // The model: queued (host, depth, priority, seq, turn: the host's count of pushes),
+            // The model: queued (host, depth, priority, seq, turn: the host's count of pushes at
+            // that depth),
             // in flight per host, pauses; host ids in order of first appearance.
             let mut queued: Vec<(u8, u32, i32, u64, u32)> = Vec::new();
-            let mut turns: HashMap<u8, u32> = HashMap::new();
+            let mut turns: HashMap<(u8, u32), u32> = HashMap::new();
             let mut order: HashMap<u8, usize> = HashMap::new();
             let mut flying: Vec<(u8, HostId)> = Vec::new();
             let mut paused: HashMap<u8, Instant> = HashMap::new();
@@ -1040,7 +1045,7 @@ mod tests {
                         prop_assert_eq!(f.push(Request::new(url, depth, 0, priority)), Admission::Queued);
                         let n = order.len();
                         order.entry(host).or_insert(n);
-                        let turn = turns.entry(host).or_insert(0);
+                        let turn = turns.entry((host, depth)).or_insert(0);
                         queued.push((host, depth, priority, seq, *turn));
                         *turn += 1;
                     }

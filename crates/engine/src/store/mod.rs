@@ -152,9 +152,10 @@ pub struct Commit {
     pub queued: Vec<QueuedUrl>,
     /// The run ended: its frontier is exhausted or its page budget spent.
     pub finished: bool,
-    /// Inbox rows taken in (partition, URL key): deleted with this commit, so a URL sent here
-    /// is in the frontier rows or still in the inbox, never lost.
-    pub taken: Vec<(u32, u64)>,
+    /// Inbox rows taken in (partition, URL key, depth read): deleted with this commit, so a URL
+    /// sent here is in the frontier rows or still in the inbox, never lost; a row sent again
+    /// closer since it was read (a smaller depth) stays, to be taken in again.
+    pub taken: Vec<(u32, u64, u32)>,
     /// A split run's owner lets its partitions go: its held rows become queued and its
     /// partitions are marked released, so the next owner takes them at once.
     pub release: bool,

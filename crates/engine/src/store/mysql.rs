@@ -334,16 +334,21 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
             tx.exec_drop(sql, params).map_err(err)?;
         }
     }
-    // Inbox rows taken in.
-    let taken: Vec<(i64, u32, u64)> =
-        state.iter().flat_map(|(r, c)| c.taken.iter().map(move |(p, k)| (r.id, *p, *k))).collect();
-    for ((run, part), keys) in grouped(&taken, |(run, part, _)| (*run, u64::from(*part)), |(_, _, k)| *k) {
+    // Inbox rows taken in, unless sent again closer since they were read.
+    let taken: Vec<(i64, u64, u64)> = state
+        .iter()
+        .flat_map(|(r, c)| {
+            c.taken.iter().map(move |(p, k, d)| (r.id, (u64::from(*p) << 32) | u64::from(*d), *k))
+        })
+        .collect();
+    for ((run, part_depth), keys) in grouped(&taken, |(run, pd, _)| (*run, *pd), |(_, _, k)| *k) {
+        let (part, depth) = (part_depth >> 32, part_depth & 0xffff_ffff);
         for chunk in keys.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND url_key IN ({})",
+                "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND depth >= ? AND url_key IN ({})",
                 vec!["?"; chunk.len()].join(", ")
             );
-            let mut params: Vec<Value> = vec![run.into(), part.into()];
+            let mut params: Vec<Value> = vec![run.into(), part.into(), depth.into()];
             params.extend(chunk.iter().map(|k| Value::from(key_col(*k))));
             tx.exec_drop(sql, params).map_err(err)?;
         }
@@ -428,19 +433,27 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
     Ok(())
 }
 
-/// Whether a failed transaction was rolled back by the server for a lock conflict (deadlock
-/// 1213, lock wait timeout 1205) and may simply be tried again.
-fn lock_conflict(e: &SinkError) -> bool {
-    e.message.contains("ERROR 1213 (") || e.message.contains("ERROR 1205 (")
+/// How often a transaction the server rolled back may be tried again: a deadlock (1213) at
+/// once, several times (owners of a split run deadlock on each other's inbox rows now and
+/// then); a lock wait timeout (1205) once (each took the server's whole wait).
+fn retries_for(e: &SinkError) -> u32 {
+    if e.message.contains("ERROR 1213 (") {
+        8
+    } else if e.message.contains("ERROR 1205 (") {
+        1
+    } else {
+        0
+    }
 }
 
 impl MysqlSink {
-    /// Runs `op` again after a lock conflict (owners of a split run can deadlock on each
-    /// other's inbox rows), and once more on a fresh connection after any other failure (a
-    /// server restart or an idle timeout must not lose the batch or stop the crawl).
+    /// Runs `op` again after a lock conflict, and once more on a fresh connection after any
+    /// other failure when `reconnect` (a server restart or an idle timeout must not lose a
+    /// batch or stop the crawl). Not for what must not run twice after a lost answer.
     fn with_retries<T>(
         &mut self,
         what: &str,
+        reconnect: bool,
         mut op: impl FnMut(&mut Self) -> Result<T, SinkError>,
     ) -> Result<T, SinkError> {
         let mut conflicts = 0;
@@ -448,18 +461,25 @@ impl MysqlSink {
         loop {
             match op(self) {
                 Ok(v) => return Ok(v),
-                Err(e) if lock_conflict(&e) && conflicts < 8 => {
+                Err(e) if conflicts < retries_for(&e) => {
                     conflicts += 1;
                     tracing::debug!(error = %e, what, "mysql lock conflict; trying again");
-                    std::thread::sleep(std::time::Duration::from_millis(5 * conflicts));
+                    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(conflicts)));
                 }
-                Err(e) if !reconnected => {
+                Err(e) if reconnect && !reconnected => {
                     tracing::warn!(error = %e, what, "mysql call failed; reconnecting once");
                     reconnected = true;
                     self.conn = connect(&self.opts)?;
                     self.columns.clear();
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The next call starts on a fresh connection.
+                    if let Ok(conn) = connect(&self.opts) {
+                        self.conn = conn;
+                        self.columns.clear();
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -467,7 +487,7 @@ impl MysqlSink {
 
 impl Sink for MysqlSink {
     fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
-        self.with_retries("write", |s| s.write_once(batch))
+        self.with_retries("write", true, |s| s.write_once(batch))
     }
 
     fn refill(
@@ -476,7 +496,10 @@ impl Sink for MysqlSink {
         host: &str,
         limit: usize,
     ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
-        Some(self.with_retries("refill", |s| s.refill_once(run, host, limit)))
+        // Not tried again on a fresh connection: if the first try committed and only its
+        // answer was lost, a second would read other rows and the first ones would stay held
+        // with nobody holding them. The crawl stops instead and its run is reopened.
+        Some(self.with_retries("refill", false, |s| s.refill_once(run, host, limit)))
     }
 
     fn poll(
@@ -485,7 +508,7 @@ impl Sink for MysqlSink {
         limit: usize,
         census: Option<u32>,
     ) -> Option<Result<Polled, SinkError>> {
-        Some(self.with_retries("poll", |s| s.poll_once(run, limit, census)))
+        Some(self.with_retries("poll", true, |s| s.poll_once(run, limit, census)))
     }
 }
 

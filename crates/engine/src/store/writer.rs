@@ -83,6 +83,11 @@ impl CommitSender {
         Ok(answer)
     }
 
+    /// Whether the writer has stopped (a sink failed): nothing can be stored any more.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     /// Waits until every commit sent before this call is written (or the writer has failed:
     /// then an error).
     pub async fn flush(&self) -> Result<(), SinkError> {
