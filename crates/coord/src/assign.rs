@@ -93,7 +93,7 @@ pub fn first_partitions(count: usize, live: &BTreeSet<String>, loads: &BTreeMap<
 /// worker with the most requests queued (`queued`: per partition) gives the partition that best
 /// halves its gap to the worker with the fewest, which gives back its emptiest partition, so
 /// every worker keeps as many partitions as before ([`plan_partitions`] stays satisfied). `None`
-/// while the gap is under `min_gap` or under a third of the busiest worker's queue, or when no
+/// while the gap is under `min_gap` or under a fifth of the busiest worker's queue, or when no
 /// swap closes a third of it. Ties go to the smallest worker id and partition.
 pub fn plan_swap(owners: &[String], queued: &BTreeMap<u32, u64>, min_gap: u64) -> Option<(u32, u32)> {
     let mut loads: BTreeMap<&String, (u64, Vec<u32>)> = BTreeMap::new();
@@ -105,7 +105,7 @@ pub fn plan_swap(owners: &[String], queued: &BTreeMap<u32, u64>, min_gap: u64) -
     let (busy, (high, busy_parts)) = loads.iter().max_by_key(|(w, (l, _))| (*l, std::cmp::Reverse(*w)))?;
     let (idle, (low, idle_parts)) = loads.iter().min_by_key(|(w, (l, _))| (*l, *w))?;
     let gap = high - low;
-    if busy == idle || gap < min_gap || gap * 3 < *high {
+    if busy == idle || gap < min_gap || gap * 5 < *high {
         return None;
     }
     let q = |p: &u32| queued.get(p).copied().unwrap_or(0);
