@@ -577,6 +577,37 @@ mod tests {
         assert!(names(&r).await.is_empty());
     }
 
+    /// A store that refuses every batch: its writer stops at the first.
+    struct Refusing;
+
+    impl crawler_engine::Sink for Refusing {
+        fn write(&mut self, _: &[crawler_engine::Commit]) -> Result<(), crawler_engine::SinkError> {
+            Err(crawler_engine::SinkError { sink: "test", message: "refused".into() })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crawl_that_broke_off_is_restarted_with_a_backoff_and_never_without_a_writer() {
+        let (r, _writer) = runner().await;
+        assert!(r.may_restart("x"), "the first restart at once");
+        assert!(!r.may_restart("x"), "the next one waits (2 s, doubling)");
+        assert!(r.may_restart("y"), "per resource");
+
+        // The writer gone (its store failed): nothing could be stored, nothing is restarted.
+        let cfg = EngineConfig { obey_robots: false, ..EngineConfig::default() };
+        let writer = SinkWriter::spawn(vec![Box::new(Refusing)], 1, Duration::from_millis(1));
+        let r = Runner::new("w1".into(), vec![], Arc::new(Fetcher::new(cfg).unwrap()), writer.sender(), None);
+        let _ = r.0.commits.send(crawler_engine::Commit::default()).await;
+        for _ in 0..250 {
+            if r.0.commits.is_closed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(r.0.commits.is_closed(), "the writer stopped");
+        assert!(!r.may_restart("z"));
+    }
+
     #[tokio::test]
     async fn an_unknown_or_invalid_task_is_counted_not_fatal() {
         let (r, _w) = runner().await;
