@@ -4,7 +4,9 @@
 //! zero refetch; a worker that joins mid-crawl receives partitions; a SIGKILLed worker's
 //! partitions move within the lease TTL and at most its in-flight and uncommitted pages are
 //! fetched again; every item is stored exactly once; no site ever sees more than `per_host`
-//! requests at once, counting every worker; a delete stops every worker's share at once.
+//! requests at once, counting every worker; a delete stops every worker's share at once. A task's
+//! rate limits hold for the whole cluster as the sites see them, also while workers join and
+//! leave.
 
 mod support;
 
@@ -208,4 +210,75 @@ async fn a_task_spreads_over_workers_hands_over_and_stays_polite_across_them() {
     let stopped = sites.iter().map(|s| s.requests().len()).sum::<usize>();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sites.iter().map(|s| s.requests().len()).sum::<usize>(), stopped, "fetching after the delete");
+}
+
+/// The largest number of requests in any window of `per` among `at` (sorted).
+fn busiest_window(at: &[Instant], per: Duration) -> usize {
+    (0..at.len()).map(|i| at[i..].iter().take_while(|t| **t < at[i] + per).count()).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_tasks_rate_limit_holds_across_workers_as_they_join_and_leave() {
+    const LIMIT: usize = 20;
+    let fast = Site { latency: Duration::from_millis(10), ..site() };
+    let mut sb = Sandbox::start_with(bin(), fast, true, PER_HOST).await;
+    sb.wait_workers(2).await;
+    let sites = Fixture::start_chain(fast, HOSTS).await.unwrap();
+    let (_, follower) = sb.leader_and_follower().await;
+    let master = sb.masters[0].http.clone();
+    let mut limited = task("limited", &sites);
+    limited["task"]["limits"] = json!([{"events": LIMIT, "per": "1s"}]);
+    // Every host from the start, so that every worker has work for its part of the limit.
+    limited["task"]["seeds"] = sites.iter().map(|s| s.url("/index.html")).collect();
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, limited).await;
+    assert_eq!(s, 200, "{v}");
+    // Each worker alone could fetch far more (4 at once, 10 ms a page): the limit binds.
+    until("both workers to fetch", Duration::from_secs(20), || async {
+        share(&sb, 0, "limited").await.is_some_and(|(p, _)| p > 0)
+            && share(&sb, 1, "limited").await.is_some_and(|(p, _)| p > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A third worker joins: every share is restarted with a third of the limit.
+    sb.add_worker("w3");
+    until("w3 to fetch", Duration::from_secs(20), || async {
+        share(&sb, 2, "limited").await.is_some_and(|(p, _)| p > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // One leaves: the other two go back to half each.
+    sb.workers[0].signal("-TERM");
+    until("w1's partitions to move", Duration::from_secs(10), || async {
+        !spread(&sb, &master, "limited").await.contains_key("w1")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "limited"})).await;
+    assert_eq!(s, 200, "{v}");
+    until("the shares to stop", Duration::from_secs(5), || async {
+        share(&sb, 1, "limited").await.is_none() && share(&sb, 2, "limited").await.is_none()
+    })
+    .await;
+
+    // As the sites saw them (robots.txt, fetched once per host, is not one of the task's
+    // requests): never more than the limit in any second, whoever sent them. The windows are
+    // 50 ms short of a second: a request reserved at a window's edge may reach its site a
+    // little later than the one a second before it.
+    let mut at: Vec<Instant> =
+        sites.iter().flat_map(|s| s.requests()).filter(|r| r.path != "/robots.txt").map(|r| r.at).collect();
+    at.sort();
+    let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
+    let busiest = busiest_window(&at, Duration::from_millis(950));
+    println!(
+        "{} requests in {span:.1} s ({:.1}/s, limit {LIMIT}/s); busiest 950 ms: {busiest}, busiest second: {}",
+        at.len(),
+        at.len() as f64 / span,
+        busiest_window(&at, Duration::from_secs(1))
+    );
+    assert!(busiest <= LIMIT, "{busiest} requests within 950 ms (limit {LIMIT} a second)");
+    // The limit is used, not starved: the joins and leaves cost a second or two of it.
+    assert!(at.len() as f64 / span >= LIMIT as f64 * 0.6, "{} requests in {span:.1} s", at.len());
+    for s in &sites {
+        assert!(s.max_in_flight() <= PER_HOST, "{} saw {} requests at once", s.addr(), s.max_in_flight());
+    }
 }

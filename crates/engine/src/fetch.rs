@@ -89,6 +89,11 @@ pub trait Throttled: Send + Sync {
         retry_after: Option<Duration>,
         backoff: Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+
+    /// Waits, once the wait before any retry is over, until the retry may be sent.
+    fn ready(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Sleeps `Retry-After`, else the backoff.
@@ -224,7 +229,7 @@ impl Fetcher {
                 _ = cancel.cancelled() => {
                     return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
                 }
-                _ = wait => {}
+                _ = async { wait.await; throttled.ready().await } => {}
             }
         }
     }

@@ -58,6 +58,40 @@ impl RateLimiter {
         self.last = Some(at);
         at
     }
+
+    /// The start times of the last requests reserved, oldest first (as many as the largest
+    /// limit counts).
+    pub fn history(&self) -> Vec<Instant> {
+        self.windows
+            .iter()
+            .max_by_key(|w| w.events)
+            .map_or_else(Vec::new, |w| w.recent.iter().copied().collect())
+    }
+
+    /// Counts requests reserved elsewhere (oldest first): those of a previous limiter whose
+    /// work this one continues.
+    pub fn replay(&mut self, starts: &[Instant]) {
+        for &at in starts {
+            for w in &mut self.windows {
+                if w.recent.len() == w.events {
+                    w.recent.pop_front();
+                }
+                w.recent.push_back(at);
+            }
+            self.last = Some(self.last.map_or(at, |l| l.max(at)));
+        }
+    }
+
+    /// Counts the room left in every window as spent at `now`: until a window has passed,
+    /// requests go only as fast as those already counted leave it (none when none were
+    /// counted). For a limiter that cannot know what others spent just before it.
+    pub fn fill(&mut self, now: Instant) {
+        let now = self.last.map_or(now, |l| l.max(now));
+        for w in &mut self.windows {
+            w.recent.resize(w.events, now);
+        }
+        self.last = Some(now);
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +127,41 @@ mod tests {
             times,
             [Duration::ZERO, Duration::ZERO, Duration::from_millis(100), Duration::from_millis(100)]
         );
+    }
+
+    #[test]
+    fn a_limiter_continues_what_another_reserved() {
+        let per = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut first = RateLimiter::new(&[(4, per)]);
+        for _ in 0..4 {
+            first.reserve(t0);
+        }
+        // Continued at half the rate: nothing until the window of the four has passed, then two.
+        let mut next = RateLimiter::new(&[(2, per)]);
+        next.replay(&first.history());
+        assert_eq!(next.reserve(t0), t0 + per);
+        assert_eq!(next.reserve(t0), t0 + per);
+        assert_eq!(next.reserve(t0), t0 + 2 * per);
+        // A limiter filled at t0 waits one window of each limit.
+        let mut filled = RateLimiter::new(&[(3, per), (1, Duration::from_millis(100))]);
+        filled.fill(t0);
+        assert_eq!(filled.reserve(t0), t0 + per);
+        assert_eq!(filled.history().len(), 3);
+        // One that continues another at twice the rate goes at the old rate for one window.
+        let mut faster = RateLimiter::new(&[(4, per)]);
+        let half = t0 + per / 2;
+        faster.replay(&[t0, half]);
+        faster.fill(half);
+        assert_eq!(faster.reserve(half), t0 + per);
+        assert_eq!(faster.reserve(half), half + per);
+        assert_eq!(faster.reserve(half), half + per);
+        assert_eq!(faster.reserve(half), half + per);
+        assert_eq!(faster.reserve(half), t0 + 2 * per);
+        let mut none = RateLimiter::new(&[]);
+        none.fill(t0);
+        assert_eq!(none.reserve(t0), t0);
+        assert!(none.history().is_empty());
     }
 
     proptest! {

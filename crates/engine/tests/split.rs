@@ -92,6 +92,7 @@ fn start(db: &MariaDb, task: &Task, run: crawler_engine::OpenedRun, parts: &[u32
         parts: parts.iter().map(|p| (*p, epoch)).collect(),
         home: parts.contains(&home),
         share: 2,
+        recent: Vec::new(),
     };
     let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
     let crawl =

@@ -225,13 +225,19 @@ impl Runner {
             .map(|(name, _)| name.clone())
             .collect();
         let stopped = !stale.is_empty();
+        // When the stopped shares started their last requests: their next shares count them
+        // against the task's rate limits.
+        let mut request_starts: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
         for name in stale {
             if let Some(r) = running.remove(&name) {
                 // Deleted or re-added (not moved to another worker): its run is over (a split
                 // run is ended by every worker that held a share; ending is idempotent).
                 let ended = ids.get(name.as_str()).is_none_or(|id| *id != r.resource_id);
                 let run = r.run;
-                stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
+                let starts = stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
+                if !ended {
+                    request_starts.insert(name.clone(), starts);
+                }
                 if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
                     let state = state.clone();
                     match tokio::task::spawn_blocking(move || state.end_run(run)).await {
@@ -253,7 +259,7 @@ impl Runner {
             }
             let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
-                Ok(task) => match self.start(task, &rec, revision).await {
+                Ok(task) => match self.start(task, &rec, revision, request_starts.remove(&name)).await {
                     Ok((crawl, run)) => (crawl, run),
                     Err(e) => {
                         // Not recorded as running, so the next event tries again.
@@ -273,12 +279,14 @@ impl Runner {
 
     /// Starts a resource's crawl: its stored run (resumed if the task moved here) or, without
     /// a state store, a crawl from the seeds; for a split task, this worker's share (none when
-    /// its run is over).
+    /// its run is over). `recent`: when this worker's previous share of it started its last
+    /// requests.
     async fn start(
         &self,
         task: Task,
         rec: &ResourceRecord,
         revision: i64,
+        recent: Option<Vec<std::time::Instant>>,
     ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
         let inner = &self.0;
         let Some(state) = inner.state.clone() else {
@@ -289,7 +297,7 @@ impl Runner {
             ));
         };
         if rec.partitions.is_some() {
-            return self.start_share(task, rec, state).await;
+            return self.start_share(task, rec, state, recent.unwrap_or_default()).await;
         }
         let (name, label) = (rec.name.clone(), rec.id.clone());
         let window = inner.fetcher.config().queue_window;
@@ -322,6 +330,7 @@ impl Runner {
         task: Task,
         rec: &ResourceRecord,
         state: Arc<dyn StateStore>,
+        recent: Vec<std::time::Instant>,
     ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
         let inner = &self.0;
         let p = rec.partitions.as_ref().expect("a split task");
@@ -331,6 +340,7 @@ impl Runner {
             home: parts.iter().any(|(part, _)| *part == p.home),
             share: p.workers().len() as u32,
             parts,
+            recent,
         };
         let window = inner.fetcher.config().queue_window;
         let started = std::time::Instant::now();
@@ -412,7 +422,9 @@ impl Runner {
         // All at once: each may wait for its requests in flight.
         let mut stops = tokio::task::JoinSet::new();
         for (name, r) in std::mem::take(&mut *running) {
-            stops.spawn(async move { stop(&name, r, how).await });
+            stops.spawn(async move {
+                stop(&name, r, how).await;
+            });
         }
         while stops.join_next().await.is_some() {}
     }
@@ -473,8 +485,9 @@ fn broke_off(c: &Crawl) -> bool {
     c.is_finished() && !c.completed() && !c.is_fenced()
 }
 
-async fn stop(name: &str, r: Running, how: Stop) {
-    let Some(crawl) = r.crawl else { return };
+/// Returns when the crawl started its last rate-limited requests.
+async fn stop(name: &str, r: Running, how: Stop) -> Vec<std::time::Instant> {
+    let Some(crawl) = r.crawl else { return Vec::new() };
     match how {
         Stop::Drain => crawl.drain(),
         Stop::Abandon => crawl.cancel(),
@@ -489,7 +502,7 @@ async fn stop(name: &str, r: Running, how: Stop) {
         match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
             Ok(s) => {
                 tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped");
-                return;
+                return crawl.request_starts();
             }
             Err(_) => tracing::warn!(resource = %name, "crawl has not stopped yet; waiting"),
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use url::Url;
 
-use super::ctx::{note_problem, Ctx};
+use super::ctx::{limits_allow, note_problem, Ctx};
 use super::politeness::HostThrottle;
 use crate::charset::decode_html;
 use crate::extract::{extract, MAX_DEPTH};
@@ -71,9 +71,15 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
             _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
         }
     }
+    // The task's rate limits, again as it goes: a robots.txt read or the host's pace may have
+    // held it since it was dispatched.
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => return None,
+        _ = limits_allow(ctx.sends.as_ref()) => {}
+    }
     let started = Instant::now();
     let host = req.host;
-    let throttle = HostThrottle { polite: &ctx.polite, host, floor };
+    let throttle = HostThrottle { polite: &ctx.polite, host, floor, sends: ctx.sends.as_ref() };
     let report =
         ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;
     // Any answer but a throttling one eases a learned pace.

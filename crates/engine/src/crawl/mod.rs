@@ -64,6 +64,11 @@ pub struct Split {
     pub home: bool,
     /// Workers sharing the run: the task's rate limits are divided among them.
     pub share: u32,
+    /// When this worker's previous share of the run (stopped for a re-balance) sent its last
+    /// requests, oldest first ([`Crawl::request_starts`]): the limits count them, and for one
+    /// window this share goes no faster than they went (a share joining a run under way
+    /// without them waits a whole window), since workers that left may have spent the rest.
+    pub recent: Vec<Instant>,
 }
 
 pub use ctx::CrawlStats;
@@ -138,6 +143,9 @@ impl Crawl {
                 None => RunHandle::new(r.id, r.epoch, cancel.clone()),
             })
         });
+        let resumed = run.as_ref().is_some_and(|r| r.resumed);
+        let sends =
+            (!task.0.limits.is_empty()).then(|| Mutex::new(task_limiter(&task, split.as_ref(), resumed)));
         let (pauses, paused) = mpsc::unbounded_channel();
         let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses);
         let ctx = Arc::new(Ctx {
@@ -154,6 +162,7 @@ impl Crawl {
             first_problem: Mutex::new(None),
             recent: RecentLog::default(),
             part_queues: Mutex::new(Vec::new()),
+            sends,
             completed: std::sync::atomic::AtomicBool::new(false),
         });
         let (done_tx, done) = watch::channel(false);
@@ -189,6 +198,15 @@ impl Crawl {
     /// A split run's share: requests waiting per partition held (as of the last half second).
     pub fn part_queues(&self) -> Vec<(u32, u64)> {
         self.ctx.part_queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Once the crawl has ended: when it started its last rate-limited requests, oldest first
+    /// (as many as its largest limit counts), for [`Split::recent`].
+    pub fn request_starts(&self) -> Vec<Instant> {
+        self.ctx
+            .sends
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.lock().unwrap_or_else(|p| p.into_inner()).history())
     }
 
     /// The last failures and items.
@@ -259,6 +277,8 @@ async fn run_crawl(
         frontier = frontier.with_parts(split.count, split.parts.iter().map(|(p, _)| *p));
     }
     let home = split.as_ref().is_none_or(|s| s.home);
+    // Paces dispatching; the requests wait for the limits again when they are sent.
+    let mut limiter = task_limiter(&ctx.task, split.as_ref(), stored.as_ref().is_some_and(|r| r.resumed));
     let mut dispatched = 0u64;
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
@@ -299,8 +319,6 @@ async fn run_crawl(
     let (found_tx, mut found) = mpsc::channel::<Vec<Url>>(2);
     let mut discovering = home && (!inner.sitemaps.is_empty() || inner.spec.sitemaps_from_robots);
     let sitemaps = discovering.then(|| tokio::spawn(read_sitemaps(ctx.clone(), found_tx)));
-    let share = split.as_ref().map_or(1, |s| s.share);
-    let mut limiter = RateLimiter::new(&shared_limits(&inner.limits, share));
     let mut polls: JoinSet<(bool, Option<PollReply>)> = JoinSet::new();
     let mut next_poll = Instant::now();
     let mut polling = false;
@@ -436,6 +454,28 @@ async fn run_crawl(
 fn budget_left(ctx: &Ctx, dispatched: u64) -> bool {
     let max = ctx.task.0.spec.max_pages;
     max == 0 || dispatched < max
+}
+
+/// A task's rate limits as this crawl keeps them: in a split run, its share of them. A share
+/// of a run under way counts what its previous share here sent, and goes no faster than that
+/// for one window: workers that left may have spent the rest of it (a share with no previous
+/// one waits a whole window).
+///
+/// Each window is kept 2 % longer (20 ms at most): a request reaches its site a little after
+/// its turn, by a varying amount, and the site must never see more than the limit.
+fn task_limiter(task: &Task, split: Option<&Split>, resumed: bool) -> RateLimiter {
+    let limits: Vec<_> = shared_limits(&task.0.limits, split.map_or(1, |s| s.share))
+        .into_iter()
+        .map(|(events, per)| (events, per + (per / 50).min(std::time::Duration::from_millis(20))))
+        .collect();
+    let mut limiter = RateLimiter::new(&limits);
+    if let Some(split) = split {
+        limiter.replay(&split.recent);
+        if resumed {
+            limiter.fill(Instant::now());
+        }
+    }
+    limiter
 }
 
 /// A task's rate limits as one of `share` workers applies them, so that together they keep

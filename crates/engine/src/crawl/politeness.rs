@@ -12,6 +12,7 @@ use url::Url;
 
 use crate::fetch::{FetchError, Fetched, Fetcher, Throttled, Want};
 use crate::frontier::HostId;
+use crate::limiter::RateLimiter;
 use crate::robots::{Robots, MAX_ROBOTS_BYTES};
 
 /// Reads of an unavailable robots.txt before its host's URLs are skipped.
@@ -296,6 +297,8 @@ pub(super) struct HostThrottle<'a> {
     pub(super) polite: &'a Politeness,
     pub(super) host: HostId,
     pub(super) floor: Duration,
+    /// The task's rate limits, which every retry waits for too.
+    pub(super) sends: Option<&'a Mutex<RateLimiter>>,
 }
 
 impl Throttled for HostThrottle<'_> {
@@ -314,6 +317,10 @@ impl Throttled for HostThrottle<'_> {
                 self.polite.wait_turn(self.host, interval).await;
             }
         })
+    }
+
+    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(super::ctx::limits_allow(self.sends))
     }
 }
 
