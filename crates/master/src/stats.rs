@@ -125,22 +125,7 @@ impl Stats {
             .flat_map(|r| std::iter::once(&r.worker).chain(&r.shares))
             .filter(|w| workers.contains_key(*w))
             .collect();
-        let mut last = self.last.lock().await;
-        let fresh = last.as_ref().filter(|(at, _, answers)| {
-            at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
-        });
-        let (sampled_ms, by_worker) = match fresh {
-            Some((_, sampled_ms, answers)) => (*sampled_ms, answers.clone()),
-            None => {
-                let answers = self.pull(&workers, &wanted).await;
-                let sampled_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                *last = Some((Instant::now(), sampled_ms, answers.clone()));
-                (sampled_ms, answers)
-            }
-        };
-        drop(last);
+        let (sampled_ms, by_worker) = self.answers(&workers, &wanted).await;
         resources
             .into_iter()
             .map(|r| {
@@ -191,22 +176,7 @@ impl Stats {
         workers: &BTreeMap<String, String>,
     ) -> Option<BTreeMap<u32, u64>> {
         let wanted: std::collections::BTreeSet<&String> = owners.iter().collect();
-        let mut last = self.last.lock().await;
-        let fresh = last.as_ref().filter(|(at, _, answers)| {
-            at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
-        });
-        let answers = match fresh {
-            Some((_, _, answers)) => answers.clone(),
-            None => {
-                let answers = self.pull(workers, &wanted).await;
-                let sampled_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                *last = Some((Instant::now(), sampled_ms, answers.clone()));
-                answers
-            }
-        };
-        drop(last);
+        let (_, answers) = self.answers(workers, &wanted).await;
         let mut queued = BTreeMap::new();
         for (worker, tasks) in &answers {
             let share = tasks.as_ref().and_then(|ts| ts.iter().find(|t| t.name == name && !t.finished));
@@ -217,6 +187,29 @@ impl Stats {
             }
         }
         (queued.len() == owners.len()).then_some(queued)
+    }
+
+    /// The wanted workers' answers, and when they were sampled (Unix milliseconds): the last
+    /// pull's while it is fresh and has them all, else a new pull. Concurrent callers share
+    /// one pull.
+    async fn answers(
+        &self,
+        workers: &BTreeMap<String, String>,
+        wanted: &std::collections::BTreeSet<&String>,
+    ) -> (i64, BTreeMap<String, Option<Vec<WorkerTask>>>) {
+        let mut last = self.last.lock().await;
+        let fresh = last.as_ref().filter(|(at, _, answers)| {
+            at.elapsed() < FRESH && wanted.iter().all(|w| answers.contains_key(*w))
+        });
+        if let Some((_, sampled_ms, answers)) = fresh {
+            return (*sampled_ms, answers.clone());
+        }
+        let answers = self.pull(workers, wanted).await;
+        let sampled_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        *last = Some((Instant::now(), sampled_ms, answers.clone()));
+        (sampled_ms, answers)
     }
 
     /// Each wanted worker's `GET /tasks` answer (`None`: it did not answer), in parallel.

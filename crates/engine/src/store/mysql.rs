@@ -242,26 +242,22 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
             cols.push_str(&format!(", `{f}`"));
             set.push_str(&format!(", `{f}` = VALUES(`{f}`)"));
         }
-        let width = 3 + first.fields.len();
-        for chunk in by_size(list, |i| {
-            i.url.len() + i.fields.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>()
-        }) {
-            let sql = format!(
-                "INSERT INTO `{}` ({cols}) VALUES {} ON DUPLICATE KEY UPDATE {set}",
-                first.table,
-                marks(chunk.len(), width)
-            );
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * width);
-            for item in chunk {
+        insert_rows(
+            tx,
+            (&format!("INSERT INTO `{}` ({cols})", first.table), &format!("ON DUPLICATE KEY UPDATE {set}")),
+            3 + first.fields.len(),
+            list,
+            |i| i.url.len() + i.fields.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>(),
+            |item, params| {
                 params.extend([
                     (*item.task).into(),
                     item.url.as_str().into(),
                     item.crawled_at.as_str().into(),
                 ]);
                 params.extend(item.fields.iter().map(|(_, v)| v.as_deref().map_or(Value::NULL, Value::from)));
-            }
-            tx.exec_drop(sql, params).map_err(err)?;
-        }
+            },
+        )
+        .map_err(err)?;
     }
     let state: Vec<(&RunHandle, &Commit)> =
         commits.iter().filter_map(|c| c.run.as_deref().map(|r| (r, *c))).collect();
@@ -270,14 +266,13 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
         state.iter().flat_map(|(r, c)| c.queued.iter().map(move |q| (r.id, q))).collect();
     let row_size = |r: &&(i64, &QueuedUrl)| r.1.url.len() + r.1.host.len();
     let rows: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| !q.sent).collect();
-    for chunk in by_size(&rows, row_size) {
-        let sql = format!(
-            "INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part) \
-             VALUES {}",
-            marks(chunk.len(), 10)
-        );
-        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 10);
-        for (run, q) in chunk {
+    insert_rows(
+        tx,
+        ("INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part)", ""),
+        10,
+        &rows,
+        row_size,
+        |(run, q), params| {
             let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
             params.extend([
                 (*run).into(),
@@ -291,21 +286,23 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
                 status.into(),
                 q.part.into(),
             ]);
-        }
-        tx.exec_drop(sql, params).map_err(err)?;
-    }
+        },
+    )
+    .map_err(err)?;
     let sent: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| q.sent).collect();
-    for chunk in by_size(&sent, row_size) {
-        let sql = format!(
+    insert_rows(
+        tx,
+        (
+            "INSERT INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority)",
             // One row per URL; a URL sent again closer to a seed takes the smaller depth (and
             // its rule), so its owner fetches it within `max_depth` of it.
-            "INSERT INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority) VALUES {} \
-             ON DUPLICATE KEY UPDATE rule = IF(VALUES(depth) < depth, VALUES(rule), rule), \
+            "ON DUPLICATE KEY UPDATE rule = IF(VALUES(depth) < depth, VALUES(rule), rule), \
              priority = IF(VALUES(depth) < depth, VALUES(priority), priority), depth = LEAST(depth, VALUES(depth))",
-            marks(chunk.len(), 8)
-        );
-        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 8);
-        for (run, q) in chunk {
+        ),
+        8,
+        &sent,
+        row_size,
+        |(run, q), params| {
             params.extend([
                 (*run).into(),
                 q.part.into(),
@@ -316,23 +313,18 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
                 q.rule.into(),
                 q.priority.into(),
             ]);
-        }
-        tx.exec_drop(sql, params).map_err(err)?;
-    }
+        },
+    )
+    .map_err(err)?;
     // Rows replaced by a closer find (only while still waiting).
     let replaced: Vec<(i64, u64)> =
         queued.iter().filter_map(|(run, q)| q.replaces.map(|s| (*run, s))).collect();
     for ((run, _), seqs) in grouped(&replaced, |(run, _)| (*run, 0), |(_, seq)| *seq) {
-        for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE crawler_frontier SET status = {} WHERE run = ? AND status IN (0, 5) AND seq IN ({})",
-                PageStatus::Superseded as u8,
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut params: Vec<Value> = vec![run.into()];
-            params.extend(chunk.iter().map(|s| Value::from(*s)));
-            tx.exec_drop(sql, params).map_err(err)?;
-        }
+        let head = format!(
+            "UPDATE crawler_frontier SET status = {} WHERE run = ? AND status IN (0, 5) AND seq",
+            PageStatus::Superseded as u8
+        );
+        update_in(tx, &head, &[run.into()], &seqs, Value::from).map_err(err)?;
     }
     // Inbox rows taken in, unless sent again closer since they were read.
     let taken: Vec<(i64, u64, u64)> = state
@@ -343,29 +335,16 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
         .collect();
     for ((run, part_depth), keys) in grouped(&taken, |(run, pd, _)| (*run, *pd), |(_, _, k)| *k) {
         let (part, depth) = (part_depth >> 32, part_depth & 0xffff_ffff);
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND depth >= ? AND url_key IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut params: Vec<Value> = vec![run.into(), part.into(), depth.into()];
-            params.extend(chunk.iter().map(|k| Value::from(key_col(*k))));
-            tx.exec_drop(sql, params).map_err(err)?;
-        }
+        let head = "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND depth >= ? AND url_key";
+        update_in(tx, head, &[run.into(), part.into(), depth.into()], &keys, |k| key_col(k).into())
+            .map_err(err)?;
     }
     // Handled pages, by run and status.
     let pages: Vec<(i64, u8, u64)> =
         state.iter().filter_map(|(r, c)| c.page.map(|(seq, st)| (r.id, st as u8, seq))).collect();
     for ((run, status), seqs) in grouped(&pages, |(run, st, _)| (*run, u64::from(*st)), |(_, _, seq)| *seq) {
-        for chunk in seqs.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut params: Vec<Value> = vec![status.into(), run.into()];
-            params.extend(chunk.iter().map(|s| Value::from(*s)));
-            tx.exec_drop(sql, params).map_err(err)?;
-        }
+        let head = "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq";
+        update_in(tx, head, &[status.into(), run.into()], &seqs, Value::from).map_err(err)?;
     }
     for (handle, c) in state.iter().filter(|(_, c)| c.finished || c.release) {
         end_of_share(tx, handle, c)?;
@@ -373,16 +352,84 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     Ok(())
 }
 
-/// Sets the status of rows `seqs` of `run`, a thousand rows per statement (one statement per
-/// row made opening a run with tens of thousands of waiting rows take seconds).
+/// Loads the rows of run `id` (those `filter`, a condition after `WHERE run = ?`, keeps) into
+/// `loader`: every row's status, then the waiting rows by host and order; the waiting rows it
+/// keeps in memory are marked held, the stale ones superseded.
+fn load_rows(
+    tx: &mut Transaction,
+    id: i64,
+    filter: &str,
+    loader: &mut RunLoader,
+) -> Result<(), mysql::Error> {
+    let statuses = tx.exec_iter(
+        format!("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ? {filter}"),
+        (id,),
+    )?;
+    for row in statuses {
+        let (key, seq, status): (i64, u64, u8) = mysql::from_row_opt(row?)?;
+        loader.status(key as u64, seq, status);
+    }
+    let waiting = tx.exec_iter(
+        format!(
+            "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
+                 WHERE run = ? {filter} AND status = 0 ORDER BY host, depth, seq"
+        ),
+        (id,),
+    )?;
+    let mut held = Vec::new();
+    for row in waiting {
+        let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
+            mysql::from_row_opt(row?)?;
+        let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
+        if loader.waiting(q) {
+            held.push(seq);
+        }
+    }
+    set_status(tx, id, PageStatus::Held as u8, &held)?;
+    set_status(tx, id, PageStatus::Superseded as u8, &loader.take_stale())
+}
+
+/// Sets the status of rows `seqs` of `run`, many rows per statement (one statement per row
+/// made opening a run with tens of thousands of waiting rows take seconds).
 fn set_status(tx: &mut Transaction, run: i64, status: u8, seqs: &[u64]) -> Result<(), mysql::Error> {
-    for chunk in seqs.chunks(1000) {
-        let sql = format!(
-            "UPDATE crawler_frontier SET status = {status} WHERE run = ? AND seq IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut params: Vec<Value> = vec![run.into()];
-        params.extend(chunk.iter().map(|s| Value::from(*s)));
+    let head = format!("UPDATE crawler_frontier SET status = {status} WHERE run = ? AND seq");
+    update_in(tx, &head, &[run.into()], seqs, Value::from)
+}
+
+/// Inserts `rows` with multi-row statements cut [`by_size`]: `head VALUES (...), (...) tail`,
+/// each row giving its `width` values through `values`.
+fn insert_rows<T>(
+    tx: &mut Transaction,
+    (head, tail): (&str, &str),
+    width: usize,
+    rows: &[T],
+    size: impl Fn(&T) -> usize,
+    values: impl Fn(&T, &mut Vec<Value>),
+) -> Result<(), mysql::Error> {
+    for chunk in by_size(rows, size) {
+        let sql = format!("{head} VALUES {} {tail}", marks(chunk.len(), width));
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * width);
+        for row in chunk {
+            values(row, &mut params);
+        }
+        tx.exec_drop(sql, params)?;
+    }
+    Ok(())
+}
+
+/// Runs `head IN (?, ...)` over `keys`, [`ROWS_PER_STATEMENT`] at a time, the statement's
+/// other parameters (`fixed`) first.
+fn update_in<K: Copy>(
+    tx: &mut Transaction,
+    head: &str,
+    fixed: &[Value],
+    keys: &[K],
+    value: impl Fn(K) -> Value,
+) -> Result<(), mysql::Error> {
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!("{head} IN ({})", vec!["?"; chunk.len()].join(", "));
+        let mut params: Vec<Value> = fixed.to_vec();
+        params.extend(chunk.iter().map(|k| value(*k)));
         tx.exec_drop(sql, params)?;
     }
     Ok(())
@@ -710,32 +757,7 @@ impl MysqlState {
             (id, id),
         )?;
         let mut loader = RunLoader::new(id, 0, window);
-        let mut held = Vec::new();
-        for row in tx.exec_iter(
-            format!("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ? AND part IN {list}"),
-            (id,),
-        )? {
-            let (key, seq, status): (i64, u64, u8) =
-                mysql::from_row_opt(row?).map_err(|e| OpenError::Sink(err(e)))?;
-            loader.status(key as u64, seq, status);
-        }
-        let waiting = tx.exec_iter(
-            format!(
-                "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
-                 WHERE run = ? AND part IN {list} AND status = 0 ORDER BY host, depth, seq"
-            ),
-            (id,),
-        )?;
-        for row in waiting {
-            let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
-                mysql::from_row_opt(row?).map_err(|e| OpenError::Sink(err(e)))?;
-            let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
-            if loader.waiting(q) {
-                held.push(seq);
-            }
-        }
-        set_status(&mut tx, id, PageStatus::Held as u8, &held)?;
-        set_status(&mut tx, id, PageStatus::Superseded as u8, &loader.take_stale())?;
+        load_rows(&mut tx, id, &format!("AND part IN {list}"), &mut loader)?;
         tx.commit()?;
         let mut run = loader.finish();
         // Resumed when anything of the run is stored (whoever stored it): the seeds are queued
@@ -810,33 +832,7 @@ impl StateStore for MysqlState {
         tx.exec_drop("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND status = 5", (id,))
             .map_err(err)?;
         let mut loader = RunLoader::new(id, epoch, window);
-        let mut held = Vec::new();
-        for row in tx
-            .exec_iter("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ?", (id,))
-            .map_err(err)?
-        {
-            let (key, seq, status): (i64, u64, u8) = mysql::from_row_opt(row.map_err(err)?).map_err(err)?;
-            loader.status(key as u64, seq, status);
-        }
-        let waiting = tx
-            .exec_iter(
-                format!(
-                    "SELECT {REQUEST_COLUMNS}, host FROM crawler_frontier \
-                     WHERE run = ? AND status = 0 ORDER BY host, depth, seq"
-                ),
-                (id,),
-            )
-            .map_err(err)?;
-        for row in waiting {
-            let (seq, key, url, depth, rule, priority, host): (u64, i64, String, u32, u32, i32, String) =
-                mysql::from_row_opt(row.map_err(err)?).map_err(err)?;
-            let q = stored_request((seq, key, url, depth, rule, priority), host.into(), false);
-            if loader.waiting(q) {
-                held.push(seq);
-            }
-        }
-        set_status(&mut tx, id, PageStatus::Held as u8, &held).map_err(err)?;
-        set_status(&mut tx, id, PageStatus::Superseded as u8, &loader.take_stale()).map_err(err)?;
+        load_rows(&mut tx, id, "", &mut loader).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(loader.finish())
     }
