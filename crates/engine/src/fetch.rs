@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderValue, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
@@ -90,9 +90,11 @@ pub trait Throttled: Send + Sync {
         backoff: Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
-    /// Waits, once the wait before any retry is over, until the retry may be sent.
-    fn ready(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(std::future::ready(()))
+    /// Asked with the connection slots held, just before each try is sent: `Err(at)` holds it
+    /// back until `at` (the slots are let go meanwhile). The caller's own limits on what reaches
+    /// a site (a task's rate limits, a host's pace), checked as late as possible.
+    fn clear_to_send(&self) -> Result<(), Instant> {
+        Ok(())
     }
 }
 
@@ -207,7 +209,7 @@ impl Fetcher {
             let attempt = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Attempt::Fail(FetchError::Cancelled),
-                a = self.attempt(url, cookie, want, &mut responses) => a,
+                a = self.attempt(url, cookie, want, &mut responses, throttled) => a,
             };
             let (error, retry_after) = match attempt {
                 Attempt::Done(f) => return FetchReport { result: Ok(f), responses, tries },
@@ -229,7 +231,7 @@ impl Fetcher {
                 _ = cancel.cancelled() => {
                     return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
                 }
-                _ = async { wait.await; throttled.ready().await } => {}
+                _ = wait => {}
             }
         }
     }
@@ -252,8 +254,18 @@ impl Fetcher {
         cookie: Option<&HeaderValue>,
         want: Want,
         responses: &mut u32,
+        throttled: &dyn Throttled,
     ) -> Attempt {
-        let _permits = self.permits(url).await;
+        let _permits = loop {
+            let permits = self.permits(url).await;
+            match throttled.clear_to_send() {
+                Ok(()) => break permits,
+                Err(at) => {
+                    drop(permits);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+            }
+        };
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         let mut req = self.clients[i].get(url.as_str());
         if let Some(c) = cookie {

@@ -59,6 +59,21 @@ impl RateLimiter {
         at
     }
 
+    /// Reserves `now` if every limit allows a request at once; else says when one will.
+    pub fn try_reserve(&mut self, now: Instant) -> Result<(), Instant> {
+        let mut at = self.last.map_or(now, |l| l.max(now));
+        for w in &self.windows {
+            if w.recent.len() == w.events {
+                at = at.max(w.recent[0] + w.per);
+            }
+        }
+        if at > now {
+            return Err(at);
+        }
+        self.reserve(now);
+        Ok(())
+    }
+
     /// The start times of the last requests reserved, oldest first (as many as the largest
     /// limit counts).
     pub fn history(&self) -> Vec<Instant> {
@@ -71,6 +86,7 @@ impl RateLimiter {
     /// Counts requests reserved elsewhere (oldest first): those of a previous limiter whose
     /// work this one continues.
     pub fn replay(&mut self, starts: &[Instant]) {
+        debug_assert!(starts.windows(2).all(|w| w[0] <= w[1]), "replayed out of order");
         for &at in starts {
             for w in &mut self.windows {
                 if w.recent.len() == w.events {
@@ -127,6 +143,19 @@ mod tests {
             times,
             [Duration::ZERO, Duration::ZERO, Duration::from_millis(100), Duration::from_millis(100)]
         );
+    }
+
+    #[test]
+    fn a_try_reserves_only_what_goes_at_once() {
+        let per = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(&[(2, per)]);
+        assert_eq!(l.try_reserve(t0), Ok(()));
+        assert_eq!(l.try_reserve(t0), Ok(()));
+        assert_eq!(l.try_reserve(t0), Err(t0 + per));
+        assert_eq!(l.try_reserve(t0 + per / 2), Err(t0 + per), "a refusal reserves nothing");
+        assert_eq!(l.try_reserve(t0 + per), Ok(()));
+        assert_eq!(RateLimiter::new(&[]).try_reserve(t0), Ok(()));
     }
 
     #[test]

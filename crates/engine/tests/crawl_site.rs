@@ -220,6 +220,47 @@ async fn rate_limits_hold_in_every_window_and_max_pages_stops() {
 }
 
 #[tokio::test]
+async fn rate_limits_and_crawl_delay_hold_at_the_site_for_retries_too() {
+    // Every book answers 503 once, then its page: the retries reach the site as well. The task
+    // allows 4 requests a second, the host asks for 150 ms between requests.
+    const PATHS: [&str; 10] = [
+        "/book/0.html",
+        "/book/1.html",
+        "/book/2.html",
+        "/book/3.html",
+        "/book/4.html",
+        "/book/5.html",
+        "/book/6.html",
+        "/book/7.html",
+        "/book/8.html",
+        "/book/9.html",
+    ];
+    let fx = scripted(|_| {
+        let page = Page::body("text/html", "<h1 class=\"title\">A book</h1>");
+        let mut script = vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 0.15\n")])];
+        script.extend(PATHS.map(|p| (p, vec![Page::status(503, "busy"), page.clone()])));
+        script
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = books(&fx, 0..10);
+    spec.limits = serde_json::from_str(r#"[{"events":4,"per":"1s"}]"#).unwrap();
+    let stats = crawl(engine(), spec, &dir.path().join("c.db")).await;
+    assert_eq!((stats.pages, stats.retries, stats.errors), (20, 10, 0));
+    let at = starts(&fx, "/book/");
+    assert_eq!(at.len(), 20);
+    for (i, start) in at.iter().enumerate() {
+        let inside =
+            at[i..].iter().take_while(|t| t.duration_since(*start) < Duration::from_millis(950)).count();
+        assert!(inside <= 4, "{inside} requests within 950 ms, retries included (limit 4 a second)");
+    }
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(gap >= Duration::from_millis(140), "requests {gap:?} apart under Crawl-delay: 0.15");
+    }
+}
+
+#[tokio::test]
 async fn per_host_and_global_concurrency_are_respected() {
     let site = Site { latency: Duration::from_millis(30), ..Site::default() };
     for (concurrency, per_host, expect) in [(16, 3, 3), (2, 8, 2)] {

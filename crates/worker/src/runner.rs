@@ -228,23 +228,32 @@ impl Runner {
         // When the stopped shares started their last requests: their next shares count them
         // against the task's rate limits.
         let mut request_starts: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
+        // All at once: one share slow to drain must not keep the others running on their old
+        // assignment (or their old part of the rate limits).
+        let mut stops = tokio::task::JoinSet::new();
         for name in stale {
             if let Some(r) = running.remove(&name) {
                 // Deleted or re-added (not moved to another worker): its run is over (a split
                 // run is ended by every worker that held a share; ending is idempotent).
                 let ended = ids.get(name.as_str()).is_none_or(|id| *id != r.resource_id);
                 let run = r.run;
-                let starts = stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
-                if !ended {
-                    request_starts.insert(name.clone(), starts);
-                }
-                if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
-                    let state = state.clone();
-                    match tokio::task::spawn_blocking(move || state.end_run(run)).await {
-                        Ok(Ok(())) => tracing::info!(resource = %name, run, "run ended"),
-                        Ok(Err(e)) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
-                        Err(e) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
-                    }
+                stops.spawn(async move {
+                    let starts = stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
+                    (name, ended, run, starts)
+                });
+            }
+        }
+        while let Some(done) = stops.join_next().await {
+            let Ok((name, ended, run, starts)) = done else { continue };
+            if !ended {
+                request_starts.insert(name.clone(), starts);
+            }
+            if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
+                let state = state.clone();
+                match tokio::task::spawn_blocking(move || state.end_run(run)).await {
+                    Ok(Ok(())) => tracing::info!(resource = %name, run, "run ended"),
+                    Ok(Err(e)) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
+                    Err(e) => tracing::warn!(resource = %name, error = %e, "cannot end the run"),
                 }
             }
         }

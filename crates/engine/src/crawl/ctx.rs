@@ -92,19 +92,9 @@ pub(super) struct Ctx {
     pub(super) completed: std::sync::atomic::AtomicBool,
     /// A split run: requests waiting per owned partition, as of the last poll.
     pub(super) part_queues: Mutex<Vec<(u32, u64)>>,
-    /// The task's rate limits, kept at the moment each request (and each retry) is sent
-    /// (`None` without limits).
+    /// The task's rate limits, kept at the moment each try is sent, with the connection slots
+    /// held (`None` without limits).
     pub(super) sends: Option<Mutex<RateLimiter>>,
-}
-
-/// Waits until the task's rate limits let a request go now (at once without limits).
-pub(super) async fn limits_allow(sends: Option<&Mutex<RateLimiter>>) {
-    let Some(sends) = sends else { return };
-    let now = std::time::Instant::now();
-    let at = sends.lock().unwrap_or_else(|p| p.into_inner()).reserve(now);
-    if at > now {
-        tokio::time::sleep_until(at.into()).await;
-    }
 }
 
 /// Keeps the first problem of the crawl.

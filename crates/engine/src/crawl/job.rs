@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use url::Url;
 
-use super::ctx::{limits_allow, note_problem, Ctx};
+use super::ctx::{note_problem, Ctx};
 use super::politeness::HostThrottle;
 use crate::charset::decode_html;
 use crate::extract::{extract, MAX_DEPTH};
@@ -70,12 +70,6 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
             _ = ctx.cancel.cancelled() => return None,
             _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
         }
-    }
-    // The task's rate limits, again as it goes: a robots.txt read or the host's pace may have
-    // held it since it was dispatched.
-    tokio::select! {
-        _ = ctx.cancel.cancelled() => return None,
-        _ = limits_allow(ctx.sends.as_ref()) => {}
     }
     let started = Instant::now();
     let host = req.host;

@@ -386,6 +386,8 @@ async fn run_crawl(
                 if at > now {
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => break,
+                        // The popped request stays held in the stored run for the next owner.
+                        _ = ctx.drain.cancelled(), if !draining => continue,
                         _ = tokio::time::sleep_until(at.into()) => {}
                     }
                 }
@@ -470,9 +472,12 @@ fn task_limiter(task: &Task, split: Option<&Split>, resumed: bool) -> RateLimite
         .collect();
     let mut limiter = RateLimiter::new(&limits);
     if let Some(split) = split {
-        limiter.replay(&split.recent);
+        // Requests reserved for later by a share that then stopped were never sent.
+        let now = Instant::now();
+        let recent: Vec<Instant> = split.recent.iter().map(|t| (*t).min(now)).collect();
+        limiter.replay(&recent);
         if resumed {
-            limiter.fill(Instant::now());
+            limiter.fill(now);
         }
     }
     limiter

@@ -199,6 +199,33 @@ impl Politeness {
         (!interval.is_zero()).then(|| p.next.max(now) + interval)
     }
 
+    /// Whether a request to `host` may be sent at `now`, with the connection slots held: the
+    /// host's last one went at least `interval` before (its turn was taken in
+    /// [`Politeness::wait_turn`], but a request may be held after its turn, and the next one
+    /// must not then follow it closer), and the task's rate limits allow one. Both are counted
+    /// only when both allow it; else the answer is when to ask again.
+    pub(super) fn clear_to_send(
+        &self,
+        host: HostId,
+        interval: Duration,
+        now: Instant,
+        sends: Option<&Mutex<RateLimiter>>,
+    ) -> Result<(), Instant> {
+        let mut paced = (!interval.is_zero()).then(|| self.pacing());
+        if let Some(sent) = paced.as_ref().and_then(|p| p.get(&host)).and_then(|p| p.sent) {
+            if sent + interval > now {
+                return Err(sent + interval);
+            }
+        }
+        if let Some(sends) = sends {
+            sends.lock().unwrap_or_else(|p| p.into_inner()).try_reserve(now)?;
+        }
+        if let Some(paced) = paced.as_mut() {
+            paced.entry(host).or_insert_with(|| Pace::new(now)).sent = Some(now);
+        }
+        Ok(())
+    }
+
     /// Waits for this request's turn on a paced host (requests start at least `delay` apart: a
     /// `Crawl-delay`, or what its 429s taught) and pauses the host in the frontier until the turn
     /// after it, so the next request of the host does not hold a slot while it waits. `false` when
@@ -245,6 +272,8 @@ struct HostRobots {
 /// A host's pacing: when its next request may start, and the interval learned from its 429s.
 struct Pace {
     next: Instant,
+    /// When the host's last request was sent.
+    sent: Option<Instant>,
     learned: Duration,
     /// The interval of the last turn taken (a `Crawl-delay` or the learned one).
     interval: Duration,
@@ -280,6 +309,7 @@ impl Pace {
     fn new(now: Instant) -> Pace {
         Pace {
             next: now,
+            sent: None,
             learned: Duration::ZERO,
             interval: Duration::ZERO,
             throttled_at: None,
@@ -297,7 +327,7 @@ pub(super) struct HostThrottle<'a> {
     pub(super) polite: &'a Politeness,
     pub(super) host: HostId,
     pub(super) floor: Duration,
-    /// The task's rate limits, which every retry waits for too.
+    /// The task's rate limits, which every try waits for.
     pub(super) sends: Option<&'a Mutex<RateLimiter>>,
 }
 
@@ -319,8 +349,9 @@ impl Throttled for HostThrottle<'_> {
         })
     }
 
-    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(super::ctx::limits_allow(self.sends))
+    fn clear_to_send(&self) -> Result<(), Instant> {
+        let interval = self.polite.pace_interval(self.host, self.floor);
+        self.polite.clear_to_send(self.host, interval, Instant::now(), self.sends)
     }
 }
 
