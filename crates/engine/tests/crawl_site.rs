@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_engine::{
-    ByteSize, Crawl, CrawlStats, EngineConfig, Epoch, Fetcher, HumanDuration, SinkWriter, SqliteSink,
-    SqliteState, StateStore, Task, TaskSpec,
+    ByteSize, Crawl, CrawlStats, EngineConfig, Epoch, Fetcher, HumanDuration, PageStatus, SinkWriter,
+    SqliteSink, SqliteState, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::{
     book_author, book_price, book_rating, book_title, Fixture, Page, Script, Site, GBK_AUTHOR, GBK_TITLE,
@@ -391,6 +391,60 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     // The run finished, so the next one starts over from the seeds.
     let next = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(!next.resumed);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
+    // One book on a slow host (0.6 s a page, robots.txt too) beside ten on a fast one: the
+    // fast pages' commits mark the slow request in flight while it is.
+    let slow = Fixture::start(Site { latency: Duration::from_millis(600), ..Site::default() }).await.unwrap();
+    let fast = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.db");
+    let mut spec = books(&fast, 0..10);
+    let slow_book = slow.url("/book/0.html");
+    spec.seeds.insert(0, slow_book.clone());
+    let state = SqliteState::open(&db).unwrap();
+    let run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
+    let shutdown = CancellationToken::new();
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let first = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &shutdown);
+    let statuses = || -> HashMap<String, u8> {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT url, status FROM crawler_frontier").unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u8>(1)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let in_flight = PageStatus::InFlight as u8;
+    // Marked once dispatched (here it first waits for its host's robots.txt), and while the site
+    // has it.
+    crawler_fixture::wait::until("the slow request marked in flight", Duration::from_secs(10), || async {
+        statuses().get(&slow_book) == Some(&in_flight)
+    })
+    .await;
+    crawler_fixture::wait::until("the slow request at its site", Duration::from_secs(10), || async {
+        slow.count("/book/0.html") == 1
+    })
+    .await;
+    let now = statuses();
+    assert_eq!(now.values().filter(|s| **s == in_flight).count(), 1, "{now:?}");
+    assert_eq!(now.values().filter(|s| **s == PageStatus::Done as u8).count(), 10, "{now:?}");
+    // Stopped while it is in flight (the site has it, its answer not sent yet): it stays marked
+    // so, and the resumed run fetches it again.
+    shutdown.cancel();
+    first.join().await;
+    drop(first);
+    writer.close().await.unwrap();
+    assert_eq!(statuses().get(&slow_book), Some(&in_flight));
+    let resumed = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
+    assert_eq!((resumed.resumed, resumed.waiting, resumed.handled), (true, 1, 10));
+    drop(resumed);
+    let stats = crawl(engine(), spec, &db).await;
+    assert_eq!((stats.pages, stats.items), (1, 1));
+    assert_eq!(slow.count("/book/0.html"), 2);
+    assert_eq!(statuses().get(&slow_book), Some(&(PageStatus::Done as u8)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

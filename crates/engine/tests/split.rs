@@ -173,6 +173,11 @@ async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences
         fetches(&sites).len() > 100
     })
     .await;
+    // What a has sent and not handled as of its last commit is marked in flight.
+    crawler_fixture::wait::until("rows marked in flight", Duration::from_secs(10), || async {
+        db.query("SELECT COUNT(*) FROM crawler_frontier WHERE status = 6").trim() != "0"
+    })
+    .await;
     // Half the partitions move to b: b cannot open them while a, alive, holds them.
     let (keep, moved): (Vec<u32>, Vec<u32>) = (0..PARTS).partition(|p| p % 2 == 0);
     assert!(open(&state, "b", &moved, 2, false, false).is_none(), "busy until released");

@@ -258,6 +258,8 @@ type JobResult = Result<(tokio::task::Id, Outcome), tokio::task::JoinError>;
 struct Jobs {
     set: JoinSet<Outcome>,
     hosts: HashMap<tokio::task::Id, HostId>,
+    /// Stored requests sent since the last commit, to be marked in flight with the next.
+    sent: Vec<u64>,
 }
 
 async fn run_crawl(
@@ -393,6 +395,9 @@ async fn run_crawl(
                 }
                 dispatched += 1;
                 let host = req.host;
+                if record {
+                    jobs.sent.push(req.seq);
+                }
                 if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
                     frontier.pause(host, until);
                 }
@@ -675,8 +680,12 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
             return;
         }
     };
-    let mut commit =
-        Commit { run: ctx.run.clone(), page: record.then_some((seq, status)), ..Commit::default() };
+    let mut commit = Commit {
+        run: ctx.run.clone(),
+        page: record.then_some((seq, status)),
+        sent: std::mem::take(&mut jobs.sent),
+        ..Commit::default()
+    };
     for (url, rule) in links {
         let req = Request::new(url, depth + 1, rule, rules[rule].priority);
         commit.queued.extend(frontier.offer(req, record).1);

@@ -57,9 +57,12 @@ pub enum PageStatus {
     Skipped = 3,
     /// Replaced by a later row of the same URL closer to a seed.
     Superseded = 4,
-    /// Waiting in the memory of the run's owner (or in flight): queued, but not to be read back
-    /// by a refill. A resumed run turns these back into queued.
+    /// Waiting in the memory of the run's owner: queued, but not to be read back by a refill.
+    /// A resumed run turns these back into queued.
     Held = 5,
+    /// Sent by the run's owner and not handled yet, as of its last commit. A resumed run turns
+    /// these back into queued: what was in flight when a crawl died is fetched again.
+    InFlight = 6,
 }
 
 /// A URL a page queued: a row of `crawler_frontier` with status queued.
@@ -159,6 +162,9 @@ pub struct Commit {
     /// A split run's owner lets its partitions go: its held rows become queued and its
     /// partitions are marked released, so the next owner takes them at once.
     pub release: bool,
+    /// Requests sent since the previous commit: their rows are marked in flight (unless the
+    /// same batch handles them).
+    pub sent: Vec<u64>,
 }
 
 /// What a poll of a split run's inbox finds.

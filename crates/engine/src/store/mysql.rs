@@ -339,6 +339,22 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
         update_in(tx, head, &[run.into(), part.into(), depth.into()], &keys, |k| key_col(k).into())
             .map_err(err)?;
     }
+    // Requests sent, unless handled in this batch.
+    let handled: HashSet<(i64, u64)> =
+        state.iter().filter_map(|(r, c)| c.page.map(|(seq, _)| (r.id, seq))).collect();
+    let sent: Vec<(i64, u64)> = state
+        .iter()
+        .flat_map(|(r, c)| c.sent.iter().map(move |s| (r.id, *s)))
+        .filter(|k| !handled.contains(k))
+        .collect();
+    for ((run, _), seqs) in grouped(&sent, |(run, _)| (*run, 0), |(_, seq)| *seq) {
+        let head = format!(
+            "UPDATE crawler_frontier SET status = {} WHERE run = ? AND status = {} AND seq",
+            PageStatus::InFlight as u8,
+            PageStatus::Held as u8
+        );
+        update_in(tx, &head, &[run.into()], &seqs, Value::from).map_err(err)?;
+    }
     // Handled pages, by run and status.
     let pages: Vec<(i64, u8, u64)> =
         state.iter().filter_map(|(r, c)| c.page.map(|(seq, st)| (r.id, st as u8, seq))).collect();
@@ -466,7 +482,7 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
         let parts = part_list(&handle.parts);
         tx.exec_drop(
             format!(
-                "UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {parts} AND status = 5"
+                "UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {parts} AND status IN (5, 6)"
             ),
             (run,),
         )
@@ -605,7 +621,7 @@ impl MysqlSink {
                     .exec_first(
                         format!(
                             "SELECT EXISTS(SELECT 1 FROM crawler_frontier WHERE run = ? AND part IN ({}) \
-                             AND status IN (0, 5)), EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
+                             AND status IN (0, 5, 6)), EXISTS(SELECT 1 FROM crawler_inbox WHERE run = ?)",
                             all.join(", ")
                         ),
                         (run.id, run.id),
@@ -749,7 +765,7 @@ impl MysqlState {
         }
         let list = part_list(parts);
         tx.exec_drop(
-            format!("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {list} AND status = 5"),
+            format!("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {list} AND status IN (5, 6)"),
             (id,),
         )?;
         let any: Option<(i64, i64)> = tx.exec_first(
@@ -829,7 +845,7 @@ impl StateStore for MysqlState {
             message: format!("run of {task:?} is held at epoch {current}, newer than {epoch:?}"),
         })?;
         tx.exec_drop("UPDATE crawler_runs SET epoch = ? WHERE id = ?", (epoch, id)).map_err(err)?;
-        tx.exec_drop("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND status = 5", (id,))
+        tx.exec_drop("UPDATE crawler_frontier SET status = 0 WHERE run = ? AND status IN (5, 6)", (id,))
             .map_err(err)?;
         let mut loader = RunLoader::new(id, epoch, window);
         load_rows(&mut tx, id, "", &mut loader).map_err(err)?;

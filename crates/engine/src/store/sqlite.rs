@@ -152,7 +152,8 @@ fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
 /// Writes a commit's state rows. Rows are appended in request order (so a batch touches the
 /// table's last pages, not pages all over it), as held or (spilled) queued; a URL queued again
 /// closer to a seed while it still waits gets a new row that supersedes the first.
-fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
+/// `handled`: the requests the batch handles (not marked in flight on the way).
+fn write_state(tx: &Transaction, run: i64, c: &Commit, handled: &HashSet<u64>) -> rusqlite::Result<()> {
     if !c.queued.is_empty() {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
@@ -179,6 +180,12 @@ fn write_state(tx: &Transaction, run: i64, c: &Commit) -> rusqlite::Result<()> {
             .execute(params![PageStatus::Superseded as u8, run, old as i64])?;
         }
     }
+    for seq in c.sent.iter().filter(|s| !handled.contains(s)) {
+        tx.prepare_cached(
+            "UPDATE crawler_frontier SET status = ?1 WHERE run = ?2 AND seq = ?3 AND status = ?4",
+        )?
+        .execute(params![PageStatus::InFlight as u8, run, *seq as i64, PageStatus::Held as u8])?;
+    }
     if let Some((seq, status)) = c.page {
         tx.prepare_cached(
             "UPDATE crawler_frontier SET status = ?1, attempts = attempts + 1 WHERE run = ?2 AND seq = ?3",
@@ -202,6 +209,7 @@ impl Sink for SqliteSink {
         // (SQLite has one writer at a time, so no other owner can slip in before the commit).
         // Per handle: an old and a new owner of one run in one batch are checked each.
         let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
+        let handled: HashSet<u64> = batch.iter().filter_map(|c| c.page.map(|(seq, _)| seq)).collect();
         for c in batch {
             if let Some(run) = &c.run {
                 let held = match holds.get(&Arc::as_ptr(run)) {
@@ -221,7 +229,7 @@ impl Sink for SqliteSink {
                 write_item(&tx, item).map_err(sqlite_err)?;
             }
             if let Some(run) = &c.run {
-                write_state(&tx, run.id, c).map_err(sqlite_err)?;
+                write_state(&tx, run.id, c, &handled).map_err(sqlite_err)?;
             }
         }
         tx.commit().map_err(sqlite_err)
@@ -371,7 +379,7 @@ fn open_in(
     let epoch = epoch.after(current).ok_or(OpenError::Stale { current })?;
     tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
     // What the previous owner held is waiting again; the new owner holds its own windows.
-    tx.execute("UPDATE crawler_frontier SET status = 0 WHERE run = ?1 AND status = 5", [id])?;
+    tx.execute("UPDATE crawler_frontier SET status = 0 WHERE run = ?1 AND status IN (5, 6)", [id])?;
     let mut loader = RunLoader::new(id, epoch, window);
     let mut stmt = tx.prepare("SELECT url_key, seq, status FROM crawler_frontier WHERE run = ?1")?;
     let mut rows = stmt.query([id])?;
