@@ -43,12 +43,7 @@ impl RateLimiter {
         if self.windows.is_empty() {
             return now;
         }
-        let mut at = self.last.map_or(now, |l| l.max(now));
-        for w in &self.windows {
-            if w.recent.len() == w.events {
-                at = at.max(w.recent[0] + w.per);
-            }
-        }
+        let at = self.next_free(now);
         for w in &mut self.windows {
             if w.recent.len() == w.events {
                 w.recent.pop_front();
@@ -59,14 +54,20 @@ impl RateLimiter {
         at
     }
 
-    /// Reserves `now` if every limit allows a request at once; else says when one will.
-    pub fn try_reserve(&mut self, now: Instant) -> Result<(), Instant> {
+    /// The earliest start time at or after `now` that every limit allows, reserving nothing.
+    pub fn next_free(&self, now: Instant) -> Instant {
         let mut at = self.last.map_or(now, |l| l.max(now));
         for w in &self.windows {
             if w.recent.len() == w.events {
                 at = at.max(w.recent[0] + w.per);
             }
         }
+        at
+    }
+
+    /// Reserves `now` if every limit allows a request at once; else says when one will.
+    pub fn try_reserve(&mut self, now: Instant) -> Result<(), Instant> {
+        let at = self.next_free(now);
         if at > now {
             return Err(at);
         }

@@ -418,8 +418,7 @@ async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
         rows.map(Result::unwrap).collect()
     };
     let in_flight = PageStatus::InFlight as u8;
-    // Marked once dispatched (here it first waits for its host's robots.txt), and while the site
-    // has it.
+    // Marked once sent (after its host's robots.txt), with the next commit.
     crawler_fixture::wait::until("the slow request marked in flight", Duration::from_secs(10), || async {
         statuses().get(&slow_book) == Some(&in_flight)
     })

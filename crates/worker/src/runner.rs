@@ -244,7 +244,13 @@ impl Runner {
             }
         }
         while let Some(done) = stops.join_next().await {
-            let Ok((name, ended, run, starts)) = done else { continue };
+            let (name, ended, run, starts) = match done {
+                Ok(stopped) => stopped,
+                Err(e) => {
+                    tracing::error!(error = %e, "stopping a crawl failed");
+                    continue;
+                }
+            };
             if !ended {
                 request_starts.insert(name.clone(), starts);
             }

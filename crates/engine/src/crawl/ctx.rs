@@ -95,6 +95,8 @@ pub(super) struct Ctx {
     /// The task's rate limits, kept at the moment each try is sent, with the connection slots
     /// held (`None` without limits).
     pub(super) sends: Option<Mutex<RateLimiter>>,
+    /// Stored requests sent since the last commit, to be marked in flight with the next.
+    pub(super) sent: Mutex<Vec<u64>>,
 }
 
 /// Keeps the first problem of the crawl.

@@ -73,7 +73,14 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     }
     let started = Instant::now();
     let host = req.host;
-    let throttle = HostThrottle { polite: &ctx.polite, host, floor, sends: ctx.sends.as_ref() };
+    let throttle = HostThrottle {
+        polite: &ctx.polite,
+        host,
+        floor,
+        sends: ctx.sends.as_ref(),
+        sent: ctx.run.is_some().then_some((seq, &ctx.sent)),
+        marked: std::sync::atomic::AtomicBool::new(false),
+    };
     let report =
         ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;
     // Any answer but a throttling one eases a learned pace.

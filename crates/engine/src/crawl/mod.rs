@@ -49,6 +49,9 @@ const MAX_REDIRECTS: usize = 10;
 /// How often a split run's owner reads the URLs other workers sent to its partitions.
 const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How often requests sent, when no page was handled since, are marked in flight on their own.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Inbox rows taken in per poll.
 const POLL_LIMIT: usize = 2000;
 
@@ -163,6 +166,7 @@ impl Crawl {
             recent: RecentLog::default(),
             part_queues: Mutex::new(Vec::new()),
             sends,
+            sent: Mutex::new(Vec::new()),
             completed: std::sync::atomic::AtomicBool::new(false),
         });
         let (done_tx, done) = watch::channel(false);
@@ -257,9 +261,8 @@ type JobResult = Result<(tokio::task::Id, Outcome), tokio::task::JoinError>;
 #[derive(Default)]
 struct Jobs {
     set: JoinSet<Outcome>,
-    hosts: HashMap<tokio::task::Id, HostId>,
-    /// Stored requests sent since the last commit, to be marked in flight with the next.
-    sent: Vec<u64>,
+    /// The host and request number of each job.
+    hosts: HashMap<tokio::task::Id, (HostId, u64)>,
 }
 
 async fn run_crawl(
@@ -334,9 +337,20 @@ async fn run_crawl(
     let max_in_flight = ctx.fetcher.config().concurrency;
     let max_pages = inner.spec.max_pages;
     let counters = &ctx.counters;
+    let mut next_mark = Instant::now() + MARK_EVERY;
     loop {
         while let Some(done) = jobs.set.try_join_next_with_id() {
             settle(&ctx, &mut frontier, &mut jobs, done).await;
+        }
+        if record && Instant::now() >= next_mark {
+            // Slow pages: what was sent is marked without waiting for one of them to end.
+            let sent = std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()));
+            if !sent.is_empty()
+                && ctx.commits.send(Commit { run: ctx.run.clone(), sent, ..Commit::default() }).await.is_err()
+            {
+                writer_gone(&ctx);
+            }
+            next_mark = Instant::now() + MARK_EVERY;
         }
         while let Ok((host, until)) = paused.try_recv() {
             frontier.pause(host, until);
@@ -378,39 +392,36 @@ async fn run_crawl(
         }
         let budget = max_pages == 0 || dispatched < max_pages;
         let room = jobs.set.len() < max_in_flight && budget && !draining;
-        if room {
+        // While the task's limits hold requests back, the loop goes on settling, polling and
+        // refilling, and wakes when they allow one.
+        let now = Instant::now();
+        let limited_until = Some(limiter.next_free(now)).filter(|free| *free > now);
+        if room && limited_until.is_none() {
             // Only a request whose host can be served now: a busy or paused host never holds
             // a slot another host could use.
-            if let Some(req) = frontier.pop(Instant::now()) {
-                let now = Instant::now();
-                let at = limiter.reserve(now);
-                // Even a zero sleep waits for the next timer tick (1 ms): sleep only when limited.
-                if at > now {
-                    tokio::select! {
-                        _ = ctx.cancel.cancelled() => break,
-                        // The popped request stays held in the stored run for the next owner.
-                        _ = ctx.drain.cancelled(), if !draining => continue,
-                        _ = tokio::time::sleep_until(at.into()) => {}
-                    }
-                }
+            if let Some(req) = frontier.pop(now) {
+                limiter.reserve(now);
                 dispatched += 1;
                 let host = req.host;
-                if record {
-                    jobs.sent.push(req.seq);
-                }
                 if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
                     frontier.pause(host, until);
                 }
+                let seq = req.seq;
                 let job = jobs.set.spawn(handle(ctx.clone(), req));
-                jobs.hosts.insert(job.id(), host);
+                jobs.hosts.insert(job.id(), (host, seq));
                 continue;
             }
         }
         if jobs.set.is_empty() && (!budget || (split.is_none() && frontier.is_empty() && !discovering)) {
             break;
         }
-        let wake = if room { frontier.next_wake() } else { None };
+        let wake = match (room, frontier.next_wake(), limited_until) {
+            (false, ..) => None,
+            (true, Some(a), Some(b)) => Some(a.min(b)),
+            (true, a, b) => a.or(b),
+        };
         let poll_at = (split.is_some() && !polling && !draining).then_some(next_poll);
+        let mark_at = (record && !jobs.set.is_empty()).then_some(next_mark);
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             _ = ctx.drain.cancelled(), if !draining => {}
@@ -427,6 +438,7 @@ async fn run_crawl(
                 None => discovering = false,
             },
             _ = sleep_until_some(wake) => {}
+            _ = sleep_until_some(mark_at) => {}
         }
     }
     if let Some(reader) = sitemaps {
@@ -661,12 +673,14 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
         Ok((id, _)) => *id,
         Err(e) => e.id(),
     };
-    if let Some(host) = jobs.hosts.remove(&id) {
+    let job = jobs.hosts.remove(&id);
+    if let Some((host, _)) = job {
         frontier.done(host);
     }
     let done = done.map(|(_, outcome)| outcome);
     let rules = &ctx.task.0.rules;
     let record = ctx.run.is_some();
+    let sent = || std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()));
     let (seq, depth, mut status, item, links, redirect) = match done {
         Ok(Some(Handled { seq, depth, status, item, links, redirect })) => {
             (seq, depth, status, item, links, redirect)
@@ -676,6 +690,18 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
             if e.is_panic() {
                 ctx.counters.errors.fetch_add(1, Relaxed);
                 tracing::error!(task = %ctx.task.name(), "a page handler panicked; counted as an error");
+                // Failed for good: a row left waiting would keep the run from ever ending.
+                if let (true, Some((_, seq))) = (record, job) {
+                    let failed = Commit {
+                        run: ctx.run.clone(),
+                        page: Some((seq, PageStatus::Failed)),
+                        sent: sent(),
+                        ..Commit::default()
+                    };
+                    if ctx.commits.send(failed).await.is_err() {
+                        writer_gone(ctx);
+                    }
+                }
             }
             return;
         }
@@ -683,7 +709,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     let mut commit = Commit {
         run: ctx.run.clone(),
         page: record.then_some((seq, status)),
-        sent: std::mem::take(&mut jobs.sent),
+        sent: if record { sent() } else { Vec::new() },
         ..Commit::default()
     };
     for (url, rule) in links {

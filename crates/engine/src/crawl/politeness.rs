@@ -199,29 +199,34 @@ impl Politeness {
         (!interval.is_zero()).then(|| p.next.max(now) + interval)
     }
 
-    /// Whether a request to `host` may be sent at `now`, with the connection slots held: the
+    /// Whether a request to `host` may be sent now, with the connection slots held: the
     /// host's last one went at least `interval` before (its turn was taken in
     /// [`Politeness::wait_turn`], but a request may be held after its turn, and the next one
     /// must not then follow it closer), and the task's rate limits allow one. Both are counted
-    /// only when both allow it; else the answer is when to ask again.
+    /// only when both allow it (the host's next turn then comes `interval` later at the
+    /// earliest); else the answer is when to ask again.
     pub(super) fn clear_to_send(
         &self,
         host: HostId,
         interval: Duration,
-        now: Instant,
         sends: Option<&Mutex<RateLimiter>>,
     ) -> Result<(), Instant> {
         let mut paced = (!interval.is_zero()).then(|| self.pacing());
+        let mut limits = sends.map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
+        // After the locks: a time read before them could be older than one recorded meanwhile.
+        let now = Instant::now();
         if let Some(sent) = paced.as_ref().and_then(|p| p.get(&host)).and_then(|p| p.sent) {
             if sent + interval > now {
                 return Err(sent + interval);
             }
         }
-        if let Some(sends) = sends {
-            sends.lock().unwrap_or_else(|p| p.into_inner()).try_reserve(now)?;
+        if let Some(limits) = limits.as_mut() {
+            limits.try_reserve(now)?;
         }
         if let Some(paced) = paced.as_mut() {
-            paced.entry(host).or_insert_with(|| Pace::new(now)).sent = Some(now);
+            let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
+            pace.sent = Some(now);
+            pace.next = pace.next.max(now + interval);
         }
         Ok(())
     }
@@ -329,6 +334,9 @@ pub(super) struct HostThrottle<'a> {
     pub(super) floor: Duration,
     /// The task's rate limits, which every try waits for.
     pub(super) sends: Option<&'a Mutex<RateLimiter>>,
+    /// A stored request: its number, noted as sent (once) when its first try goes.
+    pub(super) sent: Option<(u64, &'a Mutex<Vec<u64>>)>,
+    pub(super) marked: AtomicBool,
 }
 
 impl Throttled for HostThrottle<'_> {
@@ -351,7 +359,11 @@ impl Throttled for HostThrottle<'_> {
 
     fn clear_to_send(&self) -> Result<(), Instant> {
         let interval = self.polite.pace_interval(self.host, self.floor);
-        self.polite.clear_to_send(self.host, interval, Instant::now(), self.sends)
+        self.polite.clear_to_send(self.host, interval, self.sends)?;
+        if let Some((seq, sent)) = self.sent.filter(|_| !self.marked.swap(true, Relaxed)) {
+            sent.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
+        }
+        Ok(())
     }
 }
 

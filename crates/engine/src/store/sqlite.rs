@@ -152,8 +152,13 @@ fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
 /// Writes a commit's state rows. Rows are appended in request order (so a batch touches the
 /// table's last pages, not pages all over it), as held or (spilled) queued; a URL queued again
 /// closer to a seed while it still waits gets a new row that supersedes the first.
-/// `handled`: the requests the batch handles (not marked in flight on the way).
-fn write_state(tx: &Transaction, run: i64, c: &Commit, handled: &HashSet<u64>) -> rusqlite::Result<()> {
+/// `handled`: the requests (run, number) the batch handles, not marked in flight on the way.
+fn write_state(
+    tx: &Transaction,
+    run: i64,
+    c: &Commit,
+    handled: &HashSet<(i64, u64)>,
+) -> rusqlite::Result<()> {
     if !c.queued.is_empty() {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status) \
@@ -180,7 +185,7 @@ fn write_state(tx: &Transaction, run: i64, c: &Commit, handled: &HashSet<u64>) -
             .execute(params![PageStatus::Superseded as u8, run, old as i64])?;
         }
     }
-    for seq in c.sent.iter().filter(|s| !handled.contains(s)) {
+    for seq in c.sent.iter().filter(|s| !handled.contains(&(run, **s))) {
         tx.prepare_cached(
             "UPDATE crawler_frontier SET status = ?1 WHERE run = ?2 AND seq = ?3 AND status = ?4",
         )?
@@ -209,7 +214,8 @@ impl Sink for SqliteSink {
         // (SQLite has one writer at a time, so no other owner can slip in before the commit).
         // Per handle: an old and a new owner of one run in one batch are checked each.
         let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
-        let handled: HashSet<u64> = batch.iter().filter_map(|c| c.page.map(|(seq, _)| seq)).collect();
+        let handled: HashSet<(i64, u64)> =
+            batch.iter().filter_map(|c| Some((c.run.as_ref()?.id, c.page?.0))).collect();
         for c in batch {
             if let Some(run) = &c.run {
                 let held = match holds.get(&Arc::as_ptr(run)) {
