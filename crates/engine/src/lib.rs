@@ -39,7 +39,7 @@ mod units;
 
 pub use charset::decode_html;
 pub use config::EngineConfig;
-pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem, Split};
+pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem, RobotsRead, Split};
 pub use fetch::{FetchError, FetchReport, Fetched, Fetcher, Throttled, Want};
 pub use frontier::{host_name, partition_of, Admission, Frontier, HostId, Refill, Request};
 pub use item::{rfc3339, Item};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_engine::{
-    partition_of, Crawl, EngineConfig, Fetcher, HumanDuration, MysqlSink, MysqlState, PartsOpen, Sink,
-    SinkWriter, Split, StateStore, Task, TaskSpec,
+    partition_of, Crawl, EngineConfig, Fetcher, HumanDuration, MysqlSink, MysqlState, PartsOpen, RobotsRead,
+    Sink, SinkWriter, Split, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::mariadb::MariaDb;
 use crawler_fixture::{Fixture, Site};
@@ -84,6 +84,18 @@ fn open(
 }
 
 fn start(db: &MariaDb, task: &Task, run: crawler_engine::OpenedRun, parts: &[u32], epoch: i64) -> Share {
+    start_after(db, task, run, parts, epoch, RobotsRead::default())
+}
+
+/// The same, with the robots.txt files a previous share here read.
+fn start_after(
+    db: &MariaDb,
+    task: &Task,
+    run: crawler_engine::OpenedRun,
+    parts: &[u32],
+    epoch: i64,
+    robots: RobotsRead,
+) -> Share {
     let sink: Box<dyn Sink> = Box::new(MysqlSink::open(&db.url).unwrap());
     let writer = SinkWriter::spawn(vec![sink], 50, Duration::from_millis(50));
     let home = task.home_partition(PARTS);
@@ -93,6 +105,7 @@ fn start(db: &MariaDb, task: &Task, run: crawler_engine::OpenedRun, parts: &[u32
         home: parts.contains(&home),
         share: 2,
         recent: Vec::new(),
+        robots,
     };
     let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
     let crawl =
@@ -185,9 +198,11 @@ async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences
     a.crawl.drain();
     a.crawl.join().await;
     assert!(!a.crawl.is_fenced());
+    let read = a.crawl.robots_read();
     a.close().await;
     let b = start(&db, &task, open(&state, "b", &moved, 2, false, false).unwrap(), &moved, 2);
-    let a = start(&db, &task, open(&state, "a", &keep, 2, false, false).unwrap(), &keep, 2);
+    // a's next share starts with the robots.txt files it read.
+    let a = start_after(&db, &task, open(&state, "a", &keep, 2, false, false).unwrap(), &keep, 2, read);
     crawler_fixture::wait::until("two thirds of the pages", Duration::from_secs(30), || async {
         fetches(&sites).len() > 250
     })
@@ -214,4 +229,8 @@ async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences
     assert!(extra <= 8 + 50, "{extra} pages fetched again");
     let books = u64::from(site().books) * u64::from(HOSTS);
     assert_eq!(books_stored(&db), (books, books), "every book stored once");
+    // The sites that stayed with a had their robots.txt read once, across a's two shares.
+    for s in sites.iter().filter(|s| keep.contains(&partition_of(&s.addr().to_string(), PARTS))) {
+        assert_eq!(s.count("/robots.txt"), 1, "{} had its robots.txt read again", s.addr());
+    }
 }

@@ -225,9 +225,9 @@ impl Runner {
             .map(|(name, _)| name.clone())
             .collect();
         let stopped = !stale.is_empty();
-        // When the stopped shares started their last requests: their next shares count them
-        // against the task's rate limits.
-        let mut request_starts: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
+        // What the stopped shares leave to their next ones here: when they sent their last
+        // requests (counted against the task's rate limits) and the robots.txt files they read.
+        let mut left: HashMap<String, Left> = HashMap::new();
         // All at once: one share slow to drain must not keep the others running on their old
         // assignment (or their old part of the rate limits).
         let mut stops = tokio::task::JoinSet::new();
@@ -238,13 +238,13 @@ impl Runner {
                 let ended = ids.get(name.as_str()).is_none_or(|id| *id != r.resource_id);
                 let run = r.run;
                 stops.spawn(async move {
-                    let starts = stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
-                    (name, ended, run, starts)
+                    let leaves = stop(&name, r, if ended { Stop::Abandon } else { Stop::Drain }).await;
+                    (name, ended, run, leaves)
                 });
             }
         }
         while let Some(done) = stops.join_next().await {
-            let (name, ended, run, starts) = match done {
+            let (name, ended, run, leaves) = match done {
                 Ok(stopped) => stopped,
                 Err(e) => {
                     tracing::error!(error = %e, "stopping a crawl failed");
@@ -252,7 +252,7 @@ impl Runner {
                 }
             };
             if !ended {
-                request_starts.insert(name.clone(), starts);
+                left.insert(name.clone(), leaves);
             }
             if let (true, Some(run), Some(state)) = (ended, run, &self.0.state) {
                 let state = state.clone();
@@ -274,7 +274,7 @@ impl Runner {
             }
             let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
-                Ok(task) => match self.start(task, &rec, revision, request_starts.remove(&name)).await {
+                Ok(task) => match self.start(task, &rec, revision, left.remove(&name)).await {
                     Ok((crawl, run)) => (crawl, run),
                     Err(e) => {
                         // Not recorded as running, so the next event tries again.
@@ -294,14 +294,13 @@ impl Runner {
 
     /// Starts a resource's crawl: its stored run (resumed if the task moved here) or, without
     /// a state store, a crawl from the seeds; for a split task, this worker's share (none when
-    /// its run is over). `recent`: when this worker's previous share of it started its last
-    /// requests.
+    /// its run is over). `left`: what this worker's previous share of it left.
     async fn start(
         &self,
         task: Task,
         rec: &ResourceRecord,
         revision: i64,
-        recent: Option<Vec<std::time::Instant>>,
+        left: Option<Left>,
     ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
         let inner = &self.0;
         let Some(state) = inner.state.clone() else {
@@ -312,7 +311,7 @@ impl Runner {
             ));
         };
         if rec.partitions.is_some() {
-            return self.start_share(task, rec, state, recent.unwrap_or_default()).await;
+            return self.start_share(task, rec, state, left.unwrap_or_default()).await;
         }
         let (name, label) = (rec.name.clone(), rec.id.clone());
         let window = inner.fetcher.config().queue_window;
@@ -345,7 +344,7 @@ impl Runner {
         task: Task,
         rec: &ResourceRecord,
         state: Arc<dyn StateStore>,
-        recent: Vec<std::time::Instant>,
+        left: Left,
     ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
         let inner = &self.0;
         let p = rec.partitions.as_ref().expect("a split task");
@@ -355,7 +354,8 @@ impl Runner {
             home: parts.iter().any(|(part, _)| *part == p.home),
             share: p.workers().len() as u32,
             parts,
-            recent,
+            recent: left.request_starts,
+            robots: left.robots,
         };
         let window = inner.fetcher.config().queue_window;
         let started = std::time::Instant::now();
@@ -500,9 +500,17 @@ fn broke_off(c: &Crawl) -> bool {
     c.is_finished() && !c.completed() && !c.is_fenced()
 }
 
-/// Returns when the crawl started its last rate-limited requests.
-async fn stop(name: &str, r: Running, how: Stop) -> Vec<std::time::Instant> {
-    let Some(crawl) = r.crawl else { return Vec::new() };
+/// What a stopped crawl leaves to the next share of its task here.
+#[derive(Default)]
+struct Left {
+    /// When it sent its last rate-limited requests.
+    request_starts: Vec<std::time::Instant>,
+    /// The robots.txt files it read.
+    robots: crawler_engine::RobotsRead,
+}
+
+async fn stop(name: &str, r: Running, how: Stop) -> Left {
+    let Some(crawl) = r.crawl else { return Left::default() };
     match how {
         Stop::Drain => crawl.drain(),
         Stop::Abandon => crawl.cancel(),
@@ -517,7 +525,7 @@ async fn stop(name: &str, r: Running, how: Stop) -> Vec<std::time::Instant> {
         match tokio::time::timeout(STOP_TIMEOUT, crawl.join()).await {
             Ok(s) => {
                 tracing::info!(resource = %name, pages = s.pages, items = s.items, "crawl stopped");
-                return crawl.request_starts();
+                return Left { request_starts: crawl.request_starts(), robots: crawl.robots_read() };
             }
             Err(_) => tracing::warn!(resource = %name, "crawl has not stopped yet; waiting"),
         }

@@ -72,9 +72,13 @@ pub struct Split {
     /// window this share goes no faster than they went (a share joining a run under way
     /// without them waits a whole window), since workers that left may have spent the rest.
     pub recent: Vec<Instant>,
+    /// The robots.txt files this worker's previous share of the run read
+    /// ([`Crawl::robots_read`]): not read again.
+    pub robots: RobotsRead,
 }
 
 pub use ctx::CrawlStats;
+pub use politeness::RobotsRead;
 pub use recent::{Recent, RecentError, RecentItem};
 
 /// Handle to a running crawl. Cheap to clone.
@@ -150,7 +154,8 @@ impl Crawl {
         let sends =
             (!task.0.limits.is_empty()).then(|| Mutex::new(task_limiter(&task, split.as_ref(), resumed)));
         let (pauses, paused) = mpsc::unbounded_channel();
-        let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses);
+        let read = split.as_ref().map(|s| s.robots.clone()).unwrap_or_default();
+        let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses, read);
         let ctx = Arc::new(Ctx {
             task,
             fetcher,
@@ -202,6 +207,11 @@ impl Crawl {
     /// A split run's share: requests waiting per partition held (as of the last half second).
     pub fn part_queues(&self) -> Vec<(u32, u64)> {
         self.ctx.part_queues.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The robots.txt files it has read, for [`Split::robots`].
+    pub fn robots_read(&self) -> RobotsRead {
+        self.ctx.polite.read()
     }
 
     /// Once the crawl has ended: when it started its last rate-limited requests, oldest first
