@@ -262,20 +262,20 @@ async fn a_split_tasks_rate_limit_holds_across_workers_as_they_join_and_leave() 
 
     // As the sites saw them (robots.txt, fetched once per host, is not one of the task's
     // requests): never more than the limit in any second, whoever sent them. The windows are
-    // 50 ms short of a second: a request reserved at a window's edge may reach its site a
-    // little later than the one a second before it.
+    // 100 ms short of a second: a request checked at a window's edge may reach its site a
+    // little later than the one a second before it (more on a loaded machine).
     let mut at: Vec<Instant> =
         sites.iter().flat_map(|s| s.requests()).filter(|r| r.path != "/robots.txt").map(|r| r.at).collect();
     at.sort();
     let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
-    let busiest = busiest_window(&at, Duration::from_millis(950));
+    let busiest = busiest_window(&at, Duration::from_millis(900));
     println!(
-        "{} requests in {span:.1} s ({:.1}/s, limit {LIMIT}/s); busiest 950 ms: {busiest}, busiest second: {}",
+        "{} requests in {span:.1} s ({:.1}/s, limit {LIMIT}/s); busiest 900 ms: {busiest}, busiest second: {}",
         at.len(),
         at.len() as f64 / span,
         busiest_window(&at, Duration::from_secs(1))
     );
-    assert!(busiest <= LIMIT, "{busiest} requests within 950 ms (limit {LIMIT} a second)");
+    assert!(busiest <= LIMIT, "{busiest} requests within 900 ms (limit {LIMIT} a second)");
     // The limit is used, not starved: the joins and leaves cost a second or two of it.
     assert!(at.len() as f64 / span >= LIMIT as f64 * 0.6, "{} requests in {span:.1} s", at.len());
     for s in &sites {

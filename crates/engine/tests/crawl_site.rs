@@ -395,9 +395,10 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
 
 #[tokio::test]
 async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
-    // One book on a slow host (0.6 s a page, robots.txt too) beside ten on a fast one: the
-    // fast pages' commits mark the slow request in flight while it is.
-    let slow = Fixture::start(Site { latency: Duration::from_millis(600), ..Site::default() }).await.unwrap();
+    // One book on a slow host (2 s a page, robots.txt too) beside ten on a fast one: the slow
+    // request is marked in flight while the site holds it.
+    let slow = Fixture::start(Site { latency: Duration::from_secs(2), ..Site::default() }).await.unwrap();
+    let cfg = EngineConfig { timeout: HumanDuration(Duration::from_secs(10)), ..engine() };
     let fast = Fixture::start(Site::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("f.db");
@@ -409,7 +410,7 @@ async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
     let shutdown = CancellationToken::new();
-    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
     let first = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &shutdown);
     let statuses = || -> HashMap<String, u8> {
         let conn = rusqlite::Connection::open(&db).unwrap();
@@ -440,7 +441,7 @@ async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
     let resumed = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert_eq!((resumed.resumed, resumed.waiting, resumed.handled), (true, 1, 10));
     drop(resumed);
-    let stats = crawl(engine(), spec, &db).await;
+    let stats = crawl(cfg, spec, &db).await;
     assert_eq!((stats.pages, stats.items), (1, 1));
     assert_eq!(slow.count("/book/0.html"), 2);
     assert_eq!(statuses().get(&slow_book), Some(&(PageStatus::Done as u8)));

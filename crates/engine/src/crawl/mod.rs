@@ -425,10 +425,12 @@ async fn run_crawl(
         if jobs.set.is_empty() && (!budget || (split.is_none() && frontier.is_empty() && !discovering)) {
             break;
         }
-        let wake = match (room, frontier.next_wake(), limited_until) {
-            (false, ..) => None,
-            (true, Some(a), Some(b)) => Some(a.min(b)),
-            (true, a, b) => a.or(b),
+        // While limited nothing can be popped before the limits allow it (and a paused host
+        // whose time has come stays listed until a pop: waking for it would spin).
+        let wake = match (room, limited_until) {
+            (false, _) => None,
+            (true, Some(free)) => Some(free),
+            (true, None) => frontier.next_wake(),
         };
         let poll_at = (split.is_some() && !polling && !draining).then_some(next_poll);
         let mark_at = (record && !jobs.set.is_empty()).then_some(next_mark);

@@ -72,9 +72,12 @@ impl Politeness {
         }
     }
 
-    /// The robots.txt files read so far (settled: readable, or unavailable for good).
+    /// The robots.txt files read so far and readable (a host whose file was unavailable for
+    /// good gets another chance in the next share).
     pub(super) fn read(&self) -> RobotsRead {
-        self.robots_settled.clone()
+        let settled = self.robots_settled.0.lock().unwrap_or_else(|p| p.into_inner());
+        let readable = settled.iter().filter(|(_, r)| r.unavailable_reason().is_none());
+        RobotsRead(Arc::new(Mutex::new(readable.map(|(o, r)| (o.clone(), r.clone())).collect())))
     }
 
     /// The robots.txt rules for a URL's origin, read once per crawl (or before it, by the

@@ -324,7 +324,7 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
             "UPDATE crawler_frontier SET status = {} WHERE run = ? AND status IN (0, 5) AND seq",
             PageStatus::Superseded as u8
         );
-        update_in(tx, &head, &[run.into()], &seqs, Value::from).map_err(err)?;
+        update_in(tx, &head, &[run.into()], &seqs, ROWS_PER_STATEMENT, Value::from).map_err(err)?;
     }
     // Inbox rows taken in, unless sent again closer since they were read.
     let taken: Vec<(i64, u64, u64)> = state
@@ -336,8 +336,10 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     for ((run, part_depth), keys) in grouped(&taken, |(run, pd, _)| (*run, *pd), |(_, _, k)| *k) {
         let (part, depth) = (part_depth >> 32, part_depth & 0xffff_ffff);
         let head = "DELETE FROM crawler_inbox WHERE run = ? AND part = ? AND depth >= ? AND url_key";
-        update_in(tx, head, &[run.into(), part.into(), depth.into()], &keys, |k| key_col(k).into())
-            .map_err(err)?;
+        update_in(tx, head, &[run.into(), part.into(), depth.into()], &keys, ROWS_PER_STATEMENT, |k| {
+            key_col(k).into()
+        })
+        .map_err(err)?;
     }
     // Requests sent, unless handled in this batch.
     let handled: HashSet<(i64, u64)> =
@@ -353,14 +355,15 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
             PageStatus::InFlight as u8,
             PageStatus::Held as u8
         );
-        update_in(tx, &head, &[run.into()], &seqs, Value::from).map_err(err)?;
+        update_in(tx, &head, &[run.into()], &seqs, ROWS_PER_STATEMENT, Value::from).map_err(err)?;
     }
     // Handled pages, by run and status.
     let pages: Vec<(i64, u8, u64)> =
         state.iter().filter_map(|(r, c)| c.page.map(|(seq, st)| (r.id, st as u8, seq))).collect();
     for ((run, status), seqs) in grouped(&pages, |(run, st, _)| (*run, u64::from(*st)), |(_, _, seq)| *seq) {
         let head = "UPDATE crawler_frontier SET status = ?, attempts = attempts + 1 WHERE run = ? AND seq";
-        update_in(tx, head, &[status.into(), run.into()], &seqs, Value::from).map_err(err)?;
+        update_in(tx, head, &[status.into(), run.into()], &seqs, ROWS_PER_STATEMENT, Value::from)
+            .map_err(err)?;
     }
     for (handle, c) in state.iter().filter(|(_, c)| c.finished || c.release) {
         end_of_share(tx, handle, c)?;
@@ -409,7 +412,7 @@ fn load_rows(
 /// made opening a run with tens of thousands of waiting rows take seconds).
 fn set_status(tx: &mut Transaction, run: i64, status: u8, seqs: &[u64]) -> Result<(), mysql::Error> {
     let head = format!("UPDATE crawler_frontier SET status = {status} WHERE run = ? AND seq");
-    update_in(tx, &head, &[run.into()], seqs, Value::from)
+    update_in(tx, &head, &[run.into()], seqs, 1000, Value::from)
 }
 
 /// Inserts `rows` with multi-row statements cut [`by_size`]: `head VALUES (...), (...) tail`,
@@ -433,16 +436,17 @@ fn insert_rows<T>(
     Ok(())
 }
 
-/// Runs `head IN (?, ...)` over `keys`, [`ROWS_PER_STATEMENT`] at a time, the statement's
-/// other parameters (`fixed`) first.
+/// Runs `head IN (?, ...)` over `keys`, `per` at a time, the statement's other parameters
+/// (`fixed`) first.
 fn update_in<K: Copy>(
     tx: &mut Transaction,
     head: &str,
     fixed: &[Value],
     keys: &[K],
+    per: usize,
     value: impl Fn(K) -> Value,
 ) -> Result<(), mysql::Error> {
-    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+    for chunk in keys.chunks(per) {
         let sql = format!("{head} IN ({})", vec!["?"; chunk.len()].join(", "));
         let mut params: Vec<Value> = fixed.to_vec();
         params.extend(chunk.iter().map(|k| value(*k)));
