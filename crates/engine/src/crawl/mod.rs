@@ -56,7 +56,7 @@ const MARK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 const POLL_LIMIT: usize = 2000;
 
 /// A share of a run split across workers: which partitions this crawl owns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Split {
     /// Partitions of the run.
     pub count: u32,
@@ -326,8 +326,8 @@ async fn run_crawl(
             }
         }
     }
-    if !first.queued.is_empty() && ctx.commits.send(first).await.is_err() {
-        writer_gone(&ctx);
+    if !first.queued.is_empty() {
+        send_commit(&ctx, first).await;
     }
     // Sitemaps are read beside the crawl; their URLs arrive in batches (bounded, so a huge
     // sitemap waits for the frontier rather than filling memory).
@@ -354,11 +354,9 @@ async fn run_crawl(
         }
         if record && Instant::now() >= next_mark {
             // Slow pages: what was sent is marked without waiting for one of them to end.
-            let sent = std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()));
-            if !sent.is_empty()
-                && ctx.commits.send(Commit { run: ctx.run.clone(), sent, ..Commit::default() }).await.is_err()
-            {
-                writer_gone(&ctx);
+            let sent = take_sent(&ctx);
+            if !sent.is_empty() {
+                send_commit(&ctx, Commit { run: ctx.run.clone(), sent, ..Commit::default() }).await;
             }
             next_mark = Instant::now() + MARK_EVERY;
         }
@@ -472,8 +470,8 @@ async fn run_crawl(
         release: split.is_some() && !finished && !fenced,
         ..Commit::default()
     };
-    if record && (last.finished || last.release) && ctx.commits.send(last).await.is_err() {
-        writer_gone(&ctx);
+    if record && (last.finished || last.release) {
+        send_commit(&ctx, last).await;
     }
     counters.queued.store(frontier.len() as u64, Relaxed);
     counters.in_flight.store(0, Relaxed);
@@ -576,9 +574,7 @@ async fn polled(
             commit.queued.extend(frontier.offer(req, true).1);
         }
     }
-    if ctx.commits.send(commit).await.is_err() {
-        writer_gone(ctx);
-    }
+    send_commit(ctx, commit).await;
 }
 
 /// Queues the page URLs a sitemap listed, at depth 0 under the sitemap rule, and commits them.
@@ -590,8 +586,8 @@ async fn queue_found(ctx: &Ctx, frontier: &mut Frontier, urls: Vec<Url>) {
         let req = Request::new(url, 0, rule, inner.rules[rule].priority);
         commit.queued.extend(frontier.offer(req, ctx.run.is_some()).1);
     }
-    if !commit.queued.is_empty() && ctx.commits.send(commit).await.is_err() {
-        writer_gone(ctx);
+    if !commit.queued.is_empty() {
+        send_commit(ctx, commit).await;
     }
 }
 
@@ -656,11 +652,11 @@ async fn refilled(
 /// is still fetched).
 async fn unfit(ctx: &Ctx, seq: u64) {
     let Some(run) = &ctx.run else { return };
-    let commit =
-        Commit { run: Some(run.clone()), page: Some((seq, PageStatus::Superseded)), ..Commit::default() };
-    if ctx.commits.send(commit).await.is_err() {
-        writer_gone(ctx);
-    }
+    send_commit(
+        ctx,
+        Commit { run: Some(run.clone()), page: Some((seq, PageStatus::Superseded)), ..Commit::default() },
+    )
+    .await;
 }
 
 /// Sleeps until `at`, or forever without one.
@@ -669,6 +665,20 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Sends a commit to the writer; whether it took it (a crawl whose writer is gone stops).
+async fn send_commit(ctx: &Ctx, commit: Commit) -> bool {
+    let sent = ctx.commits.send(commit).await.is_ok();
+    if !sent {
+        writer_gone(ctx);
+    }
+    sent
+}
+
+/// The stored requests sent since the last commit, to be marked in flight with the next.
+fn take_sent(ctx: &Ctx) -> Vec<u64> {
+    std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 fn writer_gone(ctx: &Ctx) {
@@ -692,7 +702,6 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     let done = done.map(|(_, outcome)| outcome);
     let rules = &ctx.task.0.rules;
     let record = ctx.run.is_some();
-    let sent = || std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()));
     let (seq, depth, mut status, item, links, redirect) = match done {
         Ok(Some(Handled { seq, depth, status, item, links, redirect })) => {
             (seq, depth, status, item, links, redirect)
@@ -707,12 +716,10 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
                     let failed = Commit {
                         run: ctx.run.clone(),
                         page: Some((seq, PageStatus::Failed)),
-                        sent: sent(),
+                        sent: take_sent(ctx),
                         ..Commit::default()
                     };
-                    if ctx.commits.send(failed).await.is_err() {
-                        writer_gone(ctx);
-                    }
+                    send_commit(ctx, failed).await;
                 }
             }
             return;
@@ -721,7 +728,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     let mut commit = Commit {
         run: ctx.run.clone(),
         page: record.then_some((seq, status)),
-        sent: if record { sent() } else { Vec::new() },
+        sent: if record { take_sent(ctx) } else { Vec::new() },
         ..Commit::default()
     };
     for (url, rule) in links {
@@ -759,9 +766,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
         return;
     }
-    if ctx.commits.send(commit).await.is_err() {
-        writer_gone(ctx);
-    } else if has_item {
+    if send_commit(ctx, commit).await && has_item {
         ctx.counters.items.fetch_add(1, Relaxed);
     }
 }

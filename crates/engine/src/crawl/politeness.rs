@@ -15,26 +15,10 @@ use crate::frontier::HostId;
 use crate::limiter::RateLimiter;
 use crate::robots::{Robots, MAX_ROBOTS_BYTES};
 
-/// The robots.txt files a crawl has read, per origin: a split run's next share on the same
-/// worker starts with them instead of reading every host's file again. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct RobotsRead(Arc<Mutex<HashMap<String, Arc<Robots>>>>);
-
-/// The same files: the same cache.
-impl PartialEq for RobotsRead {
-    fn eq(&self, other: &RobotsRead) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for RobotsRead {}
-
-impl std::fmt::Debug for RobotsRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().unwrap_or_else(|p| p.into_inner()).len();
-        write!(f, "RobotsRead({n} origins)")
-    }
-}
+/// The readable robots.txt files a crawl has read, per origin: a split run's next share on the
+/// same worker starts with them instead of reading every host's file again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RobotsRead(HashMap<String, Arc<Robots>>);
 
 /// Reads of an unavailable robots.txt before its host's URLs are skipped.
 const ROBOTS_READS: u32 = 3;
@@ -48,7 +32,7 @@ pub(super) struct Politeness {
     /// Hosts to hold back until then, to the dispatcher.
     pauses: mpsc::UnboundedSender<(HostId, Instant)>,
     robots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<HostRobots>>>>>,
-    robots_settled: RobotsRead,
+    robots_settled: Mutex<HashMap<String, Arc<Robots>>>,
     paced: Mutex<HashMap<HostId, Pace>>,
     /// Whether `paced` holds any host: until one is paced, the per-request checks take no lock.
     any_paced: AtomicBool,
@@ -66,7 +50,7 @@ impl Politeness {
             cancel,
             pauses,
             robots: Mutex::new(HashMap::new()),
-            robots_settled: read,
+            robots_settled: Mutex::new(read.0),
             paced: Mutex::new(HashMap::new()),
             any_paced: AtomicBool::new(false),
         }
@@ -75,9 +59,9 @@ impl Politeness {
     /// The robots.txt files read so far and readable (a host whose file was unavailable for
     /// good gets another chance in the next share).
     pub(super) fn read(&self) -> RobotsRead {
-        let settled = self.robots_settled.0.lock().unwrap_or_else(|p| p.into_inner());
+        let settled = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
         let readable = settled.iter().filter(|(_, r)| r.unavailable_reason().is_none());
-        RobotsRead(Arc::new(Mutex::new(readable.map(|(o, r)| (o.clone(), r.clone())).collect())))
+        RobotsRead(readable.map(|(o, r)| (o.clone(), r.clone())).collect())
     }
 
     /// The robots.txt rules for a URL's origin, read once per crawl (or before it, by the
@@ -86,7 +70,7 @@ impl Politeness {
     /// then the host is paused (`host`) and its requests wait; after them everything is disallowed.
     pub(super) async fn robots_for(&self, url: &Url, host: Option<HostId>) -> Option<Arc<Robots>> {
         let origin = url.origin().ascii_serialization();
-        if let Some(r) = self.robots_settled.0.lock().unwrap_or_else(|p| p.into_inner()).get(&origin) {
+        if let Some(r) = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner()).get(&origin) {
             return Some(r.clone());
         }
         let cell = {
@@ -98,7 +82,7 @@ impl Politeness {
         loop {
             let reads = match &*slot {
                 Some(h) if h.robots.unavailable_reason().is_none() || h.reads >= ROBOTS_READS => {
-                    let mut settled = self.robots_settled.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut settled = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
                     settled.insert(origin, h.robots.clone());
                     return Some(h.robots.clone());
                 }

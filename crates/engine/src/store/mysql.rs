@@ -245,7 +245,6 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
         insert_rows(
             tx,
             (&format!("INSERT INTO `{}` ({cols})", first.table), &format!("ON DUPLICATE KEY UPDATE {set}")),
-            3 + first.fields.len(),
             list,
             |i| i.url.len() + i.fields.iter().map(|(_, v)| v.as_ref().map_or(0, |v| v.len())).sum::<usize>(),
             |item, params| {
@@ -268,24 +267,13 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     let rows: Vec<&(i64, &QueuedUrl)> = queued.iter().filter(|(_, q)| !q.sent).collect();
     insert_rows(
         tx,
-        ("INSERT IGNORE INTO crawler_frontier (run, seq, url_key, url, host, depth, rule, priority, status, part)", ""),
-        10,
+        (&format!("INSERT IGNORE INTO crawler_frontier ({URL_COLUMNS}, seq, status)"), ""),
         &rows,
         row_size,
         |(run, q), params| {
             let status = if q.held { PageStatus::Held } else { PageStatus::Queued } as u8;
-            params.extend([
-                (*run).into(),
-                q.seq.into(),
-                key_col(q.key).into(),
-                (*q.url).into(),
-                (*q.host).into(),
-                q.depth.into(),
-                q.rule.into(),
-                q.priority.into(),
-                status.into(),
-                q.part.into(),
-            ]);
+            url_values(*run, q, params);
+            params.extend([q.seq.into(), status.into()]);
         },
     )
     .map_err(err)?;
@@ -293,27 +281,15 @@ fn write_batch(tx: &mut Transaction, commits: &[&Commit]) -> Result<(), SinkErro
     insert_rows(
         tx,
         (
-            "INSERT INTO crawler_inbox (run, part, url_key, url, host, depth, rule, priority)",
+            &format!("INSERT INTO crawler_inbox ({URL_COLUMNS})"),
             // One row per URL; a URL sent again closer to a seed takes the smaller depth (and
             // its rule), so its owner fetches it within `max_depth` of it.
             "ON DUPLICATE KEY UPDATE rule = IF(VALUES(depth) < depth, VALUES(rule), rule), \
              priority = IF(VALUES(depth) < depth, VALUES(priority), priority), depth = LEAST(depth, VALUES(depth))",
         ),
-        8,
         &sent,
         row_size,
-        |(run, q), params| {
-            params.extend([
-                (*run).into(),
-                q.part.into(),
-                key_col(q.key).into(),
-                (*q.url).into(),
-                (*q.host).into(),
-                q.depth.into(),
-                q.rule.into(),
-                q.priority.into(),
-            ]);
-        },
+        |(run, q), params| url_values(*run, q, params),
     )
     .map_err(err)?;
     // Rows replaced by a closer find (only while still waiting).
@@ -415,22 +391,38 @@ fn set_status(tx: &mut Transaction, run: i64, status: u8, seqs: &[u64]) -> Resul
     update_in(tx, &head, &[run.into()], seqs, 1000, Value::from)
 }
 
+/// The columns a queued URL's frontier and inbox rows share, in [`url_values`]' order.
+const URL_COLUMNS: &str = "run, part, url_key, url, host, depth, rule, priority";
+
+/// A queued URL's values for [`URL_COLUMNS`].
+fn url_values(run: i64, q: &QueuedUrl, params: &mut Vec<Value>) {
+    params.extend([
+        run.into(),
+        q.part.into(),
+        key_col(q.key).into(),
+        (*q.url).into(),
+        (*q.host).into(),
+        q.depth.into(),
+        q.rule.into(),
+        q.priority.into(),
+    ]);
+}
+
 /// Inserts `rows` with multi-row statements cut [`by_size`]: `head VALUES (...), (...) tail`,
-/// each row giving its `width` values through `values`.
+/// each row giving its values (as many for every row) through `values`.
 fn insert_rows<T>(
     tx: &mut Transaction,
     (head, tail): (&str, &str),
-    width: usize,
     rows: &[T],
     size: impl Fn(&T) -> usize,
     values: impl Fn(&T, &mut Vec<Value>),
 ) -> Result<(), mysql::Error> {
     for chunk in by_size(rows, size) {
-        let sql = format!("{head} VALUES {} {tail}", marks(chunk.len(), width));
-        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * width);
+        let mut params: Vec<Value> = Vec::new();
         for row in chunk {
             values(row, &mut params);
         }
+        let sql = format!("{head} VALUES {} {tail}", marks(chunk.len(), params.len() / chunk.len()));
         tx.exec_drop(sql, params)?;
     }
     Ok(())
