@@ -822,6 +822,80 @@ async fn noscript_markup_and_entities_are_read_and_a_deep_page_is_cut() {
     assert_eq!(stats.errors, 0);
 }
 
+#[tokio::test]
+async fn a_spilled_page_found_again_closer_to_a_seed_is_fetched_at_that_depth() {
+    // /c queues /c2 and 20 slow fillers at depth 2 (most spilled: the window is 8); /c2 finds
+    // /x at depth 3 (spilled behind them). /slow (depth 1) answers later and links /x too: at
+    // depth 2, where /x's link to /y (depth 3) is within max_depth. The fillers keep /x from
+    // being fetched before /slow answers.
+    let fx = scripted(|_| {
+        let fillers: String = (0..20).map(|i| format!("<a href=\"/f{i}.html\">f</a>")).collect();
+        let mut script = vec![
+            ("/s.html", vec![Page::html("<a href=\"/slow.html\">s</a><a href=\"/c.html\">c</a>".into())]),
+            (
+                "/slow.html",
+                vec![Page {
+                    delay: Duration::from_millis(500),
+                    ..Page::html("<a href=\"/x.html\">x</a>".into())
+                }],
+            ),
+            ("/c.html", vec![Page::html(format!("<a href=\"/c2.html\">c2</a>{fillers}"))]),
+            ("/c2.html", vec![Page::html("<a href=\"/x.html\">x</a>".into())]),
+            ("/x.html", vec![Page::html("<a href=\"/y.html\">y</a>".into())]),
+            ("/y.html", vec![Page::html("y".into())]),
+        ];
+        let filler = || vec![Page { delay: Duration::from_millis(300), ..Page::html("f".into()) }];
+        const NAMES: [&str; 20] = [
+            "/f0.html",
+            "/f1.html",
+            "/f2.html",
+            "/f3.html",
+            "/f4.html",
+            "/f5.html",
+            "/f6.html",
+            "/f7.html",
+            "/f8.html",
+            "/f9.html",
+            "/f10.html",
+            "/f11.html",
+            "/f12.html",
+            "/f13.html",
+            "/f14.html",
+            "/f15.html",
+            "/f16.html",
+            "/f17.html",
+            "/f18.html",
+            "/f19.html",
+        ];
+        script.extend(NAMES.iter().map(|n| (*n, filler())));
+        script
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let spec: TaskSpec = serde_json::from_str(&format!(
+        r#"{{"name":"near","seeds":["{}"],"max_depth":3,"rule":[{{"name":"page","follow":[{{"select":"a","rule":"page"}}]}}]}}"#,
+        fx.url("/s.html")
+    ))
+    .unwrap();
+    let stats = crawl(engine(), spec, &db).await;
+    assert_eq!(stats.errors, 0);
+    assert_eq!((fx.count("/x.html"), fx.count("/y.html")), (1, 1), "y is within reach through /slow");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let x: Vec<(u32, u8)> = conn
+        .prepare("SELECT depth, status FROM crawler_frontier WHERE url LIKE '%/x.html' ORDER BY depth")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(x, [(2, PageStatus::Done as u8), (3, PageStatus::Superseded as u8)]);
+    let waiting: u32 = conn
+        .query_row("SELECT COUNT(*) FROM crawler_frontier WHERE status IN (0, 5, 6)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(waiting, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_answers_429_is_paced_to_its_rate() {
     // 4 requests a second allowed, 4 in flight per host: unpaced, most requests would meet a

@@ -302,6 +302,9 @@ async fn run_crawl(
             for key in run.seen {
                 frontier.mark_handled(key);
             }
+            for (key, depth) in run.spilled_keys {
+                frontier.mark_spilled(key, depth);
+            }
             for seq in run.last_seqs {
                 frontier.continue_after(seq);
             }
@@ -309,7 +312,7 @@ async fn run_crawl(
                 // Unreadable, its rule gone, or beyond a lowered max_depth: skipped.
                 let restored = stored_request(&ctx, &q).map(|req| frontier.restore(req, q.seq));
                 if restored.is_none_or(|a| a == Admission::TooDeep) {
-                    unfit(&ctx, q.seq).await;
+                    supersede(&ctx, q.seq).await;
                 }
             }
             for (url, count) in run.spilled {
@@ -632,10 +635,12 @@ async fn refilled(
             for q in &rows {
                 match stored_request(ctx, q) {
                     Some(req) => reqs.push(req),
-                    None => unfit(ctx, q.seq).await,
+                    None => supersede(ctx, q.seq).await,
                 }
             }
-            frontier.refilled(&refill, reqs, exhausted);
+            for seq in frontier.refilled(&refill, reqs, exhausted) {
+                supersede(ctx, seq).await;
+            }
         }
         Ok((_, Some(Err(e)))) => {
             ctx.counters.errors.fetch_add(1, Relaxed);
@@ -646,11 +651,12 @@ async fn refilled(
     }
 }
 
-/// A stored request that no longer fits the task (its rule is gone, its URL unreadable, beyond a
-/// lowered `max_depth`): marked superseded, so that nothing waits for it (a split run ends once
-/// no request waits anywhere), without counting it as handled (a later, closer find of the URL
-/// is still fetched).
-async fn unfit(ctx: &Ctx, seq: u64) {
+/// A stored request not to be fetched: it no longer fits the task (its rule is gone, its URL
+/// unreadable, beyond a lowered `max_depth`), or its URL was queued again closer to a seed
+/// since. Marked superseded, so that nothing waits for it (a split run ends once no request
+/// waits anywhere), without counting it as handled (a later, closer find of the URL is still
+/// fetched).
+async fn supersede(ctx: &Ctx, seq: u64) {
     let Some(run) = &ctx.run else { return };
     send_commit(
         ctx,

@@ -19,7 +19,9 @@
 //! memory (*held*); later ones are *spilled* (their rows wait in the database only) and read
 //! back, best `(depth, seq)` first, when the host's window runs low. The frontier asks for that
 //! ([`Frontier::take_refills`]) and is given the rows ([`Frontier::refilled`]); it never does
-//! I/O itself. A spilled URL found again closer to a seed keeps its first depth.
+//! I/O itself. The visited set remembers each URL's best depth and whether its row is spilled
+//! (in the word it keeps anyway), so a spilled URL found again closer to a seed gets a new row
+//! at that depth; its first row is dropped when it is read back (and marked superseded).
 //!
 //! A run split across workers ([`Frontier::with_parts`]) puts every host in one of a fixed
 //! number of partitions ([`partition_of`]); this frontier holds only the hosts of the
@@ -29,9 +31,12 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
+
+mod visited;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
+use visited::{Mark, Visited};
 
 use url::Url;
 
@@ -221,7 +226,7 @@ pub struct Frontier {
     host_ids: HashMap<Arc<str>, HostId>,
     ready: BinaryHeap<Ready>,
     paused: BinaryHeap<Reverse<(Instant, HostId)>>,
-    visited: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    visited: Visited,
     /// URLs sent to other owners' partitions, with the smallest depth sent.
     sent: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     /// Best depth and number of each URL waiting in memory; entries of a queue at another
@@ -256,7 +261,7 @@ impl Frontier {
             host_ids: HashMap::new(),
             ready: BinaryHeap::new(),
             paused: BinaryHeap::new(),
-            visited: HashSet::default(),
+            visited: Visited::default(),
             sent: HashMap::default(),
             waiting: HashMap::default(),
             entries: 0,
@@ -330,10 +335,16 @@ impl Frontier {
             }
         }
         let mut replaces = None;
-        if !self.reload && !self.visited.insert(key) {
-            match self.waiting.get(&key) {
-                Some(&(best, seq)) if req.depth < best => replaces = Some(seq),
-                _ => return (Admission::Seen, None),
+        let seen = if self.reload { None } else { self.visited.get(key) };
+        if !self.reload {
+            if let Some(seen) = seen {
+                match self.waiting.get(&key) {
+                    Some(&(best, seq)) if req.depth < best => replaces = Some(seq),
+                    // Its row waits spilled, deeper: a new row at this depth; the first one is
+                    // dropped when it is read back.
+                    None if seen.spilled && Mark::capped(req.depth) < seen.depth => {}
+                    _ => return (Admission::Seen, None),
+                }
             }
         }
         let host = self.host_id(&req.url);
@@ -369,6 +380,14 @@ impl Frontier {
             held: !spill,
             sent: false,
         });
+        if !self.reload {
+            let mark = Mark { depth: req.depth, spilled: spill };
+            if seen.is_some() {
+                self.visited.set(key, mark);
+            } else {
+                self.visited.add_new(key, mark);
+            }
+        }
         if spill {
             hq.spilled += 1;
             self.spilled += 1;
@@ -471,8 +490,10 @@ impl Frontier {
     }
 
     /// The rows a refill read back, best first (numbered as stored); `exhausted` when fewer
-    /// came than were asked for: nothing was left spilled when the refill ran.
-    pub fn refilled(&mut self, refill: &Refill, rows: Vec<Request>, exhausted: bool) {
+    /// came than were asked for: nothing was left spilled when the refill ran. Returns the
+    /// numbers of the rows dropped: their URL was queued again closer to a seed since (or waits
+    /// in memory under another row); they are to be marked superseded.
+    pub fn refilled(&mut self, refill: &Refill, rows: Vec<Request>, exhausted: bool) -> Vec<u64> {
         let host = refill.host;
         self.incoming = self.incoming.saturating_sub(refill.limit);
         // Spilled after the refill was asked for: not among the rows it could see.
@@ -482,12 +503,18 @@ impl Frontier {
         self.spilled -= hq.spilled - (later + left);
         hq.spilled = later + left;
         hq.refilling = false;
+        let mut dropped = Vec::new();
         for req in rows {
             let key = url_key(&req.url);
-            match self.waiting.get(&key) {
-                Some(&(depth, _)) if depth <= req.depth => continue,
-                _ => {}
+            let superseded = match self.waiting.get(&key) {
+                Some(&(depth, _)) => depth <= req.depth,
+                None => self.visited.get(key).is_some_and(|m| m.depth < Mark::capped(req.depth)),
+            };
+            if superseded {
+                dropped.push(req.seq);
+                continue;
             }
+            self.visited.set(key, Mark { depth: req.depth, spilled: false });
             self.waiting.insert(key, (req.depth, req.seq));
             self.hold(
                 host,
@@ -505,6 +532,7 @@ impl Frontier {
         }
         self.want_refill(host);
         self.list(host);
+        dropped
     }
 
     fn want_refill(&mut self, host: HostId) {
@@ -525,7 +553,12 @@ impl Frontier {
 
     /// Marks a URL key as already handled (a resumed run's done, failed and skipped URLs).
     pub fn mark_handled(&mut self, key: u64) {
-        self.visited.insert(key);
+        self.visited.set(key, Mark { depth: 0, spilled: false });
+    }
+
+    /// Marks a URL key as waiting spilled at `depth` (a resumed run's rows beyond the window).
+    pub fn mark_spilled(&mut self, key: u64, depth: u32) {
+        self.visited.insert(key, Mark { depth, spilled: true });
     }
 
     /// The best request of any ready host at `now`; its host counts it as in flight until
@@ -677,15 +710,23 @@ impl Frontier {
     /// The rank of a host's best live request, dropping stale entries on the way.
     fn head(&mut self, host: HostId) -> Option<Rank> {
         let hq = &mut self.hosts[host as usize];
+        let mut dropped = false;
+        let mut head = None;
         while let Some(e) = hq.queue.peek() {
             if !self.reload && self.waiting.get(&e.key).map(|w| w.0) != Some(e.depth) {
                 hq.queue.pop();
                 self.entries -= 1;
+                dropped = true;
                 continue;
             }
-            return Some(e.rank());
+            head = Some(e.rank());
+            break;
         }
-        None
+        if dropped {
+            // The stale entries counted against the window: spilled rows may be due now.
+            self.want_refill(host);
+        }
+        head
     }
 
     /// Lists a host as ready under its best request's rank, if it can be served now.
@@ -822,8 +863,9 @@ mod tests {
         assert_eq!((&*refill[0].name, refill[0].limit), ("h", 3));
         f.pop(t0);
         assert!(f.take_refills().is_empty(), "asked again while the first is out");
-        // Found again: seen, spilled or not.
-        assert_eq!(f.push(on("h", "/7", 0)), Admission::Seen);
+        // Found again no closer to a seed: seen, spilled or not.
+        assert_eq!(f.push(on("h", "/7", 1)), Admission::Seen);
+        assert_eq!(f.push(on("h", "/3", 1)), Admission::Seen);
         // Spilled while the refill is out: not among what it reads back, still counted.
         let late = f.offer(on("h", "/late", 1), true).1.unwrap();
         assert!(!late.held);
@@ -848,6 +890,85 @@ mod tests {
         assert_eq!(order, ["/7", "/8", "/9"]);
         assert_eq!(f.len(), 1);
         assert_eq!(f.take_refills().len(), 1);
+    }
+
+    /// A store of spilled rows for the tests: rows per host, read back best (depth, seq) first.
+    #[derive(Default)]
+    struct Spill(HashMap<Arc<str>, Vec<QueuedUrl>>);
+
+    impl Spill {
+        fn keep(&mut self, row: QueuedUrl) {
+            if !row.held && !row.sent {
+                self.0.entry(row.host.clone()).or_default().push(row);
+            }
+        }
+
+        /// Answers a refill; returns what the frontier dropped.
+        fn answer(&mut self, f: &mut Frontier, refill: &Refill) -> Vec<u64> {
+            let rows = self.0.entry(refill.name.clone()).or_default();
+            rows.sort_by_key(|q| (q.depth, q.seq));
+            let back: Vec<QueuedUrl> = rows.drain(..refill.limit.min(rows.len())).collect();
+            let exhausted = back.len() < refill.limit;
+            let back = back
+                .into_iter()
+                .map(|q| Request { seq: q.seq, ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0) })
+                .collect();
+            f.refilled(refill, back, exhausted)
+        }
+    }
+
+    #[test]
+    fn a_spilled_url_found_closer_to_a_seed_is_fetched_once_at_that_depth() {
+        let t0 = Instant::now();
+        let mut f = Frontier::new(9, false, 100).with_window(4);
+        let mut store = Spill::default();
+        for i in 0..10 {
+            store.keep(f.offer(on("h", &format!("/{i}"), 3), true).1.unwrap());
+        }
+        let first = store.0[&Arc::<str>::from("h")].iter().find(|q| q.url.ends_with("/8")).unwrap().seq;
+        // /8 waits spilled at depth 3; found at 1 it gets a new row (spilled too, behind the
+        // others), found again at 2 or 1 it is seen.
+        let (adm, row) = f.offer(on("h", "/8", 1), true);
+        let row = row.unwrap();
+        assert_eq!((adm, row.depth, row.held, row.replaces), (Admission::Queued, 1, false, None));
+        store.keep(row.clone());
+        assert_eq!(f.push(on("h", "/8", 2)), Admission::Seen);
+        assert_eq!(f.push(on("h", "/8", 1)), Admission::Seen);
+        assert_eq!(f.len(), 11, "both rows wait until the deeper one is read back");
+        // Drain: the closer row comes back first; the first row is dropped when read back.
+        let (mut popped, mut dropped) = (Vec::new(), Vec::new());
+        loop {
+            while let Some(r) = f.pop(t0) {
+                popped.push((r.url.path().to_owned(), r.depth));
+                f.done(r.host);
+            }
+            let refills = f.take_refills();
+            if refills.is_empty() {
+                break;
+            }
+            for refill in refills {
+                dropped.extend(store.answer(&mut f, &refill));
+            }
+        }
+        assert!(f.is_empty());
+        assert_eq!(dropped, [first]);
+        let eights: Vec<_> = popped.iter().filter(|(p, _)| p == "/8").collect();
+        assert_eq!(eights, [&("/8".to_owned(), 1)]);
+        assert_eq!(popped.len(), 10);
+        // Fetched: found again at any depth, seen.
+        assert_eq!(f.push(on("h", "/8", 0)), Admission::Seen);
+    }
+
+    #[test]
+    fn a_resumed_runs_spilled_urls_are_known_with_their_depth() {
+        let mut f = Frontier::new(9, false, 100).with_window(4);
+        let key = |p: &str| url_key(&Url::parse(&format!("http://h{p}")).unwrap());
+        f.mark_handled(key("/done"));
+        f.mark_spilled(key("/far"), 5);
+        assert_eq!(f.push(on("h", "/done", 0)), Admission::Seen);
+        assert_eq!(f.push(on("h", "/far", 5)), Admission::Seen);
+        assert_eq!(f.push(on("h", "/far", 4)), Admission::Queued);
+        assert_eq!(f.push(on("h", "/far", 4)), Admission::Seen);
     }
 
     #[test]
@@ -1015,6 +1136,70 @@ mod tests {
             for w in popped.windows(2) {
                 prop_assert!(w[0].depth <= w[1].depth);
             }
+        }
+
+        /// With a small window (most rows spilled and read back), URLs found again at random
+        /// depths while others are fetched: every URL is fetched once, at the smallest depth it
+        /// was found at before it was fetched, and every row written ends fetched, superseded
+        /// by a later row, or dropped when read back (none is left waiting).
+        #[test]
+        fn spilled_urls_found_closer_are_fetched_once_at_their_best_depth(
+            window in 2usize..6,
+            ops in proptest::collection::vec((0u32..3, 0u32..40, 0u32..8), 1..300),
+        ) {
+            let t0 = Instant::now();
+            let mut f = Frontier::new(7, false, 3).with_window(window);
+            let mut store = Spill::default();
+            let mut best: HashMap<String, u32> = HashMap::new();
+            let mut fetched: HashMap<String, u32> = HashMap::new();
+            let mut rows: HashSet<u64> = HashSet::new();
+            let mut ended: HashSet<u64> = HashSet::new();
+            let mut in_flight = Vec::new();
+            let step = |f: &mut Frontier, store: &mut Spill, in_flight: &mut Vec<Request>,
+                            fetched: &mut HashMap<String, u32>, ended: &mut HashSet<u64>,
+                            best: &HashMap<String, u32>, done: bool| -> Result<bool, TestCaseError> {
+                let mut moved = false;
+                if done {
+                    for r in in_flight.drain(..) {
+                        f.done(r.host);
+                        moved = true;
+                    }
+                }
+                while let Some(r) = f.pop(t0) {
+                    let url = r.url.to_string();
+                    prop_assert!(!fetched.contains_key(&url), "{} fetched twice", url);
+                    prop_assert_eq!(Some(&r.depth), best.get(&url), "{} at the wrong depth", &url);
+                    fetched.insert(url, r.depth);
+                    ended.insert(r.seq);
+                    in_flight.push(r);
+                    moved = true;
+                }
+                for refill in f.take_refills() {
+                    ended.extend(store.answer(f, &refill));
+                    moved = true;
+                }
+                Ok(moved)
+            };
+            for (kind, id, depth) in ops {
+                if kind == 0 {
+                    step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut ended, &best, id % 2 == 0)?;
+                    continue;
+                }
+                let url = format!("http://h{}.example/{}", id % 3, id);
+                let (adm, row) = f.offer(Request::new(Url::parse(&url).unwrap(), depth, 0, 0), true);
+                let improves = !fetched.contains_key(&url) && best.get(&url).is_none_or(|b| depth < *b);
+                prop_assert_eq!(adm, if improves { Admission::Queued } else { Admission::Seen }, "{} at {}", &url, depth);
+                if let Some(row) = row {
+                    rows.insert(row.seq);
+                    ended.extend(row.replaces);
+                    store.keep(row);
+                    best.insert(url, depth);
+                }
+            }
+            while step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut ended, &best, true)? {}
+            prop_assert!(f.is_empty(), "{} waiting", f.len());
+            prop_assert_eq!(fetched.len(), best.len());
+            prop_assert_eq!(&ended, &rows, "rows left waiting");
         }
 
         /// Never more than `per_host` in flight per host; a pop serves the best request of the

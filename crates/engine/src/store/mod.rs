@@ -219,8 +219,11 @@ pub struct OpenedRun {
     pub epoch: i64,
     /// Whether an unfinished run was found and continues.
     pub resumed: bool,
-    /// Keys of URLs not to queue again: the handled ones and those waiting beyond the window.
+    /// Keys of the URLs handled (not to be queued again).
     pub seen: Vec<u64>,
+    /// Keys and depths of the URLs waiting beyond the window (spilled: queued again only when
+    /// found closer to a seed).
+    pub spilled_keys: Vec<(u64, u32)>,
     /// The first `window` waiting requests of each host, each URL once.
     pub queued: Vec<QueuedUrl>,
     /// Per host with more waiting than the window: one of its URLs and how many more of its
@@ -312,7 +315,7 @@ impl RunLoader {
             true
         } else {
             self.beyond += 1;
-            self.run.seen.push(q.key);
+            self.run.spilled_keys.push((q.key, q.depth));
             false
         }
     }
