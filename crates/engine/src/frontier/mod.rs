@@ -506,15 +506,14 @@ impl Frontier {
         let mut dropped = Vec::new();
         for req in rows {
             let key = url_key(&req.url);
-            let superseded = match self.waiting.get(&key) {
-                Some(&(depth, _)) => depth <= req.depth,
-                None => self.visited.get(key).is_some_and(|m| m.depth < Mark::capped(req.depth)),
+            let best = match self.waiting.get(&key) {
+                Some(&(depth, _)) => depth > req.depth,
+                None => self.visited.read_back(key, req.depth),
             };
-            if superseded {
+            if !best {
                 dropped.push(req.seq);
                 continue;
             }
-            self.visited.set(key, Mark { depth: req.depth, spilled: false });
             self.waiting.insert(key, (req.depth, req.seq));
             self.hold(
                 host,

@@ -92,6 +92,21 @@ impl Visited {
         self.set(key, m)
     }
 
+    /// A spilled row of `key` at `depth` is read back: whether it is still the URL's best one
+    /// (no closer row was queued since); if so, the URL is no longer counted as spilled. One
+    /// lookup.
+    pub fn read_back(&mut self, key: u64, depth: u32) -> bool {
+        let k = id(key);
+        match self.table.find_mut(hash(k), |x| id(*x) == k) {
+            Some(w) if mark(*w).depth < Mark::capped(depth) => false,
+            Some(w) => {
+                *w &= !SPILLED;
+                true
+            }
+            None => true,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -121,6 +136,14 @@ mod tests {
         assert_eq!(v.get(a ^ 0x7F), Some(Mark { depth: 1, spilled: false }));
         assert_eq!(v.get(a ^ 0x1_0000_0000), None);
         assert_eq!(v.len(), 2);
+        // Read back: a row deeper than the best is not the best; the best one is no longer
+        // spilled.
+        v.set(a, Mark { depth: 1, spilled: true });
+        assert!(!v.read_back(a, 2));
+        assert_eq!(v.get(a), Some(Mark { depth: 1, spilled: true }));
+        assert!(v.read_back(a, 1));
+        assert_eq!(v.get(a), Some(Mark { depth: 1, spilled: false }));
+        assert!(v.read_back(0xdead_0000_0000_0000, 3), "a key never seen is kept");
     }
 
     #[test]
