@@ -397,6 +397,17 @@ impl Task {
         &self.0.spec
     }
 
+    /// Requests per host a stored run of this task keeps in memory, given the configured
+    /// `queue_window`: all of them with `reload` (its frontier never spills, so a resumed run
+    /// loads every waiting row).
+    pub fn queue_window(&self, configured: usize) -> usize {
+        if self.0.spec.reload {
+            usize::MAX
+        } else {
+            configured
+        }
+    }
+
     /// The partition of the seeds' host (the first seed's, else the first sitemap's) when the
     /// task is split into `count` partitions.
     pub fn home_partition(&self, count: u32) -> u32 {

@@ -58,12 +58,14 @@ fn seeds_under(spec: &mut TaskSpec, rule: &str, seeds: Vec<String>) {
 /// Crawls a task to the end as a stored run (resumed if the database holds an unfinished one).
 async fn crawl(cfg: EngineConfig, spec: TaskSpec, db: &Path) -> CrawlStats {
     let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
-    let run =
-        SqliteState::open(db).unwrap().open_run(&spec.name, "test", Epoch::Next, false, WINDOW).unwrap();
+    let task = Task::compile(spec).unwrap();
+    let run = SqliteState::open(db)
+        .unwrap()
+        .open_run(task.name(), "test", Epoch::Next, false, task.queue_window(WINDOW))
+        .unwrap();
     let writer =
         SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], 10, Duration::from_millis(50));
-    let crawl =
-        Crawl::resume(Task::compile(spec).unwrap(), run, fetcher, writer.sender(), &CancellationToken::new());
+    let crawl = Crawl::resume(task, run, fetcher, writer.sender(), &CancellationToken::new());
     let stats = crawl.join().await;
     drop(crawl);
     assert_eq!(writer.close().await.unwrap(), stats.items);
@@ -391,6 +393,56 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     // The run finished, so the next one starts over from the seeds.
     let next = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(!next.resumed);
+}
+
+#[tokio::test]
+async fn a_resumed_reload_run_fetches_every_request_it_stored() {
+    // A reload task keeps its whole queue in memory (nothing is deduplicated, nothing spills):
+    // resumed, it loads every waiting row, not one window of them.
+    let fx = scripted(|_| {
+        let links: String = (0..30).map(|i| format!("<a href=\"/p{i}.html\">p</a>")).collect();
+        let mut script = vec![("/r.html", vec![Page::html(links)])];
+        for i in 0..30 {
+            let path: &'static str = Box::leak(format!("/p{i}.html").into_boxed_str());
+            script.push((path, vec![Page { delay: Duration::from_millis(300), ..Page::html("p".into()) }]));
+        }
+        script
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let spec: TaskSpec = serde_json::from_str(&format!(
+        r#"{{"name":"again","seeds":["{}"],"reload":true,"rule":[{{"name":"page","follow":[{{"select":"a","rule":"page"}}]}}]}}"#,
+        fx.url("/r.html")
+    ))
+    .unwrap();
+    let task = Task::compile(spec.clone()).unwrap();
+    let state = SqliteState::open(&db).unwrap();
+    let run = state.open_run("again", "test", Epoch::Next, false, task.queue_window(WINDOW)).unwrap();
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
+    let shutdown = CancellationToken::new();
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let first = Crawl::resume(task, run, fetcher, writer.sender(), &shutdown);
+    while fx.requests().iter().filter(|r| r.path.starts_with("/p")).count() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    first.join().await;
+    drop(first);
+    writer.close().await.unwrap();
+    let waiting = state.open_run("again", "test", Epoch::Next, false, WINDOW).unwrap().waiting;
+    assert!(waiting > WINDOW as u64, "{waiting} waiting: the stop came too late to matter");
+
+    crawl(engine(), spec, &db).await;
+    for i in 0..30 {
+        assert!(fx.count(&format!("/p{i}.html")) >= 1, "/p{i}.html never fetched");
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let left: u32 = conn
+        .query_row("SELECT COUNT(*) FROM crawler_frontier WHERE status IN (0, 5, 6)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test]

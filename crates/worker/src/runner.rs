@@ -314,7 +314,7 @@ impl Runner {
             return self.start_share(task, rec, state, left.unwrap_or_default()).await;
         }
         let (name, label) = (rec.name.clone(), rec.id.clone());
-        let window = inner.fetcher.config().queue_window;
+        let window = task.queue_window(inner.fetcher.config().queue_window);
         let opened = tokio::task::spawn_blocking(move || {
             state.open_run(&name, &label, Epoch::At(revision), false, window)
         })
@@ -357,7 +357,7 @@ impl Runner {
             recent: left.request_starts,
             robots: left.robots,
         };
-        let window = inner.fetcher.config().queue_window;
+        let window = task.queue_window(inner.fetcher.config().queue_window);
         let started = std::time::Instant::now();
         loop {
             let (state, runner) = (state.clone(), self.clone());

@@ -102,11 +102,12 @@ pub async fn open_runs(
     fresh: bool,
     window: usize,
 ) -> Result<Vec<OpenedRun>, RunError> {
-    let names: Vec<String> = tasks.iter().map(|t| t.name().to_owned()).collect();
+    let names: Vec<(String, usize)> =
+        tasks.iter().map(|t| (t.name().to_owned(), t.queue_window(window))).collect();
     let runs = tokio::task::spawn_blocking(move || {
         names
             .iter()
-            .map(|n| state.open_run(n, STANDALONE, Epoch::Next, fresh, window))
+            .map(|(n, window)| state.open_run(n, STANDALONE, Epoch::Next, fresh, *window))
             .collect::<Result<Vec<_>, _>>()
     })
     .await

@@ -310,8 +310,9 @@ async fn run_crawl(
             }
             for q in run.queued {
                 // Unreadable, its rule gone, or beyond a lowered max_depth: skipped.
+                // Or seen: another URL of the same 56-bit identity in the visited set.
                 let restored = stored_request(&ctx, &q).map(|req| frontier.restore(req, q.seq));
-                if restored.is_none_or(|a| a == Admission::TooDeep) {
+                if restored != Some(Admission::Queued) {
                     supersede(&ctx, q.seq).await;
                 }
             }

@@ -11,9 +11,10 @@
 //! turns).
 //!
 //! Deduplication happens when a URL is queued, on its normalized form; the visited set keeps
-//! only a 64-bit key per URL. A URL found again at a smaller depth while it still waits in
-//! memory moves up to that depth (with concurrent fetches a deeper path can be found first),
-//! so `max_depth` never cuts off a page within reach.
+//! only a 64-bit word per URL (56 bits of its key, its best depth, whether it is spilled). A
+//! URL found again at a smaller depth while it still waits moves up to that depth (with
+//! concurrent fetches a deeper path can be found first), so `max_depth` never cuts off a page
+//! within reach (depths are told apart up to 126).
 //!
 //! With a stored run the queue is bounded: each host keeps at most `window` requests in
 //! memory (*held*); later ones are *spilled* (their rows wait in the database only) and read
@@ -506,10 +507,18 @@ impl Frontier {
         let mut dropped = Vec::new();
         for req in rows {
             let key = url_key(&req.url);
-            let best = match self.waiting.get(&key) {
-                Some(&(depth, _)) => depth > req.depth,
-                None => self.visited.read_back(key, req.depth),
-            };
+            // Beyond a lowered max_depth (a resumed run), or queued closer to a seed since.
+            let best = req.depth <= self.max_depth
+                && match self.waiting.get(&key) {
+                    Some(&(depth, held)) if depth > req.depth => {
+                        // Not expected (a URL found closer while held is not spilled under
+                        // its old row), but then the held row is the one not to fetch.
+                        dropped.push(held);
+                        true
+                    }
+                    Some(_) => false,
+                    None => self.visited.read_back(key, req.depth),
+                };
             if !best {
                 dropped.push(req.seq);
                 continue;
@@ -902,8 +911,9 @@ mod tests {
             }
         }
 
-        /// Answers a refill; returns what the frontier dropped.
-        fn answer(&mut self, f: &mut Frontier, refill: &Refill) -> Vec<u64> {
+        /// Reads a refill's rows (as the store does when it runs, before later commits), and
+        /// whether they were all there were.
+        fn read(&mut self, refill: &Refill) -> (Vec<Request>, bool) {
             let rows = self.0.entry(refill.name.clone()).or_default();
             rows.sort_by_key(|q| (q.depth, q.seq));
             let back: Vec<QueuedUrl> = rows.drain(..refill.limit.min(rows.len())).collect();
@@ -912,6 +922,12 @@ mod tests {
                 .into_iter()
                 .map(|q| Request { seq: q.seq, ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0) })
                 .collect();
+            (back, exhausted)
+        }
+
+        /// Answers a refill at once; returns what the frontier dropped.
+        fn answer(&mut self, f: &mut Frontier, refill: &Refill) -> Vec<u64> {
+            let (back, exhausted) = self.read(refill);
             f.refilled(refill, back, exhausted)
         }
     }
@@ -956,6 +972,22 @@ mod tests {
         assert_eq!(popped.len(), 10);
         // Fetched: found again at any depth, seen.
         assert_eq!(f.push(on("h", "/8", 0)), Admission::Seen);
+    }
+
+    #[test]
+    fn a_row_read_back_beyond_a_lowered_max_depth_is_dropped() {
+        let mut f = Frontier::new(2, false, 100).with_window(4);
+        let deep = Url::parse("http://h/deep").unwrap();
+        f.spilled_before(&deep, 2);
+        let refills = f.take_refills();
+        assert_eq!(refills.len(), 1);
+        let rows = vec![
+            Request { seq: 7, ..Request::new(deep, 3, 0, 0) },
+            Request { seq: 8, ..Request::new(Url::parse("http://h/ok").unwrap(), 2, 0, 0) },
+        ];
+        assert_eq!(f.refilled(&refills[0], rows, true), [7]);
+        assert_eq!(f.pop(Instant::now()).unwrap().url.path(), "/ok");
+        assert!(f.is_empty());
     }
 
     #[test]
@@ -1138,13 +1170,13 @@ mod tests {
         }
 
         /// With a small window (most rows spilled and read back), URLs found again at random
-        /// depths while others are fetched: every URL is fetched once, at the smallest depth it
-        /// was found at before it was fetched, and every row written ends fetched, superseded
-        /// by a later row, or dropped when read back (none is left waiting).
+        /// depths while others are fetched and refills are out: every URL is fetched once, at
+        /// the smallest depth it was found at before it was fetched, and every row written ends
+        /// fetched, superseded by a later row, or dropped when read back (none is left waiting).
         #[test]
         fn spilled_urls_found_closer_are_fetched_once_at_their_best_depth(
             window in 2usize..6,
-            ops in proptest::collection::vec((0u32..3, 0u32..40, 0u32..8), 1..300),
+            ops in proptest::collection::vec((0u32..5, 0u32..40, 0u32..8), 1..300),
         ) {
             let t0 = Instant::now();
             let mut f = Frontier::new(7, false, 3).with_window(window);
@@ -1154,9 +1186,11 @@ mod tests {
             let mut rows: HashSet<u64> = HashSet::new();
             let mut ended: HashSet<u64> = HashSet::new();
             let mut in_flight = Vec::new();
+            // Refills asked for: their rows read when asked, handed over later.
+            let mut out: std::collections::VecDeque<(Refill, Vec<Request>, bool)> = Default::default();
             let step = |f: &mut Frontier, store: &mut Spill, in_flight: &mut Vec<Request>,
-                            fetched: &mut HashMap<String, u32>, ended: &mut HashSet<u64>,
-                            best: &HashMap<String, u32>, done: bool| -> Result<bool, TestCaseError> {
+                            fetched: &mut HashMap<String, u32>, out: &mut std::collections::VecDeque<(Refill, Vec<Request>, bool)>,
+                            best: &HashMap<String, u32>, ended: &mut HashSet<u64>, done: bool| -> Result<bool, TestCaseError> {
                 let mut moved = false;
                 if done {
                     for r in in_flight.drain(..) {
@@ -1174,14 +1208,27 @@ mod tests {
                     moved = true;
                 }
                 for refill in f.take_refills() {
-                    ended.extend(store.answer(f, &refill));
+                    let (rows, exhausted) = store.read(&refill);
+                    out.push_back((refill, rows, exhausted));
                     moved = true;
+                }
+                if done {
+                    while let Some((refill, rows, exhausted)) = out.pop_front() {
+                        ended.extend(f.refilled(&refill, rows, exhausted));
+                        moved = true;
+                    }
                 }
                 Ok(moved)
             };
             for (kind, id, depth) in ops {
                 if kind == 0 {
-                    step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut ended, &best, id % 2 == 0)?;
+                    step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut out, &best, &mut ended, id % 2 == 0)?;
+                    continue;
+                }
+                if kind == 1 {
+                    if let Some((refill, rows, exhausted)) = out.pop_front() {
+                        ended.extend(f.refilled(&refill, rows, exhausted));
+                    }
                     continue;
                 }
                 let url = format!("http://h{}.example/{}", id % 3, id);
@@ -1195,7 +1242,7 @@ mod tests {
                     best.insert(url, depth);
                 }
             }
-            while step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut ended, &best, true)? {}
+            while step(&mut f, &mut store, &mut in_flight, &mut fetched, &mut out, &best, &mut ended, true)? {}
             prop_assert!(f.is_empty(), "{} waiting", f.len());
             prop_assert_eq!(fetched.len(), best.len());
             prop_assert_eq!(&ended, &rows, "rows left waiting");
