@@ -3,15 +3,16 @@
 //! from one owner to the other through the shared inbox): every page fetched once, every item
 //! stored once, per-host concurrency within the limit at the sites, the run finished by the
 //! seeds' owner. Then a handover: a partition released by its owner moves with zero refetch,
-//! a partition taken from an owner that did not release it fences that owner's commits.
+//! a partition taken from an owner that did not release it fences that owner's commits. And
+//! the run's `max_pages` budget, drawn from by both owners, holds for the two together.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_engine::{
-    partition_of, Crawl, EngineConfig, Fetcher, HumanDuration, MysqlSink, MysqlState, PartsOpen, RobotsRead,
-    Sink, SinkWriter, Split, StateStore, Task, TaskSpec,
+    partition_of, Commit, Crawl, EngineConfig, Fetcher, HumanDuration, MysqlSink, MysqlState, PartsOpen,
+    RobotsRead, RunHandle, Sink, SinkWriter, Split, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::mariadb::MariaDb;
 use crawler_fixture::{Fixture, Site};
@@ -233,4 +234,68 @@ async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences
     for s in sites.iter().filter(|s| keep.contains(&partition_of(&s.addr().to_string(), PARTS))) {
         assert_eq!(s.count("/robots.txt"), 1, "{} had its robots.txt read again", s.addr());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_runs_page_budget_holds_for_its_owners_together() {
+    const MAX: u64 = 150;
+    let db = MariaDb::start();
+    let sites = Fixture::start_chain(site(), HOSTS).await.unwrap();
+    let mut spec = spec(&sites);
+    spec.max_pages = MAX;
+    let task = Task::compile(spec).unwrap();
+    let state = MysqlState::open(&db.url).unwrap();
+    let (a_parts, b_parts): (Vec<u32>, Vec<u32>) = (0..PARTS).partition(|p| p % 2 == 0);
+    let a = start(&db, &task, open(&state, "a", &a_parts, 1, false, false).unwrap(), &a_parts, 1);
+    let b = start(&db, &task, open(&state, "b", &b_parts, 1, false, false).unwrap(), &b_parts, 1);
+    let (sa, sb) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(a.crawl.join(), b.crawl.join()) })
+            .await
+            .expect("both shares end once the budget is spent");
+    a.close().await;
+    b.close().await;
+    let fetched: usize = fetches(&sites).values().sum();
+    println!("budget {MAX}: {fetched} pages fetched, {} and {} by the two owners", sa.pages, sb.pages);
+    // Each owner alone would stop at MAX: together they fetched about 2 x MAX before.
+    assert!(fetched as u64 <= MAX, "{fetched} pages fetched on a budget of {MAX}");
+    // Left unused: what the owner that did not find the budget spent still held (its last
+    // takes, at most a chunk: MAX / 16 here) and what it had dispatched but not sent when the
+    // run ended (at most its concurrency).
+    let unused_bound = MAX / 16 + engine().concurrency as u64;
+    assert!(fetched as u64 + unused_bound >= MAX, "only {fetched} of {MAX} pages fetched");
+    assert!(sa.pages > 0 && sb.pages > 0, "both owners fetched: {} and {}", sa.pages, sb.pages);
+    let (books, distinct) = books_stored(&db);
+    assert_eq!(books, distinct, "every book stored once");
+    assert_eq!(db.query("SELECT state FROM crawler_runs WHERE label = 'res-1'").trim(), "finished");
+}
+
+#[test]
+fn pages_of_a_shared_budget_are_granted_less_as_it_runs_low_and_given_back_on_release() {
+    let db = MariaDb::start();
+    let state = MysqlState::open(&db.url).unwrap();
+    let run = open(&state, "a", &[0, 1], 1, false, false).unwrap();
+    let handle = Arc::new(RunHandle::split(run.id, vec![(0, 1), (1, 1)], CancellationToken::new()));
+    let mut sink = MysqlSink::open(&db.url).unwrap();
+    let mut take = |want| sink.take_pages(&handle, want, 100, 2).unwrap().unwrap();
+    // A quarter of what is left at most (2 owners), at least one while any is.
+    assert_eq!(take(40), 25);
+    assert_eq!(take(40), 19);
+    let mut grants = Vec::new();
+    loop {
+        match take(40) {
+            0 => break,
+            n => grants.push(n),
+        }
+    }
+    assert_eq!(grants.iter().sum::<u64>(), 100 - 25 - 19);
+    assert!(grants.windows(2).all(|w| w[0] >= w[1]), "{grants:?}");
+    assert_eq!(
+        db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {}", run.id)).trim(),
+        "100"
+    );
+    // Released with 10 unused: they can be taken again.
+    let release = Commit { run: Some(handle.clone()), release: true, unused_pages: 10, ..Commit::default() };
+    sink.write(&[release]).unwrap();
+    assert_eq!(db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {}", run.id)).trim(), "90");
+    assert_eq!(sink.take_pages(&handle, 40, 100, 2).unwrap().unwrap(), 3);
 }

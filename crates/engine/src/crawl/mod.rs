@@ -7,6 +7,7 @@
 //! a crawl started from a stored run ([`Crawl::resume`]) can be killed at any moment and
 //! resumed without losing or repeating a stored page.
 
+mod budget;
 mod ctx;
 mod job;
 mod politeness;
@@ -32,6 +33,7 @@ use crate::spec::Task;
 use crate::store::{
     Commit, CommitSender, OpenedRun, PageStatus, PollReply, QueuedUrl, RefillReply, RunHandle,
 };
+use budget::Budget;
 use ctx::{Counters, Ctx};
 use job::{handle, Handled, Outcome};
 use politeness::Politeness;
@@ -349,7 +351,7 @@ async fn run_crawl(
     let mut jobs = Jobs::default();
     let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
     let max_in_flight = ctx.fetcher.config().concurrency;
-    let max_pages = inner.spec.max_pages;
+    let mut budget = Budget::new(inner.spec.max_pages, split.as_ref().map(|s| s.share));
     let counters = &ctx.counters;
     let mut next_mark = Instant::now() + MARK_EVERY;
     loop {
@@ -384,6 +386,10 @@ async fn run_crawl(
             polling = false;
             polled(&ctx, &mut frontier, done, &mut over, &mut quiet).await;
         }
+        budget.take_answers(&ctx);
+        if !draining {
+            budget.top_up(&ctx, !frontier.is_empty()).await;
+        }
         let idle = jobs.set.is_empty() && frontier.is_empty() && !discovering && refills.is_empty();
         if split.is_some() && !polling && !draining && Instant::now() >= next_poll {
             *ctx.part_queues.lock().unwrap_or_else(|p| p.into_inner()) = frontier.queued_by_part();
@@ -402,8 +408,7 @@ async fn run_crawl(
                 break;
             }
         }
-        let budget = max_pages == 0 || dispatched < max_pages;
-        let room = jobs.set.len() < max_in_flight && budget && !draining;
+        let room = jobs.set.len() < max_in_flight && budget.allows(dispatched) && !draining;
         // While the task's limits hold requests back, the loop goes on settling, polling and
         // refilling, and wakes when they allow one.
         let now = Instant::now();
@@ -414,6 +419,7 @@ async fn run_crawl(
             if let Some(req) = frontier.pop(now) {
                 limiter.reserve(now);
                 dispatched += 1;
+                budget.spend();
                 let host = req.host;
                 if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
                     frontier.pause(host, until);
@@ -424,7 +430,8 @@ async fn run_crawl(
                 continue;
             }
         }
-        if jobs.set.is_empty() && (!budget || (split.is_none() && frontier.is_empty() && !discovering)) {
+        let exhausted = budget.exhausted(dispatched);
+        if jobs.set.is_empty() && (exhausted || (split.is_none() && frontier.is_empty() && !discovering)) {
             break;
         }
         // While limited nothing can be popped before the limits allow it (and a paused host
@@ -447,6 +454,7 @@ async fn run_crawl(
             Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done).await,
+            Some(reply) = budget.answer(), if budget.taking() => budget.answered(&ctx, reply),
             urls = found.recv(), if discovering && frontier.len() < FOUND_BACKLOG => match urls {
                 Some(urls) => queue_found(&ctx, &mut frontier, urls).await,
                 None => discovering = false,
@@ -470,8 +478,9 @@ async fn run_crawl(
     let fenced = ctx.run.as_ref().is_some_and(|r| r.is_fenced());
     let last = Commit {
         run: ctx.run.clone(),
-        finished: finished && (split.is_none() || (home && quiet) || !budget_left(&ctx, dispatched)),
+        finished: finished && (split.is_none() || (home && quiet) || budget.exhausted(dispatched)),
         release: split.is_some() && !finished && !fenced,
+        unused_pages: budget.unused(),
         ..Commit::default()
     };
     if record && (last.finished || last.release) {
@@ -481,12 +490,6 @@ async fn run_crawl(
     counters.in_flight.store(0, Relaxed);
     ctx.completed.store(finished && !ctx.run.as_ref().is_some_and(|r| r.is_fenced()), Relaxed);
     tracing::info!(task = %ctx.task.name(), seen = frontier.seen(), finished, "crawl ended");
-}
-
-/// Whether the task's page budget still allows requests.
-fn budget_left(ctx: &Ctx, dispatched: u64) -> bool {
-    let max = ctx.task.0.spec.max_pages;
-    max == 0 || dispatched < max
 }
 
 /// A task's rate limits as this crawl keeps them: in a split run, its share of them. A share

@@ -22,7 +22,7 @@ use crate::item::Item;
 pub use jsonl::JsonlSink;
 pub use mysql::{MysqlSink, MysqlState};
 pub use sqlite::{SqliteSink, SqliteState};
-pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter};
+pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter, TakeReply};
 
 /// A storage failure. Fatal for the run: items are never dropped silently.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +165,9 @@ pub struct Commit {
     /// Requests sent since the previous commit: their rows are marked in flight (unless the
     /// same batch handles them).
     pub sent: Vec<u64>,
+    /// With `release`: pages of the split run's shared `max_pages` budget this owner took and
+    /// did not use, given back for the other owners.
+    pub unused_pages: u64,
 }
 
 /// What a poll of a split run's inbox finds.
@@ -208,6 +211,28 @@ pub trait Sink: Send + 'static {
     ) -> Option<Result<Polled, SinkError>> {
         None
     }
+
+    /// Takes pages of a split run's `max_pages` budget, which its `share` owners draw from
+    /// together: up to `want`, and no more than a `2 x share`-th of what is left (at least one
+    /// while any is), so the owners run out at about the same time. Returns the pages granted:
+    /// 0 once the budget is spent (or the run is over). `None` from a store that cannot share
+    /// a run.
+    fn take_pages(
+        &mut self,
+        _run: &RunHandle,
+        _want: u64,
+        _max: u64,
+        _share: u32,
+    ) -> Option<Result<u64, SinkError>> {
+        None
+    }
+}
+
+/// The pages granted from a shared budget of `max` of which `taken` are taken, for an owner
+/// among `share` that wants `want` (see [`Sink::take_pages`]).
+pub(crate) fn pages_to_grant(want: u64, max: u64, taken: u64, share: u32) -> u64 {
+    let left = max.saturating_sub(taken);
+    want.min(left.div_ceil(2 * u64::from(share.max(1))).max(1)).min(left)
 }
 
 /// A run as opened by a [`StateStore`]: where to start from.

@@ -20,7 +20,7 @@ use super::{
     key_col, part_of_seq, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle,
     RunLoader, Sink, SinkError, StateStore,
 };
-use super::{FINISHED, RUNNING};
+use super::{pages_to_grant, FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
 fn err(e: impl std::fmt::Display) -> SinkError {
@@ -59,6 +59,7 @@ const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS crawler_runs (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
      task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
      epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
+     pages_taken BIGINT NOT NULL DEFAULT 0, \
      KEY crawler_runs_by_task (task, label, state)) DEFAULT CHARSET = utf8mb4",
     "CREATE TABLE IF NOT EXISTS crawler_frontier (run BIGINT NOT NULL, seq BIGINT NOT NULL, \
      url_key BIGINT NOT NULL, url TEXT NOT NULL, host VARCHAR(255) NOT NULL, depth INT NOT NULL, \
@@ -73,11 +74,12 @@ const SCHEMA: [&str; 4] = [
      PRIMARY KEY (run, part, url_key)) DEFAULT CHARSET = utf8mb4",
 ];
 
-/// Brings a `crawler_frontier` of an earlier version up to date (error 1060: the column is
+/// Brings the state tables of an earlier version up to date (error 1060: the column is
 /// there, 1061: the key is).
-const UPGRADE: [&str; 2] = [
+const UPGRADE: [&str; 3] = [
     "ALTER TABLE crawler_frontier ADD COLUMN part INT NOT NULL DEFAULT 0",
     "ALTER TABLE crawler_frontier ADD KEY crawler_frontier_parts (run, part, status)",
+    "ALTER TABLE crawler_runs ADD COLUMN pages_taken BIGINT NOT NULL DEFAULT 0",
 ];
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
@@ -475,6 +477,13 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
         .map_err(err)?;
     }
     if c.release && handle.is_split() {
+        if c.unused_pages > 0 {
+            tx.exec_drop(
+                "UPDATE crawler_runs SET pages_taken = GREATEST(pages_taken - ?, 0) WHERE id = ?",
+                (c.unused_pages as i64, run),
+            )
+            .map_err(err)?;
+        }
         let parts = part_list(&handle.parts);
         tx.exec_drop(
             format!(
@@ -569,9 +578,40 @@ impl Sink for MysqlSink {
     ) -> Option<Result<Polled, SinkError>> {
         Some(self.with_retries("poll", true, |s| s.poll_once(run, limit, census)))
     }
+
+    fn take_pages(
+        &mut self,
+        run: &RunHandle,
+        want: u64,
+        max: u64,
+        share: u32,
+    ) -> Option<Result<u64, SinkError>> {
+        // Not retried after a reconnect: a take whose commit was lost would be counted twice.
+        Some(self.with_retries("take pages", false, |s| s.take_once(run, want, max, share)))
+    }
 }
 
 impl MysqlSink {
+    fn take_once(&mut self, run: &RunHandle, want: u64, max: u64, share: u32) -> Result<u64, SinkError> {
+        let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
+        let row: Option<(i64, String)> = tx
+            .exec_first("SELECT pages_taken, state FROM crawler_runs WHERE id = ? FOR UPDATE", (run.id,))
+            .map_err(err)?;
+        let granted = match row {
+            Some((taken, state)) if state == RUNNING => pages_to_grant(want, max, taken.max(0) as u64, share),
+            _ => 0,
+        };
+        if granted > 0 {
+            tx.exec_drop(
+                "UPDATE crawler_runs SET pages_taken = pages_taken + ? WHERE id = ?",
+                (granted as i64, run.id),
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(granted)
+    }
+
     fn poll_once(&mut self, run: &RunHandle, limit: usize, census: Option<u32>) -> Result<Polled, SinkError> {
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
         let state: Option<String> =

@@ -20,6 +20,9 @@ pub type RefillReply = Result<Vec<QueuedUrl>, SinkError>;
 /// The answer to a poll of a split run's inbox.
 pub type PollReply = Result<Polled, SinkError>;
 
+/// The answer to a take of a split run's page budget: the pages granted.
+pub type TakeReply = Result<u64, SinkError>;
+
 /// What crawls hand to the writer, in order.
 enum Record {
     Commit(Commit),
@@ -37,6 +40,14 @@ enum Record {
         census: Option<u32>,
         reply: oneshot::Sender<PollReply>,
     },
+    /// Pages of a split run's page budget to take (see [`Sink::take_pages`]).
+    Take {
+        run: Arc<RunHandle>,
+        want: u64,
+        max: u64,
+        share: u32,
+        reply: oneshot::Sender<TakeReply>,
+    },
     /// Answered once every commit sent before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -51,6 +62,7 @@ impl std::fmt::Debug for Record {
             Record::Commit(c) => c.fmt(f),
             Record::Refill { run, host, .. } => write!(f, "refill of run {}, host {host}", run.id),
             Record::Poll { run, .. } => write!(f, "poll of run {}", run.id),
+            Record::Take { run, want, .. } => write!(f, "take of {want} pages of run {}", run.id),
             Record::Flush(_) => write!(f, "flush"),
         }
     }
@@ -95,6 +107,23 @@ impl CommitSender {
         let (reply, answer) = oneshot::channel();
         self.0.send(Record::Flush(reply)).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())
+    }
+
+    /// Asks the state store for up to `want` pages of a split run's `max_pages` budget, shared
+    /// by `share` owners. The answer (the pages granted) comes on the returned channel.
+    pub async fn take_pages(
+        &self,
+        run: Arc<RunHandle>,
+        want: u64,
+        max: u64,
+        share: u32,
+    ) -> Result<oneshot::Receiver<TakeReply>, SinkError> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Record::Take { run, want, max, share, reply })
+            .await
+            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
+        Ok(answer)
     }
 
     /// Asks the state store for up to `limit` inbox rows of a split run's partitions, read once
@@ -232,6 +261,14 @@ fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u6
                     sinks.iter_mut().find_map(|s| s.poll(&run, limit, census)).unwrap_or_else(|| {
                         Err(SinkError { sink: "writer", message: "no store shares crawl state".into() })
                     });
+                let _ = reply.send(answer);
+            }
+            Record::Take { run, want, max, share, reply } => {
+                flush(sinks, &mut group)?;
+                let answer =
+                    sinks.iter_mut().find_map(|s| s.take_pages(&run, want, max, share)).unwrap_or_else(
+                        || Err(SinkError { sink: "writer", message: "no store shares crawl state".into() }),
+                    );
                 let _ = reply.send(answer);
             }
         }

@@ -1,0 +1,154 @@
+//! A crawl's page budget (`max_pages`). Counted here; in a split run the budget is the
+//! run's, shared by its owners: each takes pages from it in the shared store as it goes
+//! ([`crate::Sink::take_pages`]), so together they dispatch at most `max_pages`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::task::JoinSet;
+
+use super::{writer_gone, Ctx};
+use crate::store::TakeReply;
+
+/// Pages asked for at a time: an eighth of a worker's part of the budget, within these bounds.
+const TAKE_MIN: u64 = 1;
+const TAKE_MAX: u64 = 256;
+
+pub(super) struct Budget {
+    /// `max_pages` (0: no budget).
+    max: u64,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    /// Workers sharing the run.
+    share: u32,
+    /// Pages taken and not dispatched yet.
+    allowance: u64,
+    /// A take came back empty: the run's budget is spent.
+    spent: bool,
+    /// Pages asked for at a time.
+    chunk: u64,
+    takes: JoinSet<Option<TakeReply>>,
+}
+
+impl Budget {
+    /// The budget of a crawl; `share`: the workers of a split run (`None`: not split).
+    pub(super) fn new(max: u64, share: Option<u32>) -> Budget {
+        let shared = share.filter(|_| max > 0).map(|share| Shared {
+            share: share.max(1),
+            allowance: 0,
+            spent: false,
+            chunk: (max / (8 * u64::from(share.max(1)))).clamp(TAKE_MIN, TAKE_MAX),
+            takes: JoinSet::new(),
+        });
+        Budget { max, shared }
+    }
+
+    /// Whether one more request may be dispatched, `dispatched` being dispatched so far.
+    pub(super) fn allows(&self, dispatched: u64) -> bool {
+        match &self.shared {
+            Some(s) => s.allowance > 0,
+            None => self.max == 0 || dispatched < self.max,
+        }
+    }
+
+    /// Whether no request will ever be allowed again.
+    pub(super) fn exhausted(&self, dispatched: u64) -> bool {
+        match &self.shared {
+            Some(s) => s.spent && s.allowance == 0,
+            None => !self.allows(dispatched),
+        }
+    }
+
+    /// A request was dispatched.
+    pub(super) fn spend(&mut self) {
+        if let Some(s) = &mut self.shared {
+            s.allowance = s.allowance.saturating_sub(1);
+        }
+    }
+
+    /// Pages taken from a shared budget and not used (given back when the share stops).
+    pub(super) fn unused(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |s| s.allowance)
+    }
+
+    /// Asks the store for more of a shared budget when this share runs low and has requests
+    /// waiting (an idle share takes nothing, so the others can use it).
+    pub(super) async fn top_up(&mut self, ctx: &Ctx, waiting: bool) {
+        let Some(s) = &mut self.shared else { return };
+        if s.spent || !s.takes.is_empty() || !waiting || s.allowance > s.chunk / 2 {
+            return;
+        }
+        let Some(run) = &ctx.run else { return };
+        match ctx.commits.take_pages(run.clone(), s.chunk, self.max, s.share).await {
+            Ok(answer) => {
+                s.takes.spawn(async move { answer.await.ok() });
+            }
+            Err(_) => writer_gone(ctx),
+        }
+    }
+
+    /// Whether a take is out (its answer comes through [`Budget::answer`]).
+    pub(super) fn taking(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| !s.takes.is_empty())
+    }
+
+    /// Waits for the answer to the take out (never returns while none is).
+    pub(super) async fn answer(&mut self) -> Option<Option<TakeReply>> {
+        match &mut self.shared {
+            Some(s) if !s.takes.is_empty() => s.takes.join_next().await.map(|r| r.ok().flatten()),
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Takes in the answers that came back, without waiting.
+    pub(super) fn take_answers(&mut self, ctx: &Ctx) {
+        while let Some(done) = self.shared.as_mut().and_then(|s| s.takes.try_join_next()) {
+            self.answered(ctx, done.ok().flatten());
+        }
+    }
+
+    /// Takes in an answer.
+    pub(super) fn answered(&mut self, ctx: &Ctx, reply: Option<TakeReply>) {
+        let Some(s) = &mut self.shared else { return };
+        match reply {
+            Some(Ok(0)) => s.spent = true,
+            Some(Ok(n)) => s.allowance += n,
+            Some(Err(e)) => {
+                ctx.counters.errors.fetch_add(1, Relaxed);
+                tracing::error!(task = %ctx.task.name(), error = %e, "cannot take pages of the run's budget; stopping the crawl");
+                ctx.cancel.cancel();
+            }
+            None => writer_gone(ctx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_budget_counts_dispatches() {
+        let b = Budget::new(3, None);
+        assert!(b.allows(2) && !b.allows(3) && b.exhausted(3));
+        let unlimited = Budget::new(0, Some(4));
+        assert!(unlimited.allows(u64::MAX - 1) && !unlimited.exhausted(1_000_000));
+    }
+
+    #[test]
+    fn a_shared_budget_allows_what_was_taken() {
+        let mut b = Budget::new(1000, Some(2));
+        assert!(!b.allows(0) && !b.exhausted(0), "nothing taken yet");
+        let s = b.shared.as_mut().unwrap();
+        assert_eq!(s.chunk, 62);
+        s.allowance = 2;
+        b.spend();
+        assert!(b.allows(500));
+        b.spend();
+        assert!(!b.allows(0) && !b.exhausted(0), "more may be taken");
+        b.shared.as_mut().unwrap().spent = true;
+        assert!(b.exhausted(0));
+        assert_eq!(b.unused(), 0);
+    }
+}
