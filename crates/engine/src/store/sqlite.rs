@@ -48,7 +48,7 @@ CREATE INDEX IF NOT EXISTS crawler_frontier_spilled ON crawler_frontier (run, ho
 
 fn connect(path: &Path) -> Result<Connection, SinkError> {
     let conn = Connection::open(path).map_err(sqlite_err)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;")
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA wal_autocheckpoint=10000;")
         .map_err(sqlite_err)?;
     conn.execute_batch(SCHEMA).map_err(sqlite_err)?;
     Ok(conn)
