@@ -258,10 +258,10 @@ async fn a_split_runs_page_budget_holds_for_its_owners_together() {
     println!("budget {MAX}: {fetched} pages fetched, {} and {} by the two owners", sa.pages, sb.pages);
     // Each owner alone would stop at MAX: together they fetched about 2 x MAX before.
     assert!(fetched as u64 <= MAX, "{fetched} pages fetched on a budget of {MAX}");
-    // Left unused: what the owner that did not find the budget spent still held (its last
-    // takes, at most a chunk: MAX / 16 here) and what it had dispatched but not sent when the
-    // run ended (at most its concurrency).
-    let unused_bound = MAX / 16 + engine().concurrency as u64;
+    // Left unused: what the owner that did not find the budget spent still held (it asks for
+    // more at half a chunk, so at most one and a half: 3 x MAX / 32 here) and what it had
+    // dispatched but not sent when the run ended (at most its concurrency).
+    let unused_bound = 3 * MAX / 32 + engine().concurrency as u64;
     assert!(fetched as u64 + unused_bound >= MAX, "only {fetched} of {MAX} pages fetched");
     assert!(sa.pages > 0 && sb.pages > 0, "both owners fetched: {} and {}", sa.pages, sb.pages);
     let (books, distinct) = books_stored(&db);
@@ -276,7 +276,7 @@ fn pages_of_a_shared_budget_are_granted_less_as_it_runs_low_and_given_back_on_re
     let run = open(&state, "a", &[0, 1], 1, false, false).unwrap();
     let handle = Arc::new(RunHandle::split(run.id, vec![(0, 1), (1, 1)], CancellationToken::new()));
     let mut sink = MysqlSink::open(&db.url).unwrap();
-    let mut take = |want| sink.take_pages(&handle, want, 100, 2).unwrap().unwrap();
+    let mut take = |want| sink.take_pages(&handle, want, 100, 2).unwrap().unwrap().granted;
     // A quarter of what is left at most (2 owners), at least one while any is.
     assert_eq!(take(40), 25);
     assert_eq!(take(40), 19);
@@ -297,5 +297,15 @@ fn pages_of_a_shared_budget_are_granted_less_as_it_runs_low_and_given_back_on_re
     let release = Commit { run: Some(handle.clone()), release: true, unused_pages: 10, ..Commit::default() };
     sink.write(&[release]).unwrap();
     assert_eq!(db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {}", run.id)).trim(), "90");
-    assert_eq!(sink.take_pages(&handle, 40, 100, 2).unwrap().unwrap(), 3);
+    let again = sink.take_pages(&handle, 40, 100, 2).unwrap().unwrap();
+    assert_eq!((again.granted, again.left, again.over), (3, 7, false));
+    // A release of partitions released already (a commit written again, its answer lost)
+    // gives nothing back.
+    let release = Commit { run: Some(handle.clone()), release: true, unused_pages: 3, ..Commit::default() };
+    sink.write(&[release]).unwrap();
+    assert_eq!(db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {}", run.id)).trim(), "93");
+    // Over: nothing granted, and said so.
+    db.query(&format!("UPDATE crawler_runs SET state = 'ended' WHERE id = {}", run.id));
+    let over = sink.take_pages(&handle, 40, 100, 2).unwrap().unwrap();
+    assert_eq!((over.granted, over.over), (0, true));
 }

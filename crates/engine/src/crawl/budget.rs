@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::task::JoinSet;
 
 use super::{writer_gone, Ctx};
-use crate::store::TakeReply;
+use crate::store::{TakeReply, Taken};
 
 /// Pages asked for at a time: an eighth of a worker's part of the budget, within these bounds.
 const TAKE_MIN: u64 = 1;
@@ -26,7 +26,10 @@ struct Shared {
     allowance: u64,
     /// A take came back empty: the run's budget is spent.
     spent: bool,
-    /// Pages asked for at a time.
+    /// A take found the run over.
+    over: bool,
+    /// Pages asked for at a time: fewer as the budget runs low (a `2 x share`-th of what the
+    /// last take left), so that when it is spent no owner holds many it will not use.
     chunk: u64,
     takes: JoinSet<Option<TakeReply>>,
 }
@@ -38,6 +41,7 @@ impl Budget {
             share: share.max(1),
             allowance: 0,
             spent: false,
+            over: false,
             chunk: (max / (8 * u64::from(share.max(1)))).clamp(TAKE_MIN, TAKE_MAX),
             takes: JoinSet::new(),
         });
@@ -72,11 +76,17 @@ impl Budget {
         self.shared.as_ref().map_or(0, |s| s.allowance)
     }
 
-    /// Asks the store for more of a shared budget when this share runs low and has requests
-    /// waiting (an idle share takes nothing, so the others can use it).
-    pub(super) async fn top_up(&mut self, ctx: &Ctx, waiting: bool) {
+    /// Whether a take found the run over.
+    pub(super) fn run_over(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.over)
+    }
+
+    /// Asks the store for more of a shared budget when this share runs low, has requests
+    /// waiting and room to send them (a share that is idle or saturated takes nothing, so the
+    /// others can use it).
+    pub(super) async fn top_up(&mut self, ctx: &Ctx, waiting: bool, room: bool) {
         let Some(s) = &mut self.shared else { return };
-        if s.spent || !s.takes.is_empty() || !waiting || s.allowance > s.chunk / 2 {
+        if s.spent || !s.takes.is_empty() || !waiting || !room || s.allowance > s.chunk / 2 {
             return;
         }
         let Some(run) = &ctx.run else { return };
@@ -108,12 +118,34 @@ impl Budget {
         }
     }
 
+    /// Waits for the answer to a take still out, so that what it granted is counted as
+    /// unused (and given back) when the share stops.
+    pub(super) async fn finish(&mut self, ctx: &Ctx) {
+        if self.taking() {
+            if let Some(reply) = self.answer().await {
+                self.answered(ctx, reply);
+            }
+        }
+    }
+
+    /// Takes in what a take got.
+    fn took(&mut self, t: Taken) {
+        let Some(s) = &mut self.shared else { return };
+        if t.over {
+            s.over = true;
+            s.spent = true;
+        } else if t.granted == 0 {
+            s.spent = true;
+        } else {
+            s.allowance += t.granted;
+            s.chunk = s.chunk.min((t.left / (2 * u64::from(s.share))).max(1));
+        }
+    }
+
     /// Takes in an answer.
     pub(super) fn answered(&mut self, ctx: &Ctx, reply: Option<TakeReply>) {
-        let Some(s) = &mut self.shared else { return };
         match reply {
-            Some(Ok(0)) => s.spent = true,
-            Some(Ok(n)) => s.allowance += n,
+            Some(Ok(t)) => self.took(t),
             Some(Err(e)) => {
                 ctx.counters.errors.fetch_add(1, Relaxed);
                 tracing::error!(task = %ctx.task.name(), error = %e, "cannot take pages of the run's budget; stopping the crawl");
@@ -150,5 +182,26 @@ mod tests {
         b.shared.as_mut().unwrap().spent = true;
         assert!(b.exhausted(0));
         assert_eq!(b.unused(), 0);
+    }
+
+    #[test]
+    fn takes_add_up_and_ask_for_less_as_the_budget_runs_low() {
+        let mut b = Budget::new(1000, Some(2));
+        b.took(Taken { granted: 62, left: 900, over: false });
+        assert_eq!((b.unused(), b.shared.as_ref().unwrap().chunk), (62, 62));
+        b.took(Taken { granted: 10, left: 40, over: false });
+        assert_eq!((b.unused(), b.shared.as_ref().unwrap().chunk), (72, 10));
+        b.took(Taken { granted: 1, left: 0, over: false });
+        assert_eq!(b.shared.as_ref().unwrap().chunk, 1);
+        assert!(!b.exhausted(0));
+        b.took(Taken::default());
+        assert!(!b.exhausted(0) && !b.run_over(), "spent, with pages still held");
+        for _ in 0..73 {
+            b.spend();
+        }
+        assert!(b.exhausted(0));
+        let mut over = Budget::new(1000, Some(2));
+        over.took(Taken { over: true, ..Taken::default() });
+        assert!(over.run_over() && over.exhausted(0));
     }
 }

@@ -387,8 +387,9 @@ async fn run_crawl(
             polled(&ctx, &mut frontier, done, &mut over, &mut quiet).await;
         }
         budget.take_answers(&ctx);
+        over |= budget.run_over();
         if !draining {
-            budget.top_up(&ctx, !frontier.is_empty()).await;
+            budget.top_up(&ctx, !frontier.is_empty(), jobs.set.len() < max_in_flight).await;
         }
         let idle = jobs.set.is_empty() && frontier.is_empty() && !discovering && refills.is_empty();
         if split.is_some() && !polling && !draining && Instant::now() >= next_poll {
@@ -476,9 +477,10 @@ async fn run_crawl(
     // A split run is finished by its seeds' owner only (the others end when it is over); a
     // share that stops before lets its partitions go.
     let fenced = ctx.run.as_ref().is_some_and(|r| r.is_fenced());
+    budget.finish(&ctx).await;
     let last = Commit {
         run: ctx.run.clone(),
-        finished: finished && (split.is_none() || (home && quiet) || budget.exhausted(dispatched)),
+        finished: finished && !over && (split.is_none() || (home && quiet) || budget.exhausted(dispatched)),
         release: split.is_some() && !finished && !fenced,
         unused_pages: budget.unused(),
         ..Commit::default()

@@ -24,6 +24,17 @@ pub use mysql::{MysqlSink, MysqlState};
 pub use sqlite::{SqliteSink, SqliteState};
 pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter, TakeReply};
 
+/// What a take of a split run's page budget got ([`Sink::take_pages`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Pages granted (0: the budget is spent, or the run is over).
+    pub granted: u64,
+    /// Pages of the budget left after this take.
+    pub left: u64,
+    /// The run is over (finished or ended).
+    pub over: bool,
+}
+
 /// A storage failure. Fatal for the run: items are never dropped silently.
 #[derive(Debug, thiserror::Error)]
 #[error("sink {sink}: {message}")]
@@ -214,16 +225,15 @@ pub trait Sink: Send + 'static {
 
     /// Takes pages of a split run's `max_pages` budget, which its `share` owners draw from
     /// together: up to `want`, and no more than a `2 x share`-th of what is left (at least one
-    /// while any is), so the owners run out at about the same time. Returns the pages granted:
-    /// 0 once the budget is spent (or the run is over). `None` from a store that cannot share
-    /// a run.
+    /// while any is), so the owners run out at about the same time. None are granted once the
+    /// budget is spent or the run is over. `None` from a store that cannot share a run.
     fn take_pages(
         &mut self,
         _run: &RunHandle,
         _want: u64,
         _max: u64,
         _share: u32,
-    ) -> Option<Result<u64, SinkError>> {
+    ) -> Option<Result<Taken, SinkError>> {
         None
     }
 }

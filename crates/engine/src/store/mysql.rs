@@ -20,7 +20,7 @@ use super::{
     key_col, part_of_seq, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle,
     RunLoader, Sink, SinkError, StateStore,
 };
-use super::{pages_to_grant, FINISHED, RUNNING};
+use super::{pages_to_grant, Taken, FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
 
 fn err(e: impl std::fmt::Display) -> SinkError {
@@ -79,8 +79,15 @@ const SCHEMA: [&str; 4] = [
 const UPGRADE: [&str; 3] = [
     "ALTER TABLE crawler_frontier ADD COLUMN part INT NOT NULL DEFAULT 0",
     "ALTER TABLE crawler_frontier ADD KEY crawler_frontier_parts (run, part, status)",
-    "ALTER TABLE crawler_runs ADD COLUMN pages_taken BIGINT NOT NULL DEFAULT 0",
+    ADD_PAGES_TAKEN,
 ];
+
+const ADD_PAGES_TAKEN: &str = "ALTER TABLE crawler_runs ADD COLUMN pages_taken BIGINT NOT NULL DEFAULT 0";
+
+/// Once `pages_taken` is added to runs under way: what they handled so far counts as taken.
+const COUNT_PAGES_TAKEN: &str =
+    "UPDATE crawler_runs r SET pages_taken = (SELECT COUNT(*) FROM crawler_frontier f \
+     WHERE f.run = r.id AND f.status IN (1, 2, 3)) WHERE r.state = 'running'";
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
     let mut conn = Conn::new(opts.clone()).map_err(err)?;
@@ -90,6 +97,7 @@ fn connect(opts: &Opts) -> Result<Conn, SinkError> {
     for ddl in UPGRADE {
         match conn.query_drop(ddl) {
             Err(mysql::Error::MySqlError(e)) if e.code == 1060 || e.code == 1061 => {}
+            Ok(()) if ddl == ADD_PAGES_TAKEN => conn.query_drop(COUNT_PAGES_TAKEN).map_err(err)?,
             r => r.map_err(err)?,
         }
     }
@@ -157,6 +165,19 @@ impl MysqlSink {
             self.ensure_table(item)?;
         }
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
+        // A split share that ends the run or gives pages back updates the run's row: it is
+        // locked before the share's partition rows, the order open_parts takes them in (the
+        // other order could deadlock with a new owner opening the partitions).
+        let mut ending: Vec<i64> = batch
+            .iter()
+            .filter_map(|c| c.run.as_ref().filter(|r| r.is_split() && (c.finished || c.unused_pages > 0)))
+            .map(|r| r.id)
+            .collect();
+        ending.sort_unstable();
+        ending.dedup();
+        for id in ending {
+            tx.exec_drop("SELECT id FROM crawler_runs WHERE id = ? FOR UPDATE", (id,)).map_err(err)?;
+        }
         // Checked once per handle (two handles of one run, e.g. an old and a new owner, are
         // checked each on its own).
         let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
@@ -477,7 +498,18 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
         .map_err(err)?;
     }
     if c.release && handle.is_split() {
-        if c.unused_pages > 0 {
+        let mut released = 0;
+        for (p, e) in &handle.parts {
+            tx.exec_drop(
+                "UPDATE crawler_parts SET released = 1 WHERE run = ? AND part = ? AND epoch = ? AND released = 0",
+                (run, *p, *e),
+            )
+            .map_err(err)?;
+            released += tx.affected_rows();
+        }
+        // Given back once: a release written again (its first commit's answer lost) finds its
+        // partitions released already.
+        if c.unused_pages > 0 && released > 0 {
             tx.exec_drop(
                 "UPDATE crawler_runs SET pages_taken = GREATEST(pages_taken - ?, 0) WHERE id = ?",
                 (c.unused_pages as i64, run),
@@ -490,11 +522,6 @@ fn end_of_share(tx: &mut Transaction, handle: &RunHandle, c: &Commit) -> Result<
                 "UPDATE crawler_frontier SET status = 0 WHERE run = ? AND part IN {parts} AND status IN (5, 6)"
             ),
             (run,),
-        )
-        .map_err(err)?;
-        tx.exec_batch(
-            "UPDATE crawler_parts SET released = 1 WHERE run = ? AND part = ? AND epoch = ?",
-            handle.parts.iter().map(|(p, e)| (run, *p, *e)),
         )
         .map_err(err)?;
     }
@@ -585,22 +612,24 @@ impl Sink for MysqlSink {
         want: u64,
         max: u64,
         share: u32,
-    ) -> Option<Result<u64, SinkError>> {
-        // Not retried after a reconnect: a take whose commit was lost would be counted twice.
-        Some(self.with_retries("take pages", false, |s| s.take_once(run, want, max, share)))
+    ) -> Option<Result<Taken, SinkError>> {
+        // Tried again on a fresh connection: a take whose commit went through and whose answer
+        // was lost is counted twice, which only leaves pages unused.
+        Some(self.with_retries("take pages", true, |s| s.take_once(run, want, max, share)))
     }
 }
 
 impl MysqlSink {
-    fn take_once(&mut self, run: &RunHandle, want: u64, max: u64, share: u32) -> Result<u64, SinkError> {
+    fn take_once(&mut self, run: &RunHandle, want: u64, max: u64, share: u32) -> Result<Taken, SinkError> {
         let mut tx = self.conn.start_transaction(TxOpts::default()).map_err(err)?;
         let row: Option<(i64, String)> = tx
             .exec_first("SELECT pages_taken, state FROM crawler_runs WHERE id = ? FOR UPDATE", (run.id,))
             .map_err(err)?;
-        let granted = match row {
-            Some((taken, state)) if state == RUNNING => pages_to_grant(want, max, taken.max(0) as u64, share),
-            _ => 0,
+        let Some((taken, _)) = row.filter(|(_, state)| state == RUNNING) else {
+            return Ok(Taken { over: true, ..Taken::default() });
         };
+        let taken = taken.max(0) as u64;
+        let granted = pages_to_grant(want, max, taken, share);
         if granted > 0 {
             tx.exec_drop(
                 "UPDATE crawler_runs SET pages_taken = pages_taken + ? WHERE id = ?",
@@ -609,7 +638,7 @@ impl MysqlSink {
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
-        Ok(granted)
+        Ok(Taken { granted, left: max.saturating_sub(taken + granted), over: false })
     }
 
     fn poll_once(&mut self, run: &RunHandle, limit: usize, census: Option<u32>) -> Result<Polled, SinkError> {

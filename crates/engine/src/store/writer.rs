@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use std::sync::Arc;
 
-use super::{Commit, Polled, QueuedUrl, RunHandle, Sink, SinkError};
+use super::{Commit, Polled, QueuedUrl, RunHandle, Sink, SinkError, Taken};
 
 /// The answer to a refill: the spilled rows read back.
 pub type RefillReply = Result<Vec<QueuedUrl>, SinkError>;
@@ -20,8 +20,8 @@ pub type RefillReply = Result<Vec<QueuedUrl>, SinkError>;
 /// The answer to a poll of a split run's inbox.
 pub type PollReply = Result<Polled, SinkError>;
 
-/// The answer to a take of a split run's page budget: the pages granted.
-pub type TakeReply = Result<u64, SinkError>;
+/// The answer to a take of a split run's page budget.
+pub type TakeReply = Result<Taken, SinkError>;
 
 /// What crawls hand to the writer, in order.
 enum Record {
