@@ -402,20 +402,13 @@ async fn a_resumed_reload_run_fetches_every_request_it_stored() {
     let fx = scripted(|_| {
         let links: String = (0..30).map(|i| format!("<a href=\"/p{i}.html\">p</a>")).collect();
         let mut script = vec![("/r.html", vec![Page::html(links)])];
-        for i in 0..30 {
-            let path: &'static str = Box::leak(format!("/p{i}.html").into_boxed_str());
-            script.push((path, vec![Page { delay: Duration::from_millis(300), ..Page::html("p".into()) }]));
-        }
+        script.extend(numbered("/p", 30, Duration::from_millis(300)));
         script
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
-    let spec: TaskSpec = serde_json::from_str(&format!(
-        r#"{{"name":"again","seeds":["{}"],"reload":true,"rule":[{{"name":"page","follow":[{{"select":"a","rule":"page"}}]}}]}}"#,
-        fx.url("/r.html")
-    ))
-    .unwrap();
+    let spec = every_link("again", &fx.url("/r.html"), r#""reload":true"#);
     let task = Task::compile(spec.clone()).unwrap();
     let state = SqliteState::open(&db).unwrap();
     let run = state.open_run("again", "test", Epoch::Next, false, task.queue_window(WINDOW)).unwrap();
@@ -653,6 +646,26 @@ async fn scripted_site(site: Site, script: impl FnOnce(&str) -> Vec<(&'static st
     let base = format!("http://{}", listener.local_addr().unwrap());
     let script: Script = script(&base).into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
     Fixture::start_scripted(site, listener, script).await.unwrap()
+}
+
+/// A task named `name` of one rule that follows every link from `seed`; `keys`: more of the
+/// task's JSON keys.
+fn every_link(name: &str, seed: &str, keys: &str) -> TaskSpec {
+    serde_json::from_str(&format!(
+        r#"{{"name":"{name}","seeds":["{seed}"],{keys},"rule":[{{"name":"page","follow":[{{"select":"a","rule":"page"}}]}}]}}"#
+    ))
+    .unwrap()
+}
+
+/// Scripted pages `{prefix}0.html` to `{prefix}{n-1}.html`, each answering after `delay`.
+fn numbered(prefix: &str, n: usize, delay: Duration) -> Vec<(&'static str, Vec<Page>)> {
+    (0..n)
+        .map(|i| {
+            // The script lives as long as the test's server.
+            let path: &'static str = Box::leak(format!("{prefix}{i}.html").into_boxed_str());
+            (path, vec![Page { delay, ..Page::html("page".into()) }])
+        })
+        .collect()
 }
 
 fn robots(body: &str) -> Page {
@@ -896,40 +909,13 @@ async fn a_spilled_page_found_again_closer_to_a_seed_is_fetched_at_that_depth() 
             ("/x.html", vec![Page::html("<a href=\"/y.html\">y</a>".into())]),
             ("/y.html", vec![Page::html("y".into())]),
         ];
-        let filler = || vec![Page { delay: Duration::from_millis(300), ..Page::html("f".into()) }];
-        const NAMES: [&str; 20] = [
-            "/f0.html",
-            "/f1.html",
-            "/f2.html",
-            "/f3.html",
-            "/f4.html",
-            "/f5.html",
-            "/f6.html",
-            "/f7.html",
-            "/f8.html",
-            "/f9.html",
-            "/f10.html",
-            "/f11.html",
-            "/f12.html",
-            "/f13.html",
-            "/f14.html",
-            "/f15.html",
-            "/f16.html",
-            "/f17.html",
-            "/f18.html",
-            "/f19.html",
-        ];
-        script.extend(NAMES.iter().map(|n| (*n, filler())));
+        script.extend(numbered("/f", 20, Duration::from_millis(300)));
         script
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("a.db");
-    let spec: TaskSpec = serde_json::from_str(&format!(
-        r#"{{"name":"near","seeds":["{}"],"max_depth":3,"rule":[{{"name":"page","follow":[{{"select":"a","rule":"page"}}]}}]}}"#,
-        fx.url("/s.html")
-    ))
-    .unwrap();
+    let spec = every_link("near", &fx.url("/s.html"), r#""max_depth":3"#);
     let stats = crawl(engine(), spec, &db).await;
     assert_eq!(stats.errors, 0);
     assert_eq!((fx.count("/x.html"), fx.count("/y.html")), (1, 1), "y is within reach through /slow");
