@@ -222,6 +222,47 @@ async fn rate_limits_hold_in_every_window_and_max_pages_stops() {
 }
 
 #[tokio::test]
+async fn a_run_taken_over_in_a_cluster_keeps_the_limits_across_the_handover() {
+    // Owner 1 (epoch 1) sends at 4 a second and stops; owner 2 (epoch 2, the next assignment)
+    // takes the run over at once. Owner 1 may have spent the current window: owner 2 waits
+    // one before it sends, so the site never sees more than 4 in a second.
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let mut spec = task(&fx);
+    spec.limits = serde_json::from_str(r#"[{"events":4,"per":"1s"}]"#).unwrap();
+    spec.max_pages = 14;
+    let state = SqliteState::open(&db).unwrap();
+    let pages =
+        || fx.requests().into_iter().filter(|r| r.path != "/robots.txt").map(|r| r.at).collect::<Vec<_>>();
+    for epoch in [1, 2] {
+        let run = state.open_run("books", "res-1", Epoch::At(epoch), false, WINDOW).unwrap();
+        assert_eq!((run.resumed, run.taken_over), (epoch == 2, epoch == 2));
+        let writer =
+            SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
+        let stop = CancellationToken::new();
+        let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+        let crawl = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &stop);
+        if epoch == 1 {
+            while pages().len() < 6 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            stop.cancel();
+        }
+        tokio::time::timeout(Duration::from_secs(30), crawl.join()).await.expect("the crawl ends");
+        drop(crawl);
+        writer.close().await.unwrap();
+    }
+    let times = pages();
+    assert!(times.len() >= 12, "{} requests", times.len());
+    for (i, start) in times.iter().enumerate() {
+        let inside =
+            times[i..].iter().filter(|t| t.duration_since(*start) < Duration::from_millis(900)).count();
+        assert!(inside <= 4, "{inside} requests within 900 ms, around the handover");
+    }
+}
+
+#[tokio::test]
 async fn rate_limits_and_crawl_delay_hold_at_the_site_for_retries_too() {
     // Every book answers 503 once, then its page: the retries reach the site as well. The task
     // allows 4 requests a second, the host asks for 150 ms between requests.

@@ -152,9 +152,8 @@ impl Crawl {
                 None => RunHandle::new(r.id, r.epoch, cancel.clone()),
             })
         });
-        let resumed = run.as_ref().is_some_and(|r| r.resumed);
-        let sends =
-            (!task.0.limits.is_empty()).then(|| Mutex::new(task_limiter(&task, split.as_ref(), resumed)));
+        let sends = (!task.0.limits.is_empty())
+            .then(|| Mutex::new(task_limiter(&task, split.as_ref(), run.as_ref())));
         let (pauses, paused) = mpsc::unbounded_channel();
         let read = split.as_ref().map(|s| s.robots.clone()).unwrap_or_default();
         let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses, read);
@@ -295,7 +294,7 @@ async fn run_crawl(
     }
     let home = split.as_ref().is_none_or(|s| s.home);
     // Paces dispatching; the requests wait for the limits again when they are sent.
-    let mut limiter = task_limiter(&ctx.task, split.as_ref(), stored.as_ref().is_some_and(|r| r.resumed));
+    let mut limiter = task_limiter(&ctx.task, split.as_ref(), stored.as_ref());
     let mut dispatched = 0u64;
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
@@ -497,11 +496,13 @@ async fn run_crawl(
 /// A task's rate limits as this crawl keeps them: in a split run, its share of them. A share
 /// of a run under way counts what its previous share here sent, and goes no faster than that
 /// for one window: workers that left may have spent the rest of it (a share with no previous
-/// one waits a whole window).
+/// one waits a whole window). Likewise a whole run taken over from another owner in a cluster
+/// waits a whole window: that owner may have spent it just before it stopped.
 ///
 /// Each window is kept 2 % longer (20 ms at most): a request reaches its site a little after
 /// its turn, by a varying amount, and the site must never see more than the limit.
-fn task_limiter(task: &Task, split: Option<&Split>, resumed: bool) -> RateLimiter {
+fn task_limiter(task: &Task, split: Option<&Split>, run: Option<&OpenedRun>) -> RateLimiter {
+    let resumed = run.is_some_and(|r| r.resumed);
     let limits: Vec<_> = shared_limits(&task.0.limits, split.map_or(1, |s| s.share))
         .into_iter()
         .map(|(events, per)| (events, per + (per / 50).min(std::time::Duration::from_millis(20))))
@@ -515,6 +516,8 @@ fn task_limiter(task: &Task, split: Option<&Split>, resumed: bool) -> RateLimite
         if resumed {
             limiter.fill(now);
         }
+    } else if resumed && run.is_some_and(|r| r.taken_over) {
+        limiter.fill(Instant::now());
     }
     limiter
 }

@@ -905,6 +905,7 @@ impl StateStore for MysqlState {
             tx.commit().map_err(err)?;
             return Ok(OpenedRun { id, epoch, ..OpenedRun::default() });
         };
+        let taken_over = matches!(epoch, Epoch::At(_));
         let epoch = epoch.after(current).ok_or_else(|| SinkError {
             sink: "mysql",
             message: format!("run of {task:?} is held at epoch {current}, newer than {epoch:?}"),
@@ -915,7 +916,7 @@ impl StateStore for MysqlState {
         let mut loader = RunLoader::new(id, epoch, window);
         load_rows(&mut tx, id, "", &mut loader).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(loader.finish())
+        Ok(OpenedRun { taken_over, ..loader.finish() })
     }
 
     fn open_parts(

@@ -382,6 +382,7 @@ fn open_in(
         )?;
         return Ok(OpenedRun { id: tx.last_insert_rowid(), epoch, ..OpenedRun::default() });
     };
+    let taken_over = matches!(epoch, Epoch::At(_));
     let epoch = epoch.after(current).ok_or(OpenError::Stale { current })?;
     tx.execute("UPDATE crawler_runs SET epoch = ?1 WHERE id = ?2", [epoch, id])?;
     // What the previous owner held is waiting again; the new owner holds its own windows.
@@ -415,5 +416,5 @@ fn open_in(
     for seq in loader.take_stale() {
         supersede.execute(params![id, seq as i64])?;
     }
-    Ok(loader.finish())
+    Ok(OpenedRun { taken_over, ..loader.finish() })
 }
