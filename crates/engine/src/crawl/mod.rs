@@ -644,7 +644,10 @@ async fn refilled(
             for q in &rows {
                 match stored_request(ctx, q) {
                     Some(req) => reqs.push(req),
-                    None => supersede(ctx, q.seq).await,
+                    None => {
+                        frontier.unfit(q.key, q.depth);
+                        supersede(ctx, q.seq).await;
+                    }
                 }
             }
             for seq in frontier.refilled(&refill, reqs, exhausted) {

@@ -543,6 +543,19 @@ impl Frontier {
         dropped
     }
 
+    /// A spilled row read back that will not be fetched (its rule is gone, its URL no longer
+    /// reads; the caller marks it superseded). When it was its URL's best row, the URL is
+    /// forgotten: found again (by a rule that still exists), it is queued. Call before
+    /// [`Frontier::refilled`] hands over the rest of the rows.
+    pub fn unfit(&mut self, key: u64, depth: u32) {
+        if self.waiting.contains_key(&key) {
+            return;
+        }
+        if self.visited.get(key).is_some_and(|m| m.spilled && m.depth == Mark::capped(depth)) {
+            self.visited.remove(key);
+        }
+    }
+
     fn want_refill(&mut self, host: HostId) {
         let cap = self.cap();
         let hq = &mut self.hosts[host as usize];
@@ -988,6 +1001,22 @@ mod tests {
         assert_eq!(f.refilled(&refills[0], rows, true), [7]);
         assert_eq!(f.pop(Instant::now()).unwrap().url.path(), "/ok");
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_spilled_url_whose_row_no_longer_fits_can_be_queued_again() {
+        let mut f = Frontier::new(9, false, 100).with_window(2);
+        let held = f.offer(on("h", "/a", 1), true).1.unwrap();
+        f.offer(on("h", "/c", 1), true);
+        let spilled = f.offer(on("h", "/b", 2), true).1.unwrap();
+        assert!(held.held && !spilled.held);
+        assert_eq!(f.push(on("h", "/b", 2)), Admission::Seen);
+        // /b's row comes back unfit (say its rule was removed): found again, it is queued.
+        f.unfit(spilled.key, 2);
+        assert_eq!(f.push(on("h", "/b", 2)), Admission::Queued);
+        // A held URL, or a row that was not the best, is left alone.
+        f.unfit(held.key, 1);
+        assert_eq!(f.push(on("h", "/a", 1)), Admission::Seen);
     }
 
     #[test]

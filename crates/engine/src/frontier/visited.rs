@@ -107,6 +107,14 @@ impl Visited {
         }
     }
 
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: u64) {
+        let k = id(key);
+        if let Ok(entry) = self.table.find_entry(hash(k), |x| id(*x) == k) {
+            entry.remove();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -144,6 +152,8 @@ mod tests {
         assert!(v.read_back(a, 1));
         assert_eq!(v.get(a), Some(Mark { depth: 1, spilled: false }));
         assert!(v.read_back(0xdead_0000_0000_0000, 3), "a key never seen is kept");
+        v.remove(a);
+        assert_eq!((v.get(a), v.len()), (None, 1));
     }
 
     #[test]
