@@ -547,6 +547,10 @@ impl Frontier {
     /// reads; the caller marks it superseded). When it was its URL's best row, the URL is
     /// forgotten: found again (by a rule that still exists), it is queued. Call before
     /// [`Frontier::refilled`] hands over the rest of the rows.
+    ///
+    /// Safe because no other row of the URL can still wait: rows closer to a seed come back
+    /// first, a deeper row would have been dropped when this one was queued, and opening a
+    /// run keeps one row per URL. Otherwise a forgotten URL's other row would be fetched too.
     pub fn unfit(&mut self, key: u64, depth: u32) {
         if self.waiting.contains_key(&key) {
             return;

@@ -254,8 +254,8 @@ pub struct OpenedRun {
     pub epoch: i64,
     /// Whether an unfinished run was found and continues.
     pub resumed: bool,
-    /// Resumed from another owner's hands in a cluster (opened at an [`Epoch::At`]): that owner
-    /// may have sent requests just before it stopped.
+    /// Resumed in a cluster (opened at an [`Epoch::At`]): the run's previous owner (another
+    /// worker, or this one before a restart) may have sent requests just before it stopped.
     pub taken_over: bool,
     /// Keys of the URLs handled (not to be queued again).
     pub seen: Vec<u64>,
