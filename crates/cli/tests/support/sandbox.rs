@@ -269,6 +269,32 @@ max_depth = 100
         }
     }
 
+    /// Responses `worker` has had for the task `name` (0 when it does not run it).
+    pub async fn pages_on(&self, worker: &Proc, name: &str) -> u64 {
+        match self.get(&worker.http, "/tasks").await {
+            Some((200, v)) => v
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["name"] == name)
+                .filter_map(|t| t["pages"].as_u64())
+                .sum(),
+            _ => 0,
+        }
+    }
+
+    /// Waits until `worker` has had more than `before` responses for the task `name` (it runs
+    /// the task and fetches: listing it is not enough, as a split task's share on a worker
+    /// may hold no host); returns how long that took.
+    pub async fn wait_fetching(&self, worker: &Proc, name: &str, before: u64, within: Duration) -> Duration {
+        let t = Instant::now();
+        while self.pages_on(worker, name).await <= before {
+            assert!(t.elapsed() < within, "{} did not fetch for {name} within {within:?}", worker.id);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        t.elapsed()
+    }
+
     pub fn requests(&self, path_prefix: &str) -> usize {
         self.fixture.requests().iter().filter(|r| r.path.starts_with(path_prefix)).count()
     }
