@@ -256,31 +256,27 @@ max_depth = 100
         }
     }
 
-    pub async fn tasks_on(&self, worker: &Proc) -> Vec<String> {
+    /// `worker`'s `GET /tasks` entries (none when it does not answer).
+    async fn task_entries(&self, worker: &Proc) -> Vec<Value> {
         match self.get(&worker.http, "/tasks").await {
-            Some((200, v)) => v
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["finished"] == false)
-                .map(|t| t["name"].as_str().unwrap().to_owned())
-                .collect(),
+            Some((200, Value::Array(tasks))) => tasks,
             _ => Vec::new(),
         }
     }
 
+    pub async fn tasks_on(&self, worker: &Proc) -> Vec<String> {
+        let tasks = self.task_entries(worker).await;
+        tasks
+            .iter()
+            .filter(|t| t["finished"] == false)
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Responses `worker` has had for the task `name` (0 when it does not run it).
     pub async fn pages_on(&self, worker: &Proc, name: &str) -> u64 {
-        match self.get(&worker.http, "/tasks").await {
-            Some((200, v)) => v
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["name"] == name)
-                .filter_map(|t| t["pages"].as_u64())
-                .sum(),
-            _ => 0,
-        }
+        let tasks = self.task_entries(worker).await;
+        tasks.iter().filter(|t| t["name"] == name).filter_map(|t| t["pages"].as_u64()).sum()
     }
 
     /// Waits until `worker` has had more than `before` responses for the task `name` (it runs
