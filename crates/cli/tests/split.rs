@@ -77,8 +77,8 @@ async fn spread(sb: &Sandbox, master: &str, name: &str) -> BTreeMap<String, u64>
 
 /// A worker's figures for the task: (pages, partitions held).
 async fn share(sb: &Sandbox, worker: usize, name: &str) -> Option<(u64, usize)> {
-    let (200, v) = sb.get(&sb.workers[worker].http, "/tasks").await? else { return None };
-    let t = v.as_array()?.iter().find(|t| t["name"] == name)?.clone();
+    let tasks = sb.task_entries(&sb.workers[worker]).await;
+    let t = tasks.iter().find(|t| t["name"] == name)?;
     Some((t["pages"].as_u64()?, t["partitions"].as_array().map_or(0, Vec::len)))
 }
 

@@ -7,13 +7,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A set of sliding-window limits that all must allow a request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RateLimiter {
     windows: Vec<Window>,
     last: Option<Instant>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Window {
     events: usize,
     per: Duration,
@@ -44,14 +44,19 @@ impl RateLimiter {
             return now;
         }
         let at = self.next_free(now);
+        self.count(at);
+        at
+    }
+
+    /// Counts a request started at `at` in every window.
+    fn count(&mut self, at: Instant) {
         for w in &mut self.windows {
             if w.recent.len() == w.events {
                 w.recent.pop_front();
             }
             w.recent.push_back(at);
         }
-        self.last = Some(at);
-        at
+        self.last = Some(self.last.map_or(at, |l| l.max(at)));
     }
 
     /// The earliest start time at or after `now` that every limit allows, reserving nothing.
@@ -89,13 +94,7 @@ impl RateLimiter {
     pub fn replay(&mut self, starts: &[Instant]) {
         debug_assert!(starts.windows(2).all(|w| w[0] <= w[1]), "replayed out of order");
         for &at in starts {
-            for w in &mut self.windows {
-                if w.recent.len() == w.events {
-                    w.recent.pop_front();
-                }
-                w.recent.push_back(at);
-            }
-            self.last = Some(self.last.map_or(at, |l| l.max(at)));
+            self.count(at);
         }
     }
 

@@ -257,7 +257,7 @@ max_depth = 100
     }
 
     /// `worker`'s `GET /tasks` entries (none when it does not answer).
-    async fn task_entries(&self, worker: &Proc) -> Vec<Value> {
+    pub async fn task_entries(&self, worker: &Proc) -> Vec<Value> {
         match self.get(&worker.http, "/tasks").await {
             Some((200, Value::Array(tasks))) => tasks,
             _ => Vec::new(),

@@ -2,11 +2,9 @@
 //! run's, shared by its owners: each takes pages from it in the shared store as it goes
 //! ([`crate::Sink::take_pages`]), so together they dispatch at most `max_pages`.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use tokio::task::JoinSet;
 
-use super::{writer_gone, Ctx};
+use super::{store_failed, writer_gone, Ctx};
 use crate::store::{TakeReply, Taken};
 
 /// Pages asked for at a time: an eighth of a worker's part of the budget, within these bounds.
@@ -16,6 +14,8 @@ const TAKE_MAX: u64 = 256;
 pub(super) struct Budget {
     /// `max_pages` (0: no budget).
     max: u64,
+    /// Requests dispatched so far in the run (a resumed run's handled ones included).
+    dispatched: u64,
     shared: Option<Shared>,
 }
 
@@ -45,27 +45,34 @@ impl Budget {
             chunk: (max / (8 * u64::from(share.max(1)))).clamp(TAKE_MIN, TAKE_MAX),
             takes: JoinSet::new(),
         });
-        Budget { max, shared }
+        Budget { max, dispatched: 0, shared }
     }
 
-    /// Whether one more request may be dispatched, `dispatched` being dispatched so far.
-    pub(super) fn allows(&self, dispatched: u64) -> bool {
+    /// Counts the requests a resumed run handled before (a budget counted here covers the
+    /// whole run).
+    pub(super) fn count_handled(&mut self, handled: u64) {
+        self.dispatched = handled;
+    }
+
+    /// Whether one more request may be dispatched.
+    pub(super) fn allows(&self) -> bool {
         match &self.shared {
             Some(s) => s.allowance > 0,
-            None => self.max == 0 || dispatched < self.max,
+            None => self.max == 0 || self.dispatched < self.max,
         }
     }
 
     /// Whether no request will ever be allowed again.
-    pub(super) fn exhausted(&self, dispatched: u64) -> bool {
+    pub(super) fn exhausted(&self) -> bool {
         match &self.shared {
             Some(s) => s.spent && s.allowance == 0,
-            None => !self.allows(dispatched),
+            None => !self.allows(),
         }
     }
 
     /// A request was dispatched.
     pub(super) fn spend(&mut self) {
+        self.dispatched += 1;
         if let Some(s) = &mut self.shared {
             s.allowance = s.allowance.saturating_sub(1);
         }
@@ -146,11 +153,7 @@ impl Budget {
     pub(super) fn answered(&mut self, ctx: &Ctx, reply: Option<TakeReply>) {
         match reply {
             Some(Ok(t)) => self.took(t),
-            Some(Err(e)) => {
-                ctx.counters.errors.fetch_add(1, Relaxed);
-                tracing::error!(task = %ctx.task.name(), error = %e, "cannot take pages of the run's budget; stopping the crawl");
-                ctx.cancel.cancel();
-            }
+            Some(Err(e)) => store_failed(ctx, "take pages of the run's budget", &e),
             None => writer_gone(ctx),
         }
     }
@@ -162,25 +165,29 @@ mod tests {
 
     #[test]
     fn a_local_budget_counts_dispatches() {
-        let b = Budget::new(3, None);
-        assert!(b.allows(2) && !b.allows(3) && b.exhausted(3));
-        let unlimited = Budget::new(0, Some(4));
-        assert!(unlimited.allows(u64::MAX - 1) && !unlimited.exhausted(1_000_000));
+        let mut b = Budget::new(3, None);
+        b.count_handled(2);
+        assert!(b.allows() && !b.exhausted());
+        b.spend();
+        assert!(!b.allows() && b.exhausted());
+        let mut unlimited = Budget::new(0, Some(4));
+        unlimited.count_handled(u64::MAX - 1);
+        assert!(unlimited.allows() && !unlimited.exhausted());
     }
 
     #[test]
     fn a_shared_budget_allows_what_was_taken() {
         let mut b = Budget::new(1000, Some(2));
-        assert!(!b.allows(0) && !b.exhausted(0), "nothing taken yet");
+        assert!(!b.allows() && !b.exhausted(), "nothing taken yet");
         let s = b.shared.as_mut().unwrap();
         assert_eq!(s.chunk, 62);
         s.allowance = 2;
         b.spend();
-        assert!(b.allows(500));
+        assert!(b.allows());
         b.spend();
-        assert!(!b.allows(0) && !b.exhausted(0), "more may be taken");
+        assert!(!b.allows() && !b.exhausted(), "more may be taken");
         b.shared.as_mut().unwrap().spent = true;
-        assert!(b.exhausted(0));
+        assert!(b.exhausted());
         assert_eq!(b.unused(), 0);
     }
 
@@ -193,15 +200,15 @@ mod tests {
         assert_eq!((b.unused(), b.shared.as_ref().unwrap().chunk), (72, 10));
         b.took(Taken { granted: 1, left: 0, over: false });
         assert_eq!(b.shared.as_ref().unwrap().chunk, 1);
-        assert!(!b.exhausted(0));
+        assert!(!b.exhausted());
         b.took(Taken::default());
-        assert!(!b.exhausted(0) && !b.run_over(), "spent, with pages still held");
+        assert!(!b.exhausted() && !b.run_over(), "spent, with pages still held");
         for _ in 0..73 {
             b.spend();
         }
-        assert!(b.exhausted(0));
+        assert!(b.exhausted());
         let mut over = Budget::new(1000, Some(2));
         over.took(Taken { over: true, ..Taken::default() });
-        assert!(over.run_over() && over.exhausted(0));
+        assert!(over.run_over() && over.exhausted());
     }
 }

@@ -152,8 +152,9 @@ impl Crawl {
                 None => RunHandle::new(r.id, r.epoch, cancel.clone()),
             })
         });
-        let sends = (!task.0.limits.is_empty())
-            .then(|| Mutex::new(task_limiter(&task, split.as_ref(), run.as_ref())));
+        // Paces dispatching; the requests wait for the limits again (`sends`) when they go.
+        let limiter = task_limiter(&task, split.as_ref(), run.as_ref());
+        let sends = (!task.0.limits.is_empty()).then(|| Mutex::new(limiter.clone()));
         let (pauses, paused) = mpsc::unbounded_channel();
         let read = split.as_ref().map(|s| s.robots.clone()).unwrap_or_default();
         let polite = Politeness::new(fetcher.clone(), cancel.clone(), pauses, read);
@@ -178,7 +179,7 @@ impl Crawl {
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
         tokio::spawn(async move {
-            run_crawl(runner, run, paused).await;
+            run_crawl(runner, run, limiter, paused).await;
             let _ = done_tx.send(true);
         });
         Crawl { ctx, done, started_at: SystemTime::now() }
@@ -279,6 +280,7 @@ struct Jobs {
 async fn run_crawl(
     ctx: Arc<Ctx>,
     stored: Option<OpenedRun>,
+    mut limiter: RateLimiter,
     mut paused: mpsc::UnboundedReceiver<(HostId, Instant)>,
 ) {
     let inner = &ctx.task.0;
@@ -293,13 +295,11 @@ async fn run_crawl(
         frontier = frontier.with_parts(split.count, split.parts.iter().map(|(p, _)| *p));
     }
     let home = split.as_ref().is_none_or(|s| s.home);
-    // Paces dispatching; the requests wait for the limits again when they are sent.
-    let mut limiter = task_limiter(&ctx.task, split.as_ref(), stored.as_ref());
-    let mut dispatched = 0u64;
+    let mut budget = Budget::new(inner.spec.max_pages, split.as_ref().map(|s| s.share));
     let mut first = Commit { run: ctx.run.clone(), ..Commit::default() };
     match stored {
         Some(run) if run.resumed => {
-            dispatched = run.handled;
+            budget.count_handled(run.handled);
             for key in run.seen {
                 frontier.mark_handled(key);
             }
@@ -350,7 +350,6 @@ async fn run_crawl(
     let mut jobs = Jobs::default();
     let mut refills: JoinSet<(Refill, Option<RefillReply>)> = JoinSet::new();
     let max_in_flight = ctx.fetcher.config().concurrency;
-    let mut budget = Budget::new(inner.spec.max_pages, split.as_ref().map(|s| s.share));
     let counters = &ctx.counters;
     let mut next_mark = Instant::now() + MARK_EVERY;
     loop {
@@ -408,7 +407,7 @@ async fn run_crawl(
                 break;
             }
         }
-        let room = jobs.set.len() < max_in_flight && budget.allows(dispatched) && !draining;
+        let room = jobs.set.len() < max_in_flight && budget.allows() && !draining;
         // While the task's limits hold requests back, the loop goes on settling, polling and
         // refilling, and wakes when they allow one.
         let now = Instant::now();
@@ -418,7 +417,6 @@ async fn run_crawl(
             // a slot another host could use.
             if let Some(req) = frontier.pop(now) {
                 limiter.reserve(now);
-                dispatched += 1;
                 budget.spend();
                 let host = req.host;
                 if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
@@ -430,8 +428,9 @@ async fn run_crawl(
                 continue;
             }
         }
-        let exhausted = budget.exhausted(dispatched);
-        if jobs.set.is_empty() && (exhausted || (split.is_none() && frontier.is_empty() && !discovering)) {
+        if jobs.set.is_empty()
+            && (budget.exhausted() || (split.is_none() && frontier.is_empty() && !discovering))
+        {
             break;
         }
         // While limited nothing can be popped before the limits allow it (and a paused host
@@ -479,7 +478,7 @@ async fn run_crawl(
     budget.finish(&ctx).await;
     let last = Commit {
         run: ctx.run.clone(),
-        finished: finished && !over && (split.is_none() || (home && quiet) || budget.exhausted(dispatched)),
+        finished: finished && !over && (split.is_none() || (home && quiet) || budget.exhausted()),
         release: split.is_some() && !finished && !fenced,
         unused_pages: budget.unused(),
         ..Commit::default()
@@ -516,7 +515,7 @@ fn task_limiter(task: &Task, split: Option<&Split>, run: Option<&OpenedRun>) -> 
         if resumed {
             limiter.fill(now);
         }
-    } else if resumed && run.is_some_and(|r| r.taken_over) {
+    } else if run.is_some_and(|r| r.taken_over) {
         limiter.fill(Instant::now());
     }
     limiter
@@ -566,9 +565,7 @@ async fn polled(
     let (idle, polled) = match done {
         Ok((idle, Some(Ok(p)))) => (idle, p),
         Ok((_, Some(Err(e)))) => {
-            ctx.counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(task = %ctx.task.name(), error = %e, "cannot read the inbox; stopping the crawl");
-            ctx.cancel.cancel();
+            store_failed(ctx, "read the inbox", &e);
             return;
         }
         Ok((_, None)) | Err(_) => return writer_gone(ctx),
@@ -654,11 +651,7 @@ async fn refilled(
                 supersede(ctx, seq).await;
             }
         }
-        Ok((_, Some(Err(e)))) => {
-            ctx.counters.errors.fetch_add(1, Relaxed);
-            tracing::error!(task = %ctx.task.name(), error = %e, "cannot read queued requests back; stopping the crawl");
-            ctx.cancel.cancel();
-        }
+        Ok((_, Some(Err(e)))) => store_failed(ctx, "read queued requests back", &e),
         Ok((_, None)) | Err(_) => writer_gone(ctx),
     }
 }
@@ -697,6 +690,13 @@ async fn send_commit(ctx: &Ctx, commit: Commit) -> bool {
 /// The stored requests sent since the last commit, to be marked in flight with the next.
 fn take_sent(ctx: &Ctx) -> Vec<u64> {
     std::mem::take(&mut *ctx.sent.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The state store failed a request the crawl cannot go on without.
+fn store_failed(ctx: &Ctx, doing: &str, e: &crate::store::SinkError) {
+    ctx.counters.errors.fetch_add(1, Relaxed);
+    tracing::error!(task = %ctx.task.name(), error = %e, "cannot {doing}; stopping the crawl");
+    ctx.cancel.cancel();
 }
 
 fn writer_gone(ctx: &Ctx) {

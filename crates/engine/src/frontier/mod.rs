@@ -337,15 +337,13 @@ impl Frontier {
         }
         let mut replaces = None;
         let seen = if self.reload { None } else { self.visited.get(key) };
-        if !self.reload {
-            if let Some(seen) = seen {
-                match self.waiting.get(&key) {
-                    Some(&(best, seq)) if req.depth < best => replaces = Some(seq),
-                    // Its row waits spilled, deeper: a new row at this depth; the first one is
-                    // dropped when it is read back.
-                    None if seen.spilled && Mark::capped(req.depth) < seen.depth => {}
-                    _ => return (Admission::Seen, None),
-                }
+        if let Some(seen) = seen {
+            match self.waiting.get(&key) {
+                Some(&(best, seq)) if req.depth < best => replaces = Some(seq),
+                // Its row waits spilled, deeper: a new row at this depth; the first one is
+                // dropped when it is read back.
+                None if seen.spilled && Mark::capped(req.depth) < seen.depth => {}
+                _ => return (Admission::Seen, None),
             }
         }
         let host = self.host_id(&req.url);
@@ -1040,19 +1038,12 @@ mod tests {
         let t0 = Instant::now();
         let (window, hosts, per_host) = (32, 200, 40);
         let mut f = Frontier::new(9, false, 2).with_window(window);
-        // The store: spilled rows per host, read back best (depth, seq) first.
-        let mut spilled: HashMap<Arc<str>, Vec<QueuedUrl>> = HashMap::new();
+        let mut store = Spill::default();
         let mut most_held = 0;
-        let offer =
-            |f: &mut Frontier, spilled: &mut HashMap<Arc<str>, Vec<QueuedUrl>>, url: String, depth| {
-                let row = f.offer(Request::new(Url::parse(&url).unwrap(), depth, 0, 0), true).1.unwrap();
-                if !row.held {
-                    spilled.entry(row.host.clone()).or_default().push(row);
-                }
-            };
         for i in 0..per_host {
             for h in 0..hosts {
-                offer(&mut f, &mut spilled, format!("http://h{h}.example/{i}"), 1 + (i % 3) as u32);
+                let url = Url::parse(&format!("http://h{h}.example/{i}")).unwrap();
+                store.keep(f.offer(Request::new(url, 1 + (i % 3) as u32, 0, 0), true).1.unwrap());
             }
             most_held = most_held.max(f.held());
         }
@@ -1079,18 +1070,7 @@ mod tests {
                 break;
             }
             for refill in refills {
-                let rows = spilled.entry(refill.name.clone()).or_default();
-                rows.sort_by_key(|q| (q.depth, q.seq));
-                let back: Vec<QueuedUrl> = rows.drain(..refill.limit.min(rows.len())).collect();
-                let exhausted = back.len() < refill.limit;
-                let back = back
-                    .into_iter()
-                    .map(|q| Request {
-                        seq: q.seq,
-                        ..Request::new(Url::parse(&q.url).unwrap(), q.depth, 0, 0)
-                    })
-                    .collect();
-                f.refilled(&refill, back, exhausted);
+                store.answer(&mut f, &refill);
                 most_held = most_held.max(f.held());
             }
         }

@@ -89,7 +89,8 @@ impl Visited {
         if self.get(key).is_some() {
             return false;
         }
-        self.set(key, m)
+        self.add_new(key, m);
+        true
     }
 
     /// A spilled row of `key` at `depth` is read back: whether it is still the URL's best one

@@ -86,12 +86,17 @@ impl CommitSender {
         host: &str,
         limit: usize,
     ) -> Result<oneshot::Receiver<RefillReply>, SinkError> {
+        self.ask(|reply| Record::Refill { run, host: host.to_owned(), limit, reply }).await
+    }
+
+    /// Sends a request to the writer; its answer comes on the returned channel (closed if the
+    /// writer fails).
+    async fn ask<T>(
+        &self,
+        record: impl FnOnce(oneshot::Sender<T>) -> Record,
+    ) -> Result<oneshot::Receiver<T>, SinkError> {
         let (reply, answer) = oneshot::channel();
-        let record = Record::Refill { run, host: host.to_owned(), limit, reply };
-        self.0
-            .send(record)
-            .await
-            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
+        self.0.send(record(reply)).await.map_err(|_| writer_stopped())?;
         Ok(answer)
     }
 
@@ -103,10 +108,7 @@ impl CommitSender {
     /// Waits until every commit sent before this call is written (or the writer has failed:
     /// then an error).
     pub async fn flush(&self) -> Result<(), SinkError> {
-        let gone = || SinkError { sink: "writer", message: "the writer has stopped".into() };
-        let (reply, answer) = oneshot::channel();
-        self.0.send(Record::Flush(reply)).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
+        self.ask(Record::Flush).await?.await.map_err(|_| writer_stopped())
     }
 
     /// Asks the state store for up to `want` pages of a split run's `max_pages` budget, shared
@@ -118,12 +120,7 @@ impl CommitSender {
         max: u64,
         share: u32,
     ) -> Result<oneshot::Receiver<TakeReply>, SinkError> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Record::Take { run, want, max, share, reply })
-            .await
-            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
-        Ok(answer)
+        self.ask(|reply| Record::Take { run, want, max, share, reply }).await
     }
 
     /// Asks the state store for up to `limit` inbox rows of a split run's partitions, read once
@@ -134,13 +131,21 @@ impl CommitSender {
         limit: usize,
         census: Option<u32>,
     ) -> Result<oneshot::Receiver<PollReply>, SinkError> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Record::Poll { run, limit, census, reply })
-            .await
-            .map_err(|_| SinkError { sink: "writer", message: "the writer has stopped".into() })?;
-        Ok(answer)
+        self.ask(|reply| Record::Poll { run, limit, census, reply }).await
     }
+}
+
+fn writer_stopped() -> SinkError {
+    SinkError { sink: "writer", message: "the writer has stopped".into() }
+}
+
+/// The answer of the first sink that keeps (or shares) crawl state to a request for it.
+fn state_answer<T>(
+    sinks: &mut [Box<dyn Sink>],
+    ask: impl FnMut(&mut Box<dyn Sink>) -> Option<Result<T, SinkError>>,
+    none: &str,
+) -> Result<T, SinkError> {
+    sinks.iter_mut().find_map(ask).unwrap_or_else(|| Err(SinkError { sink: "writer", message: none.into() }))
 }
 
 /// Batches commits into the sinks on a background task: a batch is written when it is full, when
@@ -225,6 +230,9 @@ async fn write_loop(
     }
 }
 
+const KEEPS_NONE: &str = "no store keeps crawl state";
+const SHARES_NONE: &str = "no store shares crawl state";
+
 /// Writes records in order: runs of commits as one batch per sink, a refill after the commits
 /// before it. Returns the items stored.
 fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u64, SinkError> {
@@ -245,11 +253,7 @@ fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u6
             Record::Commit(c) => group.push(c),
             Record::Refill { run, host, limit, reply } => {
                 flush(sinks, &mut group)?;
-                let answer =
-                    sinks.iter_mut().find_map(|s| s.refill(&run, &host, limit)).unwrap_or_else(|| {
-                        Err(SinkError { sink: "writer", message: "no store keeps crawl state".into() })
-                    });
-                let _ = reply.send(answer);
+                let _ = reply.send(state_answer(sinks, |s| s.refill(&run, &host, limit), KEEPS_NONE));
             }
             Record::Flush(reply) => {
                 flush(sinks, &mut group)?;
@@ -257,19 +261,12 @@ fn write_records(sinks: &mut [Box<dyn Sink>], records: Vec<Record>) -> Result<u6
             }
             Record::Poll { run, limit, census, reply } => {
                 flush(sinks, &mut group)?;
-                let answer =
-                    sinks.iter_mut().find_map(|s| s.poll(&run, limit, census)).unwrap_or_else(|| {
-                        Err(SinkError { sink: "writer", message: "no store shares crawl state".into() })
-                    });
-                let _ = reply.send(answer);
+                let _ = reply.send(state_answer(sinks, |s| s.poll(&run, limit, census), SHARES_NONE));
             }
             Record::Take { run, want, max, share, reply } => {
                 flush(sinks, &mut group)?;
-                let answer =
-                    sinks.iter_mut().find_map(|s| s.take_pages(&run, want, max, share)).unwrap_or_else(
-                        || Err(SinkError { sink: "writer", message: "no store shares crawl state".into() }),
-                    );
-                let _ = reply.send(answer);
+                let _ =
+                    reply.send(state_answer(sinks, |s| s.take_pages(&run, want, max, share), SHARES_NONE));
             }
         }
     }
