@@ -9,6 +9,9 @@ use crawler::commands::{crawl, ctl, master, version};
 use crawler::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad flags or config.
 const EXIT_USAGE: u8 = 2;
 /// Exit code when not one seed of any task could be fetched.
