@@ -79,12 +79,29 @@ pub struct SqliteSink {
     conn: Connection,
     /// Columns known to exist, per table.
     columns: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// Upsert statements built so far, one per table and field list (a rule's items share
+    /// their names, so a lookup mostly compares pointers).
+    upserts: Vec<Upsert>,
+}
+
+struct Upsert {
+    table: Arc<str>,
+    fields: Vec<Arc<str>>,
+    sql: String,
+}
+
+impl Upsert {
+    fn fits(&self, item: &Item) -> bool {
+        self.table == item.table
+            && self.fields.len() == item.fields.len()
+            && self.fields.iter().zip(&item.fields).all(|(a, (b, _))| a == b)
+    }
 }
 
 impl SqliteSink {
     /// Opens (or creates) the database file and its state tables.
     pub fn open(path: &Path) -> Result<SqliteSink, SinkError> {
-        Ok(SqliteSink { conn: connect(path)?, columns: HashMap::new() })
+        Ok(SqliteSink { conn: connect(path)?, columns: HashMap::new(), upserts: Vec::new() })
     }
 
     /// Creates the table, or adds the columns it lacks.
@@ -121,6 +138,19 @@ impl SqliteSink {
         self.columns.insert(table.clone(), existing);
         Ok(())
     }
+
+    /// The upsert statement for an item's table and fields, built once for each.
+    fn upsert_for(&mut self, item: &Item) -> usize {
+        if let Some(i) = self.upserts.iter().position(|u| u.fits(item)) {
+            return i;
+        }
+        self.upserts.push(Upsert {
+            table: item.table.clone(),
+            fields: item.fields.iter().map(|(f, _)| f.clone()).collect(),
+            sql: upsert_sql(item),
+        });
+        self.upserts.len() - 1
+    }
 }
 
 fn upsert_sql(item: &Item) -> String {
@@ -138,8 +168,8 @@ fn upsert_sql(item: &Item) -> String {
     )
 }
 
-fn write_item(tx: &Transaction, item: &Item) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(&upsert_sql(item))?;
+fn write_item(tx: &Transaction, sql: &str, item: &Item) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(sql)?;
     let task: &str = &item.task;
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&task, &item.url, &item.crawled_at];
     for (_, v) in &item.fields {
@@ -206,8 +236,16 @@ fn write_state(
 
 impl Sink for SqliteSink {
     fn write(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
-        for item in batch.iter().filter_map(|c| c.item.as_ref()) {
-            self.ensure_table(item)?;
+        // Each commit's upsert statement (by index into `self.upserts`), when it has an item.
+        let mut upserts = Vec::with_capacity(batch.len());
+        for c in batch {
+            upserts.push(match &c.item {
+                Some(item) => {
+                    self.ensure_table(item)?;
+                    Some(self.upsert_for(item))
+                }
+                None => None,
+            });
         }
         let tx = self.conn.transaction().map_err(sqlite_err)?;
         // Whether each run's owner still holds it, checked once per batch inside the transaction
@@ -216,7 +254,7 @@ impl Sink for SqliteSink {
         let mut holds: HashMap<*const RunHandle, bool> = HashMap::new();
         let handled: HashSet<(i64, u64)> =
             batch.iter().filter_map(|c| Some((c.run.as_ref()?.id, c.page?.0))).collect();
-        for c in batch {
+        for (c, upsert) in batch.iter().zip(upserts) {
             if let Some(run) = &c.run {
                 let held = match holds.get(&Arc::as_ptr(run)) {
                     Some(h) => *h,
@@ -231,8 +269,8 @@ impl Sink for SqliteSink {
                     continue;
                 }
             }
-            if let Some(item) = &c.item {
-                write_item(&tx, item).map_err(sqlite_err)?;
+            if let (Some(item), Some(i)) = (&c.item, upsert) {
+                write_item(&tx, &self.upserts[i].sql, item).map_err(sqlite_err)?;
             }
             if let Some(run) = &c.run {
                 write_state(&tx, run.id, c, &handled).map_err(sqlite_err)?;
