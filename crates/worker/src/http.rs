@@ -53,6 +53,11 @@ async fn metrics(State(r): State<Runner>) -> Response {
         "# TYPE crawler_worker_unknown_tasks_total counter\ncrawler_worker_unknown_tasks_total {}",
         r.unknown_tasks()
     );
+    let _ = writeln!(
+        s,
+        "# TYPE crawler_worker_unreadable_resources gauge\ncrawler_worker_unreadable_resources {}",
+        r.unreadable_resources()
+    );
     let statuses = r.statuses().await;
     for (metric, kind) in [
         ("pages", "counter"),

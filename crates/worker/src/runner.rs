@@ -115,6 +115,10 @@ struct Inner {
     stopping: CancellationToken,
     /// Crawls that broke off: how often each was started again, and when it may be next.
     restarts: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    /// Resource records decoded so far, by name, with the bytes they were decoded from
+    /// (`None`: unreadable). A record is decoded, and an unreadable one reported, once per
+    /// change, not at every reconcile.
+    records: std::sync::Mutex<HashMap<String, (Vec<u8>, Option<ResourceRecord>)>>,
 }
 
 impl Runner {
@@ -140,6 +144,7 @@ impl Runner {
             registry: std::sync::Mutex::new(None),
             stopping: CancellationToken::new(),
             restarts: std::sync::Mutex::new(HashMap::new()),
+            records: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -192,23 +197,48 @@ impl Runner {
         self.0.unknown_tasks.load(Relaxed)
     }
 
+    /// Resource records that cannot be read, as of the last reconcile.
+    pub fn unreadable_resources(&self) -> usize {
+        self.0.records.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|(_, r)| r.is_none()).count()
+    }
+
+    /// The snapshot's records, decoded: each only when it changed since the last call.
+    fn decode(&self, snap: &Snapshot) -> Vec<(String, ResourceRecord, i64)> {
+        let mut records = self.0.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.retain(|name, _| snap.entries.contains_key(name));
+        let mut out = Vec::with_capacity(snap.entries.len());
+        for (name, e) in &snap.entries {
+            let decoded = match records.get(name) {
+                Some((value, r)) if *value == e.value => r.clone(),
+                _ => {
+                    let r = ResourceRecord::decode(name, &e.value)
+                        .inspect_err(
+                            |err| tracing::warn!(resource = %name, error = %err, "unreadable resource"),
+                        )
+                        .ok();
+                    records.insert(name.clone(), (e.value.clone(), r.clone()));
+                    r
+                }
+            };
+            if let Some(r) = decoded {
+                out.push((name.clone(), r, e.mod_revision));
+            }
+        }
+        out
+    }
+
     /// Makes the running crawls match the resources assigned to this worker.
     pub async fn reconcile(&self, snap: &Snapshot) {
         let mut desired: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
-        let mut ids: HashMap<&str, String> = HashMap::new();
-        for (name, e) in &snap.entries {
-            match ResourceRecord::decode(name, &e.value) {
-                Ok(r) => {
-                    ids.insert(name, r.id.clone());
-                    let mine = match &r.partitions {
-                        Some(p) => p.owners.iter().any(|o| *o == self.0.id),
-                        None => r.assigned_node == self.0.id,
-                    };
-                    if mine {
-                        desired.insert(name.clone(), (r, e.mod_revision));
-                    }
-                }
-                Err(err) => tracing::warn!(resource = %name, error = %err, "unreadable resource"),
+        let mut ids: HashMap<String, String> = HashMap::new();
+        for (name, r, revision) in self.decode(snap) {
+            ids.insert(name.clone(), r.id.clone());
+            let mine = match &r.partitions {
+                Some(p) => p.owners.iter().any(|o| *o == self.0.id),
+                None => r.assigned_node == self.0.id,
+            };
+            if mine {
+                desired.insert(name, (r, revision));
             }
         }
         let mut running = self.0.running.lock().await;
@@ -611,6 +641,30 @@ mod tests {
         assert_eq!(r.0.running.lock().await["x"].resource_id, "id9");
         r.reconcile(&snapshot(&[])).await;
         assert!(names(&r).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn decodes_a_record_once_per_change_and_counts_unreadable_ones() {
+        let (r, _w) = runner().await;
+        let mut snap = snapshot(&[("known", "id2", "w1", None)]);
+        let bad = Entry { value: b"{not json".to_vec(), create_revision: 2, mod_revision: 2, lease: 0 };
+        snap.entries.insert("bad".into(), bad);
+        r.reconcile(&snap).await;
+        assert_eq!(names(&r).await, ["known"]);
+        assert_eq!(r.unreadable_resources(), 1);
+        r.reconcile(&snap).await;
+        assert_eq!(r.unreadable_resources(), 1, "still one, not one more per reconcile");
+        // The bad record mended (a new value under the same name): read and run.
+        let mended = snapshot(&[("known", "id2", "w1", None), ("bad", "id5", "w1", inline())]);
+        r.reconcile(&mended).await;
+        assert_eq!(r.unreadable_resources(), 0);
+        assert_eq!(names(&r).await, ["bad", "known"]);
+        // A changed record is read again even at the same revision: moved away, it stops here.
+        r.reconcile(&snapshot(&[("known", "id2", "w1", None), ("bad", "id5", "w2", inline())])).await;
+        assert_eq!(names(&r).await, ["known"]);
+        // A deleted record is forgotten.
+        r.reconcile(&snapshot(&[])).await;
+        assert!(r.0.records.lock().unwrap().is_empty());
     }
 
     /// A store that refuses every batch: its writer stops at the first.
