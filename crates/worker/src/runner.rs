@@ -99,6 +99,9 @@ struct Running {
 #[derive(Clone)]
 pub struct Runner(Arc<Inner>);
 
+/// Resource records by name, with the bytes each was decoded from (`None`: unreadable).
+type Decoded = HashMap<String, (Vec<u8>, Option<ResourceRecord>)>;
+
 struct Inner {
     id: String,
     tasks: HashMap<String, TaskSpec>,
@@ -118,7 +121,7 @@ struct Inner {
     /// Resource records decoded so far, by name, with the bytes they were decoded from
     /// (`None`: unreadable). A record is decoded, and an unreadable one reported, once per
     /// change, not at every reconcile.
-    records: std::sync::Mutex<HashMap<String, (Vec<u8>, Option<ResourceRecord>)>>,
+    records: std::sync::Mutex<Decoded>,
 }
 
 impl Runner {
