@@ -219,16 +219,24 @@ max_depth = 100
         (s, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
     }
 
-    /// A follower's address (any master that is not the leader).
+    /// The leader's id and a follower's address (any live master that is not the leader),
+    /// once every live master knows the same leader.
     pub async fn leader_and_follower(&self) -> (String, String) {
         let started = Instant::now();
         loop {
             assert!(started.elapsed() < Duration::from_secs(20), "no leader with a live follower in 20 s");
-            for m in &self.masters {
-                if let Some((200, v)) = self.get(&m.http, "/crawler/leader").await {
-                    let leader = v["id"].as_str().unwrap().to_owned();
-                    if let Some(f) = self.masters.iter().find(|x| x.id != leader && x.child.is_some()) {
-                        return (leader, f.http.clone());
+            // Every live master must know the leader: one that does not yet answers 503.
+            let mut seen = Vec::new();
+            for m in self.masters.iter().filter(|m| m.child.is_some()) {
+                seen.push(match self.get(&m.http, "/crawler/leader").await {
+                    Some((200, v)) => v["id"].as_str().map(str::to_owned),
+                    _ => None,
+                });
+            }
+            if let Some(Some(leader)) = seen.first() {
+                if seen.iter().all(|s| s.as_ref() == Some(leader)) {
+                    if let Some(f) = self.masters.iter().find(|x| x.id != *leader && x.child.is_some()) {
+                        return (leader.clone(), f.http.clone());
                     }
                 }
             }
