@@ -21,6 +21,8 @@ use url::Url;
 
 use crate::config::EngineConfig;
 
+mod plain;
+
 /// A successful fetch.
 #[derive(Debug)]
 pub enum Fetched {
@@ -124,6 +126,8 @@ pub struct FetchReport {
 
 /// Shared fetching machinery. Cheap to share via `Arc`; one per process.
 pub struct Fetcher {
+    /// Plain `http://` requests, when no proxy is configured.
+    plain: Option<plain::Plain>,
     clients: Vec<Client>,
     next: AtomicUsize,
     global: Arc<Semaphore>,
@@ -167,7 +171,14 @@ impl Fetcher {
         } else {
             cfg.proxies.iter().map(|p| build(Some(p))).collect::<Result<_, _>>()?
         };
+        let plain = if cfg.proxies.is_empty() {
+            let idle = cfg.per_host.min(cfg.concurrency);
+            Some(plain::Plain::new(&cfg.user_agent, idle).map_err(ClientError)?)
+        } else {
+            None
+        };
         Ok(Fetcher {
+            plain,
             clients,
             next: AtomicUsize::new(0),
             global: Arc::new(Semaphore::new(cfg.concurrency)),
@@ -266,14 +277,22 @@ impl Fetcher {
                 }
             }
         };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        let mut req = self.clients[i].get(url.as_str());
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c.clone());
-        }
-        let mut resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Attempt::Retry(classify(&e), None),
+        let mut resp = match (&self.plain, url.scheme()) {
+            (Some(plain), "http") => match plain.get(url, cookie, self.cfg.timeout.0).await {
+                Ok(r) => Response::Plain(r),
+                Err(e) => return Attempt::Retry(e, None),
+            },
+            _ => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+                let mut req = self.clients[i].get(url.as_str());
+                if let Some(c) = cookie {
+                    req = req.header(COOKIE, c.clone());
+                }
+                match req.send().await {
+                    Ok(r) => Response::General(r),
+                    Err(e) => return Attempt::Retry(classify(&e), None),
+                }
+            }
         };
         *responses += 1;
         let status = resp.status();
@@ -306,7 +325,7 @@ impl Fetcher {
         }
         let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(max) as usize);
         loop {
-            match resp.chunk().await {
+            match resp.chunk(self.plain.as_ref()).await {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
                         if !cut {
@@ -318,10 +337,47 @@ impl Fetcher {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Attempt::Retry(classify(&e), None),
+                Err(e) => return Attempt::Retry(e, None),
             }
         }
         Attempt::Done(Fetched::Body { status: status.as_u16(), content_type, body: body.freeze() })
+    }
+}
+
+/// A response from either client.
+enum Response {
+    Plain(plain::Response),
+    General(reqwest::Response),
+}
+
+impl Response {
+    fn status(&self) -> StatusCode {
+        match self {
+            Response::Plain(r) => r.status(),
+            Response::General(r) => r.status(),
+        }
+    }
+
+    fn headers(&self) -> &reqwest::header::HeaderMap {
+        match self {
+            Response::Plain(r) => r.headers(),
+            Response::General(r) => r.headers(),
+        }
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        match self {
+            Response::Plain(r) => r.content_length(),
+            Response::General(r) => r.content_length(),
+        }
+    }
+
+    async fn chunk(&mut self, plain: Option<&plain::Plain>) -> Result<Option<Bytes>, FetchError> {
+        match (self, plain) {
+            (Response::Plain(r), Some(plain)) => r.chunk(plain).await,
+            (Response::Plain(_), None) => Ok(None),
+            (Response::General(r), _) => r.chunk().await.map_err(|e| classify(&e)),
+        }
     }
 }
 

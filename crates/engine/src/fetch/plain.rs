@@ -1,0 +1,482 @@
+//! Plain `http://` without a proxy, the common case of a crawl: HTTP/1.1 over hyper's connection
+//! API with a keep-alive pool of our own, per host and port. Everything else (TLS, HTTP/2,
+//! proxies) goes through reqwest.
+//!
+//! It does what the general client would for these requests, with less in the way: no URL
+//! re-parsed into a URI, no middleware layers, a pool keyed by the host and port it is given.
+//! `Accept-Encoding: gzip`, decoded here in small steps, so a small compressed body cannot
+//! expand into a large buffer before the caller's size limit sees it.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, COOKIE, HOST, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use url::{Host, Url};
+
+use super::FetchError;
+
+/// How long an idle connection is kept.
+const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// Compressed bytes fed to the gzip decoder at a time (deflate expands at most about 1,000 to 1).
+const GUNZIP_STEP: usize = 1024;
+
+/// Idle connections are swept of closed and expired ones after this many returns.
+const SWEEP_EVERY: u32 = 1024;
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+/// The plain HTTP/1.1 client: its pool and the headers every request carries.
+pub(super) struct Plain {
+    idle: Mutex<Pool>,
+    max_idle: usize,
+    user_agent: HeaderValue,
+}
+
+#[derive(Default)]
+struct Pool {
+    hosts: HashMap<String, Vec<(Sender, Instant)>>,
+    returns: u32,
+}
+
+/// A response being read. Its connection goes back to the pool once the body has been read to
+/// its end; dropped before that, the connection is closed.
+pub(super) struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Incoming,
+    gunzip: Option<Box<Gunzip>>,
+    /// The connection and its pool key, until the body ends.
+    conn: Option<(Sender, String)>,
+    deadline: tokio::time::Instant,
+}
+
+struct Gunzip {
+    decoder: flate2::write::GzDecoder<Vec<u8>>,
+    pending: Bytes,
+    done: bool,
+}
+
+impl Plain {
+    pub(super) fn new(user_agent: &str, max_idle: usize) -> Result<Plain, String> {
+        let user_agent = HeaderValue::from_str(user_agent).map_err(|e| e.to_string())?;
+        Ok(Plain { idle: Mutex::new(Pool::default()), max_idle: max_idle.max(1), user_agent })
+    }
+
+    /// Sends a GET for `url` (an `http` URL), within `timeout` from now for the whole exchange
+    /// (connection, response and body).
+    pub(super) async fn get(
+        &self,
+        url: &Url,
+        cookie: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<Response, FetchError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (resp, sender, key) = match tokio::time::timeout_at(deadline, self.send(url, cookie)).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(FetchError::Timeout),
+        };
+        let (head, body) = resp.into_parts();
+        let gunzip = head
+            .headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
+            .then(|| {
+                Box::new(Gunzip {
+                    decoder: flate2::write::GzDecoder::new(Vec::new()),
+                    pending: Bytes::new(),
+                    done: false,
+                })
+            });
+        Ok(Response {
+            status: head.status,
+            headers: head.headers,
+            body,
+            gunzip,
+            conn: Some((sender, key)),
+            deadline,
+        })
+    }
+
+    /// Sends the request on a pooled connection or a new one: the response's head, the
+    /// connection and its pool key.
+    async fn send(
+        &self,
+        url: &Url,
+        cookie: Option<&HeaderValue>,
+    ) -> Result<(http::Response<Incoming>, Sender, String), FetchError> {
+        let host = url.host().ok_or_else(|| FetchError::Network("URL without a host".into()))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let key = format!("{authority}:{port}");
+        // A pooled connection the server closed while it sat idle fails before any answer:
+        // the request (a GET) is sent again on a new connection, once.
+        let mut pooled = true;
+        loop {
+            let checked_out = if pooled { self.checkout(&key).await } else { None };
+            let mut sender = match checked_out {
+                Some(s) => s,
+                None => {
+                    pooled = false;
+                    connect(&host, port).await?
+                }
+            };
+            let mut req = Request::get(target.as_str())
+                .header(HOST, authority.as_str())
+                .header(USER_AGENT, self.user_agent.clone())
+                .header(ACCEPT, HeaderValue::from_static("*/*"))
+                .header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            if let Some(c) = cookie {
+                req = req.header(COOKIE, c.clone());
+            }
+            let req = req.body(Empty::new()).map_err(|e| FetchError::Network(e.to_string()))?;
+            match sender.send_request(req).await {
+                Ok(resp) => return Ok((resp, sender, key)),
+                Err(_) if pooled => pooled = false,
+                Err(e) => return Err(network(&e)),
+            }
+        }
+    }
+
+    /// A live idle connection to `key`, ready for a request.
+    async fn checkout(&self, key: &str) -> Option<Sender> {
+        loop {
+            let found = {
+                let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let idle = pool.hosts.get_mut(key)?;
+                let now = Instant::now();
+                std::iter::from_fn(|| idle.pop())
+                    .find(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR)
+            };
+            let (mut sender, _) = found?;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn put_back(&self, sender: Sender, key: String) {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        pool.returns = pool.returns.wrapping_add(1);
+        if pool.returns % SWEEP_EVERY == 0 {
+            let now = Instant::now();
+            pool.hosts.retain(|_, idle| {
+                idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR);
+                !idle.is_empty()
+            });
+        }
+        let idle = pool.hosts.entry(key).or_default();
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
+    let stream = match host {
+        Host::Domain(d) => TcpStream::connect((*d, port)).await,
+        Host::Ipv4(ip) => TcpStream::connect(SocketAddr::from((*ip, port))).await,
+        Host::Ipv6(ip) => TcpStream::connect(SocketAddr::from((*ip, port))).await,
+    }
+    .map_err(|e| FetchError::Network(e.to_string()))?;
+    stream.set_nodelay(true).map_err(|e| FetchError::Network(e.to_string()))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| network(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// The innermost cause of an error, which says the most ("connection reset by peer").
+fn network(e: &(dyn std::error::Error + 'static)) -> FetchError {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    FetchError::Network(cause.to_string())
+}
+
+impl Response {
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(super) fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body's length, when it is sent as is and says so.
+    pub(super) fn content_length(&self) -> Option<u64> {
+        if self.gunzip.is_some() {
+            return None;
+        }
+        self.headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    }
+
+    /// The next piece of the (decoded) body; `None` at its end, when the connection goes back
+    /// to `plain`'s pool.
+    pub(super) async fn chunk(&mut self, plain: &Plain) -> Result<Option<Bytes>, FetchError> {
+        loop {
+            if let Some(g) = &mut self.gunzip {
+                if let Some(out) = g.step()? {
+                    return Ok(Some(out));
+                }
+                if g.done {
+                    return Ok(None);
+                }
+            }
+            let frame = match tokio::time::timeout_at(self.deadline, self.body.frame()).await {
+                Err(_) => return Err(FetchError::Timeout),
+                Ok(None) => None,
+                Ok(Some(Ok(frame))) => Some(frame),
+                Ok(Some(Err(e))) => return Err(network(&e)),
+            };
+            let Some(frame) = frame else {
+                if let Some((sender, key)) = self.conn.take() {
+                    plain.put_back(sender, key);
+                }
+                match &mut self.gunzip {
+                    Some(g) => g.finish()?,
+                    None => return Ok(None),
+                }
+                continue;
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            match &mut self.gunzip {
+                Some(g) => g.pending = data,
+                None if data.is_empty() => {}
+                None => return Ok(Some(data)),
+            }
+        }
+    }
+}
+
+impl Gunzip {
+    /// Decodes the next step of what is pending; `None` once it is all decoded.
+    fn step(&mut self) -> Result<Option<Bytes>, FetchError> {
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(GUNZIP_STEP);
+            self.decoder.write_all(&self.pending[..n]).map_err(gzip_error)?;
+            self.pending.advance(n);
+            let out = std::mem::take(self.decoder.get_mut());
+            if !out.is_empty() {
+                return Ok(Some(out.into()));
+            }
+        }
+        let out = std::mem::take(self.decoder.get_mut());
+        Ok((!out.is_empty()).then(|| out.into()))
+    }
+
+    /// The body has ended: the stream must be complete.
+    fn finish(&mut self) -> Result<(), FetchError> {
+        self.decoder.try_finish().map_err(gzip_error)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+fn gzip_error(e: std::io::Error) -> FetchError {
+    FetchError::Network(format!("gzip: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{FetchError, Fetched, Fetcher, Want};
+    use crate::config::EngineConfig;
+    use crate::units::{ByteSize, HumanDuration};
+
+    /// What the test server does with one request (given its number on its connection, from
+    /// 0, and its head): the bytes it writes, then whether it closes the connection (without
+    /// saying so in a header).
+    type Answer = (Vec<u8>, bool);
+
+    /// A raw HTTP/1.1 server on 127.0.0.1: it counts connections and keeps each request head.
+    struct Server {
+        addr: std::net::SocketAddr,
+        accepts: Arc<AtomicUsize>,
+        heads: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    async fn server(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer = Arc::new(answer);
+        let (a, h) = (accepts.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                a.fetch_add(1, SeqCst);
+                let (answer, heads) = (answer.clone(), h.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut served = 0;
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = sock.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            heads.lock().unwrap().push(head.clone());
+                            let (bytes, close) = answer(served, &head);
+                            served += 1;
+                            if sock.write_all(&bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Server { addr, accepts, heads }
+    }
+
+    fn html(body: &[u8], extra: &str) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\n{extra}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn fetcher(cfg: EngineConfig) -> Fetcher {
+        Fetcher::new(EngineConfig { retries: 0, ..cfg }).unwrap()
+    }
+
+    async fn get(f: &Fetcher, url: &str) -> (Result<Fetched, FetchError>, u32) {
+        let report = f.fetch(&url.parse().unwrap(), None, Want::Html, &CancellationToken::new()).await;
+        (report.result, report.tries)
+    }
+
+    fn body_of(r: Result<Fetched, FetchError>) -> Vec<u8> {
+        match r {
+            Ok(Fetched::Body { body, .. }) => body.to_vec(),
+            other => panic!("expected a body, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_keep_alive_connection_serves_a_host_with_the_usual_headers() {
+        let s = server(|_, _| (html(b"<p>hi</p>", ""), false)).await;
+        let f = fetcher(EngineConfig { user_agent: "tester/1".into(), ..EngineConfig::default() });
+        for i in 0..20 {
+            let (r, _) = get(&f, &format!("http://{}/a/b?i={i}#frag", s.addr)).await;
+            assert_eq!(body_of(r), b"<p>hi</p>");
+        }
+        assert_eq!(s.accepts.load(SeqCst), 1, "every request on the one connection");
+        let heads = s.heads.lock().unwrap().clone();
+        let first = heads[0].to_ascii_lowercase();
+        assert!(first.starts_with("get /a/b?i=0 http/1.1\r\n"), "{first}");
+        for header in
+            [format!("host: {}", s.addr), "user-agent: tester/1".into(), "accept-encoding: gzip".into()]
+        {
+            assert!(first.contains(&header), "{header} missing from {first}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_while_idle_is_replaced_without_a_retry() {
+        // Each connection answers its first request and keeps open, then closes on the second
+        // without an answer: the client finds it dead only once it has sent on it.
+        let s = server(|n, _| if n == 0 { (html(b"ok", ""), false) } else { (Vec::new(), true) }).await;
+        let f = fetcher(EngineConfig::default());
+        for _ in 0..5 {
+            let (r, tries) = get(&f, &format!("http://{}/", s.addr)).await;
+            assert_eq!(body_of(r), b"ok");
+            assert_eq!(tries, 1, "not counted as a retry");
+        }
+        assert_eq!(s.accepts.load(SeqCst), 5);
+        assert_eq!(s.heads.lock().unwrap().len(), 9, "four requests sent on a dead connection first");
+    }
+
+    #[tokio::test]
+    async fn gzip_is_decoded_and_a_bomb_stops_at_the_size_limit() {
+        let page = b"<html><body>".repeat(1000);
+        let small = gzip(&page);
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        let s = server(move |_, head| match head.split_whitespace().nth(1) {
+            Some("/page") => (html(&small, "content-encoding: gzip\r\n"), false),
+            Some("/bomb") => (html(&bomb, "content-encoding: gzip\r\n"), false),
+            _ => (html(b"\x1f\x8bnot gzip at all", "content-encoding: gzip\r\n"), false),
+        })
+        .await;
+        let f = fetcher(EngineConfig { max_body: ByteSize(1 << 20), ..EngineConfig::default() });
+        let (r, _) = get(&f, &format!("http://{}/page", s.addr)).await;
+        assert_eq!(body_of(r), page);
+        let (r, _) = get(&f, &format!("http://{}/bomb", s.addr)).await;
+        assert_eq!(r.unwrap_err(), FetchError::TooLarge(1 << 20));
+        match get(&f, &format!("http://{}/broken", s.addr)).await.0 {
+            Err(FetchError::Network(m)) => assert!(m.starts_with("gzip: "), "{m}"),
+            other => panic!("expected a gzip error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_times_out() {
+        let s = server(|_, _| {
+            // Says 100 bytes, sends 10, then nothing (the connection stays open).
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 100\r\n\r\n0123456789"
+                    .to_vec(),
+                false,
+            )
+        })
+        .await;
+        let timeout = HumanDuration(std::time::Duration::from_millis(300));
+        let f = fetcher(EngineConfig { timeout, ..EngineConfig::default() });
+        let started = std::time::Instant::now();
+        let (r, _) = get(&f, &format!("http://{}/", s.addr)).await;
+        assert_eq!(r.unwrap_err(), FetchError::Timeout);
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_network_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        match get(&fetcher(EngineConfig::default()), &format!("http://{addr}/")).await.0 {
+            Err(FetchError::Network(m)) => assert!(m.to_lowercase().contains("refused"), "{m}"),
+            other => panic!("expected a network error, got {other:?}"),
+        }
+    }
+}
