@@ -277,8 +277,13 @@ impl Fetcher {
                 }
             }
         };
-        let mut resp = match (&self.plain, url.scheme()) {
-            (Some(plain), "http") => match plain.get(url, cookie, self.cfg.timeout.0).await {
+        // Credentials in the URL (sent as Basic auth) are left to reqwest.
+        let plain = self
+            .plain
+            .as_ref()
+            .filter(|_| url.scheme() == "http" && url.username().is_empty() && url.password().is_none());
+        let mut resp = match plain {
+            Some(plain) => match plain.get(url, cookie, self.cfg.timeout.0).await {
                 Ok(r) => Response::Plain(r),
                 Err(e) => return Attempt::Retry(e, None),
             },
@@ -325,7 +330,7 @@ impl Fetcher {
         }
         let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(max) as usize);
         loop {
-            match resp.chunk(self.plain.as_ref()).await {
+            match resp.chunk().await {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
                         if !cut {
@@ -372,11 +377,10 @@ impl Response {
         }
     }
 
-    async fn chunk(&mut self, plain: Option<&plain::Plain>) -> Result<Option<Bytes>, FetchError> {
-        match (self, plain) {
-            (Response::Plain(r), Some(plain)) => r.chunk(plain).await,
-            (Response::Plain(_), None) => Ok(None),
-            (Response::General(r), _) => r.chunk().await.map_err(|e| classify(&e)),
+    async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        match self {
+            Response::Plain(r) => r.chunk().await,
+            Response::General(r) => r.chunk().await.map_err(|e| classify(&e)),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -38,13 +38,18 @@ type Sender = SendRequest<Empty<Bytes>>;
 
 /// The plain HTTP/1.1 client: its pool and the headers every request carries.
 pub(super) struct Plain {
-    idle: Mutex<Pool>,
-    max_idle: usize,
+    pool: Arc<Pool>,
     user_agent: HeaderValue,
 }
 
-#[derive(Default)]
+/// Idle connections by host and port.
 struct Pool {
+    idle: Mutex<Idle>,
+    max_idle: usize,
+}
+
+#[derive(Default)]
+struct Idle {
     hosts: HashMap<String, Vec<(Sender, Instant)>>,
     returns: u32,
 }
@@ -58,6 +63,7 @@ pub(super) struct Response {
     gunzip: Option<Box<Gunzip>>,
     /// The connection and its pool key, until the body ends.
     conn: Option<(Sender, String)>,
+    pool: Arc<Pool>,
     deadline: tokio::time::Instant,
 }
 
@@ -70,7 +76,8 @@ struct Gunzip {
 impl Plain {
     pub(super) fn new(user_agent: &str, max_idle: usize) -> Result<Plain, String> {
         let user_agent = HeaderValue::from_str(user_agent).map_err(|e| e.to_string())?;
-        Ok(Plain { idle: Mutex::new(Pool::default()), max_idle: max_idle.max(1), user_agent })
+        let pool = Arc::new(Pool { idle: Mutex::new(Idle::default()), max_idle: max_idle.max(1) });
+        Ok(Plain { pool, user_agent })
     }
 
     /// Sends a GET for `url` (an `http` URL), within `timeout` from now for the whole exchange
@@ -104,6 +111,7 @@ impl Plain {
             body,
             gunzip,
             conn: Some((sender, key)),
+            pool: self.pool.clone(),
             deadline,
         })
     }
@@ -130,7 +138,7 @@ impl Plain {
         // the request (a GET) is sent again on a new connection, once.
         let mut pooled = true;
         loop {
-            let checked_out = if pooled { self.checkout(&key).await } else { None };
+            let checked_out = if pooled { self.pool.checkout(&key).await } else { None };
             let mut sender = match checked_out {
                 Some(s) => s,
                 None => {
@@ -154,7 +162,9 @@ impl Plain {
             }
         }
     }
+}
 
+impl Pool {
     /// A live idle connection to `key`, ready for a request.
     async fn checkout(&self, key: &str) -> Option<Sender> {
         loop {
@@ -233,8 +243,8 @@ impl Response {
     }
 
     /// The next piece of the (decoded) body; `None` at its end, when the connection goes back
-    /// to `plain`'s pool.
-    pub(super) async fn chunk(&mut self, plain: &Plain) -> Result<Option<Bytes>, FetchError> {
+    /// to the pool.
+    pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         loop {
             if let Some(g) = &mut self.gunzip {
                 if let Some(out) = g.step()? {
@@ -252,7 +262,7 @@ impl Response {
             };
             let Some(frame) = frame else {
                 if let Some((sender, key)) = self.conn.take() {
-                    plain.put_back(sender, key);
+                    self.pool.put_back(sender, key);
                 }
                 match &mut self.gunzip {
                     Some(g) => g.finish()?,
@@ -411,6 +421,15 @@ mod tests {
         {
             assert!(first.contains(&header), "{header} missing from {first}");
         }
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_are_sent_as_basic_auth() {
+        let s = server(|_, _| (html(b"ok", ""), false)).await;
+        let (r, _) = get(&fetcher(EngineConfig::default()), &format!("http://user:pw@{}/", s.addr)).await;
+        assert_eq!(body_of(r), b"ok");
+        let head = s.heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(head.contains("authorization: basic dxnlcjpwdw=="), "{head}");
     }
 
     #[tokio::test]
