@@ -70,14 +70,6 @@ pub async fn run(
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
     runner.set_registry(registry.clone());
-    {
-        // A reconcile waiting for a partition's release must not hold the shutdown up.
-        let (runner, shutdown) = (runner.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            runner.shutting_down();
-        });
-    }
 
     let server = axum::serve(http, http::router(runner.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -150,8 +142,13 @@ async fn follow(
                     _ = shutdown.cancelled() => break,
                     _ = done.cancelled() => break,
                     changed = resources.changed() => if changed.is_none() { break },
-                    // Also now and then: a crawl that broke off on an error is started again.
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    // Also now and then: a crawl that broke off on an error is started again,
+                    // and, soon, a share that waits for a partition's release.
+                    _ = tokio::time::sleep(if runner.waiting_for_release() {
+                        runner::RELEASE_POLL
+                    } else {
+                        Duration::from_secs(2)
+                    }) => {}
                     _ = &mut keep, if !kept => kept = true,
                 }
             }

@@ -11,7 +11,9 @@
 //! partitions it owns. When that set changes, the share is drained (what is in flight finishes
 //! and is committed, the partitions are released) and started again with the new set. A
 //! partition that moves here from a live worker is opened only once that worker has released
-//! it (or its registration is gone), so no host is ever fetched by two workers at once.
+//! it (or its registration is gone), so no host is ever fetched by two workers at once. Such a
+//! share waits between reconciles, not inside one: the worker's other resources are followed
+//! meanwhile, and reconciles come every [`RELEASE_POLL`] until it has started.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -31,6 +33,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a partition's previous owner, still registered, may take to release it before
 /// it is taken anyway (its commits are refused from then on).
 const RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a share waiting for a partition's release tries again.
+pub(crate) const RELEASE_POLL: Duration = Duration::from_millis(100);
 
 /// How stopping a crawl treats its requests in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,8 +119,8 @@ struct Inner {
     parent: CancellationToken,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
-    /// Fired when the worker shuts down: a share waiting for a partition's release gives up.
-    stopping: CancellationToken,
+    /// Shares waiting for a previous owner to release a partition, by resource name.
+    waiting: std::sync::Mutex<HashMap<String, Waiting>>,
     /// Crawls that broke off: how often each was started again, and when it may be next.
     restarts: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
     /// Resource records decoded so far, by name, with the bytes they were decoded from
@@ -145,15 +150,15 @@ impl Runner {
             unknown_tasks: AtomicU64::new(0),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
-            stopping: CancellationToken::new(),
+            waiting: std::sync::Mutex::new(HashMap::new()),
             restarts: std::sync::Mutex::new(HashMap::new()),
             records: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
-    /// The worker is shutting down: nothing waits for a partition's release any more.
-    pub fn shutting_down(&self) {
-        self.0.stopping.cancel();
+    /// Whether a share waits for a partition's release (the next reconcile should come soon).
+    pub fn waiting_for_release(&self) -> bool {
+        !self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// Follows the worker registry (to know whether a partition's previous owner is gone).
@@ -245,7 +250,12 @@ impl Runner {
             }
         }
         let mut running = self.0.running.lock().await;
-        let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
+        self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, w| {
+            desired.get(name).is_some_and(|(d, _)| {
+                d.id == w.resource_id && mine_of(d, &self.0.id) == Some(w.parts.clone())
+            })
+        });
+        let mine = |d: &ResourceRecord| mine_of(d, &self.0.id);
         let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
         let stale: Vec<String> = running
             .iter()
@@ -308,7 +318,9 @@ impl Runner {
             let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
                 Ok(task) => match self.start(task, &rec, revision, left.remove(&name)).await {
-                    Ok((crawl, run)) => (crawl, run),
+                    Ok(Started::Running(crawl, run)) => (crawl, run),
+                    // Not recorded as running: a later reconcile tries again.
+                    Ok(Started::Waiting) => continue,
                     Err(e) => {
                         // Not recorded as running, so the next event tries again.
                         tracing::error!(resource = %name, error = %e, "cannot open the task's run");
@@ -334,17 +346,17 @@ impl Runner {
         rec: &ResourceRecord,
         revision: i64,
         left: Option<Left>,
-    ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
+    ) -> Result<Started, crawler_engine::SinkError> {
         let inner = &self.0;
         let Some(state) = inner.state.clone() else {
             tracing::info!(resource = %rec.name, id = %rec.id, "starting crawl");
-            return Ok((
+            return Ok(Started::Running(
                 Some(Crawl::start(task, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
                 None,
             ));
         };
         if rec.partitions.is_some() {
-            return self.start_share(task, rec, state, left.unwrap_or_default()).await;
+            return self.start_share(task, rec, state, left).await;
         }
         let (name, label) = (rec.name.clone(), rec.id.clone());
         let window = task.queue_window(inner.fetcher.config().queue_window);
@@ -364,24 +376,34 @@ impl Runner {
             "starting crawl"
         );
         let run = opened.id;
-        Ok((
+        Ok(Started::Running(
             Some(Crawl::resume(task, opened, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
             Some(run),
         ))
     }
 
-    /// Opens this worker's partitions of a split task's run, waiting (up to [`RELEASE_WAIT`])
-    /// for previous owners that are still registered to release theirs, and starts the share.
+    /// Opens this worker's partitions of a split task's run and starts the share; while a
+    /// previous owner that is still registered holds one (for up to [`RELEASE_WAIT`] from the
+    /// first try, then it is taken anyway), the share waits: [`Started::Waiting`], and what
+    /// the previous share here left is kept for the next try.
     async fn start_share(
         &self,
         task: Task,
         rec: &ResourceRecord,
         state: Arc<dyn StateStore>,
-        left: Left,
-    ) -> Result<(Option<Crawl>, Option<i64>), crawler_engine::SinkError> {
+        left: Option<Left>,
+    ) -> Result<Started, crawler_engine::SinkError> {
         let inner = &self.0;
         let p = rec.partitions.as_ref().expect("a split task");
         let parts = p.owned_by(&inner.id);
+        // A share already waiting for these partitions: how long it has, and what it keeps.
+        let (started, left) = {
+            let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match waiting.remove(&rec.name).filter(|w| w.resource_id == rec.id && w.parts == parts) {
+                Some(w) => (w.since, left.unwrap_or(w.left)),
+                None => (std::time::Instant::now(), left.unwrap_or_default()),
+            }
+        };
         let split = Split {
             count: p.count(),
             home: parts.iter().any(|(part, _)| *part == p.home),
@@ -391,9 +413,8 @@ impl Runner {
             robots: left.robots,
         };
         let window = task.queue_window(inner.fetcher.config().queue_window);
-        let started = std::time::Instant::now();
-        loop {
-            let (state, runner) = (state.clone(), self.clone());
+        {
+            let runner = self.clone();
             let (name, label, me, parts) =
                 (rec.name.clone(), rec.id.clone(), inner.id.clone(), split.parts.clone());
             let force = started.elapsed() > RELEASE_WAIT;
@@ -425,23 +446,18 @@ impl Runner {
                         inner.commits.clone(),
                         &inner.parent,
                     );
-                    return Ok((Some(crawl), Some(id)));
+                    Ok(Started::Running(Some(crawl), Some(id)))
                 }
                 PartsOpen::Over => {
                     tracing::info!(resource = %rec.name, "the split run is over; nothing to do here");
-                    return Ok((None, None));
+                    Ok(Started::Running(None, None))
                 }
                 PartsOpen::Busy { part, owner } => {
                     tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
-                    tokio::select! {
-                        _ = inner.stopping.cancelled() => {
-                            return Err(crawler_engine::SinkError {
-                                sink: "state",
-                                message: "shutting down while waiting for a partition".into(),
-                            });
-                        }
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
+                    let left = Left { request_starts: split.recent, robots: split.robots };
+                    let w = Waiting { resource_id: rec.id.clone(), parts: split.parts, since: started, left };
+                    inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), w);
+                    Ok(Started::Waiting)
                 }
             }
         }
@@ -533,6 +549,28 @@ fn broke_off(c: &Crawl) -> bool {
     c.is_finished() && !c.completed() && !c.is_fenced()
 }
 
+/// What starting a resource came to.
+enum Started {
+    /// Its crawl (none for a split run that is over, or without a task) and stored run.
+    Running(Option<Crawl>, Option<i64>),
+    /// A split task's share waits for a partition's release.
+    Waiting,
+}
+
+/// A share waiting for a previous owner to release a partition.
+struct Waiting {
+    resource_id: String,
+    parts: Vec<(u32, i64)>,
+    /// The first try.
+    since: std::time::Instant,
+    left: Left,
+}
+
+/// The partitions (with epochs) of a split task's record that `worker` owns.
+fn mine_of(rec: &ResourceRecord, worker: &str) -> Option<Vec<(u32, i64)>> {
+    rec.partitions.as_ref().map(|p| p.owned_by(worker))
+}
+
 /// What a stopped crawl leaves to the next share of its task here.
 #[derive(Default)]
 struct Left {
@@ -600,6 +638,10 @@ mod tests {
     }
 
     async fn runner() -> (Runner, SinkWriter) {
+        runner_with(None).await
+    }
+
+    async fn runner_with(state: Option<Arc<dyn StateStore>>) -> (Runner, SinkWriter) {
         let cfg = EngineConfig { obey_robots: false, retries: 0, ..EngineConfig::default() };
         let writer = SinkWriter::spawn(Vec::new(), 10, Duration::from_millis(10));
         let known: TaskSpec = serde_json::from_value(
@@ -612,10 +654,112 @@ mod tests {
                 vec![known],
                 Arc::new(Fetcher::new(cfg).unwrap()),
                 writer.sender(),
-                None,
+                state,
             ),
             writer,
         )
+    }
+
+    /// A state store whose split run's partitions another live worker holds until `released`
+    /// (then the run is over); a plain run opens as new.
+    #[derive(Default)]
+    struct Held {
+        released: AtomicBool,
+        tries: AtomicU64,
+    }
+
+    impl StateStore for Held {
+        fn open_run(
+            &self,
+            _: &str,
+            _: &str,
+            _: Epoch,
+            _: bool,
+            _: usize,
+        ) -> Result<crawler_engine::OpenedRun, crawler_engine::SinkError> {
+            Ok(crawler_engine::OpenedRun {
+                id: 1,
+                epoch: 1,
+                resumed: false,
+                taken_over: false,
+                seen: Vec::new(),
+                spilled_keys: Vec::new(),
+                queued: Vec::new(),
+                spilled: Vec::new(),
+                handled: 0,
+                waiting: 0,
+                last_seqs: Vec::new(),
+            })
+        }
+
+        fn end_run(&self, _: i64) -> Result<(), crawler_engine::SinkError> {
+            Ok(())
+        }
+
+        fn open_parts(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &[(u32, i64)],
+            _: &dyn Fn(&str) -> bool,
+            force: bool,
+            _: usize,
+        ) -> Result<PartsOpen, crawler_engine::SinkError> {
+            self.tries.fetch_add(1, Relaxed);
+            if self.released.load(Relaxed) || force {
+                Ok(PartsOpen::Over)
+            } else {
+                Ok(PartsOpen::Busy { part: 0, owner: "w2".into() })
+            }
+        }
+    }
+
+    /// `snapshot` with a split resource `name` whose two partitions are both w1's.
+    fn with_split(mut snap: Snapshot, name: &str) -> Snapshot {
+        let rec = ResourceRecord {
+            id: format!("{name}-id"),
+            name: name.into(),
+            assigned_node: String::new(),
+            creation_time: 0,
+            task: inline(),
+            partitions: Some(crawler_coord::Partitions {
+                home: 0,
+                owners: vec!["w1".into(), "w1".into()],
+                epochs: vec![3, 3],
+            }),
+        };
+        let value = serde_json::to_vec(&rec).unwrap();
+        snap.entries.insert(name.into(), Entry { value, create_revision: 3, mod_revision: 3, lease: 0 });
+        snap
+    }
+
+    #[tokio::test]
+    async fn a_share_waiting_for_a_release_holds_up_no_other_resource() {
+        let held = Arc::new(Held::default());
+        let (r, _w) = runner_with(Some(held.clone())).await;
+        let quick = Duration::from_secs(2);
+        // The share's partitions are held elsewhere: the reconcile returns at once, without it.
+        let snap = with_split(snapshot(&[]), "split");
+        tokio::time::timeout(quick, r.reconcile(&snap)).await.expect("the reconcile does not wait");
+        assert!(names(&r).await.is_empty());
+        assert!(r.waiting_for_release());
+        // Meanwhile another resource assigned here starts.
+        let snap = with_split(snapshot(&[("known", "id2", "w1", None)]), "split");
+        tokio::time::timeout(quick, r.reconcile(&snap)).await.expect("the reconcile does not wait");
+        assert_eq!(names(&r).await, ["known"]);
+        assert_eq!(held.tries.load(Relaxed), 2, "the share tried again");
+        // Released: the next reconcile starts the share (here: finds its run over).
+        held.released.store(true, Relaxed);
+        r.reconcile(&snap).await;
+        assert_eq!(names(&r).await, ["known", "split"]);
+        assert!(!r.waiting_for_release());
+        // A waiting share whose resource goes away is forgotten.
+        held.released.store(false, Relaxed);
+        r.reconcile(&with_split(snapshot(&[]), "other")).await;
+        assert!(r.waiting_for_release());
+        r.reconcile(&snapshot(&[])).await;
+        assert!(!r.waiting_for_release());
     }
 
     async fn names(r: &Runner) -> Vec<String> {
