@@ -31,6 +31,10 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 /// Compressed bytes fed to the gzip decoder at a time (deflate expands at most about 1,000 to 1).
 const GUNZIP_STEP: usize = 1024;
 
+/// A connection attempt to a host's next address starts when the last one has not connected
+/// within this long (or at once when it failed).
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
+
 /// Idle connections are swept of closed and expired ones after this many returns.
 const SWEEP_EVERY: u32 = 1024;
 
@@ -200,10 +204,14 @@ impl Pool {
 }
 
 async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
-    let stream = match host {
-        Host::Domain(d) => TcpStream::connect((*d, port)).await,
-        Host::Ipv4(ip) => TcpStream::connect(SocketAddr::from((*ip, port))).await,
-        Host::Ipv6(ip) => TcpStream::connect(SocketAddr::from((*ip, port))).await,
+    let addrs = match host {
+        Host::Domain(d) => tokio::net::lookup_host((*d, port)).await.map(Iterator::collect),
+        Host::Ipv4(ip) => Ok(vec![SocketAddr::from((*ip, port))]),
+        Host::Ipv6(ip) => Ok(vec![SocketAddr::from((*ip, port))]),
+    };
+    let stream = match addrs {
+        Ok(addrs) => connect_any(interleaved(addrs)).await,
+        Err(e) => Err(e),
     }
     .map_err(|e| FetchError::Network(e.to_string()))?;
     stream.set_nodelay(true).map_err(|e| FetchError::Network(e.to_string()))?;
@@ -214,6 +222,50 @@ async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
         }
     });
     Ok(sender)
+}
+
+/// The addresses in the resolver's order of preference, alternating between IPv6 and IPv4 from
+/// the first one's family on.
+fn interleaved(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
+    let (mut same, mut other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(same.len() + other.len());
+    let (mut same, mut other) = (same.drain(..), other.drain(..));
+    loop {
+        match (same.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers: the next address is tried when the attempts
+/// so far have all failed or none connected within [`NEXT_ADDRESS_AFTER`], with the earlier
+/// attempts still going (so an address that drops packets costs a quarter second, not the
+/// timeout).
+async fn connect_any(addrs: Vec<SocketAddr>) -> std::io::Result<TcpStream> {
+    let mut next = addrs.into_iter();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last_error = None;
+    loop {
+        if let Some(addr) = next.next() {
+            attempts.spawn(TcpStream::connect(addr));
+        } else if attempts.is_empty() {
+            return Err(last_error.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address")
+            }));
+        }
+        let more = next.len() > 0;
+        tokio::select! {
+            done = attempts.join_next(), if !attempts.is_empty() => match done {
+                Some(Ok(Ok(stream))) => return Ok(stream),
+                Some(Ok(Err(e))) => last_error = Some(e),
+                Some(Err(e)) => last_error = Some(std::io::Error::other(e)),
+                None => {}
+            },
+            _ = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
+        }
+    }
 }
 
 /// The innermost cause of an error, which says the most ("connection reset by peer").
@@ -315,7 +367,7 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
     use super::super::{FetchError, Fetched, Fetcher, Want};
@@ -486,6 +538,57 @@ mod tests {
         let (r, _) = get(&f, &format!("http://{}/", s.addr)).await;
         assert_eq!(r.unwrap_err(), FetchError::Timeout);
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    #[test]
+    fn addresses_alternate_between_families() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let got = super::interleaved(vec![a("[::1]:1"), a("[::2]:1"), a("[::3]:1"), a("10.0.0.1:1")]);
+        assert_eq!(got, [a("[::1]:1"), a("10.0.0.1:1"), a("[::2]:1"), a("[::3]:1")]);
+        let got = super::interleaved(vec![a("10.0.0.1:1"), a("10.0.0.2:1"), a("[::1]:1")]);
+        assert_eq!(got, [a("10.0.0.1:1"), a("[::1]:1"), a("10.0.0.2:1")]);
+    }
+
+    #[tokio::test]
+    async fn an_address_that_drops_connections_costs_a_quarter_second_not_the_timeout() {
+        // A listener whose backlog is full: the kernel drops further handshakes, so a connect
+        // to it hangs, as to an address whose packets are lost.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let stalled = socket.listen(1).unwrap();
+        let stalled_addr = stalled.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        let filled = std::time::Instant::now();
+        loop {
+            // Each connect that completes fills the backlog further; one that hangs means full.
+            match tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                TcpStream::connect(stalled_addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => fillers.push(s),
+                Ok(Err(e)) => panic!("filling the backlog: {e}"),
+                Err(_) => break,
+            }
+            assert!(filled.elapsed() < std::time::Duration::from_secs(10), "the backlog never filled");
+        }
+        let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::connect_any(vec![stalled_addr, good_addr]),
+        )
+        .await
+        .expect("connected before the test's bound")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good_addr);
+        println!("connected to the second address after {:?}", started.elapsed());
+        // No address at all, and only refused ones: errors, at once.
+        assert!(super::connect_any(Vec::new()).await.is_err());
+        drop(good);
+        assert!(super::connect_any(vec![good_addr]).await.is_err());
     }
 
     #[tokio::test]
