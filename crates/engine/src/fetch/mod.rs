@@ -301,6 +301,10 @@ impl Fetcher {
         };
         *responses += 1;
         let status = resp.status();
+        if !status.is_success() {
+            // A redirect's or an error's short body is read, so its connection can be used again.
+            resp.skip_short_body().await;
+        }
         let header =
             |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
         if status.is_redirection() {
@@ -349,6 +353,9 @@ impl Fetcher {
     }
 }
 
+/// The longest body of a redirect or an error that is read to keep its connection.
+const SHORT_BODY: u64 = 64 * 1024;
+
 /// A response from either client.
 enum Response {
     Plain(plain::Response),
@@ -375,6 +382,18 @@ impl Response {
             Response::Plain(r) => r.content_length(),
             Response::General(r) => r.content_length(),
         }
+    }
+
+    /// Reads and drops a body of at most [`SHORT_BODY`] bytes within half a second (a plain
+    /// connection then goes back to the pool); a longer one, one of unknown length or a slow
+    /// one is left (its connection is closed with it).
+    async fn skip_short_body(&mut self) {
+        let Response::Plain(r) = self else { return };
+        if r.content_length().is_none_or(|n| n > SHORT_BODY) {
+            return;
+        }
+        let skip = async { while let Ok(Some(_)) = r.chunk().await {} };
+        let _ = tokio::time::timeout(Duration::from_millis(500), skip).await;
     }
 
     async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {

@@ -540,6 +540,31 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
 
+    #[tokio::test]
+    async fn redirects_and_errors_with_short_bodies_keep_their_connection() {
+        let s = server(|_, head| match head.split_whitespace().nth(1) {
+            Some("/moved") => {
+                (b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 5\r\n\r\nmoved".to_vec(), false)
+            }
+            Some("/gone") => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone".to_vec(), false),
+            _ => (html(b"ok", ""), false),
+        })
+        .await;
+        let f = fetcher(EngineConfig::default());
+        for _ in 0..3 {
+            match get(&f, &format!("http://{}/moved", s.addr)).await.0 {
+                Ok(Fetched::Redirect { status: 301, location }) => assert_eq!(location, "/"),
+                other => panic!("expected a redirect, got {other:?}"),
+            }
+            assert_eq!(
+                get(&f, &format!("http://{}/gone", s.addr)).await.0.unwrap_err(),
+                FetchError::Status(404)
+            );
+            assert_eq!(body_of(get(&f, &format!("http://{}/", s.addr)).await.0), b"ok");
+        }
+        assert_eq!(s.accepts.load(SeqCst), 1, "nine requests on one connection");
+    }
+
     #[test]
     fn addresses_alternate_between_families() {
         let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
