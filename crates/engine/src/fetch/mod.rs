@@ -385,14 +385,22 @@ impl Response {
     }
 
     /// Reads and drops a body of at most [`SHORT_BODY`] bytes within half a second (a plain
-    /// connection then goes back to the pool); a longer one, one of unknown length or a slow
-    /// one is left (its connection is closed with it).
+    /// connection then goes back to the pool); a longer one, or a slow one, is left (its
+    /// connection is closed with it).
     async fn skip_short_body(&mut self) {
         let Response::Plain(r) = self else { return };
-        if r.content_length().is_none_or(|n| n > SHORT_BODY) {
+        if r.sent_length().is_some_and(|n| n > SHORT_BODY) {
             return;
         }
-        let skip = async { while let Ok(Some(_)) = r.chunk().await {} };
+        let skip = async {
+            let mut read = 0;
+            while let Ok(Some(chunk)) = r.chunk().await {
+                read += chunk.len() as u64;
+                if read > SHORT_BODY {
+                    return;
+                }
+            }
+        };
         let _ = tokio::time::timeout(Duration::from_millis(500), skip).await;
     }
 

@@ -74,6 +74,10 @@ pub(super) struct Response {
 struct Gunzip {
     decoder: flate2::write::GzDecoder<Vec<u8>>,
     pending: Bytes,
+    /// Some compressed bytes were fed (an empty body decodes to an empty one).
+    fed: bool,
+    /// The gzip member has ended: what follows it is read and dropped, as reqwest does.
+    ended: bool,
     done: bool,
 }
 
@@ -106,6 +110,8 @@ impl Plain {
                 Box::new(Gunzip {
                     decoder: flate2::write::GzDecoder::new(Vec::new()),
                     pending: Bytes::new(),
+                    fed: false,
+                    ended: false,
                     done: false,
                 })
             });
@@ -137,9 +143,11 @@ impl Plain {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
+        let target: http::Uri =
+            target.parse().map_err(|e: http::uri::InvalidUri| FetchError::Network(e.to_string()))?;
         let key = format!("{authority}:{port}");
-        // A pooled connection the server closed while it sat idle fails before any answer:
-        // the request (a GET) is sent again on a new connection, once.
+        // A pooled connection the server closed while it sat idle fails with no answer: the
+        // request (a GET) is sent again on a new connection, once.
         let mut pooled = true;
         loop {
             let checked_out = if pooled { self.pool.checkout(&key).await } else { None };
@@ -150,7 +158,7 @@ impl Plain {
                     connect(&host, port).await?
                 }
             };
-            let mut req = Request::get(target.as_str())
+            let mut req = Request::get(target.clone())
                 .header(HOST, authority.as_str())
                 .header(USER_AGENT, self.user_agent.clone())
                 .header(ACCEPT, HeaderValue::from_static("*/*"))
@@ -161,7 +169,7 @@ impl Plain {
             let req = req.body(Empty::new()).map_err(|e| FetchError::Network(e.to_string()))?;
             match sender.send_request(req).await {
                 Ok(resp) => return Ok((resp, sender, key)),
-                Err(_) if pooled => pooled = false,
+                Err(e) if pooled && stale(&e) => pooled = false,
                 Err(e) => return Err(network(&e)),
             }
         }
@@ -270,11 +278,31 @@ async fn connect_any(addrs: Vec<SocketAddr>) -> std::io::Result<TcpStream> {
 
 /// The innermost cause of an error, which says the most ("connection reset by peer").
 fn network(e: &(dyn std::error::Error + 'static)) -> FetchError {
+    let cause = innermost(e);
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::TimedOut => FetchError::Timeout,
+        _ => FetchError::Network(cause.to_string()),
+    }
+}
+
+fn innermost<'a>(e: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    FetchError::Network(cause.to_string())
+    cause
+}
+
+/// Whether a request that failed on a pooled connection is sent again on a new one: the
+/// connection was found closed (before or while the request went out, or with no complete
+/// answer), not a bad answer or a slow one.
+fn stale(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    e.is_canceled()
+        || e.is_incomplete_message()
+        || innermost(e)
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 impl Response {
@@ -291,6 +319,11 @@ impl Response {
         if self.gunzip.is_some() {
             return None;
         }
+        self.sent_length()
+    }
+
+    /// The length of the body as sent (compressed or not), when the response says it.
+    pub(super) fn sent_length(&self) -> Option<u64> {
         self.headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
     }
 
@@ -324,6 +357,7 @@ impl Response {
             };
             let Ok(data) = frame.into_data() else { continue };
             match &mut self.gunzip {
+                Some(g) if g.ended => {}
                 Some(g) => g.pending = data,
                 None if data.is_empty() => {}
                 None => return Ok(Some(data)),
@@ -335,22 +369,33 @@ impl Response {
 impl Gunzip {
     /// Decodes the next step of what is pending; `None` once it is all decoded.
     fn step(&mut self) -> Result<Option<Bytes>, FetchError> {
-        while !self.pending.is_empty() {
+        while !self.pending.is_empty() && !self.ended {
             let n = self.pending.len().min(GUNZIP_STEP);
-            self.decoder.write_all(&self.pending[..n]).map_err(gzip_error)?;
-            self.pending.advance(n);
+            let used = self.decoder.write(&self.pending[..n]).map_err(gzip_error)?;
+            if used == 0 {
+                self.ended = true;
+                break;
+            }
+            self.fed = true;
+            self.pending.advance(used);
             let out = std::mem::take(self.decoder.get_mut());
             if !out.is_empty() {
                 return Ok(Some(out.into()));
             }
         }
+        if self.ended {
+            self.pending = Bytes::new();
+        }
         let out = std::mem::take(self.decoder.get_mut());
         Ok((!out.is_empty()).then(|| out.into()))
     }
 
-    /// The body has ended: the stream must be complete.
+    /// The body has ended: the stream must be complete (its checksum and length are checked),
+    /// unless the body was empty.
     fn finish(&mut self) -> Result<(), FetchError> {
-        self.decoder.try_finish().map_err(gzip_error)?;
+        if self.fed {
+            self.decoder.try_finish().map_err(gzip_error)?;
+        }
         self.done = true;
         Ok(())
     }
@@ -522,6 +567,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_gzip_body_is_empty_and_bytes_after_the_stream_are_dropped() {
+        let page = b"<p>one member</p>".to_vec();
+        let mut trailing = gzip(&page);
+        trailing.extend_from_slice(&gzip(b"<p>a second member, not read</p>"));
+        trailing.extend_from_slice(b"garbage");
+        let s = server(move |_, head| match head.split_whitespace().nth(1) {
+            Some("/empty") => (html(b"", "content-encoding: gzip\r\n"), false),
+            _ => (html(&trailing, "content-encoding: gzip\r\n"), false),
+        })
+        .await;
+        let f = fetcher(EngineConfig::default());
+        assert_eq!(body_of(get(&f, &format!("http://{}/empty", s.addr)).await.0), b"");
+        assert_eq!(body_of(get(&f, &format!("http://{}/more", s.addr)).await.0), page);
+        assert_eq!(body_of(get(&f, &format!("http://{}/empty", s.addr)).await.0), b"");
+        assert_eq!(s.accepts.load(SeqCst), 1, "each body read to its end, the connection kept");
+    }
+
+    #[tokio::test]
+    async fn a_bad_answer_on_a_pooled_connection_is_not_sent_again() {
+        let s =
+            server(
+                |n, _| {
+                    if n == 0 {
+                        (html(b"ok", ""), false)
+                    } else {
+                        (b"HTTP/1.1 abc\r\n\r\n".to_vec(), true)
+                    }
+                },
+            )
+            .await;
+        let f = fetcher(EngineConfig::default());
+        assert_eq!(body_of(get(&f, &format!("http://{}/", s.addr)).await.0), b"ok");
+        assert!(matches!(get(&f, &format!("http://{}/", s.addr)).await.0, Err(FetchError::Network(_))));
+        assert_eq!(s.heads.lock().unwrap().len(), 2, "the bad answer's request was sent once");
+    }
+
+    #[tokio::test]
     async fn a_body_that_stalls_times_out() {
         let s = server(|_, _| {
             // Says 100 bytes, sends 10, then nothing (the connection stays open).
@@ -542,7 +624,19 @@ mod tests {
 
     #[tokio::test]
     async fn redirects_and_errors_with_short_bodies_keep_their_connection() {
-        let s = server(|_, head| match head.split_whitespace().nth(1) {
+        let chunked_gzip = {
+            let body = gzip(b"not found here");
+            let mut out = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+            out
+        };
+        let s = server(move |_, head| match head.split_whitespace().nth(1) {
+            Some("/chunked") => (chunked_gzip.clone(), false),
             Some("/moved") => {
                 (b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 5\r\n\r\nmoved".to_vec(), false)
             }
@@ -560,9 +654,13 @@ mod tests {
                 get(&f, &format!("http://{}/gone", s.addr)).await.0.unwrap_err(),
                 FetchError::Status(404)
             );
+            assert_eq!(
+                get(&f, &format!("http://{}/chunked", s.addr)).await.0.unwrap_err(),
+                FetchError::Status(404)
+            );
             assert_eq!(body_of(get(&f, &format!("http://{}/", s.addr)).await.0), b"ok");
         }
-        assert_eq!(s.accepts.load(SeqCst), 1, "nine requests on one connection");
+        assert_eq!(s.accepts.load(SeqCst), 1, "twelve requests on one connection");
     }
 
     #[test]
