@@ -158,7 +158,7 @@ impl Runner {
 
     /// Whether a share waits for a partition's release (the next reconcile should come soon).
     pub fn waiting_for_release(&self) -> bool {
-        !self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).values().any(|w| w.busy)
     }
 
     /// Follows the worker registry (to know whether a partition's previous owner is gone).
@@ -250,10 +250,11 @@ impl Runner {
             }
         }
         let mut running = self.0.running.lock().await;
+        // A waiting share is kept while its resource (same id) is still to run here and not
+        // running yet; its partitions may have changed (its clock then starts again, see
+        // `start_share`), and what the previous share here left is kept for it.
         self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, w| {
-            desired.get(name).is_some_and(|(d, _)| {
-                d.id == w.resource_id && mine_of(d, &self.0.id) == Some(w.parts.clone())
-            })
+            !running.contains_key(name) && desired.get(name).is_some_and(|(d, _)| d.id == w.resource_id)
         });
         let mine = |d: &ResourceRecord| mine_of(d, &self.0.id);
         let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
@@ -396,11 +397,15 @@ impl Runner {
         let inner = &self.0;
         let p = rec.partitions.as_ref().expect("a split task");
         let parts = p.owned_by(&inner.id);
-        // A share already waiting for these partitions: how long it has, and what it keeps.
+        // A share of this resource already waiting: what the previous share left, and since
+        // when it has waited for these partitions (a new set of partitions waits anew).
         let (started, left) = {
             let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            match waiting.remove(&rec.name).filter(|w| w.resource_id == rec.id && w.parts == parts) {
-                Some(w) => (w.since, left.unwrap_or(w.left)),
+            match waiting.remove(&rec.name).filter(|w| w.resource_id == rec.id) {
+                Some(w) => {
+                    let since = if w.parts == parts { w.since } else { std::time::Instant::now() };
+                    (since, left.unwrap_or(w.left))
+                }
                 None => (std::time::Instant::now(), left.unwrap_or_default()),
             }
         };
@@ -422,7 +427,27 @@ impl Runner {
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
             .await
-            .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
+            .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })
+            .and_then(|r| r);
+            let wait = |split: Split, busy: bool| Waiting {
+                resource_id: rec.id.clone(),
+                parts: split.parts,
+                since: started,
+                left: Left { request_starts: split.recent, robots: split.robots },
+                busy,
+            };
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    // Tried again at the next reconcile, with the same clock and what was left.
+                    inner
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(rec.name.clone(), wait(split, false));
+                    return Err(e);
+                }
+            };
             match opened {
                 PartsOpen::Opened(run) => {
                     tracing::info!(
@@ -454,9 +479,11 @@ impl Runner {
                 }
                 PartsOpen::Busy { part, owner } => {
                     tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
-                    let left = Left { request_starts: split.recent, robots: split.robots };
-                    let w = Waiting { resource_id: rec.id.clone(), parts: split.parts, since: started, left };
-                    inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), w);
+                    inner
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(rec.name.clone(), wait(split, true));
                     Ok(Started::Waiting)
                 }
             }
@@ -482,6 +509,8 @@ impl Runner {
     /// in flight is finished and committed), or at once.
     pub async fn stop_all(&self, drain: bool) {
         let mut running = self.0.running.lock().await;
+        // Shares waiting for a release wait anew once assigned again (after a lost lease).
+        self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let how = if drain { Stop::Drain } else { Stop::Abandon };
         // All at once: each may wait for its requests in flight.
         let mut stops = tokio::task::JoinSet::new();
@@ -564,6 +593,8 @@ struct Waiting {
     /// The first try.
     since: std::time::Instant,
     left: Left,
+    /// Busy partitions (tried again soon), not a failed try (tried at the usual pace).
+    busy: bool,
 }
 
 /// The partitions (with epochs) of a split task's record that `worker` owns.
@@ -716,13 +747,17 @@ mod tests {
     }
 
     /// `snapshot` with a split resource `name` whose two partitions are both w1's.
-    fn with_split(mut snap: Snapshot, name: &str) -> Snapshot {
+    fn with_split(snap: Snapshot, name: &str) -> Snapshot {
+        with_split_task(snap, name, inline())
+    }
+
+    fn with_split_task(mut snap: Snapshot, name: &str, task: Option<serde_json::Value>) -> Snapshot {
         let rec = ResourceRecord {
             id: format!("{name}-id"),
             name: name.into(),
             assigned_node: String::new(),
             creation_time: 0,
-            task: inline(),
+            task,
             partitions: Some(crawler_coord::Partitions {
                 home: 0,
                 owners: vec!["w1".into(), "w1".into()],
@@ -759,6 +794,14 @@ mod tests {
         r.reconcile(&with_split(snapshot(&[]), "other")).await;
         assert!(r.waiting_for_release());
         r.reconcile(&snapshot(&[])).await;
+        assert!(!r.waiting_for_release());
+        // So is one whose record changes to a task this worker cannot run (it is recorded as
+        // running nothing; nothing waits any more).
+        r.reconcile(&with_split(snapshot(&[]), "other")).await;
+        assert!(r.waiting_for_release());
+        r.reconcile(&with_split_task(snapshot(&[]), "other", Some(json!({"name": "bad"})))).await;
+        assert_eq!(names(&r).await, ["other"]);
+        r.reconcile(&with_split_task(snapshot(&[]), "other", Some(json!({"name": "bad"})))).await;
         assert!(!r.waiting_for_release());
     }
 
