@@ -224,7 +224,11 @@ async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     })
     .await;
     println!("a deleted worker record was put back after {:?}", deleted.elapsed());
-    // Registered and healthy; every master sees both workers again.
-    assert_eq!(sb.get(&w.http, "/healthz").await.map(|(s, _)| s), Some(200));
+    // Registered and healthy (it says so just after the put lands); every master sees both
+    // workers again.
+    crawler_fixture::wait::until("the worker to be healthy again", Duration::from_secs(5), || async {
+        sb.get(&w.http, "/healthz").await.map(|(s, _)| s) == Some(200)
+    })
+    .await;
     sb.wait_workers(2).await;
 }
