@@ -35,8 +35,10 @@ const GUNZIP_STEP: usize = 1024;
 /// within this long (or at once when it failed).
 const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
 
-/// Idle connections are swept of closed and expired ones after this many returns.
+/// Idle connections are swept of closed and expired ones after this many returns, and every
+/// [`REAP_EVERY`] (so a fetcher that has stopped fetching lets its connections go).
 const SWEEP_EVERY: u32 = 1024;
+const REAP_EVERY: Duration = Duration::from_secs(30);
 
 type Sender = SendRequest<Empty<Bytes>>;
 
@@ -50,12 +52,29 @@ pub(super) struct Plain {
 struct Pool {
     idle: Mutex<Idle>,
     max_idle: usize,
+    /// [`IDLE_FOR`] and [`REAP_EVERY`] (shorter in tests).
+    idle_for: Duration,
+    reap_every: Duration,
+    /// A task sweeps the pool every [`REAP_EVERY`] while the pool lives (started with the first
+    /// request, on its runtime).
+    reaping: std::sync::Once,
 }
 
 #[derive(Default)]
 struct Idle {
     hosts: HashMap<String, Vec<(Sender, Instant)>>,
     returns: u32,
+}
+
+impl Idle {
+    /// Drops closed connections and those idle for `idle_for` (closing them).
+    fn sweep(&mut self, idle_for: Duration) {
+        let now = Instant::now();
+        self.hosts.retain(|_, idle| {
+            idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < idle_for);
+            !idle.is_empty()
+        });
+    }
 }
 
 /// A response being read. Its connection goes back to the pool once the body has been read to
@@ -83,8 +102,23 @@ struct Gunzip {
 
 impl Plain {
     pub(super) fn new(user_agent: &str, max_idle: usize) -> Result<Plain, String> {
+        Self::with_timing(user_agent, max_idle, IDLE_FOR, REAP_EVERY)
+    }
+
+    fn with_timing(
+        user_agent: &str,
+        max_idle: usize,
+        idle_for: Duration,
+        reap_every: Duration,
+    ) -> Result<Plain, String> {
         let user_agent = HeaderValue::from_str(user_agent).map_err(|e| e.to_string())?;
-        let pool = Arc::new(Pool { idle: Mutex::new(Idle::default()), max_idle: max_idle.max(1) });
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(Idle::default()),
+            max_idle: max_idle.max(1),
+            idle_for,
+            reap_every,
+            reaping: std::sync::Once::new(),
+        });
         Ok(Plain { pool, user_agent })
     }
 
@@ -96,6 +130,16 @@ impl Plain {
         cookie: Option<&HeaderValue>,
         timeout: Duration,
     ) -> Result<Response, FetchError> {
+        self.pool.reaping.call_once(|| {
+            let (pool, every) = (Arc::downgrade(&self.pool), self.pool.reap_every);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.idle.lock().unwrap_or_else(|p| p.into_inner()).sweep(pool.idle_for);
+                }
+            });
+        });
         let deadline = tokio::time::Instant::now() + timeout;
         let (resp, sender, key) = match tokio::time::timeout_at(deadline, self.send(url, cookie)).await {
             Ok(sent) => sent?,
@@ -185,7 +229,7 @@ impl Pool {
                 let idle = pool.hosts.get_mut(key)?;
                 let now = Instant::now();
                 std::iter::from_fn(|| idle.pop())
-                    .find(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR)
+                    .find(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_for)
             };
             let (mut sender, _) = found?;
             if sender.ready().await.is_ok() {
@@ -198,11 +242,7 @@ impl Pool {
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         pool.returns = pool.returns.wrapping_add(1);
         if pool.returns % SWEEP_EVERY == 0 {
-            let now = Instant::now();
-            pool.hosts.retain(|_, idle| {
-                idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_FOR);
-                !idle.is_empty()
-            });
+            pool.sweep(self.idle_for);
         }
         let idle = pool.hosts.entry(key).or_default();
         if idle.len() < self.max_idle {
@@ -428,6 +468,8 @@ mod tests {
     struct Server {
         addr: std::net::SocketAddr,
         accepts: Arc<AtomicUsize>,
+        /// Connections the client closed.
+        closed: Arc<AtomicUsize>,
         heads: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
@@ -435,13 +477,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepts = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
         let answer = Arc::new(answer);
-        let (a, h) = (accepts.clone(), heads.clone());
+        let (a, h, c) = (accepts.clone(), heads.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
                 a.fetch_add(1, SeqCst);
-                let (answer, heads) = (answer.clone(), h.clone());
+                let (answer, heads, closed) = (answer.clone(), h.clone(), c.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut served = 0;
@@ -449,6 +492,7 @@ mod tests {
                         let mut chunk = [0u8; 4096];
                         let Ok(n) = sock.read(&mut chunk).await else { return };
                         if n == 0 {
+                            closed.fetch_add(1, SeqCst);
                             return;
                         }
                         buf.extend_from_slice(&chunk[..n]);
@@ -466,7 +510,7 @@ mod tests {
                 });
             }
         });
-        Server { addr, accepts, heads }
+        Server { addr, accepts, closed, heads }
     }
 
     fn html(body: &[u8], extra: &str) -> Vec<u8> {
@@ -527,6 +571,28 @@ mod tests {
         assert_eq!(body_of(r), b"ok");
         let head = s.heads.lock().unwrap()[0].to_ascii_lowercase();
         assert!(head.contains("authorization: basic dxnlcjpwdw=="), "{head}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_its_time_even_with_no_more_requests() {
+        let s = server(|_, _| (html(b"ok", ""), false)).await;
+        let idle = std::time::Duration::from_millis(200);
+        let plain = super::Plain::with_timing("t", 4, idle, std::time::Duration::from_millis(50)).unwrap();
+        let url: url::Url = format!("http://{}/", s.addr).parse().unwrap();
+        let mut resp = plain.get(&url, None, std::time::Duration::from_secs(5)).await.unwrap();
+        while resp.chunk().await.unwrap().is_some() {}
+        drop(resp);
+        // Pooled, then let go by the reaper once idle too long: the server sees it closed.
+        let started = std::time::Instant::now();
+        while s.closed.load(SeqCst) == 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "the idle connection was never closed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(started.elapsed() >= idle - std::time::Duration::from_millis(50), "{:?}", started.elapsed());
+        assert_eq!(s.accepts.load(SeqCst), 1);
     }
 
     #[tokio::test]
