@@ -999,3 +999,48 @@ async fn a_host_that_answers_429_is_paced_to_its_rate() {
         assert!(in_second <= 5, "{in_second} requests within a second after the pace was learned");
     }
 }
+
+#[tokio::test]
+async fn a_draining_crawl_leaves_a_retry_to_the_next_run() {
+    // The seed answers 503 with `Retry-After: 3` once, then the page.
+    let mut busy = Page::status(503, "busy");
+    busy.headers.push(("retry-after", "3".into()));
+    let fx = scripted(|_| vec![("/flaky.html", vec![busy, Page::html("<p>fine</p>".into())])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.db");
+    let cfg = EngineConfig { obey_robots: false, ..engine() };
+    let spec = every_link("flaky", &fx.url("/flaky.html"), r#""max_depth":0"#);
+    let state = SqliteState::open(&db).unwrap();
+    let run = state.open_run("flaky", "test", Epoch::Next, false, WINDOW).unwrap();
+    let writer =
+        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(20));
+    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
+    let first = Crawl::resume(
+        Task::compile(spec.clone()).unwrap(),
+        run,
+        fetcher,
+        writer.sender(),
+        &CancellationToken::new(),
+    );
+    crawler_fixture::wait::until("the 503", Duration::from_secs(10), || async {
+        fx.count("/flaky.html") == 1
+    })
+    .await;
+    // Drained while the retry waits out the `Retry-After`: the drain ends without it.
+    let drained = std::time::Instant::now();
+    first.drain();
+    first.join().await;
+    let took = drained.elapsed();
+    drop(first);
+    writer.close().await.unwrap();
+    println!("drained in {took:?}");
+    assert!(took < Duration::from_secs(2), "the drain waited for the retry: {took:?}");
+    assert_eq!(fx.count("/flaky.html"), 1, "no retry sent while draining");
+    // The request still waits: the next run fetches it and ends.
+    let next = state.open_run("flaky", "test", Epoch::Next, false, WINDOW).unwrap();
+    assert!(next.resumed);
+    assert_eq!(next.waiting, 1);
+    let stats = crawl(cfg, spec, &db).await;
+    assert_eq!((stats.pages, stats.errors), (1, 0));
+    assert_eq!(fx.count("/flaky.html"), 2);
+}

@@ -80,6 +80,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         sends: ctx.sends.as_ref(),
         sent: ctx.run.is_some().then_some((seq, &ctx.sent)),
         marked: std::sync::atomic::AtomicBool::new(false),
+        drain: ctx.run.is_some().then_some(&ctx.drain),
     };
     let report =
         ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;

@@ -352,6 +352,9 @@ pub(super) struct HostThrottle<'a> {
     /// A stored request: its number, noted as sent (once) when its first try goes.
     pub(super) sent: Option<(u64, &'a Mutex<Vec<u64>>)>,
     pub(super) marked: AtomicBool,
+    /// A stored request: fired when the crawl drains, so a retry still to come is left to the
+    /// run's next owner (its row still waits) instead of drawing out the drain.
+    pub(super) drain: Option<&'a tokio_util::sync::CancellationToken>,
 }
 
 impl Throttled for HostThrottle<'_> {
@@ -370,6 +373,13 @@ impl Throttled for HostThrottle<'_> {
                 self.polite.wait_turn(self.host, interval).await;
             }
         })
+    }
+
+    fn left_for_later(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        match self.drain {
+            Some(drain) => Box::pin(drain.cancelled()),
+            None => Box::pin(std::future::pending()),
+        }
     }
 
     fn clear_to_send(&self) -> Result<(), Instant> {

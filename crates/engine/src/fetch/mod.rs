@@ -92,6 +92,13 @@ pub trait Throttled: Send + Sync {
         backoff: Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
+    /// Resolves when a request waiting to be tried again is to be left as it is, for whoever
+    /// runs the crawl next (the crawl is draining for a handover); never, by default. The
+    /// fetch then ends as [`FetchError::Cancelled`].
+    fn left_for_later(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+
     /// Asked with the connection slots held, just before each try is sent: `Err(at)` holds it
     /// back until `at` (the slots are let go meanwhile). The caller's own limits on what reaches
     /// a site (a task's rate limits, a host's pace), checked as late as possible.
@@ -239,7 +246,11 @@ impl Fetcher {
                 Box::pin(tokio::time::sleep(delay))
             };
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
+                    return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
+                }
+                _ = throttled.left_for_later() => {
                     return FetchReport { result: Err(FetchError::Cancelled), responses, tries }
                 }
                 _ = wait => {}
