@@ -1,6 +1,8 @@
-//! The fetcher: one shared HTTP client (or one per proxy, used round-robin) with the
-//! process-wide `concurrency` and per-host `per_host` limits, body size limit, and retries with
-//! exponential backoff and jitter on network errors, 5xx and 429 (honouring `Retry-After`).
+//! The fetcher: shared HTTP clients with the process-wide `concurrency` and per-host `per_host`
+//! limits, body size limit, and retries with exponential backoff and jitter on network errors,
+//! 5xx and 429 (honouring `Retry-After`). Plain `http://` without a proxy goes through a lean
+//! HTTP/1.1 client of our own ([`plain`]); the rest (TLS, HTTP/2, proxies, credentials in the
+//! URL) through reqwest, one client (or one per proxy, used round-robin).
 //!
 //! Redirects are not followed here: they are returned, so the crawl can deduplicate the target
 //! like any other link.
