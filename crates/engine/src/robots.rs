@@ -86,7 +86,7 @@ impl Robots {
 
     /// Parses a robots.txt for the agent whose product token is taken from `user_agent`
     /// (the part before the first `/` or space, compared case-insensitively). Invalid UTF-8 is
-    /// replaced; bytes past [`MAX_ROBOTS_BYTES`] are ignored.
+    /// replaced; bytes past `MAX_ROBOTS_BYTES` are ignored.
     pub fn parse(body: &[u8], user_agent: &str) -> Robots {
         // Past the cap, the cut line is dropped too (`Allow: /private-ok` cut to `Allow: /pr`
         // would allow more than written).

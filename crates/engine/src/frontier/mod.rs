@@ -279,8 +279,8 @@ impl Frontier {
         }
     }
 
-    /// Keeps at most `window` requests per host in memory, and once [`BUDGET_WINDOWS`] windows'
-    /// worth are held over all hosts, at most [`MIN_HELD`] more per host; recorded requests
+    /// Keeps at most `window` requests per host in memory, and once `BUDGET_WINDOWS` windows'
+    /// worth are held over all hosts, at most `MIN_HELD` more per host; recorded requests
     /// beyond that are spilled to the database and read back through refills. Not with
     /// `reload`.
     pub fn with_window(mut self, window: usize) -> Frontier {
