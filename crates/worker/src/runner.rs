@@ -123,6 +123,8 @@ struct Inner {
     waiting: std::sync::Mutex<HashMap<String, Waiting>>,
     /// Crawls that broke off: how often each was started again, and when it may be next.
     restarts: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    /// Resources whose run could not be opened: failures in a row, and when to try next.
+    open_failures: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
     /// Resource records decoded so far, by name, with the bytes they were decoded from
     /// (`None`: unreadable). A record is decoded, and an unreadable one reported, once per
     /// change, not at every reconcile.
@@ -152,6 +154,7 @@ impl Runner {
             registry: std::sync::Mutex::new(None),
             waiting: std::sync::Mutex::new(HashMap::new()),
             restarts: std::sync::Mutex::new(HashMap::new()),
+            open_failures: std::sync::Mutex::new(HashMap::new()),
             records: std::sync::Mutex::new(HashMap::new()),
         }))
     }
@@ -183,6 +186,24 @@ impl Runner {
         *next = now + Duration::from_secs(2u64.saturating_pow(*count).min(60));
         tracing::warn!(resource = %name, restarts = *count, "the crawl broke off; starting it again");
         true
+    }
+
+    /// Whether the run of `name` may be tried now: not before the backoff after a failed open
+    /// is over (half a second, doubling up to 10 s), so a database that is down is not asked,
+    /// nor the failure logged, at every reconcile.
+    fn may_open(&self, name: &str, now: std::time::Instant) -> bool {
+        let failures = self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(name).is_none_or(|(_, next)| *next <= now)
+    }
+
+    /// Notes a failed open of `name`'s run; how many in a row.
+    fn open_failed(&self, name: &str, now: std::time::Instant) -> u32 {
+        let mut failures = self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, next) = failures.entry(name.to_owned()).or_insert((0, now));
+        *count += 1;
+        let backoff = Duration::from_millis(500).saturating_mul(1 << (*count - 1).min(5));
+        *next = now + backoff.min(Duration::from_secs(10));
+        *count
     }
 
     /// Whether `worker` is not registered now (unknown without a registry: not gone).
@@ -312,19 +333,29 @@ impl Runner {
             // an open would otherwise take their last pages for unfetched ones.
             self.flush().await;
         }
+        let now = std::time::Instant::now();
+        self.0
+            .open_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| desired.contains_key(name));
         for (name, (rec, revision)) in desired {
-            if running.contains_key(&name) {
+            if running.contains_key(&name) || !self.may_open(&name, now) {
                 continue;
             }
             let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
                 Ok(task) => match self.start(task, &rec, revision, left.remove(&name)).await {
-                    Ok(Started::Running(crawl, run)) => (crawl, run),
+                    Ok(Started::Running(crawl, run)) => {
+                        self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                        (crawl, run)
+                    }
                     // Not recorded as running: a later reconcile tries again.
                     Ok(Started::Waiting) => continue,
                     Err(e) => {
-                        // Not recorded as running, so the next event tries again.
-                        tracing::error!(resource = %name, error = %e, "cannot open the task's run");
+                        // Not recorded as running: tried again after a backoff.
+                        let failures = self.open_failed(&name, now);
+                        tracing::error!(resource = %name, error = %e, failures, "cannot open the task's run");
                         continue;
                     }
                 },
@@ -697,6 +728,9 @@ mod tests {
     struct Held {
         released: AtomicBool,
         tries: AtomicU64,
+        /// `open_run` fails (the database is down), counting its calls.
+        down: AtomicBool,
+        opens: AtomicU64,
     }
 
     impl StateStore for Held {
@@ -708,6 +742,10 @@ mod tests {
             _: bool,
             _: usize,
         ) -> Result<crawler_engine::OpenedRun, crawler_engine::SinkError> {
+            self.opens.fetch_add(1, Relaxed);
+            if self.down.load(Relaxed) {
+                return Err(crawler_engine::SinkError { sink: "state", message: "down".into() });
+            }
             Ok(crawler_engine::OpenedRun {
                 id: 1,
                 epoch: 1,
@@ -744,6 +782,29 @@ mod tests {
                 Ok(PartsOpen::Busy { part: 0, owner: "w2".into() })
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_be_opened_is_tried_again_after_a_backoff() {
+        let held = Arc::new(Held { down: AtomicBool::new(true), ..Held::default() });
+        let (r, _w) = runner_with(Some(held.clone())).await;
+        let snap = snapshot(&[("known", "id2", "w1", None)]);
+        for _ in 0..5 {
+            r.reconcile(&snap).await;
+        }
+        assert_eq!(held.opens.load(Relaxed), 1, "not again at once");
+        assert!(names(&r).await.is_empty());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        r.reconcile(&snap).await;
+        assert_eq!(held.opens.load(Relaxed), 2, "again after half a second");
+        // Back up: the next try after the (now doubled) backoff opens the run.
+        held.down.store(false, Relaxed);
+        r.reconcile(&snap).await;
+        assert_eq!(held.opens.load(Relaxed), 2);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        r.reconcile(&snap).await;
+        assert_eq!(names(&r).await, ["known"]);
+        assert!(r.0.open_failures.lock().unwrap().is_empty());
     }
 
     /// `snapshot` with a split resource `name` whose two partitions are both w1's.
