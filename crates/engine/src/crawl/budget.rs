@@ -78,6 +78,15 @@ impl Budget {
         }
     }
 
+    /// Dispatched requests that were not fetched after all (left to the run's next owner):
+    /// their pages are this share's again.
+    pub(super) fn refund(&mut self, n: u64) {
+        self.dispatched = self.dispatched.saturating_sub(n);
+        if let Some(s) = &mut self.shared {
+            s.allowance += n;
+        }
+    }
+
     /// Pages taken from a shared budget and not used (given back when the share stops).
     pub(super) fn unused(&self) -> u64 {
         self.shared.as_ref().map_or(0, |s| s.allowance)
@@ -173,6 +182,23 @@ mod tests {
         let mut unlimited = Budget::new(0, Some(4));
         unlimited.count_handled(u64::MAX - 1);
         assert!(unlimited.allows() && !unlimited.exhausted());
+    }
+
+    #[test]
+    fn requests_left_to_the_next_owner_are_given_back() {
+        let mut b = Budget::new(1000, Some(2));
+        b.shared.as_mut().unwrap().allowance = 2;
+        b.spend();
+        b.spend();
+        assert!(!b.allows());
+        // One of the two was dispatched but left unfetched by a drain.
+        b.refund(1);
+        assert_eq!(b.unused(), 1);
+        let mut local = Budget::new(2, None);
+        local.spend();
+        local.spend();
+        local.refund(1);
+        assert!(local.allows());
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub(super) struct Counters {
     pub(super) robots_blocked: AtomicU64,
     pub(super) fetch_micros: AtomicU64,
     pub(super) fetches: AtomicU64,
+    /// Dispatched requests a drain left to the run's next owner before they were tried (or
+    /// tried again): pages of a shared budget this share did not use.
+    pub(super) left_for_later: AtomicU64,
 }
 
 /// A snapshot of a crawl's counters.

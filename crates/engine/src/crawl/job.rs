@@ -61,13 +61,17 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let crawl_delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
     let floor = crawl_delay.map_or(Duration::ZERO, |d| d.min(cfg.max_crawl_delay.0));
     let interval = ctx.polite.pace_interval(req.host, floor);
-    if !interval.is_zero() && !ctx.polite.wait_turn(req.host, interval).await {
-        return None;
+    if !interval.is_zero() {
+        tokio::select! {
+            turn = ctx.polite.wait_turn(req.host, interval) => if !turn { return None },
+            _ = drained(&ctx) => return left_for_later(&ctx),
+        }
     }
     let wait = ctx.task.0.spec.wait.0;
     if !wait.is_zero() {
         tokio::select! {
             _ = ctx.cancel.cancelled() => return None,
+            _ = drained(&ctx) => return left_for_later(&ctx),
             _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
         }
     }
@@ -100,7 +104,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         ended(PageStatus::Failed)
     };
     let (content_type, body) = match report.result {
-        Err(FetchError::Cancelled) => return None,
+        Err(FetchError::Cancelled) => return left_for_later(&ctx),
         Err(FetchError::Status(code)) => {
             counters.errors.fetch_add(1, Relaxed);
             let e = FetchError::Status(code);
@@ -161,4 +165,22 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
 /// The path and query of a URL, as robots.txt rules match them (a slice, no copy).
 fn path_and_query(url: &Url) -> &str {
     &url[url::Position::BeforePath..url::Position::AfterQuery]
+}
+
+/// Fires when a stored crawl drains: a request not yet tried (or waiting to be tried again) is
+/// then left in the database for the run's next owner. Never for a crawl that stores nothing.
+async fn drained(ctx: &Ctx) {
+    match ctx.run {
+        Some(_) => ctx.drain.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A request that ends unhandled: counted as left to the next owner unless the crawl was
+/// cancelled (then nothing is given back).
+fn left_for_later(ctx: &Ctx) -> Option<Handled> {
+    if !ctx.cancel.is_cancelled() {
+        ctx.counters.left_for_later.fetch_add(1, Relaxed);
+    }
+    None
 }

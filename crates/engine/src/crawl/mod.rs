@@ -476,6 +476,7 @@ async fn run_crawl(
     // share that stops before lets its partitions go.
     let fenced = ctx.run.as_ref().is_some_and(|r| r.is_fenced());
     budget.finish(&ctx).await;
+    budget.refund(counters.left_for_later.load(Relaxed));
     let last = Commit {
         run: ctx.run.clone(),
         finished: finished && !over && (split.is_none() || (home && quiet) || budget.exhausted()),

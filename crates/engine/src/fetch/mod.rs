@@ -286,7 +286,10 @@ impl Fetcher {
                 Ok(()) => break permits,
                 Err(at) => {
                     drop(permits);
-                    tokio::time::sleep_until(at.into()).await;
+                    tokio::select! {
+                        _ = throttled.left_for_later() => return Attempt::Fail(FetchError::Cancelled),
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
                 }
             }
         };
