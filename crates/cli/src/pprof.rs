@@ -3,7 +3,7 @@
 //! - `GET /debug/pprof/profile?seconds=N` (default 30, at most 300): a CPU profile sampled at
 //!   99 Hz for N seconds, in the pprof protobuf format (`go tool pprof`, `pprof`).
 //! - `GET /debug/pprof/flamegraph?seconds=N`: the same as an SVG flame graph.
-//! - `GET /debug/pprof/heap`: 501; the system allocator keeps no heap profile.
+//! - `GET /debug/pprof/heap`: 501; the allocator (mimalloc) keeps no heap profile.
 //!
 //! One profile at a time (the sampler is process-wide): a second request answers 409.
 
@@ -45,7 +45,7 @@ pub fn serve(listener: TcpListener, stop: CancellationToken) {
         .route(
             "/debug/pprof/heap",
             get(|| async {
-                error(StatusCode::NOT_IMPLEMENTED, "no heap profile: the system allocator keeps none")
+                error(StatusCode::NOT_IMPLEMENTED, "no heap profile: the allocator (mimalloc) keeps none")
             }),
         )
         .with_state(busy);

@@ -1,6 +1,6 @@
 //! Plain `http://` without a proxy, the common case of a crawl: HTTP/1.1 over hyper's connection
 //! API with a keep-alive pool of our own, per host and port. Everything else (TLS, HTTP/2,
-//! proxies) goes through reqwest.
+//! proxies, credentials in the URL) goes through reqwest.
 //!
 //! It does what the general client would for these requests, with less in the way: no URL
 //! re-parsed into a URI, no middleware layers, a pool keyed by the host and port it is given.
@@ -189,7 +189,7 @@ impl Plain {
         };
         let target: http::Uri =
             target.parse().map_err(|e: http::uri::InvalidUri| FetchError::Network(e.to_string()))?;
-        let key = format!("{authority}:{port}");
+        let key = format!("{}:{port}", url.host_str().unwrap_or_default());
         // A pooled connection the server closed while it sat idle fails with no answer: the
         // request (a GET) is sent again on a new connection, once.
         let mut pooled = true;
@@ -261,8 +261,8 @@ async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
         Ok(addrs) => connect_any(interleaved(addrs)).await,
         Err(e) => Err(e),
     }
-    .map_err(|e| FetchError::Network(e.to_string()))?;
-    stream.set_nodelay(true).map_err(|e| FetchError::Network(e.to_string()))?;
+    .map_err(|e| network(&e))?;
+    stream.set_nodelay(true).map_err(|e| network(&e))?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| network(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -397,6 +397,12 @@ impl Response {
             };
             let Ok(data) = frame.into_data() else { continue };
             match &mut self.gunzip {
+                // Bytes after the gzip stream: the body ends here, and its connection, whose
+                // rest is not read, is not used again.
+                Some(g) if g.ended && !data.is_empty() => {
+                    self.conn = None;
+                    g.finish()?;
+                }
                 Some(g) if g.ended => {}
                 Some(g) => g.pending = data,
                 None if data.is_empty() => {}
@@ -647,7 +653,9 @@ mod tests {
         assert_eq!(body_of(get(&f, &format!("http://{}/empty", s.addr)).await.0), b"");
         assert_eq!(body_of(get(&f, &format!("http://{}/more", s.addr)).await.0), page);
         assert_eq!(body_of(get(&f, &format!("http://{}/empty", s.addr)).await.0), b"");
-        assert_eq!(s.accepts.load(SeqCst), 1, "each body read to its end, the connection kept");
+        // Here the bytes after the stream came with it, so the body was read to its end and the
+        // connection kept (later ones would end the body and close it).
+        assert_eq!(s.accepts.load(SeqCst), 1);
     }
 
     #[tokio::test]
