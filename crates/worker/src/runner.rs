@@ -277,7 +277,7 @@ impl Runner {
         self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, w| {
             !running.contains_key(name) && desired.get(name).is_some_and(|(d, _)| d.id == w.resource_id)
         });
-        let mine = |d: &ResourceRecord| mine_of(d, &self.0.id);
+        let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
         let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
         let stale: Vec<String> = running
             .iter()
@@ -440,83 +440,69 @@ impl Runner {
                 None => (std::time::Instant::now(), left.unwrap_or_default()),
             }
         };
-        let split = Split {
-            count: p.count(),
-            home: parts.iter().any(|(part, _)| *part == p.home),
-            share: p.workers().len() as u32,
-            parts,
-            recent: left.request_starts,
-            robots: left.robots,
-        };
         let window = task.queue_window(inner.fetcher.config().queue_window);
-        {
+        let force = started.elapsed() > RELEASE_WAIT;
+        let opened = {
             let runner = self.clone();
             let (name, label, me, parts) =
-                (rec.name.clone(), rec.id.clone(), inner.id.clone(), split.parts.clone());
-            let force = started.elapsed() > RELEASE_WAIT;
-            let opened = tokio::task::spawn_blocking(move || {
+                (rec.name.clone(), rec.id.clone(), inner.id.clone(), parts.clone());
+            tokio::task::spawn_blocking(move || {
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
             .await
             .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })
-            .and_then(|r| r);
-            let wait = |split: Split, busy: bool| Waiting {
-                resource_id: rec.id.clone(),
-                parts: split.parts,
-                since: started,
-                left: Left { request_starts: split.recent, robots: split.robots },
-                busy,
-            };
-            let opened = match opened {
-                Ok(o) => o,
-                Err(e) => {
-                    // Tried again at the next reconcile, with the same clock and what was left.
-                    inner
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(rec.name.clone(), wait(split, false));
-                    return Err(e);
-                }
-            };
-            match opened {
-                PartsOpen::Opened(run) => {
-                    tracing::info!(
-                        resource = %rec.name,
-                        run = run.id,
-                        partitions = split.parts.len(),
-                        of = split.count,
-                        home = split.home,
-                        resumed = run.resumed,
-                        done = run.handled,
-                        queued = run.waiting,
-                        forced = force,
-                        "starting this worker's share"
-                    );
-                    let id = run.id;
-                    let crawl = Crawl::resume_split(
-                        task,
-                        run,
-                        split,
-                        inner.fetcher.clone(),
-                        inner.commits.clone(),
-                        &inner.parent,
-                    );
-                    Ok(Started::Running(Some(crawl), Some(id)))
-                }
-                PartsOpen::Over => {
-                    tracing::info!(resource = %rec.name, "the split run is over; nothing to do here");
-                    Ok(Started::Running(None, None))
-                }
-                PartsOpen::Busy { part, owner } => {
-                    tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
-                    inner
-                        .waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(rec.name.clone(), wait(split, true));
-                    Ok(Started::Waiting)
-                }
+            .and_then(|r| r)
+        };
+        // Waits for the next try, with its clock and what the previous share left.
+        let wait = |parts, left, busy| {
+            let w = Waiting { resource_id: rec.id.clone(), parts, since: started, left, busy };
+            inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), w);
+        };
+        match opened {
+            Err(e) => {
+                wait(parts, left, false);
+                Err(e)
+            }
+            Ok(PartsOpen::Opened(run)) => {
+                let split = Split {
+                    count: p.count(),
+                    home: parts.iter().any(|(part, _)| *part == p.home),
+                    share: p.workers().len() as u32,
+                    parts,
+                    recent: left.request_starts,
+                    robots: left.robots,
+                };
+                tracing::info!(
+                    resource = %rec.name,
+                    run = run.id,
+                    partitions = split.parts.len(),
+                    of = split.count,
+                    home = split.home,
+                    resumed = run.resumed,
+                    done = run.handled,
+                    queued = run.waiting,
+                    forced = force,
+                    "starting this worker's share"
+                );
+                let id = run.id;
+                let crawl = Crawl::resume_split(
+                    task,
+                    run,
+                    split,
+                    inner.fetcher.clone(),
+                    inner.commits.clone(),
+                    &inner.parent,
+                );
+                Ok(Started::Running(Some(crawl), Some(id)))
+            }
+            Ok(PartsOpen::Over) => {
+                tracing::info!(resource = %rec.name, "the split run is over; nothing to do here");
+                Ok(Started::Running(None, None))
+            }
+            Ok(PartsOpen::Busy { part, owner }) => {
+                tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
+                wait(parts, left, true);
+                Ok(Started::Waiting)
             }
         }
     }
@@ -626,11 +612,6 @@ struct Waiting {
     left: Left,
     /// Busy partitions (tried again soon), not a failed try (tried at the usual pace).
     busy: bool,
-}
-
-/// The partitions (with epochs) of a split task's record that `worker` owns.
-fn mine_of(rec: &ResourceRecord, worker: &str) -> Option<Vec<(u32, i64)>> {
-    rec.partitions.as_ref().map(|p| p.owned_by(worker))
 }
 
 /// What a stopped crawl leaves to the next share of its task here.
