@@ -309,3 +309,51 @@ fn pages_of_a_shared_budget_are_granted_less_as_it_runs_low_and_given_back_on_re
     let over = sink.take_pages(&handle, 40, 100, 2).unwrap().unwrap();
     assert_eq!((over.granted, over.over), (0, true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_drained_while_a_retry_waits_gives_its_page_back_to_the_budget() {
+    let db = MariaDb::start();
+    // The only page answers 503 with `Retry-After: 5`: its retry waits when the share drains.
+    let mut busy = crawler_fixture::Page::status(503, "busy");
+    busy.headers.push(("retry-after", "5".into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let script: crawler_fixture::Script = [("/flaky.html".to_owned(), vec![busy])].into_iter().collect();
+    let fx = Fixture::start_scripted(site(), listener, script).await.unwrap();
+    let spec: TaskSpec = serde_json::from_str(&format!(
+        r#"{{"name":"flaky","seeds":["{}"],"max_pages":100,"partitions":{PARTS},"rule":[{{"name":"page"}}]}}"#,
+        fx.url("/flaky.html")
+    ))
+    .unwrap();
+    let task = Task::compile(spec).unwrap();
+    let state = MysqlState::open(&db.url).unwrap();
+    let all: Vec<(u32, i64)> = (0..PARTS).map(|p| (p, 1)).collect();
+    let run = match state.open_parts("flaky", "res-2", "a", &all, &|_| false, false, 8).unwrap() {
+        PartsOpen::Opened(run) => run,
+        other => panic!("{other:?}"),
+    };
+    let id = run.id;
+    let sink: Box<dyn Sink> = Box::new(MysqlSink::open(&db.url).unwrap());
+    let writer = SinkWriter::spawn(vec![sink], 50, Duration::from_millis(50));
+    let split = Split {
+        count: PARTS,
+        parts: all,
+        home: true,
+        share: 1,
+        recent: Vec::new(),
+        robots: RobotsRead::default(),
+    };
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let crawl = Crawl::resume_split(task, run, split, fetcher, writer.sender(), &CancellationToken::new());
+    crawler_fixture::wait::until("the 503", Duration::from_secs(20), || async {
+        fx.count("/flaky.html") == 1
+    })
+    .await;
+    let taken = db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {id}"));
+    assert_ne!(taken.trim(), "0", "the share took pages from the budget");
+    crawl.drain();
+    crawl.join().await;
+    Share { crawl, writer }.close().await;
+    assert_eq!(fx.count("/flaky.html"), 1, "no retry while draining");
+    // Everything taken came back: the page left to the next owner is not counted as spent.
+    assert_eq!(db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {id}")).trim(), "0");
+}
