@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_engine::{
-    ByteSize, Crawl, CrawlStats, EngineConfig, Epoch, Fetcher, HumanDuration, PageStatus, SinkWriter,
-    SqliteSink, SqliteState, StateStore, Task, TaskSpec,
+    ByteSize, Crawl, CrawlStats, EngineConfig, Epoch, Fetcher, HumanDuration, OpenedRun, PageStatus,
+    SinkWriter, SqliteSink, SqliteState, StateStore, Task, TaskSpec,
 };
 use crawler_fixture::{
     book_author, book_price, book_rating, book_title, Fixture, Page, Script, Site, GBK_AUTHOR, GBK_TITLE,
@@ -55,17 +55,29 @@ fn seeds_under(spec: &mut TaskSpec, rule: &str, seeds: Vec<String>) {
     spec.seeds = seeds;
 }
 
+/// Starts a stored run's crawl, committing to SQLite in batches of `batch` (or after `flush`).
+fn resume_stored(
+    cfg: EngineConfig,
+    task: Task,
+    run: OpenedRun,
+    db: &Path,
+    (batch, flush): (usize, Duration),
+    stop: &CancellationToken,
+) -> (Crawl, SinkWriter) {
+    let writer = SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], batch, flush);
+    let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
+    (Crawl::resume(task, run, fetcher, writer.sender(), stop), writer)
+}
+
 /// Crawls a task to the end as a stored run (resumed if the database holds an unfinished one).
 async fn crawl(cfg: EngineConfig, spec: TaskSpec, db: &Path) -> CrawlStats {
-    let fetcher = Arc::new(Fetcher::new(cfg).unwrap());
     let task = Task::compile(spec).unwrap();
     let run = SqliteState::open(db)
         .unwrap()
         .open_run(task.name(), "test", Epoch::Next, false, task.queue_window(WINDOW))
         .unwrap();
-    let writer =
-        SinkWriter::spawn(vec![Box::new(SqliteSink::open(db).unwrap())], 10, Duration::from_millis(50));
-    let crawl = Crawl::resume(task, run, fetcher, writer.sender(), &CancellationToken::new());
+    let (crawl, writer) =
+        resume_stored(cfg, task, run, db, (10, Duration::from_millis(50)), &CancellationToken::new());
     let stats = crawl.join().await;
     drop(crawl);
     assert_eq!(writer.close().await.unwrap(), stats.items);
@@ -243,11 +255,9 @@ async fn a_run_taken_over_in_a_cluster_keeps_the_limits_across_the_handover() {
     for epoch in [1, 2] {
         let run = state.open_run("books", "res-1", Epoch::At(epoch), false, WINDOW).unwrap();
         assert_eq!((run.resumed, run.taken_over), (epoch == 2, epoch == 2));
-        let writer =
-            SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
         let stop = CancellationToken::new();
-        let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
-        let crawl = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &stop);
+        let task = Task::compile(spec.clone()).unwrap();
+        let (crawl, writer) = resume_stored(engine(), task, run, &db, (10, Duration::from_millis(50)), &stop);
         if epoch == 1 {
             crawler_fixture::wait::until("six pages fetched", Duration::from_secs(20), || async {
                 pages().len() >= 6
@@ -384,11 +394,10 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     // First run: stopped a third of the way, the way Ctrl-C stops it.
     let run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
     assert!(!run.resumed);
-    let writer =
-        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 100, Duration::from_millis(200));
     let shutdown = CancellationToken::new();
-    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
-    let first = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &shutdown);
+    let task = Task::compile(spec.clone()).unwrap();
+    let (first, writer) =
+        resume_stored(cfg.clone(), task, run, &db, (100, Duration::from_millis(200)), &shutdown);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while first.stats().items < u64::from(books) / 3 {
         assert!(
@@ -454,11 +463,8 @@ async fn a_resumed_reload_run_fetches_every_request_it_stored() {
     let task = Task::compile(spec.clone()).unwrap();
     let state = SqliteState::open(&db).unwrap();
     let run = state.open_run("again", "test", Epoch::Next, false, task.queue_window(WINDOW)).unwrap();
-    let writer =
-        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
     let shutdown = CancellationToken::new();
-    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
-    let first = Crawl::resume(task, run, fetcher, writer.sender(), &shutdown);
+    let (first, writer) = resume_stored(engine(), task, run, &db, (10, Duration::from_millis(50)), &shutdown);
     while fx.requests().iter().filter(|r| r.path.starts_with("/p")).count() < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -494,11 +500,10 @@ async fn a_request_in_flight_is_marked_so_and_fetched_again_after_a_stop() {
     spec.seeds.insert(0, slow_book.clone());
     let state = SqliteState::open(&db).unwrap();
     let run = state.open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
-    let writer =
-        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(50));
     let shutdown = CancellationToken::new();
-    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
-    let first = Crawl::resume(Task::compile(spec.clone()).unwrap(), run, fetcher, writer.sender(), &shutdown);
+    let task = Task::compile(spec.clone()).unwrap();
+    let (first, writer) =
+        resume_stored(cfg.clone(), task, run, &db, (10, Duration::from_millis(50)), &shutdown);
     let statuses = || -> HashMap<String, u8> {
         let conn = rusqlite::Connection::open(&db).unwrap();
         let mut stmt = conn.prepare("SELECT url, status FROM crawler_frontier").unwrap();
@@ -1012,14 +1017,13 @@ async fn a_draining_crawl_leaves_a_retry_to_the_next_run() {
     let spec = every_link("flaky", &fx.url("/flaky.html"), r#""max_depth":0"#);
     let state = SqliteState::open(&db).unwrap();
     let run = state.open_run("flaky", "test", Epoch::Next, false, WINDOW).unwrap();
-    let writer =
-        SinkWriter::spawn(vec![Box::new(SqliteSink::open(&db).unwrap())], 10, Duration::from_millis(20));
-    let fetcher = Arc::new(Fetcher::new(cfg.clone()).unwrap());
-    let first = Crawl::resume(
-        Task::compile(spec.clone()).unwrap(),
+    let task = Task::compile(spec.clone()).unwrap();
+    let (first, writer) = resume_stored(
+        cfg.clone(),
+        task,
         run,
-        fetcher,
-        writer.sender(),
+        &db,
+        (10, Duration::from_millis(20)),
         &CancellationToken::new(),
     );
     crawler_fixture::wait::until("the 503", Duration::from_secs(10), || async {

@@ -122,9 +122,9 @@ struct Inner {
     /// Shares waiting for a previous owner to release a partition, by resource name.
     waiting: std::sync::Mutex<HashMap<String, Waiting>>,
     /// Crawls that broke off: how often each was started again, and when it may be next.
-    restarts: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    restarts: Backoffs,
     /// Resources whose run could not be opened: failures in a row, and when to try next.
-    open_failures: std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    open_failures: Backoffs,
     /// Resource records decoded so far, by name, with the bytes they were decoded from
     /// (`None`: unreadable). A record is decoded, and an unreadable one reported, once per
     /// change, not at every reconcile.
@@ -153,8 +153,8 @@ impl Runner {
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             waiting: std::sync::Mutex::new(HashMap::new()),
-            restarts: std::sync::Mutex::new(HashMap::new()),
-            open_failures: std::sync::Mutex::new(HashMap::new()),
+            restarts: Backoffs::new(Duration::from_secs(2), Duration::from_secs(60)),
+            open_failures: Backoffs::new(Duration::from_millis(500), Duration::from_secs(10)),
             records: std::sync::Mutex::new(HashMap::new()),
         }))
     }
@@ -176,34 +176,13 @@ impl Runner {
         if self.0.commits.is_closed() {
             return false;
         }
-        let mut backoff = self.0.restarts.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        let (count, next) = backoff.entry(name.to_owned()).or_insert((0, now));
-        if now < *next {
+        if !self.0.restarts.ready(name, now) {
             return false;
         }
-        *count += 1;
-        *next = now + Duration::from_secs(2u64.saturating_pow(*count).min(60));
-        tracing::warn!(resource = %name, restarts = *count, "the crawl broke off; starting it again");
+        let restarts = self.0.restarts.note(name, now);
+        tracing::warn!(resource = %name, restarts, "the crawl broke off; starting it again");
         true
-    }
-
-    /// Whether the run of `name` may be tried now: not before the backoff after a failed open
-    /// is over (half a second, doubling up to 10 s), so a database that is down is not asked,
-    /// nor the failure logged, at every reconcile.
-    fn may_open(&self, name: &str, now: std::time::Instant) -> bool {
-        let failures = self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.get(name).is_none_or(|(_, next)| *next <= now)
-    }
-
-    /// Notes a failed open of `name`'s run; how many in a row.
-    fn open_failed(&self, name: &str, now: std::time::Instant) -> u32 {
-        let mut failures = self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner());
-        let (count, next) = failures.entry(name.to_owned()).or_insert((0, now));
-        *count += 1;
-        let backoff = Duration::from_millis(500).saturating_mul(1 << (*count - 1).min(5));
-        *next = now + backoff.min(Duration::from_secs(10));
-        *count
     }
 
     /// Whether `worker` is not registered now (unknown without a registry: not gone).
@@ -334,27 +313,25 @@ impl Runner {
             self.flush().await;
         }
         let now = std::time::Instant::now();
-        self.0
-            .open_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| desired.contains_key(name));
+        // A run that could not be opened is not tried again before its backoff is over, so a
+        // database that is down is not asked, nor the failure logged, at every reconcile.
+        self.0.open_failures.retain(|name| desired.contains_key(name));
         for (name, (rec, revision)) in desired {
-            if running.contains_key(&name) || !self.may_open(&name, now) {
+            if running.contains_key(&name) || !self.0.open_failures.ready(&name, now) {
                 continue;
             }
             let (parts, shared_by) = (mine(&rec), share(&rec));
             let (crawl, run) = match self.task_for(&rec) {
                 Ok(task) => match self.start(task, &rec, revision, left.remove(&name)).await {
                     Ok(Started::Running(crawl, run)) => {
-                        self.0.open_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+                        self.0.open_failures.forget(&name);
                         (crawl, run)
                     }
                     // Not recorded as running: a later reconcile tries again.
                     Ok(Started::Waiting) => continue,
                     Err(e) => {
                         // Not recorded as running: tried again after a backoff.
-                        let failures = self.open_failed(&name, now);
+                        let failures = self.0.open_failures.note(&name, now);
                         tracing::error!(resource = %name, error = %e, failures, "cannot open the task's run");
                         continue;
                     }
@@ -595,6 +572,42 @@ fn broke_off(c: &Crawl) -> bool {
     c.is_finished() && !c.completed() && !c.is_fenced()
 }
 
+/// Per-resource backoff: how often something failed (or was done again) in a row, and when
+/// it may next be tried: `first` after the first time, doubling, at most `cap`.
+struct Backoffs(std::sync::Mutex<HashMap<String, (u32, std::time::Instant)>>, Duration, Duration);
+
+impl Backoffs {
+    fn new(first: Duration, cap: Duration) -> Backoffs {
+        Backoffs(std::sync::Mutex::new(HashMap::new()), first, cap)
+    }
+
+    fn tries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, std::time::Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `name` may be tried at `now`.
+    fn ready(&self, name: &str, now: std::time::Instant) -> bool {
+        self.tries().get(name).is_none_or(|(_, next)| *next <= now)
+    }
+
+    /// Notes one more time of `name` at `now`; how many in a row.
+    fn note(&self, name: &str, now: std::time::Instant) -> u32 {
+        let mut tries = self.tries();
+        let (count, next) = tries.entry(name.to_owned()).or_insert((0, now));
+        *count += 1;
+        *next = now + self.1.saturating_mul(1 << (*count - 1).min(16)).min(self.2);
+        *count
+    }
+
+    fn forget(&self, name: &str) {
+        self.tries().remove(name);
+    }
+
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.tries().retain(|name, _| keep(name));
+    }
+}
+
 /// What starting a resource came to.
 enum Started {
     /// Its crawl (none for a split run that is over, or without a task) and stored run.
@@ -785,7 +798,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         r.reconcile(&snap).await;
         assert_eq!(names(&r).await, ["known"]);
-        assert!(r.0.open_failures.lock().unwrap().is_empty());
+        assert!(r.0.open_failures.0.lock().unwrap().is_empty());
     }
 
     /// `snapshot` with a split resource `name` whose two partitions are both w1's.

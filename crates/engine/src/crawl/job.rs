@@ -11,7 +11,7 @@ use super::ctx::{note_problem, Ctx};
 use super::politeness::HostThrottle;
 use crate::charset::decode_html;
 use crate::extract::{extract, MAX_DEPTH};
-use crate::fetch::{FetchError, Fetched, Want};
+use crate::fetch::{FetchError, Fetched, Throttled, Want};
 use crate::frontier::Request;
 use crate::item::{rfc3339, Item};
 use crate::scope::{host_allowed, resolve_link, url_key};
@@ -60,22 +60,6 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     }
     let crawl_delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
     let floor = crawl_delay.map_or(Duration::ZERO, |d| d.min(cfg.max_crawl_delay.0));
-    let interval = ctx.polite.pace_interval(req.host, floor);
-    if !interval.is_zero() {
-        tokio::select! {
-            turn = ctx.polite.wait_turn(req.host, interval) => if !turn { return None },
-            _ = drained(&ctx) => return left_for_later(&ctx),
-        }
-    }
-    let wait = ctx.task.0.spec.wait.0;
-    if !wait.is_zero() {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return None,
-            _ = drained(&ctx) => return left_for_later(&ctx),
-            _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
-        }
-    }
-    let started = Instant::now();
     let host = req.host;
     let throttle = HostThrottle {
         polite: &ctx.polite,
@@ -86,6 +70,22 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         marked: std::sync::atomic::AtomicBool::new(false),
         drain: ctx.run.is_some().then_some(&ctx.drain),
     };
+    let interval = ctx.polite.pace_interval(host, floor);
+    if !interval.is_zero() {
+        tokio::select! {
+            turn = ctx.polite.wait_turn(host, interval) => if !turn { return None },
+            _ = throttle.left_for_later() => return left_for_later(&ctx),
+        }
+    }
+    let wait = ctx.task.0.spec.wait.0;
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return None,
+            _ = throttle.left_for_later() => return left_for_later(&ctx),
+            _ = tokio::time::sleep(wait.mul_f64(fastrand::f64())) => {}
+        }
+    }
+    let started = Instant::now();
     let report =
         ctx.fetcher.fetch_paced(&req.url, ctx.cookie.as_ref(), Want::Html, &ctx.cancel, &throttle).await;
     // Any answer but a throttling one eases a learned pace.
@@ -165,15 +165,6 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
 /// The path and query of a URL, as robots.txt rules match them (a slice, no copy).
 fn path_and_query(url: &Url) -> &str {
     &url[url::Position::BeforePath..url::Position::AfterQuery]
-}
-
-/// Fires when a stored crawl drains: a request not yet tried (or waiting to be tried again) is
-/// then left in the database for the run's next owner. Never for a crawl that stores nothing.
-async fn drained(ctx: &Ctx) {
-    match ctx.run {
-        Some(_) => ctx.drain.cancelled().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A request that ends unhandled: counted as left to the next owner unless the crawl was

@@ -260,11 +260,18 @@ impl Fetcher {
         }
     }
 
-    async fn permits(&self, url: &Url) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-        let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0));
+    /// The host's and the process's slots; `host` as [`host_key`] gives it.
+    async fn permits(&self, host: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
         let sem = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            hosts.entry(host).or_insert_with(|| Arc::new(Semaphore::new(self.cfg.per_host))).clone()
+            match hosts.get(host) {
+                Some(sem) => sem.clone(),
+                None => {
+                    let sem = Arc::new(Semaphore::new(self.cfg.per_host));
+                    hosts.insert(host.to_owned(), sem.clone());
+                    sem
+                }
+            }
         };
         // Host first: a request waiting for its host must not hold a global slot.
         let host = sem.acquire_owned().await.expect("semaphore never closed");
@@ -280,8 +287,9 @@ impl Fetcher {
         responses: &mut u32,
         throttled: &dyn Throttled,
     ) -> Attempt {
+        let host = host_key(url);
         let _permits = loop {
-            let permits = self.permits(url).await;
+            let permits = self.permits(&host).await;
             match throttled.clear_to_send() {
                 Ok(()) => break permits,
                 Err(at) => {
@@ -299,7 +307,7 @@ impl Fetcher {
             .as_ref()
             .filter(|_| url.scheme() == "http" && url.username().is_empty() && url.password().is_none());
         let mut resp = match plain {
-            Some(plain) => match plain.get(url, cookie, self.cfg.timeout.0).await {
+            Some(plain) => match plain.get(url, &host, cookie, self.cfg.timeout.0).await {
                 Ok(r) => Response::Plain(r),
                 Err(e) => return Attempt::Retry(e, None),
             },
@@ -438,12 +446,23 @@ fn classify(e: &reqwest::Error) -> FetchError {
     if e.is_timeout() {
         return FetchError::Timeout;
     }
-    // The innermost cause says the most ("connection refused"), the outer ones the least.
-    let mut cause: &dyn std::error::Error = e;
+    FetchError::Network(innermost(e).to_string())
+}
+
+/// A URL's host and port (the default one when it names none): the key of its host's slots and
+/// of its idle plain connections.
+fn host_key(url: &Url) -> String {
+    format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0))
+}
+
+/// The innermost cause of an error, which says the most ("connection refused"); the outer
+/// ones say the least.
+fn innermost<'a>(e: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
+    let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    FetchError::Network(cause.to_string())
+    cause
 }
 
 /// The delay before try number `tries + 1`: `base * 2^(tries-1)`, jittered to 50-150%, at most 30 s.

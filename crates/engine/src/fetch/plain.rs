@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
-use super::FetchError;
+use super::{innermost, FetchError};
 
 /// How long an idle connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(90);
@@ -71,7 +71,7 @@ impl Idle {
     fn sweep(&mut self, idle_for: Duration) {
         let now = Instant::now();
         self.hosts.retain(|_, idle| {
-            idle.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < idle_for);
+            idle.retain(|(s, since)| usable(s, *since, now, idle_for));
             !idle.is_empty()
         });
     }
@@ -122,11 +122,13 @@ impl Plain {
         Ok(Plain { pool, user_agent })
     }
 
-    /// Sends a GET for `url` (an `http` URL), within `timeout` from now for the whole exchange
-    /// (connection, response and body).
+    /// Sends a GET for `url` (an `http` URL; `key`: its host and port, which pool its
+    /// connections), within `timeout` from now for the whole exchange (connection, response
+    /// and body).
     pub(super) async fn get(
         &self,
         url: &Url,
+        key: &str,
         cookie: Option<&HeaderValue>,
         timeout: Duration,
     ) -> Result<Response, FetchError> {
@@ -141,7 +143,7 @@ impl Plain {
             });
         });
         let deadline = tokio::time::Instant::now() + timeout;
-        let (resp, sender, key) = match tokio::time::timeout_at(deadline, self.send(url, cookie)).await {
+        let (resp, sender) = match tokio::time::timeout_at(deadline, self.send(url, key, cookie)).await {
             Ok(sent) => sent?,
             Err(_) => return Err(FetchError::Timeout),
         };
@@ -164,19 +166,20 @@ impl Plain {
             headers: head.headers,
             body,
             gunzip,
-            conn: Some((sender, key)),
+            conn: Some((sender, key.to_owned())),
             pool: self.pool.clone(),
             deadline,
         })
     }
 
-    /// Sends the request on a pooled connection or a new one: the response's head, the
-    /// connection and its pool key.
+    /// Sends the request on a pooled connection of `key` or a new one: the response's head and
+    /// the connection.
     async fn send(
         &self,
         url: &Url,
+        key: &str,
         cookie: Option<&HeaderValue>,
-    ) -> Result<(http::Response<Incoming>, Sender, String), FetchError> {
+    ) -> Result<(http::Response<Incoming>, Sender), FetchError> {
         let host = url.host().ok_or_else(|| FetchError::Network("URL without a host".into()))?;
         let port = url.port_or_known_default().unwrap_or(80);
         let authority = match url.port() {
@@ -189,12 +192,11 @@ impl Plain {
         };
         let target: http::Uri =
             target.parse().map_err(|e: http::uri::InvalidUri| FetchError::Network(e.to_string()))?;
-        let key = format!("{}:{port}", url.host_str().unwrap_or_default());
         // A pooled connection the server closed while it sat idle fails with no answer: the
         // request (a GET) is sent again on a new connection, once.
         let mut pooled = true;
         loop {
-            let checked_out = if pooled { self.pool.checkout(&key).await } else { None };
+            let checked_out = if pooled { self.pool.checkout(key).await } else { None };
             let mut sender = match checked_out {
                 Some(s) => s,
                 None => {
@@ -212,7 +214,7 @@ impl Plain {
             }
             let req = req.body(Empty::new()).map_err(|e| FetchError::Network(e.to_string()))?;
             match sender.send_request(req).await {
-                Ok(resp) => return Ok((resp, sender, key)),
+                Ok(resp) => return Ok((resp, sender)),
                 Err(e) if pooled && stale(&e) => pooled = false,
                 Err(e) => return Err(network(&e)),
             }
@@ -228,8 +230,7 @@ impl Pool {
                 let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let idle = pool.hosts.get_mut(key)?;
                 let now = Instant::now();
-                std::iter::from_fn(|| idle.pop())
-                    .find(|(s, since)| !s.is_closed() && now.duration_since(*since) < self.idle_for)
+                std::iter::from_fn(|| idle.pop()).find(|(s, since)| usable(s, *since, now, self.idle_for))
             };
             let (mut sender, _) = found?;
             if sender.ready().await.is_ok() {
@@ -249,6 +250,11 @@ impl Pool {
             idle.push((sender, Instant::now()));
         }
     }
+}
+
+/// Whether an idle connection may still be used: open, and idle for less than `idle_for`.
+fn usable(sender: &Sender, since: Instant, now: Instant, idle_for: Duration) -> bool {
+    !sender.is_closed() && now.duration_since(since) < idle_for
 }
 
 async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
@@ -323,14 +329,6 @@ fn network(e: &(dyn std::error::Error + 'static)) -> FetchError {
         Some(io) if io.kind() == std::io::ErrorKind::TimedOut => FetchError::Timeout,
         _ => FetchError::Network(cause.to_string()),
     }
-}
-
-fn innermost<'a>(e: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std::error::Error + 'static) {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause
 }
 
 /// Whether a request that failed on a pooled connection is sent again on a new one: the
@@ -585,7 +583,8 @@ mod tests {
         let idle = std::time::Duration::from_millis(200);
         let plain = super::Plain::with_timing("t", 4, idle, std::time::Duration::from_millis(50)).unwrap();
         let url: url::Url = format!("http://{}/", s.addr).parse().unwrap();
-        let mut resp = plain.get(&url, None, std::time::Duration::from_secs(5)).await.unwrap();
+        let key = super::super::host_key(&url);
+        let mut resp = plain.get(&url, &key, None, std::time::Duration::from_secs(5)).await.unwrap();
         while resp.chunk().await.unwrap().is_some() {}
         drop(resp);
         // Pooled, then let go by the reaper once idle too long: the server sees it closed.
