@@ -408,7 +408,8 @@ fn version_names_commit_and_profile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pprof_serves_cpu_profiles_while_crawling() {
     use std::io::BufRead;
-    let site = Site { books: 5000, tags: 2, per_page: 50, latency: Duration::from_millis(2) };
+    // A crawl that outlasts the profile's second (the process is killed after it).
+    let site = Site { books: 50_000, tags: 2, per_page: 50, latency: Duration::from_millis(2) };
     let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&fx, dir.path(), "");
