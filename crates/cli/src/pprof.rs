@@ -82,10 +82,47 @@ async fn sample(seconds: u64, flamegraph: bool) -> Result<(&'static str, Vec<u8>
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let report = guard.report().build().map_err(|e| format!("cannot build the report: {e}"))?;
     if flamegraph {
+        if report.data.is_empty() {
+            // The flame graph library refuses an empty report; say what happened instead of 500.
+            return Ok(("image/svg+xml", no_samples_svg(seconds)));
+        }
         let mut svg = Vec::new();
         report.flamegraph(&mut svg).map_err(|e| format!("cannot draw the flame graph: {e}"))?;
         return Ok(("image/svg+xml", svg));
     }
     let profile = report.pprof().map_err(|e| format!("cannot encode the profile: {e}"))?;
     Ok(("application/octet-stream", profile.encode_to_vec()))
+}
+
+/// The flame graph of a profile without samples: the process used (almost) no CPU time outside
+/// libc during the profile.
+fn no_samples_svg(seconds: u64) -> Vec<u8> {
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+         <svg version=\"1.1\" width=\"600\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <text x=\"10\" y=\"35\" font-family=\"monospace\" font-size=\"14\">\
+         no samples in {seconds} s: the process was idle, or busy only in libc</text></svg>\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_or_fail() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(seconds(&uri("/p")), Ok(None));
+        assert_eq!(seconds(&uri("/p?seconds=5")), Ok(Some(5)));
+        assert_eq!(seconds(&uri("/p?x=1&seconds=2")), Ok(Some(2)));
+        assert_eq!(seconds(&uri("/p?seconds=x")), Err(()));
+    }
+
+    #[test]
+    fn an_empty_profile_still_draws_an_svg() {
+        let svg = String::from_utf8(no_samples_svg(3)).unwrap();
+        assert!(svg.contains("<svg") && svg.ends_with("</svg>\n"), "{svg}");
+        assert!(svg.contains("no samples in 3 s"), "{svg}");
+    }
 }
