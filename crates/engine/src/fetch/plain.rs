@@ -4,7 +4,7 @@
 //!
 //! It does what the general client would for these requests, with less in the way: no URL
 //! re-parsed into a URI, no middleware layers, a pool keyed by the host and port it is given.
-//! `Accept-Encoding: gzip`, decoded here in small steps, so a small compressed body cannot
+//! `Accept-Encoding: gzip, br`, decoded here in small steps, so a small compressed body cannot
 //! expand into a large buffer before the caller's size limit sees it.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use brotli_decompressor::{BrotliDecompressStream, BrotliResult, StandardAlloc};
 use bytes::{Buf, Bytes};
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, COOKIE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
@@ -30,6 +31,10 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 
 /// Compressed bytes fed to the gzip decoder at a time (deflate expands at most about 1,000 to 1).
 const GUNZIP_STEP: usize = 1024;
+
+/// Decoded bytes a brotli step yields at most (brotli has no useful bound on expansion, so the
+/// step is bounded by its output).
+const BROTLI_STEP: usize = 16 * 1024;
 
 /// A connection attempt to a host's next address starts when the last one has not connected
 /// within this long (or at once when it failed).
@@ -83,21 +88,56 @@ pub(super) struct Response {
     status: StatusCode,
     headers: HeaderMap,
     body: Incoming,
-    gunzip: Option<Box<Gunzip>>,
+    decode: Option<Box<Decode>>,
     /// The connection and its pool key, until the body ends.
     conn: Option<(Sender, String)>,
     pool: Arc<Pool>,
     deadline: tokio::time::Instant,
 }
 
-struct Gunzip {
-    decoder: flate2::write::GzDecoder<Vec<u8>>,
+/// A compressed body being decoded.
+struct Decode {
+    codec: Codec,
     pending: Bytes,
     /// Some compressed bytes were fed (an empty body decodes to an empty one).
     fed: bool,
-    /// The gzip member has ended: what follows it is read and dropped, as reqwest does.
+    /// The compressed stream has ended: what follows it is read and dropped, as reqwest does.
     ended: bool,
     done: bool,
+}
+
+// The whole decoder is boxed once per compressed response; brotli's state (3.6 KB) is boxed
+// again so that a gzip decoder does not carry its size.
+#[allow(clippy::large_enum_variant)]
+enum Codec {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Brotli(Box<Brotli>),
+}
+
+struct Brotli {
+    state: brotli_decompressor::BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>,
+    out: Vec<u8>,
+    total: usize,
+}
+
+impl Decode {
+    /// The decoder for a response's `Content-Encoding`, if it is one this client asks for.
+    fn for_encoding(value: &HeaderValue) -> Option<Box<Decode>> {
+        let codec = match value.as_bytes() {
+            v if v.eq_ignore_ascii_case(b"gzip") => Codec::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            v if v.eq_ignore_ascii_case(b"br") => Codec::Brotli(Box::new(Brotli {
+                state: brotli_decompressor::BrotliState::new(
+                    StandardAlloc::default(),
+                    StandardAlloc::default(),
+                    StandardAlloc::default(),
+                ),
+                out: vec![0; BROTLI_STEP],
+                total: 0,
+            })),
+            _ => return None,
+        };
+        Some(Box::new(Decode { codec, pending: Bytes::new(), fed: false, ended: false, done: false }))
+    }
 }
 
 impl Plain {
@@ -148,24 +188,12 @@ impl Plain {
             Err(_) => return Err(FetchError::Timeout),
         };
         let (head, body) = resp.into_parts();
-        let gunzip = head
-            .headers
-            .get(CONTENT_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"))
-            .then(|| {
-                Box::new(Gunzip {
-                    decoder: flate2::write::GzDecoder::new(Vec::new()),
-                    pending: Bytes::new(),
-                    fed: false,
-                    ended: false,
-                    done: false,
-                })
-            });
+        let decode = head.headers.get(CONTENT_ENCODING).and_then(Decode::for_encoding);
         Ok(Response {
             status: head.status,
             headers: head.headers,
             body,
-            gunzip,
+            decode,
             conn: Some((sender, key.to_owned())),
             pool: self.pool.clone(),
             deadline,
@@ -208,7 +236,7 @@ impl Plain {
                 .header(HOST, authority.as_str())
                 .header(USER_AGENT, self.user_agent.clone())
                 .header(ACCEPT, HeaderValue::from_static("*/*"))
-                .header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+                .header(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
             if let Some(c) = cookie {
                 req = req.header(COOKIE, c.clone());
             }
@@ -354,7 +382,7 @@ impl Response {
 
     /// The body's length, when it is sent as is and says so.
     pub(super) fn content_length(&self) -> Option<u64> {
-        if self.gunzip.is_some() {
+        if self.decode.is_some() {
             return None;
         }
         self.sent_length()
@@ -369,7 +397,7 @@ impl Response {
     /// to the pool.
     pub(super) async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         loop {
-            if let Some(g) = &mut self.gunzip {
+            if let Some(g) = &mut self.decode {
                 if let Some(out) = g.step()? {
                     return Ok(Some(out));
                 }
@@ -387,15 +415,15 @@ impl Response {
                 if let Some((sender, key)) = self.conn.take() {
                     self.pool.put_back(sender, key);
                 }
-                match &mut self.gunzip {
+                match &mut self.decode {
                     Some(g) => g.finish()?,
                     None => return Ok(None),
                 }
                 continue;
             };
             let Ok(data) = frame.into_data() else { continue };
-            match &mut self.gunzip {
-                // Bytes after the gzip stream: the body ends here, and its connection, whose
+            match &mut self.decode {
+                // Bytes after the compressed stream: the body ends here, and its connection, whose
                 // rest is not read, is not used again.
                 Some(g) if g.ended && !data.is_empty() => {
                     self.conn = None;
@@ -410,43 +438,109 @@ impl Response {
     }
 }
 
-impl Gunzip {
+impl Decode {
     /// Decodes the next step of what is pending; `None` once it is all decoded.
     fn step(&mut self) -> Result<Option<Bytes>, FetchError> {
-        while !self.pending.is_empty() && !self.ended {
-            let n = self.pending.len().min(GUNZIP_STEP);
-            let used = self.decoder.write(&self.pending[..n]).map_err(gzip_error)?;
-            if used == 0 {
-                self.ended = true;
-                break;
-            }
-            self.fed = true;
-            self.pending.advance(used);
-            let out = std::mem::take(self.decoder.get_mut());
-            if !out.is_empty() {
-                return Ok(Some(out.into()));
-            }
-        }
-        if self.ended {
+        let out = match &mut self.codec {
+            Codec::Gzip(decoder) => gunzip_step(decoder, &mut self.pending, &mut self.fed, &mut self.ended)?,
+            Codec::Brotli(b) => b.step(&mut self.pending, &mut self.fed, &mut self.ended)?,
+        };
+        if out.is_none() && self.ended {
             self.pending = Bytes::new();
         }
-        let out = std::mem::take(self.decoder.get_mut());
-        Ok((!out.is_empty()).then(|| out.into()))
+        Ok(out)
     }
 
-    /// The body has ended: the stream must be complete (its checksum and length are checked),
-    /// unless the body was empty.
+    /// The body has ended: the stream must be complete (gzip's checksum and length are
+    /// checked), unless the body was empty.
     fn finish(&mut self) -> Result<(), FetchError> {
         if self.fed {
-            self.decoder.try_finish().map_err(gzip_error)?;
+            match &mut self.codec {
+                Codec::Gzip(decoder) => decoder.try_finish().map_err(|e| decode_error("gzip", e))?,
+                Codec::Brotli(_) if !self.ended => {
+                    return Err(decode_error("brotli", "the stream ends before its end"))
+                }
+                Codec::Brotli(_) => {}
+            }
         }
         self.done = true;
         Ok(())
     }
 }
 
-fn gzip_error(e: std::io::Error) -> FetchError {
-    FetchError::Network(format!("gzip: {e}"))
+fn gunzip_step(
+    decoder: &mut flate2::write::GzDecoder<Vec<u8>>,
+    pending: &mut Bytes,
+    fed: &mut bool,
+    ended: &mut bool,
+) -> Result<Option<Bytes>, FetchError> {
+    while !pending.is_empty() && !*ended {
+        let n = pending.len().min(GUNZIP_STEP);
+        let used = decoder.write(&pending[..n]).map_err(|e| decode_error("gzip", e))?;
+        if used == 0 {
+            *ended = true;
+            break;
+        }
+        *fed = true;
+        pending.advance(used);
+        let out = std::mem::take(decoder.get_mut());
+        if !out.is_empty() {
+            return Ok(Some(out.into()));
+        }
+    }
+    let out = std::mem::take(decoder.get_mut());
+    Ok((!out.is_empty()).then(|| out.into()))
+}
+
+impl Brotli {
+    /// At most [`BROTLI_STEP`] decoded bytes of what is pending (and of what the decoder holds).
+    fn step(
+        &mut self,
+        pending: &mut Bytes,
+        fed: &mut bool,
+        ended: &mut bool,
+    ) -> Result<Option<Bytes>, FetchError> {
+        while !*ended {
+            let (mut avail_in, mut in_at) = (pending.len(), 0);
+            let (mut avail_out, mut out_at) = (self.out.len(), 0);
+            let result = BrotliDecompressStream(
+                &mut avail_in,
+                &mut in_at,
+                pending,
+                &mut avail_out,
+                &mut out_at,
+                &mut self.out,
+                &mut self.total,
+                &mut self.state,
+            );
+            if in_at > 0 {
+                *fed = true;
+                pending.advance(in_at);
+            }
+            let more_out = match result {
+                BrotliResult::ResultFailure => {
+                    return Err(decode_error("brotli", format!("{:?}", self.state.error_code)))
+                }
+                BrotliResult::ResultSuccess => {
+                    *ended = true;
+                    false
+                }
+                BrotliResult::NeedsMoreOutput => true,
+                BrotliResult::NeedsMoreInput => false,
+            };
+            if out_at > 0 {
+                return Ok(Some(Bytes::copy_from_slice(&self.out[..out_at])));
+            }
+            if !more_out {
+                break;
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn decode_error(codec: &str, e: impl std::fmt::Display) -> FetchError {
+    FetchError::Network(format!("{codec}: {e}"))
 }
 
 #[cfg(test)]
@@ -533,6 +627,14 @@ mod tests {
         e.finish().unwrap()
     }
 
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+        w.write_all(data).unwrap();
+        drop(w);
+        out
+    }
+
     fn fetcher(cfg: EngineConfig) -> Fetcher {
         Fetcher::new(EngineConfig { retries: 0, ..cfg }).unwrap()
     }
@@ -562,7 +664,7 @@ mod tests {
         let first = heads[0].to_ascii_lowercase();
         assert!(first.starts_with("get /a/b?i=0 http/1.1\r\n"), "{first}");
         for header in
-            [format!("host: {}", s.addr), "user-agent: tester/1".into(), "accept-encoding: gzip".into()]
+            [format!("host: {}", s.addr), "user-agent: tester/1".into(), "accept-encoding: gzip, br".into()]
         {
             assert!(first.contains(&header), "{header} missing from {first}");
         }
@@ -635,6 +737,35 @@ mod tests {
             Err(FetchError::Network(m)) => assert!(m.starts_with("gzip: "), "{m}"),
             other => panic!("expected a gzip error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn brotli_is_decoded_in_steps_and_a_bomb_stops_at_the_size_limit() {
+        let page = b"<html><body>".repeat(10_000);
+        let small = brotli(&page);
+        let bomb = brotli(&vec![0u8; 8 << 20]);
+        let mut trailing = brotli(b"<p>one stream</p>");
+        trailing.extend_from_slice(b"garbage");
+        let truncated = small[..small.len() / 2].to_vec();
+        let s = server(move |_, head| match head.split_whitespace().nth(1) {
+            Some("/page") => (html(&small, "content-encoding: br\r\n"), false),
+            Some("/bomb") => (html(&bomb, "content-encoding: br\r\n"), false),
+            Some("/empty") => (html(b"", "content-encoding: BR\r\n"), false),
+            Some("/trailing") => (html(&trailing, "content-encoding: br\r\n"), false),
+            _ => (html(&truncated, "content-encoding: br\r\n"), false),
+        })
+        .await;
+        let f = fetcher(EngineConfig { max_body: ByteSize(1 << 20), ..EngineConfig::default() });
+        let url = |path: &str| format!("http://{}{path}", s.addr);
+        assert_eq!(body_of(get(&f, &url("/page")).await.0), page);
+        assert_eq!(get(&f, &url("/bomb")).await.0.unwrap_err(), FetchError::TooLarge(1 << 20));
+        assert_eq!(body_of(get(&f, &url("/empty")).await.0), b"");
+        assert_eq!(body_of(get(&f, &url("/trailing")).await.0), b"<p>one stream</p>");
+        match get(&f, &url("/truncated")).await.0 {
+            Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{m}"),
+            other => panic!("expected a brotli error, got {other:?}"),
+        }
+        assert!(s.heads.lock().unwrap()[0].contains("accept-encoding: gzip, br"));
     }
 
     #[tokio::test]
