@@ -124,7 +124,10 @@ impl Decode {
     /// The decoder for a response's `Content-Encoding`, if it is one this client asks for.
     fn for_encoding(value: &HeaderValue) -> Option<Box<Decode>> {
         let codec = match value.as_bytes() {
-            v if v.eq_ignore_ascii_case(b"gzip") => Codec::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            // `x-gzip` is gzip (RFC 9110, 8.4.1.3); old servers still send it.
+            v if v.eq_ignore_ascii_case(b"gzip") || v.eq_ignore_ascii_case(b"x-gzip") => {
+                Codec::Gzip(flate2::write::GzDecoder::new(Vec::new()))
+            }
             v if v.eq_ignore_ascii_case(b"br") => Codec::Brotli(Box::new(Brotli {
                 state: brotli_decompressor::BrotliState::new(
                     StandardAlloc::default(),
@@ -725,11 +728,14 @@ mod tests {
         let s = server(move |_, head| match head.split_whitespace().nth(1) {
             Some("/page") => (html(&small, "content-encoding: gzip\r\n"), false),
             Some("/bomb") => (html(&bomb, "content-encoding: gzip\r\n"), false),
+            Some("/x-gzip") => (html(&small, "content-encoding: X-Gzip\r\n"), false),
             _ => (html(b"\x1f\x8bnot gzip at all", "content-encoding: gzip\r\n"), false),
         })
         .await;
         let f = fetcher(EngineConfig { max_body: ByteSize(1 << 20), ..EngineConfig::default() });
         let (r, _) = get(&f, &format!("http://{}/page", s.addr)).await;
+        assert_eq!(body_of(r), page);
+        let (r, _) = get(&f, &format!("http://{}/x-gzip", s.addr)).await;
         assert_eq!(body_of(r), page);
         let (r, _) = get(&f, &format!("http://{}/bomb", s.addr)).await;
         assert_eq!(r.unwrap_err(), FetchError::TooLarge(1 << 20));
