@@ -5,7 +5,8 @@
 //! It does what the general client would for these requests, with less in the way: no URL
 //! re-parsed into a URI, no middleware layers, a pool keyed by the host and port it is given.
 //! `Accept-Encoding: gzip, br`, decoded here in small steps, so a small compressed body cannot
-//! expand into a large buffer before the caller's size limit sees it.
+//! expand into a large body before the caller's size limit sees it. (Brotli's decoder keeps its
+//! window, at most 16 MiB, as it goes: a brotli body may hold that much besides.)
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,7 +34,8 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 const GUNZIP_STEP: usize = 1024;
 
 /// Decoded bytes a brotli step yields at most (brotli has no useful bound on expansion, so the
-/// step is bounded by its output).
+/// step is bounded by its output). The decoder's own window is RFC 7932's, at most 16 MiB:
+/// streams declaring the large windows of later extensions are refused.
 const BROTLI_STEP: usize = 16 * 1024;
 
 /// A connection attempt to a host's next address starts when the last one has not connected
@@ -129,7 +131,7 @@ impl Decode {
                 Codec::Gzip(flate2::write::GzDecoder::new(Vec::new()))
             }
             v if v.eq_ignore_ascii_case(b"br") => Codec::Brotli(Box::new(Brotli {
-                state: brotli_decompressor::BrotliState::new(
+                state: brotli_decompressor::BrotliState::new_strict(
                     StandardAlloc::default(),
                     StandardAlloc::default(),
                     StandardAlloc::default(),
@@ -745,6 +747,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_brotli_step_yields_at_most_its_share() {
+        let page = b"<p>0123456789</p>".repeat(200_000);
+        let mut d = super::Decode::for_encoding(&http::HeaderValue::from_static("br")).unwrap();
+        d.pending = brotli(&page).into();
+        let mut out = Vec::new();
+        while let Some(chunk) = d.step().unwrap() {
+            assert!(chunk.len() <= super::BROTLI_STEP, "{}", chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        d.finish().unwrap();
+        assert_eq!(out.len(), page.len());
+        assert!(out == page);
+    }
+
     #[tokio::test]
     async fn brotli_is_decoded_in_steps_and_a_bomb_stops_at_the_size_limit() {
         let page = b"<html><body>".repeat(10_000);
@@ -753,11 +770,31 @@ mod tests {
         let mut trailing = brotli(b"<p>one stream</p>");
         trailing.extend_from_slice(b"garbage");
         let truncated = small[..small.len() / 2].to_vec();
+        let large_window = {
+            let params =
+                brotli::enc::BrotliEncoderParams { large_window: true, lgwin: 26, ..Default::default() };
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &page[..], &mut out, &params).unwrap();
+            out
+        };
         let s = server(move |_, head| match head.split_whitespace().nth(1) {
-            Some("/page") => (html(&small, "content-encoding: br\r\n"), false),
+            Some("/page") => (html(&small, "content-encoding: BR\r\n"), false),
             Some("/bomb") => (html(&bomb, "content-encoding: br\r\n"), false),
-            Some("/empty") => (html(b"", "content-encoding: BR\r\n"), false),
+            Some("/empty") => (html(b"", "content-encoding: br\r\n"), false),
             Some("/trailing") => (html(&trailing, "content-encoding: br\r\n"), false),
+            Some("/large-window") => (html(&large_window, "content-encoding: br\r\n"), false),
+            // The stream in 7-byte chunks, then bytes after it in a chunk of their own.
+            Some("/chunked") => {
+                let mut out =
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-encoding: br\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for piece in small.chunks(7).chain([&b"garbage"[..]]) {
+                    out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    out.extend_from_slice(piece);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                (out, false)
+            }
             _ => (html(&truncated, "content-encoding: br\r\n"), false),
         })
         .await;
@@ -767,10 +804,20 @@ mod tests {
         assert_eq!(get(&f, &url("/bomb")).await.0.unwrap_err(), FetchError::TooLarge(1 << 20));
         assert_eq!(body_of(get(&f, &url("/empty")).await.0), b"");
         assert_eq!(body_of(get(&f, &url("/trailing")).await.0), b"<p>one stream</p>");
-        match get(&f, &url("/truncated")).await.0 {
-            Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{m}"),
-            other => panic!("expected a brotli error, got {other:?}"),
+        for bad in ["/truncated", "/large-window"] {
+            match get(&f, &url(bad)).await.0 {
+                Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{bad}: {m}"),
+                other => panic!("{bad}: expected a brotli error, got {:?}", other.map(|_| "a body")),
+            }
         }
+        // Fed a few bytes at a time; the bytes after the stream came in a frame of their own,
+        // so the connection (its body not read to the end) is not used again.
+        // (The errors above closed their connections: one more is pooled first.)
+        assert_eq!(body_of(get(&f, &url("/page")).await.0), page);
+        let before = s.accepts.load(SeqCst);
+        assert_eq!(body_of(get(&f, &url("/chunked")).await.0), page);
+        assert_eq!(body_of(get(&f, &url("/page")).await.0), page);
+        assert_eq!(s.accepts.load(SeqCst), before + 1);
         assert!(s.heads.lock().unwrap()[0].contains("accept-encoding: gzip, br"));
     }
 
