@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{HeaderValue, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
+use reqwest::header::{
+    HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER,
+};
 use reqwest::{Client, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ use url::Url;
 
 use crate::config::EngineConfig;
 
+mod decode;
 mod plain;
 
 /// A successful fetch.
@@ -165,9 +168,7 @@ impl Fetcher {
                 .connect_timeout(cfg.timeout.0)
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(cfg.per_host.min(cfg.concurrency))
-                .tcp_nodelay(true)
-                .gzip(true)
-                .brotli(true);
+                .tcp_nodelay(true);
             b = match proxy {
                 // The config is the one source of proxies; environment variables are ignored.
                 None => b.no_proxy(),
@@ -313,12 +314,18 @@ impl Fetcher {
             },
             _ => {
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-                let mut req = self.clients[i].get(url.as_str());
+                // Compressed bodies are decoded here (reqwest's own decoders are not built).
+                let mut req = self.clients[i]
+                    .get(url.as_str())
+                    .header(ACCEPT_ENCODING, HeaderValue::from_static(decode::ACCEPT_ENCODINGS));
                 if let Some(c) = cookie {
                     req = req.header(COOKIE, c.clone());
                 }
                 match req.send().await {
-                    Ok(r) => Response::General(r),
+                    Ok(r) => {
+                        let decode = r.headers().get(CONTENT_ENCODING).and_then(decode::Decode::for_encoding);
+                        Response::General(r, decode)
+                    }
                     Err(e) => return Attempt::Retry(classify(&e), None),
                 }
             }
@@ -383,28 +390,30 @@ const SHORT_BODY: u64 = 64 * 1024;
 /// A response from either client.
 enum Response {
     Plain(plain::Response),
-    General(reqwest::Response),
+    /// With its decoder when its body is compressed.
+    General(reqwest::Response, Option<Box<decode::Decode>>),
 }
 
 impl Response {
     fn status(&self) -> StatusCode {
         match self {
             Response::Plain(r) => r.status(),
-            Response::General(r) => r.status(),
+            Response::General(r, _) => r.status(),
         }
     }
 
     fn headers(&self) -> &reqwest::header::HeaderMap {
         match self {
             Response::Plain(r) => r.headers(),
-            Response::General(r) => r.headers(),
+            Response::General(r, _) => r.headers(),
         }
     }
 
     fn content_length(&self) -> Option<u64> {
         match self {
             Response::Plain(r) => r.content_length(),
-            Response::General(r) => r.content_length(),
+            Response::General(_, Some(_)) => None,
+            Response::General(r, None) => r.content_length(),
         }
     }
 
@@ -431,7 +440,18 @@ impl Response {
     async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
         match self {
             Response::Plain(r) => r.chunk().await,
-            Response::General(r) => r.chunk().await.map_err(|e| classify(&e)),
+            Response::General(r, None) => r.chunk().await.map_err(|e| classify(&e)),
+            Response::General(r, Some(g)) => loop {
+                if let Some(out) = g.step()? {
+                    return Ok(Some(out));
+                }
+                if g.done() {
+                    return Ok(None);
+                }
+                // Bytes after the stream end the body; the response is dropped unread, and its
+                // connection with it.
+                g.frame(r.chunk().await.map_err(|e| classify(&e))?)?;
+            },
         }
     }
 }

@@ -4,18 +4,14 @@
 //!
 //! It does what the general client would for these requests, with less in the way: no URL
 //! re-parsed into a URI, no middleware layers, a pool keyed by the host and port it is given.
-//! `Accept-Encoding: gzip, br`, decoded here in small steps, so a small compressed body cannot
-//! expand into a large body before the caller's size limit sees it. (Brotli's decoder keeps its
-//! window, at most 16 MiB, as it goes: a brotli body may hold that much besides.)
+//! Compressed bodies are decoded in small steps ([`super::decode`]).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use brotli_decompressor::{BrotliDecompressStream, BrotliResult, StandardAlloc};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, COOKIE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -25,18 +21,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
+use super::decode::{Decode, ACCEPT_ENCODINGS};
 use super::{innermost, FetchError};
 
 /// How long an idle connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(90);
-
-/// Compressed bytes fed to the gzip decoder at a time (deflate expands at most about 1,000 to 1).
-const GUNZIP_STEP: usize = 1024;
-
-/// Decoded bytes a brotli step yields at most (brotli has no useful bound on expansion, so the
-/// step is bounded by its output). The decoder's own window is RFC 7932's, at most 16 MiB:
-/// streams declaring the large windows of later extensions are refused.
-const BROTLI_STEP: usize = 16 * 1024;
 
 /// A connection attempt to a host's next address starts when the last one has not connected
 /// within this long (or at once when it failed).
@@ -95,54 +84,6 @@ pub(super) struct Response {
     conn: Option<(Sender, String)>,
     pool: Arc<Pool>,
     deadline: tokio::time::Instant,
-}
-
-/// A compressed body being decoded.
-struct Decode {
-    codec: Codec,
-    pending: Bytes,
-    /// Some compressed bytes were fed (an empty body decodes to an empty one).
-    fed: bool,
-    /// The compressed stream has ended: what follows it is read and dropped, as reqwest does.
-    ended: bool,
-    done: bool,
-}
-
-// The whole decoder is boxed once per compressed response; brotli's state (3.6 KB) is boxed
-// again so that a gzip decoder does not carry its size.
-#[allow(clippy::large_enum_variant)]
-enum Codec {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Brotli(Box<Brotli>),
-}
-
-struct Brotli {
-    state: brotli_decompressor::BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>,
-    out: Vec<u8>,
-    total: usize,
-}
-
-impl Decode {
-    /// The decoder for a response's `Content-Encoding`, if it is one this client asks for.
-    fn for_encoding(value: &HeaderValue) -> Option<Box<Decode>> {
-        let codec = match value.as_bytes() {
-            // `x-gzip` is gzip (RFC 9110, 8.4.1.3); old servers still send it.
-            v if v.eq_ignore_ascii_case(b"gzip") || v.eq_ignore_ascii_case(b"x-gzip") => {
-                Codec::Gzip(flate2::write::GzDecoder::new(Vec::new()))
-            }
-            v if v.eq_ignore_ascii_case(b"br") => Codec::Brotli(Box::new(Brotli {
-                state: brotli_decompressor::BrotliState::new_strict(
-                    StandardAlloc::default(),
-                    StandardAlloc::default(),
-                    StandardAlloc::default(),
-                ),
-                out: vec![0; BROTLI_STEP],
-                total: 0,
-            })),
-            _ => return None,
-        };
-        Some(Box::new(Decode { codec, pending: Bytes::new(), fed: false, ended: false, done: false }))
-    }
 }
 
 impl Plain {
@@ -241,7 +182,7 @@ impl Plain {
                 .header(HOST, authority.as_str())
                 .header(USER_AGENT, self.user_agent.clone())
                 .header(ACCEPT, HeaderValue::from_static("*/*"))
-                .header(ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
+                .header(ACCEPT_ENCODING, HeaderValue::from_static(ACCEPT_ENCODINGS));
             if let Some(c) = cookie {
                 req = req.header(COOKIE, c.clone());
             }
@@ -406,7 +347,7 @@ impl Response {
                 if let Some(out) = g.step()? {
                     return Ok(Some(out));
                 }
-                if g.done {
+                if g.done() {
                     return Ok(None);
                 }
             }
@@ -416,136 +357,31 @@ impl Response {
                 Ok(Some(Ok(frame))) => Some(frame),
                 Ok(Some(Err(e))) => return Err(network(&e)),
             };
-            let Some(frame) = frame else {
-                if let Some((sender, key)) = self.conn.take() {
-                    self.pool.put_back(sender, key);
+            let data = match frame {
+                Some(frame) => match frame.into_data() {
+                    Ok(data) => Some(data),
+                    Err(_) => continue,
+                },
+                None => {
+                    if let Some((sender, key)) = self.conn.take() {
+                        self.pool.put_back(sender, key);
+                    }
+                    None
                 }
-                match &mut self.decode {
-                    Some(g) => g.finish()?,
-                    None => return Ok(None),
-                }
-                continue;
             };
-            let Ok(data) = frame.into_data() else { continue };
-            match &mut self.decode {
+            match (&mut self.decode, data) {
                 // Bytes after the compressed stream: the body ends here, and its connection, whose
                 // rest is not read, is not used again.
-                Some(g) if g.ended && !data.is_empty() => {
-                    self.conn = None;
-                    g.finish()?;
+                (Some(g), data) => {
+                    if !g.frame(data)? {
+                        self.conn = None;
+                    }
                 }
-                Some(g) if g.ended => {}
-                Some(g) => g.pending = data,
-                None if data.is_empty() => {}
-                None => return Ok(Some(data)),
+                (None, Some(data)) if data.is_empty() => {}
+                (None, data) => return Ok(data),
             }
         }
     }
-}
-
-impl Decode {
-    /// Decodes the next step of what is pending; `None` once it is all decoded.
-    fn step(&mut self) -> Result<Option<Bytes>, FetchError> {
-        let out = match &mut self.codec {
-            Codec::Gzip(decoder) => gunzip_step(decoder, &mut self.pending, &mut self.fed, &mut self.ended)?,
-            Codec::Brotli(b) => b.step(&mut self.pending, &mut self.fed, &mut self.ended)?,
-        };
-        if out.is_none() && self.ended {
-            self.pending = Bytes::new();
-        }
-        Ok(out)
-    }
-
-    /// The body has ended: the stream must be complete (gzip's checksum and length are
-    /// checked), unless the body was empty.
-    fn finish(&mut self) -> Result<(), FetchError> {
-        if self.fed {
-            match &mut self.codec {
-                Codec::Gzip(decoder) => decoder.try_finish().map_err(|e| decode_error("gzip", e))?,
-                Codec::Brotli(_) if !self.ended => {
-                    return Err(decode_error("brotli", "the stream ends before its end"))
-                }
-                Codec::Brotli(_) => {}
-            }
-        }
-        self.done = true;
-        Ok(())
-    }
-}
-
-fn gunzip_step(
-    decoder: &mut flate2::write::GzDecoder<Vec<u8>>,
-    pending: &mut Bytes,
-    fed: &mut bool,
-    ended: &mut bool,
-) -> Result<Option<Bytes>, FetchError> {
-    while !pending.is_empty() && !*ended {
-        let n = pending.len().min(GUNZIP_STEP);
-        let used = decoder.write(&pending[..n]).map_err(|e| decode_error("gzip", e))?;
-        if used == 0 {
-            *ended = true;
-            break;
-        }
-        *fed = true;
-        pending.advance(used);
-        let out = std::mem::take(decoder.get_mut());
-        if !out.is_empty() {
-            return Ok(Some(out.into()));
-        }
-    }
-    let out = std::mem::take(decoder.get_mut());
-    Ok((!out.is_empty()).then(|| out.into()))
-}
-
-impl Brotli {
-    /// At most [`BROTLI_STEP`] decoded bytes of what is pending (and of what the decoder holds).
-    fn step(
-        &mut self,
-        pending: &mut Bytes,
-        fed: &mut bool,
-        ended: &mut bool,
-    ) -> Result<Option<Bytes>, FetchError> {
-        while !*ended {
-            let (mut avail_in, mut in_at) = (pending.len(), 0);
-            let (mut avail_out, mut out_at) = (self.out.len(), 0);
-            let result = BrotliDecompressStream(
-                &mut avail_in,
-                &mut in_at,
-                pending,
-                &mut avail_out,
-                &mut out_at,
-                &mut self.out,
-                &mut self.total,
-                &mut self.state,
-            );
-            if in_at > 0 {
-                *fed = true;
-                pending.advance(in_at);
-            }
-            let more_out = match result {
-                BrotliResult::ResultFailure => {
-                    return Err(decode_error("brotli", format!("{:?}", self.state.error_code)))
-                }
-                BrotliResult::ResultSuccess => {
-                    *ended = true;
-                    false
-                }
-                BrotliResult::NeedsMoreOutput => true,
-                BrotliResult::NeedsMoreInput => false,
-            };
-            if out_at > 0 {
-                return Ok(Some(Bytes::copy_from_slice(&self.out[..out_at])));
-            }
-            if !more_out {
-                break;
-            }
-        }
-        Ok(None)
-    }
-}
-
-fn decode_error(codec: &str, e: impl std::fmt::Display) -> FetchError {
-    FetchError::Network(format!("{codec}: {e}"))
 }
 
 #[cfg(test)]
@@ -558,6 +394,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
+    use super::super::decode::tests::brotli;
     use super::super::{FetchError, Fetched, Fetcher, Want};
     use crate::config::EngineConfig;
     use crate::units::{ByteSize, HumanDuration};
@@ -632,14 +469,6 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn brotli(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-        w.write_all(data).unwrap();
-        drop(w);
-        out
-    }
-
     fn fetcher(cfg: EngineConfig) -> Fetcher {
         Fetcher::new(EngineConfig { retries: 0, ..cfg }).unwrap()
     }
@@ -682,6 +511,35 @@ mod tests {
         assert_eq!(body_of(r), b"ok");
         let head = s.heads.lock().unwrap()[0].to_ascii_lowercase();
         assert!(head.contains("authorization: basic dxnlcjpwdw=="), "{head}");
+    }
+
+    /// The general client (reqwest, here for a URL with credentials) asks for and decodes the
+    /// same encodings through the same decoder.
+    #[tokio::test]
+    async fn the_general_client_decodes_gzip_and_brotli_with_the_same_limits() {
+        let page = b"<html><body>".repeat(10_000);
+        let (gz, br) = (gzip(&page), brotli(&page));
+        let bomb = brotli(&vec![0u8; 8 << 20]);
+        let truncated = br[..br.len() / 2].to_vec();
+        let s = server(move |_, head| match head.split_whitespace().nth(1) {
+            Some("/gzip") => (html(&gz, "content-encoding: gzip\r\n"), false),
+            Some("/br") => (html(&br, "content-encoding: br\r\n"), false),
+            Some("/bomb") => (html(&bomb, "content-encoding: br\r\n"), false),
+            _ => (html(&truncated, "content-encoding: br\r\n"), false),
+        })
+        .await;
+        let f = fetcher(EngineConfig { max_body: ByteSize(1 << 20), ..EngineConfig::default() });
+        let url = |path: &str| format!("http://user:pw@{}{path}", s.addr);
+        assert_eq!(body_of(get(&f, &url("/gzip")).await.0), page);
+        assert_eq!(body_of(get(&f, &url("/br")).await.0), page);
+        assert_eq!(get(&f, &url("/bomb")).await.0.unwrap_err(), FetchError::TooLarge(1 << 20));
+        match get(&f, &url("/truncated")).await.0 {
+            Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{m}"),
+            other => panic!("expected a brotli error, got {:?}", other.map(|_| "a body")),
+        }
+        let head = s.heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(head.contains("authorization: basic"), "not the general client: {head}");
+        assert!(head.contains("accept-encoding: gzip, br"), "{head}");
     }
 
     #[tokio::test]
@@ -745,21 +603,6 @@ mod tests {
             Err(FetchError::Network(m)) => assert!(m.starts_with("gzip: "), "{m}"),
             other => panic!("expected a gzip error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn a_brotli_step_yields_at_most_its_share() {
-        let page = b"<p>0123456789</p>".repeat(200_000);
-        let mut d = super::Decode::for_encoding(&http::HeaderValue::from_static("br")).unwrap();
-        d.pending = brotli(&page).into();
-        let mut out = Vec::new();
-        while let Some(chunk) = d.step().unwrap() {
-            assert!(chunk.len() <= super::BROTLI_STEP, "{}", chunk.len());
-            out.extend_from_slice(&chunk);
-        }
-        d.finish().unwrap();
-        assert_eq!(out.len(), page.len());
-        assert!(out == page);
     }
 
     #[tokio::test]
