@@ -373,9 +373,11 @@ impl Response {
                 // Bytes after the compressed stream: the body ends here, and its connection, whose
                 // rest is not read, is not used again.
                 (Some(g), data) => {
-                    if !g.frame(data)? {
+                    let more = g.frame(data);
+                    if !matches!(more, Ok(true)) {
                         self.conn = None;
                     }
+                    more?;
                 }
                 (None, Some(data)) if data.is_empty() => {}
                 (None, data) => return Ok(data),
@@ -394,7 +396,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
-    use super::super::decode::tests::brotli;
+    use super::super::decode::tests::{brotli, brotli_large_window};
     use super::super::{FetchError, Fetched, Fetcher, Want};
     use crate::config::EngineConfig;
     use crate::units::{ByteSize, HumanDuration};
@@ -521,8 +523,10 @@ mod tests {
         let (gz, br) = (gzip(&page), brotli(&page));
         let bomb = brotli(&vec![0u8; 8 << 20]);
         let truncated = br[..br.len() / 2].to_vec();
+        let large_window = brotli_large_window(&page);
         let s = server(move |_, head| match head.split_whitespace().nth(1) {
             Some("/gzip") => (html(&gz, "content-encoding: gzip\r\n"), false),
+            Some("/large-window") => (html(&large_window, "content-encoding: br\r\n"), false),
             Some("/br") => (html(&br, "content-encoding: br\r\n"), false),
             Some("/bomb") => (html(&bomb, "content-encoding: br\r\n"), false),
             _ => (html(&truncated, "content-encoding: br\r\n"), false),
@@ -533,9 +537,11 @@ mod tests {
         assert_eq!(body_of(get(&f, &url("/gzip")).await.0), page);
         assert_eq!(body_of(get(&f, &url("/br")).await.0), page);
         assert_eq!(get(&f, &url("/bomb")).await.0.unwrap_err(), FetchError::TooLarge(1 << 20));
-        match get(&f, &url("/truncated")).await.0 {
-            Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{m}"),
-            other => panic!("expected a brotli error, got {:?}", other.map(|_| "a body")),
+        for bad in ["/truncated", "/large-window"] {
+            match get(&f, &url(bad)).await.0 {
+                Err(FetchError::Network(m)) => assert!(m.starts_with("brotli: "), "{bad}: {m}"),
+                other => panic!("{bad}: expected a brotli error, got {:?}", other.map(|_| "a body")),
+            }
         }
         let head = s.heads.lock().unwrap()[0].to_ascii_lowercase();
         assert!(head.contains("authorization: basic"), "not the general client: {head}");
@@ -613,13 +619,7 @@ mod tests {
         let mut trailing = brotli(b"<p>one stream</p>");
         trailing.extend_from_slice(b"garbage");
         let truncated = small[..small.len() / 2].to_vec();
-        let large_window = {
-            let params =
-                brotli::enc::BrotliEncoderParams { large_window: true, lgwin: 26, ..Default::default() };
-            let mut out = Vec::new();
-            brotli::BrotliCompress(&mut &page[..], &mut out, &params).unwrap();
-            out
-        };
+        let large_window = brotli_large_window(&page);
         let s = server(move |_, head| match head.split_whitespace().nth(1) {
             Some("/page") => (html(&small, "content-encoding: BR\r\n"), false),
             Some("/bomb") => (html(&bomb, "content-encoding: br\r\n"), false),
