@@ -240,8 +240,15 @@ async fn a_released_partition_moves_without_refetch_and_an_unreleased_one_fences
 async fn a_split_runs_page_budget_holds_for_its_owners_together() {
     const MAX: u64 = 150;
     let db = MariaDb::start();
-    let sites = Fixture::start_chain(site(), HOSTS).await.unwrap();
+    // Both owners must have work while budget is left: every site's index is a seed (the owner
+    // of the seeds' partition queues them and sends the other's to its inbox, polled every
+    // 500 ms), and pages are slow enough that the budget outlasts a few polls. With one seed
+    // and 5 ms pages, the owner of the seed could spend it all before the chain of sites
+    // reached the other (1 run in about 20 under the full suite).
+    let sites =
+        Fixture::start_chain(Site { latency: Duration::from_millis(150), ..site() }, HOSTS).await.unwrap();
     let mut spec = spec(&sites);
+    spec.seeds = sites.iter().map(|s| s.url("/index.html")).collect();
     spec.max_pages = MAX;
     let task = Task::compile(spec).unwrap();
     let state = MysqlState::open(&db.url).unwrap();
