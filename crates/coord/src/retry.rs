@@ -1,6 +1,8 @@
 //! The one retry policy of the control plane: exponential backoff with jitter, capped, and
 //! optionally bounded by a deadline. Every loop in coord, master and worker that retries
 //! (etcd calls, watches, keep-alives, forwarding to the leader) waits through a [`Backoff`].
+//! (The worker's per-resource restarts and failed opens, retried at its reconciles rather than
+//! in a loop, keep a plain doubling of their own: `Backoffs` in its runner.)
 
 use std::time::{Duration, Instant};
 

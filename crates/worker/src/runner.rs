@@ -409,7 +409,8 @@ impl Runner {
         // when it has waited for these partitions (a new set of partitions waits anew).
         let (started, left) = {
             let mut waiting = inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            match waiting.remove(&rec.name).filter(|w| w.resource_id == rec.id) {
+            // (A wait of another resource under this name was dropped by the reconcile.)
+            match waiting.remove(&rec.name) {
                 Some(w) => {
                     let since = if w.parts == parts { w.since } else { std::time::Instant::now() };
                     (since, left.unwrap_or(w.left))

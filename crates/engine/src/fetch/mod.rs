@@ -161,13 +161,14 @@ enum Attempt {
 impl Fetcher {
     /// Builds the shared client(s). Call [`EngineConfig::validate`] first.
     pub fn new(cfg: EngineConfig) -> Result<Fetcher, ClientError> {
+        let idle = cfg.per_host.min(cfg.concurrency);
         let build = |proxy: Option<&str>| -> Result<Client, ClientError> {
             let mut b = Client::builder()
                 .user_agent(cfg.user_agent.clone())
                 .timeout(cfg.timeout.0)
                 .connect_timeout(cfg.timeout.0)
                 .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(cfg.per_host.min(cfg.concurrency))
+                .pool_max_idle_per_host(idle)
                 .tcp_nodelay(true);
             b = match proxy {
                 // The config is the one source of proxies; environment variables are ignored.
@@ -176,16 +177,11 @@ impl Fetcher {
             };
             b.build().map_err(|e| ClientError(e.to_string()))
         };
-        let clients = if cfg.proxies.is_empty() {
-            vec![build(None)?]
+        // Plain http goes through the plain client only without proxies.
+        let (clients, plain) = if cfg.proxies.is_empty() {
+            (vec![build(None)?], Some(plain::Plain::new(&cfg.user_agent, idle).map_err(ClientError)?))
         } else {
-            cfg.proxies.iter().map(|p| build(Some(p))).collect::<Result<_, _>>()?
-        };
-        let plain = if cfg.proxies.is_empty() {
-            let idle = cfg.per_host.min(cfg.concurrency);
-            Some(plain::Plain::new(&cfg.user_agent, idle).map_err(ClientError)?)
-        } else {
-            None
+            (cfg.proxies.iter().map(|p| build(Some(p))).collect::<Result<_, _>>()?, None)
         };
         Ok(Fetcher {
             plain,

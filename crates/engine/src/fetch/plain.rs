@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use url::{Host, Url};
+use url::{Host, Position, Url};
 
 use super::decode::{Decode, ACCEPT_ENCODINGS};
 use super::{innermost, FetchError};
@@ -156,16 +156,11 @@ impl Plain {
     ) -> Result<(http::Response<Incoming>, Sender), FetchError> {
         let host = url.host().ok_or_else(|| FetchError::Network("URL without a host".into()))?;
         let port = url.port_or_known_default().unwrap_or(80);
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let target = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let target: http::Uri =
-            target.parse().map_err(|e: http::uri::InvalidUri| FetchError::Network(e.to_string()))?;
+        // Both as the URL spells them (a default port is already left out).
+        let authority = &url[Position::BeforeHost..Position::AfterPort];
+        let target: http::Uri = url[Position::BeforePath..Position::AfterQuery]
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| FetchError::Network(e.to_string()))?;
         // A pooled connection the server closed while it sat idle fails with no answer: the
         // request (a GET) is sent again on a new connection, once.
         let mut pooled = true;
@@ -179,7 +174,7 @@ impl Plain {
                 }
             };
             let mut req = Request::get(target.clone())
-                .header(HOST, authority.as_str())
+                .header(HOST, authority)
                 .header(USER_AGENT, self.user_agent.clone())
                 .header(ACCEPT, HeaderValue::from_static("*/*"))
                 .header(ACCEPT_ENCODING, HeaderValue::from_static(ACCEPT_ENCODINGS));
@@ -256,9 +251,9 @@ async fn connect(host: &Host<&str>, port: u16) -> Result<Sender, FetchError> {
 /// the first one's family on.
 fn interleaved(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let first_v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
-    let (mut same, mut other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
-    let mut out = Vec::with_capacity(same.len() + other.len());
-    let (mut same, mut other) = (same.drain(..), other.drain(..));
+    let mut out = Vec::with_capacity(addrs.len());
+    let (same, other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let (mut same, mut other) = (same.into_iter(), other.into_iter());
     loop {
         match (same.next(), other.next()) {
             (None, None) => return out,
