@@ -314,8 +314,10 @@ impl Runner {
         }
         let now = std::time::Instant::now();
         // A run that could not be opened is not tried again before its backoff is over, so a
-        // database that is down is not asked, nor the failure logged, at every reconcile.
+        // database that is down is not asked, nor the failure logged, at every reconcile. The
+        // backoffs of resources no longer here are forgotten.
         self.0.open_failures.retain(|name| desired.contains_key(name));
+        self.0.restarts.retain(|name| desired.contains_key(name));
         for (name, (rec, revision)) in desired {
             if running.contains_key(&name) || !self.0.open_failures.ready(&name, now) {
                 continue;
@@ -327,11 +329,16 @@ impl Runner {
                         self.0.open_failures.forget(&name);
                         (crawl, run)
                     }
-                    // Not recorded as running: a later reconcile tries again.
-                    Ok(Started::Waiting) => continue,
+                    // Not recorded as running: a later reconcile tries again. The database
+                    // answered, so a run of failures to open it has ended.
+                    Ok(Started::Waiting) => {
+                        self.0.open_failures.forget(&name);
+                        continue;
+                    }
                     Err(e) => {
-                        // Not recorded as running: tried again after a backoff.
-                        let failures = self.0.open_failures.note(&name, now);
+                        // Not recorded as running: tried again after a backoff, counted from
+                        // the failure (an open may fail slowly, e.g. a connect timing out).
+                        let failures = self.0.open_failures.note(&name, std::time::Instant::now());
                         tracing::error!(resource = %name, error = %e, failures, "cannot open the task's run");
                         continue;
                     }
@@ -723,9 +730,11 @@ mod tests {
     struct Held {
         released: AtomicBool,
         tries: AtomicU64,
-        /// `open_run` fails (the database is down), counting its calls.
+        /// `open_run` and `open_parts` fail (the database is down); `open_run` counts its calls.
         down: AtomicBool,
         opens: AtomicU64,
+        /// How long `open_run` takes, in milliseconds.
+        open_ms: AtomicU64,
     }
 
     impl StateStore for Held {
@@ -738,6 +747,7 @@ mod tests {
             _: usize,
         ) -> Result<crawler_engine::OpenedRun, crawler_engine::SinkError> {
             self.opens.fetch_add(1, Relaxed);
+            std::thread::sleep(Duration::from_millis(self.open_ms.load(Relaxed)));
             if self.down.load(Relaxed) {
                 return Err(crawler_engine::SinkError { sink: "state", message: "down".into() });
             }
@@ -771,6 +781,9 @@ mod tests {
             _: usize,
         ) -> Result<PartsOpen, crawler_engine::SinkError> {
             self.tries.fetch_add(1, Relaxed);
+            if self.down.load(Relaxed) {
+                return Err(crawler_engine::SinkError { sink: "state", message: "down".into() });
+            }
             if self.released.load(Relaxed) || force {
                 Ok(PartsOpen::Over)
             } else {
@@ -799,6 +812,48 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         r.reconcile(&snap).await;
         assert_eq!(names(&r).await, ["known"]);
+        assert!(r.0.open_failures.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_backoff_after_a_slow_failure_to_open_counts_from_the_failure() {
+        // Each open takes longer than the first backoff (half a second), then fails.
+        let held =
+            Arc::new(Held { down: AtomicBool::new(true), open_ms: AtomicU64::new(700), ..Held::default() });
+        let (r, _w) = runner_with(Some(held.clone())).await;
+        let snap = snapshot(&[("known", "id2", "w1", None)]);
+        r.reconcile(&snap).await;
+        r.reconcile(&snap).await;
+        assert_eq!(held.opens.load(Relaxed), 1, "not again right after the slow failure");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        r.reconcile(&snap).await;
+        assert_eq!(held.opens.load(Relaxed), 2, "again once the backoff is over");
+    }
+
+    #[tokio::test]
+    async fn backoffs_end_with_an_answer_from_the_database_or_with_the_resource() {
+        let held = Arc::new(Held { down: AtomicBool::new(true), ..Held::default() });
+        let (r, _w) = runner_with(Some(held.clone())).await;
+        // A split share's partitions cannot be opened: a failure is counted.
+        let snap = with_split(snapshot(&[]), "split");
+        r.reconcile(&snap).await;
+        assert_eq!(r.0.open_failures.0.lock().unwrap().get("split").map(|f| f.0), Some(1));
+        // The database answers that another worker holds them: the failures are over.
+        held.down.store(false, Relaxed);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        r.reconcile(&snap).await;
+        assert!(r.waiting_for_release());
+        assert!(r.0.open_failures.0.lock().unwrap().is_empty());
+        // Failing again, it starts from the first backoff, not a doubled one.
+        held.down.store(true, Relaxed);
+        r.reconcile(&snap).await;
+        assert_eq!(r.0.open_failures.0.lock().unwrap().get("split").map(|f| f.0), Some(1));
+        // The restarts of a crawl that broke off are forgotten with its resource, as are the
+        // failures to open one.
+        assert!(r.may_restart("split"));
+        assert!(r.0.restarts.0.lock().unwrap().contains_key("split"));
+        r.reconcile(&snapshot(&[])).await;
+        assert!(r.0.restarts.0.lock().unwrap().is_empty());
         assert!(r.0.open_failures.0.lock().unwrap().is_empty());
     }
 
