@@ -356,10 +356,11 @@ impl Fetcher {
             Want::Any(n) => (n, false),
             Want::Prefix(n) => (n, true),
         };
-        if !cut && resp.content_length().is_some_and(|l| l > max) {
+        let length = resp.content_length();
+        if !cut && length.is_some_and(|l| l > max) {
             return Attempt::Fail(FetchError::TooLarge(max));
         }
-        let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(16 * 1024).min(max) as usize);
+        let mut body = BytesMut::with_capacity(length.unwrap_or(16 * 1024).min(max) as usize);
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
@@ -413,24 +414,15 @@ impl Response {
         }
     }
 
-    /// Reads and drops a body of at most [`SHORT_BODY`] bytes within half a second (a plain
-    /// connection then goes back to the pool); a longer one, or a slow one, is left (its
-    /// connection is closed with it).
+    /// Reads and drops a body of at most [`SHORT_BODY`] bytes as sent (not decoded) within half
+    /// a second (a plain connection then goes back to the pool); a longer one, or a slow one, is
+    /// left (its connection is closed with it).
     async fn skip_short_body(&mut self) {
         let Response::Plain(r) = self else { return };
         if r.sent_length().is_some_and(|n| n > SHORT_BODY) {
             return;
         }
-        let skip = async {
-            let mut read = 0;
-            while let Ok(Some(chunk)) = r.chunk().await {
-                read += chunk.len() as u64;
-                if read > SHORT_BODY {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(500), skip).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), r.skip(SHORT_BODY)).await;
     }
 
     async fn chunk(&mut self) -> Result<Option<Bytes>, FetchError> {

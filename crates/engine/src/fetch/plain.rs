@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, COOKIE, HOST, USER_AGENT};
+use http::header::{ACCEPT, ACCEPT_ENCODING, CONTENT_ENCODING, COOKIE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -31,9 +31,8 @@ const IDLE_FOR: Duration = Duration::from_secs(90);
 /// within this long (or at once when it failed).
 const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
 
-/// Idle connections are swept of closed and expired ones after this many returns, and every
-/// [`REAP_EVERY`] (so a fetcher that has stopped fetching lets its connections go).
-const SWEEP_EVERY: u32 = 1024;
+/// Idle connections are swept of closed and expired ones this often (so a fetcher that has
+/// stopped fetching lets its connections go too); a checkout skips them anyway.
 const REAP_EVERY: Duration = Duration::from_secs(30);
 
 type Sender = SendRequest<Empty<Bytes>>;
@@ -59,7 +58,6 @@ struct Pool {
 #[derive(Default)]
 struct Idle {
     hosts: HashMap<String, Vec<(Sender, Instant)>>,
-    returns: u32,
 }
 
 impl Idle {
@@ -210,10 +208,6 @@ impl Pool {
 
     fn put_back(&self, sender: Sender, key: String) {
         let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        pool.returns = pool.returns.wrapping_add(1);
-        if pool.returns % SWEEP_EVERY == 0 {
-            pool.sweep(self.idle_for);
-        }
         let idle = pool.hosts.entry(key).or_default();
         if idle.len() < self.max_idle {
             idle.push((sender, Instant::now()));
@@ -329,9 +323,34 @@ impl Response {
         self.sent_length()
     }
 
-    /// The length of the body as sent (compressed or not), when the response says it.
+    /// The length of the body as sent (compressed or not), when the response says it (hyper's
+    /// reading of the head: what is left of it, so asked before any of it is read).
     pub(super) fn sent_length(&self) -> Option<u64> {
-        self.headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+        self.body.size_hint().exact()
+    }
+
+    /// Reads the rest of the body as sent, without decoding it, so that its connection goes
+    /// back to the pool at its end; after more than `limit` bytes (or a broken body) it stops,
+    /// and the connection is closed with the response.
+    pub(super) async fn skip(&mut self, limit: u64) {
+        let mut read = 0;
+        loop {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if read > limit {
+                        return;
+                    }
+                }
+                Some(Err(_)) => return,
+                None => {
+                    if let Some((sender, key)) = self.conn.take() {
+                        self.pool.put_back(sender, key);
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     /// The next piece of the (decoded) body; `None` at its end, when the connection goes back
@@ -736,6 +755,12 @@ mod tests {
                 (b"HTTP/1.1 301 Moved\r\nlocation: /\r\ncontent-length: 5\r\n\r\nmoved".to_vec(), false)
             }
             Some("/gone") => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone".to_vec(), false),
+            // Said to be gzip, but is not: it is read as sent (never decoded), so its connection
+            // is kept all the same.
+            Some("/garbled") => (
+                b"HTTP/1.1 500 Oops\r\ncontent-encoding: gzip\r\ncontent-length: 21\r\n\r\nthis is not gzip, no!".to_vec(),
+                false,
+            ),
             _ => (html(b"ok", ""), false),
         })
         .await;
@@ -755,7 +780,17 @@ mod tests {
             );
             assert_eq!(body_of(get(&f, &format!("http://{}/", s.addr)).await.0), b"ok");
         }
-        assert_eq!(s.accepts.load(SeqCst), 1, "twelve requests on one connection");
+        let f = Fetcher::new(EngineConfig {
+            retries: 2,
+            backoff: HumanDuration(std::time::Duration::from_millis(1)),
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let before = s.accepts.load(SeqCst);
+        let (result, tries) = get(&f, &format!("http://{}/garbled", s.addr)).await;
+        assert_eq!((result.unwrap_err(), tries), (FetchError::Status(500), 3), "retried as a server error");
+        assert_eq!(s.accepts.load(SeqCst), before + 1, "three answers on one connection");
+        assert_eq!(s.accepts.load(SeqCst), 2, "twelve requests on one connection, three on another");
     }
 
     #[test]
