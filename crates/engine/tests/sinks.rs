@@ -231,10 +231,41 @@ fn sqlite_store_conforms() {
     });
 }
 
+/// The timers of this machine's established TCP connections to `port` on loopback, from
+/// `/proc/net/tcp`: (timer kind, ticks until it fires). Kind 2 is the keepalive timer; an idle
+/// connection without keepalive has none (0).
+fn client_timers(port: u16) -> Vec<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            let (kind, when) = f[5].split_once(':')?;
+            (remote_port == port && f[3] == "01")
+                .then(|| (u8::from_str_radix(kind, 16).unwrap(), u64::from_str_radix(when, 16).unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn mysql_store_conforms() {
     let db = MariaDb::start();
-    let mut sink = MysqlSink::open(&db.url).unwrap();
+    // Over TCP, as to a database on another host (the driver would move to the server's unix
+    // socket on this one).
+    let mut sink = MysqlSink::open(&format!("{}?prefer_socket=false", db.url)).unwrap();
+    // The sink's connection probes a silent server (a host gone, a network cut) after 10 s idle
+    // rather than wait for it for ever (the default keepalive starts after two hours).
+    let port: u16 = db.url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap();
+    let timers = client_timers(port);
+    assert!(!timers.is_empty(), "the sink's connection is listed");
+    let ticks = 100; // USER_HZ
+    assert!(timers.iter().all(|&(kind, when)| kind == 2 && when <= 10 * ticks), "{timers:?}");
+    // A URL's own setting is kept.
+    let slow = MysqlSink::open(&format!("{}?prefer_socket=false&tcp_keepalive_time_ms=60000", db.url)).unwrap();
+    assert!(client_timers(port).iter().any(|&(kind, when)| kind == 2 && when > 50 * ticks));
+    drop(slow);
     item_conformance(&mut sink, &|| {
         db.query("SELECT CONCAT(task, '|', url, '|', COALESCE(title, 'NULL'), '|', COALESCE(price, 'NULL')) FROM book ORDER BY task, url")
             .lines()

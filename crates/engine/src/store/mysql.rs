@@ -89,6 +89,27 @@ const COUNT_PAGES_TAKEN: &str =
     "UPDATE crawler_runs r SET pages_taken = (SELECT COUNT(*) FROM crawler_frontier f \
      WHERE f.run = r.id AND f.status IN (1, 2, 3)) WHERE r.state = 'running'";
 
+/// A database URL's options, with the TCP timeouts it does not set itself: a connect gives up
+/// after 10 s; a server that stops answering while a statement runs (a host gone, a network cut,
+/// where no reset ever arrives) is found by keepalive probes after about 25 s of silence, and
+/// data it leaves unacknowledged fails the connection after 30 s. Without them such a call
+/// waits for the kernel's retransmissions (about 15 minutes) or, waiting for an answer, for
+/// ever, and with it the writer and every crawl of the process. A statement that takes long on a
+/// live server is not cut: its probes are answered.
+fn opts(url: &str) -> Result<Opts, SinkError> {
+    let opts = Opts::from_url(url).map_err(err)?;
+    let mut b = mysql::OptsBuilder::from_opts(opts.clone())
+        .tcp_keepalive_time_ms(opts.get_tcp_keepalive_time_ms().or(Some(10_000)))
+        .tcp_keepalive_probe_interval_secs(opts.get_tcp_keepalive_probe_interval_secs().or(Some(5)))
+        .tcp_keepalive_probe_count(opts.get_tcp_keepalive_probe_count().or(Some(3)))
+        .tcp_connect_timeout(opts.get_tcp_connect_timeout().or(Some(std::time::Duration::from_secs(10))));
+    #[cfg(target_os = "linux")]
+    {
+        b = b.tcp_user_timeout_ms(opts.get_tcp_user_timeout_ms().or(Some(30_000)));
+    }
+    Ok(b.into())
+}
+
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
     let mut conn = Conn::new(opts.clone()).map_err(err)?;
     for ddl in SCHEMA {
@@ -115,7 +136,7 @@ pub struct MysqlSink {
 impl MysqlSink {
     /// Connects to `mysql://user:pass@host:port/db` and creates the state tables.
     pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
-        let opts = Opts::from_url(url).map_err(err)?;
+        let opts = opts(url)?;
         let conn = connect(&opts)?;
         Ok(MysqlSink { opts, conn, columns: HashMap::new() })
     }
@@ -856,7 +877,7 @@ pub struct MysqlState {
 impl MysqlState {
     /// Checks the URL, connects once and creates the state tables.
     pub fn open(url: &str) -> Result<MysqlState, SinkError> {
-        let opts = Opts::from_url(url).map_err(err)?;
+        let opts = opts(url)?;
         connect(&opts)?;
         Ok(MysqlState { opts })
     }
