@@ -263,7 +263,8 @@ fn mysql_store_conforms() {
     let ticks = 100; // USER_HZ
     assert!(timers.iter().all(|&(kind, when)| kind == 2 && when <= 10 * ticks), "{timers:?}");
     // A URL's own setting is kept.
-    let slow = MysqlSink::open(&format!("{}?prefer_socket=false&tcp_keepalive_time_ms=60000", db.url)).unwrap();
+    let slow =
+        MysqlSink::open(&format!("{}?prefer_socket=false&tcp_keepalive_time_ms=60000", db.url)).unwrap();
     assert!(client_timers(port).iter().any(|&(kind, when)| kind == 2 && when > 50 * ticks));
     drop(slow);
     item_conformance(&mut sink, &|| {
@@ -276,4 +277,29 @@ fn mysql_store_conforms() {
     state_conformance(&mut sink, &state, &|task| {
         db.query(&format!("SELECT COUNT(*) FROM book WHERE task = '{task}'")).trim().parse().unwrap()
     });
+}
+
+#[test]
+fn a_mysql_write_waits_out_a_server_restart() {
+    let mut db = MariaDb::start();
+    let mut sink = MysqlSink::open(&db.url).unwrap();
+    sink.write(&items(vec![item("t", "http://h/1", &[("title", Some("One"))])])).unwrap();
+    // The server crashes and is back 3 s later: more than one reconnect, much less than the
+    // two minutes a write waits for it.
+    db.stop();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        db.restart();
+        db
+    });
+    let started = std::time::Instant::now();
+    let written = sink.write(&items(vec![item("t", "http://h/2", &[("title", Some("Two"))])]));
+    let waited = started.elapsed();
+    let db = restart.join().unwrap();
+    written.unwrap();
+    assert!(waited >= std::time::Duration::from_secs(3), "written while the server was down? {waited:?}");
+    assert_eq!(db.query("SELECT url, title FROM book ORDER BY url"), "http://h/1\tOne\nhttp://h/2\tTwo\n");
+    // The sink goes on with its new connection.
+    sink.write(&items(vec![item("t", "http://h/3", &[("title", Some("Three"))])])).unwrap();
+    assert_eq!(db.query("SELECT COUNT(*) FROM book").trim(), "3");
 }

@@ -173,6 +173,16 @@ max_depth = 100
         self.mariadb.as_ref().expect("a sandbox with MariaDB").query(sql)
     }
 
+    /// Kills the sandbox's MariaDB (as a crash would), keeping its data.
+    pub fn stop_db(&mut self) {
+        self.mariadb.as_mut().expect("a sandbox with MariaDB").stop();
+    }
+
+    /// Starts the stopped MariaDB again on its port and data (blocks until it serves).
+    pub fn restart_db(&mut self) {
+        tokio::task::block_in_place(|| self.mariadb.as_mut().expect("a sandbox with MariaDB").restart());
+    }
+
     /// What a master or worker logged so far.
     pub fn log(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()

@@ -111,18 +111,56 @@ fn opts(url: &str) -> Result<Opts, SinkError> {
 }
 
 fn connect(opts: &Opts) -> Result<Conn, SinkError> {
-    let mut conn = Conn::new(opts.clone()).map_err(err)?;
+    connect_or_why(opts).map_err(err)
+}
+
+fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
+    let mut conn = Conn::new(opts.clone())?;
     for ddl in SCHEMA {
-        conn.query_drop(ddl).map_err(err)?;
+        conn.query_drop(ddl)?;
     }
     for ddl in UPGRADE {
         match conn.query_drop(ddl) {
             Err(mysql::Error::MySqlError(e)) if e.code == 1060 || e.code == 1061 => {}
-            Ok(()) if ddl == ADD_PAGES_TAKEN => conn.query_drop(COUNT_PAGES_TAKEN).map_err(err)?,
-            r => r.map_err(err)?,
+            Ok(()) if ddl == ADD_PAGES_TAKEN => conn.query_drop(COUNT_PAGES_TAKEN)?,
+            r => r?,
         }
     }
     Ok(conn)
+}
+
+/// How long a failed write waits for its server to come back (a restart, a failover) before
+/// the writer gives up. Meanwhile the crawls wait for the writer; nothing they handed it is lost.
+const OUTAGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether a failure says that the server could not be reached, or is starting, stopping or
+/// full of connections, rather than that it refused what was asked.
+fn unreachable(e: &mysql::Error) -> bool {
+    match e {
+        mysql::Error::IoError(_) | mysql::Error::DriverError(_) => true,
+        // Too many connections, shutdown in progress, connection killed, and the client's
+        // codes for a server it cannot reach or has lost.
+        mysql::Error::MySqlError(e) => matches!(e.code, 1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013),
+        _ => false,
+    }
+}
+
+/// [`connect`], waiting up to `within` for a server that cannot be reached: tries 250 ms
+/// apart at first, doubling up to 4 s.
+fn connect_waiting(opts: &Opts, within: std::time::Duration) -> Result<Conn, SinkError> {
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match connect_or_why(opts) {
+            Ok(conn) => return Ok(conn),
+            Err(e) if unreachable(&e) && std::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "mysql server unreachable; waiting for it");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
 }
 
 /// Items and crawl state in MySQL/MariaDB over one connection (reconnected once per batch on
@@ -565,7 +603,8 @@ fn retries_for(e: &SinkError) -> u32 {
 impl MysqlSink {
     /// Runs `op` again after a lock conflict, and once more on a fresh connection after any
     /// other failure when `reconnect` (a server restart or an idle timeout must not lose a
-    /// batch or stop the crawl). Not for what must not run twice after a lost answer.
+    /// batch or stop the crawl; a server that cannot be reached is waited for, up to
+    /// [`OUTAGE`]). Not for what must not run twice after a lost answer.
     fn with_retries<T>(
         &mut self,
         what: &str,
@@ -585,7 +624,7 @@ impl MysqlSink {
                 Err(e) if reconnect && !reconnected => {
                     tracing::warn!(error = %e, what, "mysql call failed; reconnecting once");
                     reconnected = true;
-                    self.conn = connect(&self.opts)?;
+                    self.conn = connect_waiting(&self.opts, OUTAGE)?;
                     self.columns.clear();
                 }
                 Err(e) => {
