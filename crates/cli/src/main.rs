@@ -151,8 +151,17 @@ fn worker(args: WorkerArgs) -> ExitCode {
             tasks: config.tasks.clone(),
             batch: config.storage.batch,
         };
-        serve_until_signal("worker", |shutdown| crawler_worker::run(cfg, listener, sinks, state, shutdown))
-            .await
+        let reopen: crawler_worker::Reopen = {
+            let config = config.clone();
+            std::sync::Arc::new(move || {
+                crawl::open_sinks(&config, None, false)
+                    .map_err(|e| crawler_engine::SinkError { sink: "writer", message: e.to_string() })
+            })
+        };
+        serve_until_signal("worker", |shutdown| {
+            crawler_worker::run(cfg, listener, sinks, reopen, state, shutdown)
+        })
+        .await
     })
 }
 

@@ -246,6 +246,48 @@ async fn a_database_crash_and_restart_mid_crawl_loses_nothing_and_the_crawl_fini
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
+    let books = 300;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
+    let sb = Sandbox::start(bin(), site, true).await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
+    // The items table changed under the crawl: every insert is refused (strict mode, a column
+    // without a default), and the writers fail.
+    sb.query("ALTER TABLE book ADD COLUMN poison INT NOT NULL");
+    let failed = |sb: &Sandbox| sb.workers.iter().any(|w| sb.log(&w.id).contains("sink failed"));
+    let started = Instant::now();
+    while !failed(&sb) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no writer failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Mended a little later: the workers' new writers store again, with no restart of theirs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sb.query("ALTER TABLE book DROP COLUMN poison");
+    let started = Instant::now();
+    loop {
+        let stored = sb.rows().len();
+        if stored >= books as usize {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "{stored} of {books} books stored after 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = sb.rows();
+    let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
+    urls.sort();
+    urls.dedup();
+    assert_eq!((rows.len(), urls.len()), (books as usize, books as usize), "every book exactly once");
+    assert!(sb.workers.iter().any(|w| sb.log(&w.id).contains("a new writer started")));
+    sb.wait_workers(2).await;
+    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
+    let extra = sb.requests("/book/") - books as usize;
+    println!("book fetches: {extra} extra for {books} books across failed writers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     let sb = Sandbox::start(bin(), slow_site(), false).await;
     let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();

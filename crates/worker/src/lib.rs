@@ -55,17 +55,22 @@ pub enum WorkerError {
 
 /// Runs a worker until `shutdown` fires. Shutdown order: stop accepting, stop the crawls,
 /// flush the items, revoke the lease (so the masters reassign at once).
+///
+/// `sinks` are the stores the items go to; `reopen` opens them anew for a new writer when the
+/// writer fails (see [`keep_writer`]).
 pub async fn run(
     cfg: WorkerConfig,
     http: TcpListener,
     sinks: Vec<Box<dyn Sink>>,
+    reopen: Reopen,
     state: Arc<dyn StateStore>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let etcd = Etcd::connect(&cfg.etcd, Duration::from_secs(5)).await?;
     let fetcher = Arc::new(Fetcher::new(cfg.engine.clone()).map_err(|e| WorkerError::Client(e.to_string()))?);
-    let writer = SinkWriter::spawn(sinks, cfg.batch, Duration::from_millis(250));
+    let writer = SinkWriter::spawn(sinks, cfg.batch, LINGER);
     let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender(), Some(state));
+    let keeper = tokio::spawn(keep_writer(writer, reopen, cfg.batch, runner.clone(), shutdown.clone()));
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
@@ -80,10 +85,65 @@ pub async fn run(
     runner.stop_all(true).await;
     watchers.cancel();
     drop(runner);
+    let writer = keeper.await.map_err(|e| WorkerError::Server(e.to_string()))?;
     let written = writer.close().await?;
     tracing::info!(items = written, "worker stopped");
     server.await.map_err(|e| WorkerError::Server(e.to_string()))??;
     Ok(())
+}
+
+/// A partial batch is written after this long without a full one.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// Opens a worker's stores anew (for a new writer).
+pub type Reopen = Arc<dyn Fn() -> Result<Vec<Box<dyn Sink>>, crawler_engine::SinkError> + Send + Sync>;
+
+/// Keeps a writer running. When it fails (a store refused a batch, or could not be reached for
+/// longer than it waits), what the crawls had handed it is not stored (its pages are not marked
+/// done, so they are fetched again) and the crawls stop on it; a new writer over freshly opened
+/// stores takes its place after 2 s, then 4, 8, up to a minute while they fail again (the steps
+/// start over after a writer that lasted a minute), and the reconciles start the crawls that
+/// broke off again. Without it the worker would hold its tasks and crawl none of them until
+/// restarted. Returns the writer in use once `shutdown` fires.
+async fn keep_writer(
+    mut writer: SinkWriter,
+    reopen: Reopen,
+    batch: usize,
+    runner: Runner,
+    shutdown: CancellationToken,
+) -> SinkWriter {
+    let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    loop {
+        let started = std::time::Instant::now();
+        let sender = writer.sender();
+        tokio::select! {
+            _ = shutdown.cancelled() => return writer,
+            _ = sender.closed() => {}
+        }
+        drop(sender);
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+        match writer.close().await {
+            Err(e) => tracing::error!(error = %e, "the writer failed; a new one starts after a pause"),
+            Ok(_) => tracing::error!("the writer stopped; a new one starts after a pause"),
+        }
+        writer = loop {
+            tokio::select! {
+                // Nothing to close: an idle writer over no store.
+                _ = shutdown.cancelled() => return SinkWriter::spawn(Vec::new(), batch, LINGER),
+                _ = backoff.wait() => {}
+            }
+            let reopen = reopen.clone();
+            match tokio::task::spawn_blocking(move || reopen()).await {
+                Ok(Ok(sinks)) => break SinkWriter::spawn(sinks, batch, LINGER),
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
+                Err(e) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
+            }
+        };
+        runner.set_writer(writer.sender());
+        tracing::warn!("a new writer started; crawls that stopped on the last one start again");
+    }
 }
 
 /// Registers, follows the resources while the session lives, and starts over when it is lost.

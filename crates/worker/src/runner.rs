@@ -111,7 +111,8 @@ struct Inner {
     id: String,
     tasks: HashMap<String, TaskSpec>,
     fetcher: Arc<Fetcher>,
-    commits: CommitSender,
+    /// The current writer's sender (a failed writer is replaced, see [`Runner::set_writer`]).
+    commits: std::sync::Mutex<CommitSender>,
     state: Option<Arc<dyn StateStore>>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     registered: AtomicBool,
@@ -145,7 +146,7 @@ impl Runner {
             id,
             tasks: tasks.into_iter().map(|t| (t.name.clone(), t)).collect(),
             fetcher,
-            commits,
+            commits: std::sync::Mutex::new(commits),
             state,
             running: tokio::sync::Mutex::new(BTreeMap::new()),
             registered: AtomicBool::new(false),
@@ -157,6 +158,17 @@ impl Runner {
             open_failures: Backoffs::new(Duration::from_millis(500), Duration::from_secs(10)),
             records: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The current writer's sender.
+    fn commits(&self) -> CommitSender {
+        self.0.commits.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sends the crawls started from now on to a new writer (the last one failed). Crawls
+    /// that broke off on the failed one are started again by the next reconciles.
+    pub fn set_writer(&self, commits: CommitSender) {
+        *self.0.commits.lock().unwrap_or_else(|p| p.into_inner()) = commits;
     }
 
     /// Whether a share waits for a partition's release (the next reconcile should come soon).
@@ -173,7 +185,7 @@ impl Runner {
     /// is gone (nothing could be stored; the worker is failing), and no sooner than 2 s after
     /// the last restart, doubling up to a minute while it keeps breaking off.
     fn may_restart(&self, name: &str) -> bool {
-        if self.0.commits.is_closed() {
+        if self.commits().is_closed() {
             return false;
         }
         let now = std::time::Instant::now();
@@ -367,7 +379,7 @@ impl Runner {
         let Some(state) = inner.state.clone() else {
             tracing::info!(resource = %rec.name, id = %rec.id, "starting crawl");
             return Ok(Started::Running(
-                Some(Crawl::start(task, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
+                Some(Crawl::start(task, inner.fetcher.clone(), self.commits(), &inner.parent)),
                 None,
             ));
         };
@@ -393,7 +405,7 @@ impl Runner {
         );
         let run = opened.id;
         Ok(Started::Running(
-            Some(Crawl::resume(task, opened, inner.fetcher.clone(), inner.commits.clone(), &inner.parent)),
+            Some(Crawl::resume(task, opened, inner.fetcher.clone(), self.commits(), &inner.parent)),
             Some(run),
         ))
     }
@@ -475,7 +487,7 @@ impl Runner {
                     run,
                     split,
                     inner.fetcher.clone(),
-                    inner.commits.clone(),
+                    self.commits(),
                     &inner.parent,
                 );
                 Ok(Started::Running(Some(crawl), Some(id)))
@@ -526,7 +538,7 @@ impl Runner {
 
     /// Waits until everything the crawls handed to the writer is stored.
     pub async fn flush(&self) {
-        if let Err(e) = self.0.commits.flush().await {
+        if let Err(e) = self.commits().flush().await {
             tracing::error!(error = %e, "cannot flush the writer");
         }
     }
@@ -988,14 +1000,14 @@ mod tests {
         let cfg = EngineConfig { obey_robots: false, ..EngineConfig::default() };
         let writer = SinkWriter::spawn(vec![Box::new(Refusing)], 1, Duration::from_millis(1));
         let r = Runner::new("w1".into(), vec![], Arc::new(Fetcher::new(cfg).unwrap()), writer.sender(), None);
-        let _ = r.0.commits.send(crawler_engine::Commit::default()).await;
+        let _ = r.commits().send(crawler_engine::Commit::default()).await;
         for _ in 0..250 {
-            if r.0.commits.is_closed() {
+            if r.commits().is_closed() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(r.0.commits.is_closed(), "the writer stopped");
+        assert!(r.commits().is_closed(), "the writer stopped");
         assert!(!r.may_restart("z"));
     }
 

@@ -105,6 +105,11 @@ impl CommitSender {
         self.0.is_closed()
     }
 
+    /// Waits until the writer has stopped: it failed, or every sender was dropped and it ended.
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
+
     /// Waits until every commit sent before this call is written (or the writer has failed:
     /// then an error).
     pub async fn flush(&self) -> Result<(), SinkError> {
