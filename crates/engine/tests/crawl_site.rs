@@ -377,6 +377,46 @@ async fn cancel_stops_fetching_and_keeps_what_was_stored() {
     assert_eq!(fx.requests().len(), seen, "requests continued after the crawl ended");
 }
 
+/// A store that takes nothing while `stuck` is set (a database being waited for), for at most
+/// 10 s a batch (so a test that fails does not hang).
+struct Stuck(Arc<std::sync::atomic::AtomicBool>);
+
+impl crawler_engine::Sink for Stuck {
+    fn write(&mut self, _: &[crawler_engine::Commit]) -> Result<(), crawler_engine::SinkError> {
+        let since = std::time::Instant::now();
+        while self.0.load(std::sync::atomic::Ordering::Relaxed) && since.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_stopped_while_its_writer_takes_nothing_ends_within_seconds() {
+    let site = Site { books: 500, tags: 2, per_page: 50, latency: Duration::from_millis(2) };
+    let fx = Fixture::start(site).await.unwrap();
+    let mut spec = task(&fx);
+    spec.max_depth = 1000;
+    let stuck = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = SinkWriter::spawn(vec![Box::new(Stuck(stuck.clone()))], 5, Duration::from_millis(10));
+    let shutdown = CancellationToken::new();
+    let fetcher = Arc::new(Fetcher::new(engine()).unwrap());
+    let crawl = Crawl::start(Task::compile(spec).unwrap(), fetcher, writer.sender(), &shutdown);
+    // The writer holds its first batch and its queue fills: the crawl can hand over nothing.
+    crawler_fixture::wait::until("20 pages", Duration::from_secs(20), || async { crawl.stats().pages >= 20 })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), crawl.join())
+        .await
+        .expect("a crawl stopped at once does not wait for its writer");
+    println!("stopped after {:?} with the writer taking nothing", stopped.elapsed());
+    drop(crawl);
+    stuck.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     let books = 3000;

@@ -101,8 +101,9 @@ pub type Reopen = Arc<dyn Fn() -> Result<Vec<Box<dyn Sink>>, crawler_engine::Sin
 /// Keeps a writer running. When it fails (a store refused a batch, or could not be reached for
 /// longer than it waits), what the crawls had handed it is not stored (its pages are not marked
 /// done, so they are fetched again) and the crawls stop on it; a new writer over freshly opened
-/// stores takes its place after 2 s, then 4, 8, up to a minute while they fail again (the steps
-/// start over after a writer that lasted a minute), and the reconciles start the crawls that
+/// stores takes its place after about 2 s, then 4, 8, up to a minute while they fail again
+/// (each pause jittered down by up to half; the steps start over after a writer that lasted a
+/// minute), and the reconciles start the crawls that
 /// broke off again. Without it the worker would hold its tasks and crawl none of them until
 /// restarted. Returns the writer in use once `shutdown` fires.
 async fn keep_writer(
@@ -135,7 +136,12 @@ async fn keep_writer(
                 _ = backoff.wait() => {}
             }
             let reopen = reopen.clone();
-            match tokio::task::spawn_blocking(move || reopen()).await {
+            let opened = tokio::select! {
+                // (An open under way is left to finish on its own.)
+                _ = shutdown.cancelled() => return SinkWriter::spawn(Vec::new(), batch, LINGER),
+                opened = tokio::task::spawn_blocking(move || reopen()) => opened,
+            };
+            match opened {
                 Ok(Ok(sinks)) => break SinkWriter::spawn(sinks, batch, LINGER),
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
                 Err(e) => tracing::error!(error = %e, "cannot open the stores for a new writer"),

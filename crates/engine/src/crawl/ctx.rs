@@ -100,6 +100,9 @@ pub(super) struct Ctx {
     pub(super) sends: Option<Mutex<RateLimiter>>,
     /// Stored requests sent since the last commit, to be marked in flight with the next.
     pub(super) sent: Mutex<Vec<u64>>,
+    /// Stopped at once, the crawl found its writer not taking commits (see `send_commit`):
+    /// the rest are dropped without a wait.
+    pub(super) writer_stuck: std::sync::atomic::AtomicBool,
 }
 
 /// Keeps the first problem of the crawl.

@@ -17,7 +17,7 @@ mod sitemaps;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::HeaderValue;
 use tokio::sync::{mpsc, watch};
@@ -175,6 +175,7 @@ impl Crawl {
             sends,
             sent: Mutex::new(Vec::new()),
             completed: std::sync::atomic::AtomicBool::new(false),
+            writer_stuck: std::sync::atomic::AtomicBool::new(false),
         });
         let (done_tx, done) = watch::channel(false);
         let runner = ctx.clone();
@@ -679,9 +680,36 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Sends a commit to the writer; whether it took it (a crawl whose writer is gone stops).
+/// How long a crawl stopped at once still waits for a writer that takes no commits (it waits
+/// for its database) before it drops what it has not handed over.
+const STOPPED_SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends a commit to the writer; whether it took it (a crawl whose writer is gone stops). A
+/// crawl stopped at once (a delete, a lost lease, a drain that ran out of time) waits for a
+/// writer that is behind for [`STOPPED_SEND_WAIT`] in all, not the minutes the writer may wait
+/// for its database: the commits it drops are not stored, so their pages are fetched again.
 async fn send_commit(ctx: &Ctx, commit: Commit) -> bool {
-    let sent = ctx.commits.send(commit).await.is_ok();
+    let send = ctx.commits.send(commit);
+    tokio::pin!(send);
+    let sent = tokio::select! {
+        biased;
+        sent = &mut send => sent.is_ok(),
+        _ = ctx.cancel.cancelled() => {
+            let wait = if ctx.writer_stuck.load(Relaxed) { Duration::ZERO } else { STOPPED_SEND_WAIT };
+            match tokio::time::timeout(wait, send).await {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    if !ctx.writer_stuck.swap(true, Relaxed) {
+                        tracing::warn!(
+                            task = %ctx.task.name(),
+                            "stopped while the writer takes nothing; dropping what it has not taken"
+                        );
+                    }
+                    return false;
+                }
+            }
+        }
+    };
     if !sent {
         writer_gone(ctx);
     }

@@ -91,8 +91,9 @@ const COUNT_PAGES_TAKEN: &str =
 
 /// A database URL's options, with the TCP timeouts it does not set itself: a connect gives up
 /// after 10 s; a server that stops answering while a statement runs (a host gone, a network cut,
-/// where no reset ever arrives) is found by keepalive probes after about 25 s of silence, and
-/// data it leaves unacknowledged fails the connection after 30 s. Without them such a call
+/// where no reset ever arrives) is probed after 10 s of silence, and the connection fails once
+/// data or probes have gone unacknowledged for 30 s (`TCP_USER_TIMEOUT`, which then decides
+/// over the probe count). Without them such a call
 /// waits for the kernel's retransmissions (about 15 minutes) or, waiting for an answer, for
 /// ever, and with it the writer and every crawl of the process. A statement that takes long on a
 /// live server is not cut: its probes are answered.
@@ -134,13 +135,16 @@ fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
 const OUTAGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Whether a failure says that the server could not be reached, or is starting, stopping or
-/// full of connections, rather than that it refused what was asked.
+/// full of connections, rather than that it refused what was asked (or that the URL is wrong).
 fn unreachable(e: &mysql::Error) -> bool {
+    use mysql::DriverError::{ConnectTimeout, CouldNotConnect};
     match e {
-        mysql::Error::IoError(_) | mysql::Error::DriverError(_) => true,
-        // Too many connections, shutdown in progress, connection killed, and the client's
-        // codes for a server it cannot reach or has lost.
-        mysql::Error::MySqlError(e) => matches!(e.code, 1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013),
+        // A socket's failure, also while the packets of the handshake are read or written.
+        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => true,
+        mysql::Error::DriverError(d) => matches!(d, CouldNotConnect(_) | ConnectTimeout),
+        // Too many connections, unknown command (a Galera node not ready), shutdown in
+        // progress, connection killed.
+        mysql::Error::MySqlError(e) => matches!(e.code, 1040 | 1047 | 1053 | 1927),
         _ => false,
     }
 }
