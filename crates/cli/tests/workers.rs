@@ -263,6 +263,19 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
         assert!(started.elapsed() < Duration::from_secs(20), "no writer failed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Operators see it in the metrics.
+    crawler_fixture::wait::until("a failed writer in the metrics", Duration::from_secs(5), || async {
+        let mut seen = false;
+        for w in &sb.workers {
+            let text =
+                reqwest::get(format!("http://{}/metrics", w.http)).await.unwrap().text().await.unwrap();
+            seen |= text
+                .lines()
+                .any(|l| l.starts_with("crawler_worker_writer_failures_total ") && !l.ends_with(" 0"));
+        }
+        seen
+    })
+    .await;
     // Mended a little later: the workers' new writers store again, with no restart of theirs.
     tokio::time::sleep(Duration::from_secs(1)).await;
     sb.query("ALTER TABLE book DROP COLUMN poison");
@@ -281,6 +294,10 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
     urls.dedup();
     assert_eq!((rows.len(), urls.len()), (books as usize, books as usize), "every book exactly once");
     assert!(sb.workers.iter().any(|w| sb.log(&w.id).contains("a new writer started")));
+    for w in &sb.workers {
+        let text = reqwest::get(format!("http://{}/metrics", w.http)).await.unwrap().text().await.unwrap();
+        assert!(text.lines().any(|l| l == "crawler_worker_writer_up 1"), "{}: {text}", w.id);
+    }
     sb.wait_workers(2).await;
     assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
     let extra = sb.requests("/book/") - books as usize;

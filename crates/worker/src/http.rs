@@ -58,6 +58,16 @@ async fn metrics(State(r): State<Runner>) -> Response {
         "# TYPE crawler_worker_unreadable_resources gauge\ncrawler_worker_unreadable_resources {}",
         r.unreadable_resources()
     );
+    let _ = writeln!(
+        s,
+        "# TYPE crawler_worker_writer_up gauge\ncrawler_worker_writer_up {}",
+        u8::from(r.writer_up())
+    );
+    let _ = writeln!(
+        s,
+        "# TYPE crawler_worker_writer_failures_total counter\ncrawler_worker_writer_failures_total {}",
+        r.writer_failures()
+    );
     let statuses = r.statuses().await;
     for (metric, kind) in [
         ("pages", "counter"),

@@ -122,6 +122,7 @@ async fn keep_writer(
             _ = sender.closed() => {}
         }
         drop(sender);
+        runner.writer_failed();
         if started.elapsed() > Duration::from_secs(60) {
             backoff.reset();
         }

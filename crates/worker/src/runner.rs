@@ -117,6 +117,8 @@ struct Inner {
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     registered: AtomicBool,
     unknown_tasks: AtomicU64,
+    /// Writers that failed (each replaced by a new one).
+    writer_failures: AtomicU64,
     parent: CancellationToken,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
@@ -151,6 +153,7 @@ impl Runner {
             running: tokio::sync::Mutex::new(BTreeMap::new()),
             registered: AtomicBool::new(false),
             unknown_tasks: AtomicU64::new(0),
+            writer_failures: AtomicU64::new(0),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             waiting: std::sync::Mutex::new(HashMap::new()),
@@ -169,6 +172,21 @@ impl Runner {
     /// that broke off on the failed one are started again by the next reconciles.
     pub fn set_writer(&self, commits: CommitSender) {
         *self.0.commits.lock().unwrap_or_else(|p| p.into_inner()) = commits;
+    }
+
+    /// Counts a writer that failed.
+    pub(crate) fn writer_failed(&self) {
+        self.0.writer_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Writers that failed so far.
+    pub fn writer_failures(&self) -> u64 {
+        self.0.writer_failures.load(Relaxed)
+    }
+
+    /// Whether the current writer takes commits (not failed, waiting for its replacement).
+    pub fn writer_up(&self) -> bool {
+        !self.commits().is_closed()
     }
 
     /// Whether a share waits for a partition's release (the next reconcile should come soon).
