@@ -78,19 +78,7 @@ async fn a_sigkilled_worker_s_resource_moves_and_every_item_is_stored_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rows = sb.rows();
-    let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
-    urls.sort();
-    urls.dedup();
-    assert_eq!(
-        (rows.len(), urls.len()),
-        (books as usize, books as usize),
-        "every book exactly once, in MariaDB"
-    );
-    for (u, t) in &rows {
-        let id: u32 = u.rsplit('/').next().unwrap().trim_end_matches(".html").parse().unwrap();
-        assert_eq!(t, &crawler_fixture::book_title(id));
-    }
+    sb.assert_every_book_once(books);
     // Not restarted from the seeds: only what was in flight (4) or not yet committed (2
     // batches of 5) at the kill may be fetched again.
     assert_eq!(sb.requests("/index.html"), 1);
@@ -215,24 +203,7 @@ async fn a_database_crash_and_restart_mid_crawl_loses_nothing_and_the_crawl_fini
     tokio::time::sleep(Duration::from_secs(3)).await;
     sb.restart_db();
     println!("MariaDB down for {:?}", down.elapsed());
-    let started = Instant::now();
-    loop {
-        let stored = sb.rows().len();
-        if stored >= books as usize {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{stored} of {books} books stored after 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rows = sb.rows();
-    let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
-    urls.sort();
-    urls.dedup();
-    assert_eq!((rows.len(), urls.len()), (books as usize, books as usize), "every book exactly once");
-    for (u, t) in &rows {
-        let id: u32 = u.rsplit('/').next().unwrap().trim_end_matches(".html").parse().unwrap();
-        assert_eq!(t, &crawler_fixture::book_title(id));
-    }
+    sb.wait_every_book_once(books, Duration::from_secs(60)).await;
     for w in &sb.workers {
         assert!(!sb.log(&w.id).contains("sink failed"), "{}'s writer gave up:\n{}", w.id, sb.log(&w.id));
     }
@@ -279,20 +250,7 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
     // Mended a little later: the workers' new writers store again, with no restart of theirs.
     tokio::time::sleep(Duration::from_secs(1)).await;
     sb.query("ALTER TABLE book DROP COLUMN poison");
-    let started = Instant::now();
-    loop {
-        let stored = sb.rows().len();
-        if stored >= books as usize {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(90), "{stored} of {books} books stored after 90 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let rows = sb.rows();
-    let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
-    urls.sort();
-    urls.dedup();
-    assert_eq!((rows.len(), urls.len()), (books as usize, books as usize), "every book exactly once");
+    sb.wait_every_book_once(books, Duration::from_secs(90)).await;
     assert!(sb.workers.iter().any(|w| sb.log(&w.id).contains("a new writer started")));
     for w in &sb.workers {
         let text = reqwest::get(format!("http://{}/metrics", w.http)).await.unwrap().text().await.unwrap();

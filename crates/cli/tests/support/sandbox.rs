@@ -326,6 +326,34 @@ max_depth = 100
         started.elapsed()
     }
 
+    /// Waits (at most `within`) until `books` books are stored, then checks that each is
+    /// stored exactly once, with its title.
+    pub async fn wait_every_book_once(&self, books: u32, within: Duration) {
+        let started = Instant::now();
+        loop {
+            let stored = self.rows().len();
+            if stored >= books as usize {
+                break;
+            }
+            assert!(started.elapsed() < within, "{stored} of {books} books stored after {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.assert_every_book_once(books);
+    }
+
+    /// Every one of `books` books is stored exactly once, with its title.
+    pub fn assert_every_book_once(&self, books: u32) {
+        let rows = self.rows();
+        let mut urls: Vec<&String> = rows.iter().map(|(u, _)| u).collect();
+        urls.sort();
+        urls.dedup();
+        assert_eq!((rows.len(), urls.len()), (books as usize, books as usize), "every book exactly once");
+        for (u, t) in &rows {
+            let id: u32 = u.rsplit('/').next().unwrap().trim_end_matches(".html").parse().unwrap();
+            assert_eq!(t, &crawler_fixture::book_title(id));
+        }
+    }
+
     pub fn rows(&self) -> Vec<(String, String)> {
         if let Some(m) = &self.mariadb {
             return m
