@@ -266,6 +266,33 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_past_every_lease_then_back_the_crawl_finishes_where_it_stopped() {
+    let books = 300;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
+    let mut sb = Sandbox::start(bin(), site, true).await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
+    // etcd gone for 5 s: every worker's lease (2 s) runs out, so each stops its crawls.
+    sb.etcd.members[0].kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sb.etcd.members[0].restart();
+    sb.etcd.wait_healthy(Duration::from_secs(10));
+    sb.wait_every_book_once(books, Duration::from_secs(60)).await;
+    for w in &sb.workers {
+        assert!(sb.log(&w.id).contains("lease lost"), "{} kept its lease through the outage?", w.id);
+    }
+    sb.wait_workers(2).await;
+    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
+    let extra = sb.requests("/book/") - books as usize;
+    println!("book fetches: {extra} extra for {books} books across an etcd outage");
+    // Each worker stopped its share at once: what was in flight (4) and not yet committed (2
+    // batches of 5), twice over.
+    assert!(extra <= 2 * (4 + 2 * 5), "{extra} books fetched again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     let sb = Sandbox::start(bin(), slow_site(), false).await;
     let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();
