@@ -7,13 +7,17 @@
 # Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-missing=()
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
-[ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || missing+=(mariadb-server)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-command -v chromedriver >/dev/null || missing+=(chromium-driver)
-[ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
+# The Debian packages of what is missing, in `missing`.
+check() {
+  missing=()
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  command -v etcd >/dev/null || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+  [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  [ -x /usr/bin/firefox-esr ] || missing+=(firefox-esr)
+}
+check
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -31,6 +35,9 @@ if ! command -v geckodriver >/dev/null; then
   echo "setup: building geckodriver $GECKODRIVER_VERSION from crates.io" >&2
   cargo install --quiet --locked geckodriver --version "$GECKODRIVER_VERSION"
 fi
-command -v geckodriver >/dev/null && [ -x /usr/bin/firefox-esr ] \
-  && command -v protoc >/dev/null && command -v etcd >/dev/null && { [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null; } \
-  && [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null
+check
+command -v geckodriver >/dev/null || missing+=(geckodriver)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: still missing after installing: ${missing[*]}" >&2
+  exit 1
+fi

@@ -909,9 +909,13 @@ async fn robots_txt_redirects_are_followed_and_a_huge_one_is_read_in_part() {
         }
         big.push_str("Disallow: /book/2.html\n");
         vec![
+            // Five redirects, as many as RFC 9309 asks a crawler to follow.
             ("/robots.txt", vec![Page::redirect(301, "/r1")]),
             ("/r1", vec![Page::redirect(302, "/r2")]),
-            ("/r2", vec![robots(&big)]),
+            ("/r2", vec![Page::redirect(307, "/r3")]),
+            ("/r3", vec![Page::redirect(308, "/r4")]),
+            ("/r4", vec![Page::redirect(301, "/r5")]),
+            ("/r5", vec![robots(&big)]),
         ]
     })
     .await;

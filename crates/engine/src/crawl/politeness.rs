@@ -118,9 +118,10 @@ impl Politeness {
             return Some((Robots::allow_all(), true));
         };
         let ua = &self.fetcher.config().user_agent;
-        // Follow up to five redirects (RFC 9309); a missing file (4xx) allows all, an unavailable
-        // one (5xx, unreachable) disallows all; only the first 500 KiB are read.
-        for _ in 0..5 {
+        // Follow up to five redirects (RFC 9309), so up to six fetches; a missing file (4xx)
+        // allows all, an unavailable one (5xx, unreachable) disallows all; only the first
+        // 500 KiB are read.
+        for _ in 0..6 {
             let report =
                 self.fetcher.fetch(&url, None, Want::Prefix(MAX_ROBOTS_BYTES as u64), &self.cancel).await;
             match report.result {
