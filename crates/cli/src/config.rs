@@ -35,11 +35,18 @@ pub struct StorageConfig {
     pub url: String,
     /// Rows per insert transaction.
     pub batch: usize,
+    /// MySQL: how long a failed write waits for a server that cannot be reached before the
+    /// writer gives up (an addition).
+    pub outage: HumanDuration,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: "sqlite://crawl.db".into(), batch: 100 }
+        StorageConfig {
+            url: "sqlite://crawl.db".into(),
+            batch: 100,
+            outage: HumanDuration(std::time::Duration::from_secs(120)),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crawler_fixture::Site;
 use serde_json::json;
+use support::proxy::Proxy;
 use support::sandbox::Sandbox;
 
 fn bin() -> &'static Path {
@@ -290,6 +291,44 @@ async fn etcd_down_past_every_lease_then_back_the_crawl_finishes_where_it_stoppe
     // Each worker stopped its share at once: what was in flight (4) and not yet committed (2
     // batches of 5), twice over.
     assert!(extra <= 2 * (4 + 2 * 5), "{extra} books fetched again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_it_again() {
+    let books = 300;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
+    let mut sb = Sandbox::start(bin(), site, true).await;
+    // w3 reaches MariaDB through a proxy, and waits at most 1 s for a database it cannot reach.
+    let mut proxy = Proxy::start(sb.db_addr()).await;
+    sb.add_worker_through("w3", proxy.addr);
+    sb.wait_workers(3).await;
+    // w3 alone: the task runs there.
+    sb.workers[0].signal("-TERM");
+    sb.workers[1].signal("-TERM");
+    sb.wait_workers(1).await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], "w3");
+    sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
+    // Cut off: its writer waits out its outage, a new one cannot open the database, and w3
+    // gives up its registration (and so its task).
+    proxy.cut();
+    let cut = Instant::now();
+    sb.wait_workers(0).await;
+    println!("w3 left {:?} after it was cut off", cut.elapsed());
+    assert!(sb.log("w3").contains("the stores cannot be reached"), "{}", sb.log("w3"));
+    // A worker that reaches the database takes the task over and finishes it.
+    sb.add_worker("w4");
+    sb.wait_every_book_once(books, Duration::from_secs(60)).await;
+    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
+    let extra = sb.requests("/book/") - books as usize;
+    println!("book fetches: {extra} extra for {books} books across a worker cut off");
+    // What w3 had in flight (4) and had not stored (its writer's batch and queue, 5 each).
+    assert!(extra <= 4 + 2 * 5, "{extra} books fetched again");
+    // Mended: w3 registers again.
+    proxy.mend().await;
+    sb.wait_workers(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,8 +147,12 @@ async fn keep_writer(
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
                 Err(e) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
             }
+            // The stores cannot be reached from here: the worker gives its tasks up (see
+            // `follow`) until they can.
+            runner.set_stores_up(false);
         };
         runner.set_writer(writer.sender());
+        runner.set_stores_up(true);
         tracing::warn!("a new writer started; crawls that stopped on the last one start again");
     }
 }
@@ -164,7 +168,17 @@ async fn follow(
 ) {
     let record = WorkerRecord { id: cfg.id.clone(), address: cfg.advertise.clone() };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut stores_up = runner.stores_up();
     while !shutdown.is_cancelled() {
+        // A worker that cannot reach its stores does not register: it could store nothing of
+        // the tasks it would be given.
+        if !*stores_up.borrow_and_update() {
+            tracing::warn!(id = %cfg.id, "not registering until the stores can be written again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = stores_up.wait_for(|up| *up) => continue,
+            }
+        }
         let session = match Session::start(etcd, cfg.lease_ttl).await {
             Ok(s) => s,
             Err(e) => {
@@ -187,6 +201,7 @@ async fn follow(
         let done = session.done();
         // Our record deleted behind our back (`etcdctl del`) while the lease lives: put it back.
         let present = |p: bool| runner.set_registered(p);
+        let mut cut_off = false;
         {
             let keep = crawler_coord::keep_leased(
                 etcd,
@@ -217,10 +232,24 @@ async fn follow(
                         Duration::from_secs(2)
                     }) => {}
                     _ = &mut keep, if !kept => kept = true,
+                    _ = stores_up.wait_for(|up| !*up) => {
+                        cut_off = true;
+                        break;
+                    }
                 }
             }
         }
         runner.set_registered(false);
+        if cut_off && !shutdown.is_cancelled() {
+            // The stores cannot be reached from here (the writer waited out its outage and a
+            // new one cannot open them): give the tasks up, revoking the lease so the masters
+            // move them at once to workers that may reach the stores; register again when
+            // they can be written.
+            tracing::warn!(id = %cfg.id, "the stores cannot be reached: stopping every task and leaving");
+            runner.stop_all(false).await;
+            session.close().await;
+            continue;
+        }
         if shutdown.is_cancelled() {
             // Finish what is in flight and store it, then revoke the lease: once the lease is
             // gone, the next owners take over and would fetch anything not stored yet again.

@@ -119,6 +119,9 @@ struct Inner {
     unknown_tasks: AtomicU64,
     /// Writers that failed (each replaced by a new one).
     writer_failures: AtomicU64,
+    /// Whether the stores can be written: false from a failed writer's first failed
+    /// replacement until a new writer starts.
+    stores_up: tokio::sync::watch::Sender<bool>,
     parent: CancellationToken,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
@@ -154,6 +157,7 @@ impl Runner {
             registered: AtomicBool::new(false),
             unknown_tasks: AtomicU64::new(0),
             writer_failures: AtomicU64::new(0),
+            stores_up: tokio::sync::watch::Sender::new(true),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             waiting: std::sync::Mutex::new(HashMap::new()),
@@ -182,6 +186,17 @@ impl Runner {
     /// Writers that failed so far.
     pub fn writer_failures(&self) -> u64 {
         self.0.writer_failures.load(Relaxed)
+    }
+
+    /// Says whether the stores can be written (see [`Runner::stores_up`]).
+    pub(crate) fn set_stores_up(&self, up: bool) {
+        self.0.stores_up.send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
+    /// Follows whether the stores can be written: false once a failed writer could not be
+    /// replaced (its stores cannot be opened), true again when a new writer starts.
+    pub fn stores_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.stores_up.subscribe()
     }
 
     /// Whether the current writer takes commits (not failed, waiting for its replacement).

@@ -79,7 +79,9 @@ pub fn open_sinks(
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     match config.storage()? {
         Storage::Sqlite(path) => sinks.push(Box::new(SqliteSink::open(&path)?)),
-        Storage::Mysql(url) => sinks.push(Box::new(MysqlSink::open(&url)?)),
+        Storage::Mysql(url) => {
+            sinks.push(Box::new(MysqlSink::open(&url)?.waiting_for(config.storage.outage.0)))
+        }
     }
     if let Some(path) = output {
         sinks.push(Box::new(JsonlSink::open(path, append)?));

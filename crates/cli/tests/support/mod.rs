@@ -1,4 +1,5 @@
 //! Test support shared by the integration tests.
 
+pub mod proxy;
 pub mod sandbox;
 pub mod webdriver;

@@ -168,6 +168,31 @@ max_depth = 100
         self.workers.push(w);
     }
 
+    /// Starts one more worker whose database connections go through `proxy` (see
+    /// `support::proxy`), waiting at most 1 s for a database it cannot reach.
+    pub fn add_worker_through(&mut self, id: &str, proxy: std::net::SocketAddr) {
+        let (bin, eps, cfg) = &self.spawn;
+        let url = &self.mariadb.as_ref().expect("a sandbox with MariaDB").url;
+        // Over TCP: the driver would otherwise move to the server's unix socket, past the proxy.
+        let through = url.replace(&self.db_addr().to_string(), &proxy.to_string()) + "?prefer_socket=false";
+        let text = std::fs::read_to_string(cfg)
+            .unwrap()
+            .replace(url.as_str(), &through)
+            .replace("[storage]\n", "[storage]\noutage = \"1s\"\n");
+        let own = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(&own, text).unwrap();
+        let own = own.to_str().unwrap();
+        let w =
+            Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", eps, "--config", own], self.dir.path());
+        self.workers.push(w);
+    }
+
+    /// The sandbox's MariaDB's address.
+    pub fn db_addr(&self) -> std::net::SocketAddr {
+        let url = &self.mariadb.as_ref().expect("a sandbox with MariaDB").url;
+        url.split('@').nth(1).unwrap().split('/').next().unwrap().parse().unwrap()
+    }
+
     /// Runs an SQL query on the sandbox's MariaDB.
     pub fn query(&self, sql: &str) -> String {
         self.mariadb.as_ref().expect("a sandbox with MariaDB").query(sql)

@@ -131,7 +131,8 @@ fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
 }
 
 /// How long a failed write waits for its server to come back (a restart, a failover) before
-/// the writer gives up. Meanwhile the crawls wait for the writer; nothing they handed it is lost.
+/// the writer gives up, unless [`MysqlSink::waiting_for`] says otherwise. Meanwhile the crawls
+/// wait for the writer; nothing they handed it is lost.
 const OUTAGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Whether a failure says that the server could not be reached, or is starting, stopping or
@@ -173,6 +174,8 @@ pub struct MysqlSink {
     opts: Opts,
     conn: Conn,
     columns: HashMap<Arc<str>, HashSet<String>>,
+    /// How long a failed write waits for a server that cannot be reached.
+    outage: std::time::Duration,
 }
 
 impl MysqlSink {
@@ -180,7 +183,14 @@ impl MysqlSink {
     pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
         let opts = opts(url)?;
         let conn = connect(&opts)?;
-        Ok(MysqlSink { opts, conn, columns: HashMap::new() })
+        Ok(MysqlSink { opts, conn, columns: HashMap::new(), outage: OUTAGE })
+    }
+
+    /// How long a failed write waits for a server that cannot be reached (a restart, a
+    /// failover) before it fails (two minutes unless set).
+    pub fn waiting_for(mut self, outage: std::time::Duration) -> MysqlSink {
+        self.outage = outage;
+        self
     }
 
     fn ensure_table(&mut self, item: &Item) -> Result<(), SinkError> {
@@ -607,8 +617,8 @@ fn retries_for(e: &SinkError) -> u32 {
 impl MysqlSink {
     /// Runs `op` again after a lock conflict, and once more on a fresh connection after any
     /// other failure when `reconnect` (a server restart or an idle timeout must not lose a
-    /// batch or stop the crawl; a server that cannot be reached is waited for, up to
-    /// [`OUTAGE`]). Not for what must not run twice after a lost answer.
+    /// batch or stop the crawl; a server that cannot be reached is waited for, up to its
+    /// `outage`). Not for what must not run twice after a lost answer.
     fn with_retries<T>(
         &mut self,
         what: &str,
@@ -628,7 +638,7 @@ impl MysqlSink {
                 Err(e) if reconnect && !reconnected => {
                     tracing::warn!(error = %e, what, "mysql call failed; reconnecting once");
                     reconnected = true;
-                    self.conn = connect_waiting(&self.opts, OUTAGE)?;
+                    self.conn = connect_waiting(&self.opts, self.outage)?;
                     self.columns.clear();
                 }
                 Err(e) => {
