@@ -628,7 +628,9 @@ async fn a_slow_host_never_holds_the_slots_of_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
-    let site = Site { books: 400, tags: 2, per_page: 20, latency: Duration::from_millis(10) };
+    // Slow enough (about 4 s for the crawl) that the takeover comes long before its end, even
+    // when opening the run waits for the writer on a loaded machine.
+    let site = Site { books: 400, tags: 2, per_page: 20, latency: Duration::from_millis(40) };
     let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("f.db");

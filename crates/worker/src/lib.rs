@@ -95,17 +95,22 @@ pub async fn run(
 /// A partial batch is written after this long without a full one.
 const LINGER: Duration = Duration::from_millis(250);
 
+/// How often stores that could not be opened are tried again (an open that is refused costs
+/// little; the worker is out of the cluster meanwhile).
+const REOPEN_EVERY: Duration = Duration::from_secs(5);
+
 /// Opens a worker's stores anew (for a new writer).
 pub type Reopen = Arc<dyn Fn() -> Result<Vec<Box<dyn Sink>>, crawler_engine::SinkError> + Send + Sync>;
 
 /// Keeps a writer running. When it fails (a store refused a batch, or could not be reached for
 /// longer than it waits), what the crawls had handed it is not stored (its pages are not marked
 /// done, so they are fetched again) and the crawls stop on it; a new writer over freshly opened
-/// stores takes its place after about 2 s, then 4, 8, up to a minute while they fail again
-/// (each pause jittered down by up to half; the steps start over after a writer that lasted a
-/// minute), and the reconciles start the crawls that
-/// broke off again. Without it the worker would hold its tasks and crawl none of them until
-/// restarted. Returns the writer in use once `shutdown` fires.
+/// stores takes its place after about 2 s, then 4, 8, up to a minute for writers that keep
+/// failing (each pause jittered down by up to half; the steps start over after a writer that
+/// lasted a minute), and the reconciles start the crawls that broke off again. While the
+/// stores cannot be opened at all, the worker leaves the cluster (see `follow`) and they are
+/// tried every [`REOPEN_EVERY`]. Without it the worker would hold its tasks and crawl none of
+/// them until restarted. Returns the writer in use once `shutdown` fires.
 async fn keep_writer(
     mut writer: SinkWriter,
     reopen: Reopen,
@@ -130,11 +135,12 @@ async fn keep_writer(
             Err(e) => tracing::error!(error = %e, "the writer failed; a new one starts after a pause"),
             Ok(_) => tracing::error!("the writer stopped; a new one starts after a pause"),
         }
+        let mut pause = backoff.next_delay().unwrap_or(REOPEN_EVERY);
         writer = loop {
             tokio::select! {
                 // Nothing to close: an idle writer over no store.
                 _ = shutdown.cancelled() => return SinkWriter::spawn(Vec::new(), batch, LINGER),
-                _ = backoff.wait() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             let reopen = reopen.clone();
             let opened = tokio::select! {
@@ -148,8 +154,9 @@ async fn keep_writer(
                 Err(e) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
             }
             // The stores cannot be reached from here: the worker gives its tasks up (see
-            // `follow`) until they can.
+            // `follow`) until they can, and comes back soon after they can.
             runner.set_stores_up(false);
+            pause = REOPEN_EVERY;
         };
         runner.set_writer(writer.sender());
         runner.set_stores_up(true);
@@ -176,7 +183,7 @@ async fn follow(
             tracing::warn!(id = %cfg.id, "not registering until the stores can be written again");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = stores_up.wait_for(|up| *up) => continue,
+                Ok(_) = stores_up.wait_for(|up| *up) => continue,
             }
         }
         let session = match Session::start(etcd, cfg.lease_ttl).await {
@@ -232,7 +239,7 @@ async fn follow(
                         Duration::from_secs(2)
                     }) => {}
                     _ = &mut keep, if !kept => kept = true,
-                    _ = stores_up.wait_for(|up| !*up) => {
+                    Ok(_) = stores_up.wait_for(|up| !*up) => {
                         cut_off = true;
                         break;
                     }
