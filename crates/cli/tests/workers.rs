@@ -193,9 +193,7 @@ async fn a_database_crash_and_restart_mid_crawl_loses_nothing_and_the_crawl_fini
     let books = 400;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
     let mut sb = Sandbox::start(bin(), site, true).await;
-    let (_, follower) = sb.leader_and_follower().await;
-    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
-    assert_eq!(s, 200, "{v}");
+    sb.add_books().await;
     sb.wait_requests("/book/", 60, Duration::from_secs(20)).await;
     // MariaDB crashes and is back 3 s later (a restart, a failover): the workers' writers wait
     // for it, crawls that stopped on it are started again.
@@ -209,9 +207,7 @@ async fn a_database_crash_and_restart_mid_crawl_loses_nothing_and_the_crawl_fini
         assert!(!sb.log(&w.id).contains("sink failed"), "{}'s writer gave up:\n{}", w.id, sb.log(&w.id));
     }
     sb.wait_workers(2).await;
-    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
-    let extra = sb.requests("/book/") - books as usize;
-    println!("book fetches: {extra} extra for {books} books across a database restart");
+    let extra = sb.refetched_books(books, "across a database restart");
     // What was in flight (4 per worker) or not yet committed (2 batches of 5 per worker) when
     // a crawl stopped on the database, for each of the two workers' shares.
     assert!(extra <= 2 * (4 + 2 * 5), "{extra} books fetched again");
@@ -222,9 +218,7 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
     let books = 300;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
     let sb = Sandbox::start(bin(), site, true).await;
-    let (_, follower) = sb.leader_and_follower().await;
-    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
-    assert_eq!(s, 200, "{v}");
+    sb.add_books().await;
     sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
     // The items table changed under the crawl: every insert is refused (strict mode, a column
     // without a default), and the writers fail.
@@ -258,9 +252,7 @@ async fn a_worker_whose_writer_fails_starts_a_new_one_and_its_crawls_again() {
         assert!(text.lines().any(|l| l == "crawler_worker_writer_up 1"), "{}: {text}", w.id);
     }
     sb.wait_workers(2).await;
-    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
-    let extra = sb.requests("/book/") - books as usize;
-    println!("book fetches: {extra} extra for {books} books across failed writers");
+    let extra = sb.refetched_books(books, "across failed writers");
     // What each failed writer held (a batch of 5 and a queue of 5) and what was in flight (4),
     // for a few failures on each of the two workers.
     assert!(extra <= 3 * 2 * (5 + 5 + 4), "{extra} books fetched again");
@@ -271,9 +263,7 @@ async fn etcd_down_past_every_lease_then_back_the_crawl_finishes_where_it_stoppe
     let books = 300;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
     let mut sb = Sandbox::start(bin(), site, true).await;
-    let (_, follower) = sb.leader_and_follower().await;
-    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
-    assert_eq!(s, 200, "{v}");
+    sb.add_books().await;
     sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
     // etcd gone for 5 s: every worker's lease (2 s) runs out, so each stops its crawls.
     sb.etcd.members[0].kill();
@@ -285,9 +275,7 @@ async fn etcd_down_past_every_lease_then_back_the_crawl_finishes_where_it_stoppe
         assert!(sb.log(&w.id).contains("lease lost"), "{} kept its lease through the outage?", w.id);
     }
     sb.wait_workers(2).await;
-    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
-    let extra = sb.requests("/book/") - books as usize;
-    println!("book fetches: {extra} extra for {books} books across an etcd outage");
+    let extra = sb.refetched_books(books, "across an etcd outage");
     // Each worker stopped its share at once: what was in flight (4) and not yet committed (2
     // batches of 5), twice over.
     assert!(extra <= 2 * (4 + 2 * 5), "{extra} books fetched again");
@@ -306,10 +294,7 @@ async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_
     sb.workers[0].signal("-TERM");
     sb.workers[1].signal("-TERM");
     sb.wait_workers(1).await;
-    let (_, follower) = sb.leader_and_follower().await;
-    let (s, v) = sb.send(reqwest::Method::POST, &follower, json!({"name": "books"})).await;
-    assert_eq!(s, 200, "{v}");
-    assert_eq!(v["id"], "w3");
+    assert_eq!(sb.add_books().await["id"], "w3");
     sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
     // Cut off: its writer waits out its outage, a new one cannot open the database, and w3
     // gives up its registration (and so its task).
@@ -321,9 +306,7 @@ async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_
     // A worker that reaches the database takes the task over and finishes it.
     sb.add_worker("w4");
     sb.wait_every_book_once(books, Duration::from_secs(60)).await;
-    assert_eq!(sb.requests("/index.html"), 1, "the task was restarted from its seeds");
-    let extra = sb.requests("/book/") - books as usize;
-    println!("book fetches: {extra} extra for {books} books across a worker cut off");
+    let extra = sb.refetched_books(books, "across a worker cut off");
     // What w3 had in flight (4), the page whose commit waited for room, and what its writer
     // held and could not store (a batch and a queue, 5 each).
     assert!(extra <= 4 + 1 + 2 * 5, "{extra} books fetched again");

@@ -351,6 +351,23 @@ max_depth = 100
         started.elapsed()
     }
 
+    /// Adds the `books` task through a follower; the add's answer.
+    pub async fn add_books(&self) -> Value {
+        let (_, follower) = self.leader_and_follower().await;
+        let (s, v) = self.send(reqwest::Method::POST, &follower, serde_json::json!({"name": "books"})).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// How many book pages were fetched more than once, once the seeds are known to have been
+    /// fetched once (the task was not restarted from them); printed, with `when`.
+    pub fn refetched_books(&self, books: u32, when: &str) -> usize {
+        assert_eq!(self.requests("/index.html"), 1, "the task was restarted from its seeds");
+        let extra = self.requests("/book/") - books as usize;
+        println!("book fetches: {extra} extra for {books} books {when}");
+        extra
+    }
+
     /// Waits (at most `within`) until `books` books are stored, then checks that each is
     /// stored exactly once, with its title.
     pub async fn wait_every_book_once(&self, books: u32, within: Duration) {
