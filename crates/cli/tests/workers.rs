@@ -316,6 +316,35 @@ async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_cut_off_from_the_database_leaves_once_its_tasks_cannot_open() {
+    let books = 100;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(20) };
+    let mut sb = Sandbox::start(bin(), site, true).await;
+    let mut proxy = Proxy::start(sb.db_addr()).await;
+    sb.add_worker_through("w3", proxy.addr);
+    sb.wait_workers(3).await;
+    sb.workers[0].signal("-TERM");
+    sb.workers[1].signal("-TERM");
+    sb.wait_workers(1).await;
+    // Cut off while it has nothing to write: nothing tells it yet.
+    proxy.cut();
+    // The task goes to w3, whose runs cannot open; after a few failures it probes the
+    // database, cannot open it, and leaves.
+    assert_eq!(sb.add_books().await["id"], "w3");
+    let added = Instant::now();
+    sb.wait_workers(0).await;
+    println!("w3 left {:?} after the task was added", added.elapsed());
+    assert!(sb.log("w3").contains("the stores cannot be reached"), "{}", sb.log("w3"));
+    // A worker that reaches the database runs the task; nothing was fetched twice.
+    sb.add_worker("w4");
+    sb.wait_every_book_once(books, Duration::from_secs(60)).await;
+    assert_eq!(sb.refetched_books(books, "with a cut-off worker assigned first"), 0);
+    // Mended: w3 registers again.
+    proxy.mend().await;
+    sb.wait_workers(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     let sb = Sandbox::start(bin(), slow_site(), false).await;
     let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();

@@ -125,6 +125,26 @@ async fn keep_writer(
         tokio::select! {
             _ = shutdown.cancelled() => return writer,
             _ = sender.closed() => {}
+            // Runs keep failing to open: can the stores be opened at all? If not, the worker
+            // leaves until they can (its writer, idle, is kept).
+            _ = runner.probe_asked() => {
+                drop(sender);
+                if !opens(&reopen).await {
+                    runner.set_stores_up(false);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return writer,
+                            _ = tokio::time::sleep(REOPEN_EVERY) => {}
+                        }
+                        if opens(&reopen).await {
+                            break;
+                        }
+                    }
+                    runner.set_stores_up(true);
+                    tracing::warn!("the stores can be opened again");
+                }
+                continue;
+            }
         }
         drop(sender);
         runner.writer_failed();
@@ -161,6 +181,22 @@ async fn keep_writer(
         runner.set_writer(writer.sender());
         runner.set_stores_up(true);
         tracing::warn!("a new writer started; crawls that stopped on the last one start again");
+    }
+}
+
+/// Whether the stores can be opened (they are closed again at once).
+async fn opens(reopen: &Reopen) -> bool {
+    let reopen = reopen.clone();
+    match tokio::task::spawn_blocking(move || reopen()).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot open the stores");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the stores");
+            false
+        }
     }
 }
 

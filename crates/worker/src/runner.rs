@@ -34,6 +34,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// it is taken anyway (its commits are refused from then on).
 const RELEASE_WAIT: Duration = Duration::from_secs(20);
 
+/// After this many failures in a row to open a run, the stores are probed: a worker that
+/// cannot open them at all leaves the cluster until it can (see `keep_writer`).
+pub(crate) const PROBE_AFTER: u32 = 3;
+
 /// How often a share waiting for a partition's release tries again.
 pub(crate) const RELEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -122,6 +126,9 @@ struct Inner {
     /// Whether the stores can be written: false from a failed writer's first failed
     /// replacement until a new writer starts.
     stores_up: tokio::sync::watch::Sender<bool>,
+    /// Asks the writer's keeper whether the stores can be opened at all (runs keep failing to
+    /// open, and a worker with nothing to write would not find out otherwise).
+    probe: tokio::sync::Notify,
     parent: CancellationToken,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
@@ -158,6 +165,7 @@ impl Runner {
             unknown_tasks: AtomicU64::new(0),
             writer_failures: AtomicU64::new(0),
             stores_up: tokio::sync::watch::Sender::new(true),
+            probe: tokio::sync::Notify::new(),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             waiting: std::sync::Mutex::new(HashMap::new()),
@@ -191,6 +199,11 @@ impl Runner {
     /// Says whether the stores can be written (see [`Runner::stores_up`]).
     pub(crate) fn set_stores_up(&self, up: bool) {
         self.0.stores_up.send_if_modified(|v| std::mem::replace(v, up) != up);
+    }
+
+    /// Waits until a probe of the stores is asked for (see [`PROBE_AFTER`]).
+    pub(crate) async fn probe_asked(&self) {
+        self.0.probe.notified().await
     }
 
     /// Follows whether the stores can be written: false once a failed writer could not be
@@ -385,6 +398,9 @@ impl Runner {
                         // the failure (an open may fail slowly, e.g. a connect timing out).
                         let failures = self.0.open_failures.note(&name, std::time::Instant::now());
                         tracing::error!(resource = %name, error = %e, failures, "cannot open the task's run");
+                        if failures >= PROBE_AFTER {
+                            self.0.probe.notify_one();
+                        }
                         continue;
                     }
                 },

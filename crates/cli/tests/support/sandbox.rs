@@ -398,6 +398,11 @@ max_depth = 100
 
     pub fn rows(&self) -> Vec<(String, String)> {
         if let Some(m) = &self.mariadb {
+            let tables = "SELECT COUNT(*) FROM information_schema.tables \
+                          WHERE table_schema = 'crawl' AND table_name = 'book'";
+            if m.query(tables).trim() == "0" {
+                return Vec::new(); // no item stored yet
+            }
             return m
                 .query("SELECT url, title FROM book WHERE task = 'books'")
                 .lines()
