@@ -150,6 +150,7 @@ fn worker(args: WorkerArgs) -> ExitCode {
             engine: config.engine.clone(),
             tasks: config.tasks.clone(),
             batch: config.storage.batch,
+            outage: config.storage.outage.0,
         };
         let reopen: crawler_worker::Reopen = {
             let config = config.clone();

@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub tasks: Vec<TaskSpec>,
     /// Rows per insert transaction.
     pub batch: usize,
+    /// How long the stores may be out of reach before the worker leaves the cluster
+    /// (`[storage] outage`).
+    pub outage: Duration,
 }
 
 /// A worker that could not start.
@@ -70,7 +73,8 @@ pub async fn run(
     let fetcher = Arc::new(Fetcher::new(cfg.engine.clone()).map_err(|e| WorkerError::Client(e.to_string()))?);
     let writer = SinkWriter::spawn(sinks, cfg.batch, LINGER);
     let runner = Runner::new(cfg.id.clone(), cfg.tasks.clone(), fetcher, writer.sender(), Some(state));
-    let keeper = tokio::spawn(keep_writer(writer, reopen, cfg.batch, runner.clone(), shutdown.clone()));
+    let keeper =
+        tokio::spawn(keep_writer(writer, reopen, cfg.batch, cfg.outage, runner.clone(), shutdown.clone()));
     let watchers = CancellationToken::new();
     let resources = PrefixWatch::spawn(etcd.clone(), keys::RESOURCES, watchers.clone());
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
@@ -115,6 +119,7 @@ async fn keep_writer(
     mut writer: SinkWriter,
     reopen: Reopen,
     batch: usize,
+    outage: Duration,
     runner: Runner,
     shutdown: CancellationToken,
 ) -> SinkWriter {
@@ -125,11 +130,16 @@ async fn keep_writer(
         tokio::select! {
             _ = shutdown.cancelled() => return writer,
             _ = sender.closed() => {}
-            // Runs keep failing to open: can the stores be opened at all? If not, the worker
-            // leaves until they can (its writer, idle, is kept).
+            // Runs keep failing to open: can the stores be opened at all? If not within
+            // `outage` (as long as a write waits), the worker leaves until they can (its writer,
+            // idle, is kept).
             _ = runner.probe_asked() => {
                 drop(sender);
-                if !opens(&reopen).await {
+                let opened = tokio::select! {
+                    _ = shutdown.cancelled() => return writer,
+                    opened = opens_within(&reopen, outage) => opened,
+                };
+                if !opened {
                     runner.set_stores_up(false);
                     loop {
                         tokio::select! {
@@ -197,6 +207,21 @@ async fn opens(reopen: &Reopen) -> bool {
             tracing::error!(error = %e, "cannot open the stores");
             false
         }
+    }
+}
+
+/// Whether the stores can be opened within `within`, tried every second.
+async fn opens_within(reopen: &Reopen, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if opens(reopen).await {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(left.min(Duration::from_secs(1))).await;
     }
 }
 

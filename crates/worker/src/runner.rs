@@ -35,7 +35,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const RELEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// After this many failures in a row to open a run, the stores are probed: a worker that
-/// cannot open them at all leaves the cluster until it can (see `keep_writer`).
+/// cannot open them at all within `[storage] outage` leaves the cluster until it can (see
+/// `keep_writer`).
 pub(crate) const PROBE_AFTER: u32 = 3;
 
 /// How often a share waiting for a partition's release tries again.
