@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crawler_coord::{keys, Backoff, CoordError, Etcd, PrefixWatch, Session, WorkerRecord};
-use crawler_engine::{EngineConfig, Fetcher, Sink, SinkWriter, StateStore, TaskSpec};
+use crawler_engine::{CommitSender, EngineConfig, Fetcher, Sink, SinkWriter, StateStore, TaskSpec};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -113,8 +113,9 @@ pub type Reopen = Arc<dyn Fn() -> Result<Vec<Box<dyn Sink>>, crawler_engine::Sin
 /// failing (each pause jittered down by up to half; the steps start over after a writer that
 /// lasted a minute), and the reconciles start the crawls that broke off again. While the
 /// stores cannot be opened at all, the worker leaves the cluster (see `follow`) and they are
-/// tried every [`REOPEN_EVERY`]. Without it the worker would hold its tasks and crawl none of
-/// them until restarted. Returns the writer in use once `shutdown` fires.
+/// tried every [`REOPEN_EVERY`]. Runs that keep failing to open have the stores probed (see
+/// [`probe`]). Without it the worker would hold its tasks and crawl none of them until
+/// restarted. Returns the writer in use once `shutdown` fires.
 async fn keep_writer(
     mut writer: SinkWriter,
     reopen: Reopen,
@@ -124,39 +125,33 @@ async fn keep_writer(
     shutdown: CancellationToken,
 ) -> SinkWriter {
     let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    let mut started = std::time::Instant::now();
+    // When a probe last found the stores fine: runs that fail for other reasons do not have
+    // them opened again and again.
+    let mut fine_at: Option<std::time::Instant> = None;
     loop {
-        let started = std::time::Instant::now();
         let sender = writer.sender();
-        tokio::select! {
+        let failed = tokio::select! {
             _ = shutdown.cancelled() => return writer,
-            _ = sender.closed() => {}
-            // Runs keep failing to open: can the stores be opened at all? If not within
-            // `outage` (as long as a write waits), the worker leaves until they can (its writer,
-            // idle, is kept).
+            _ = sender.closed() => true,
             _ = runner.probe_asked() => {
-                drop(sender);
-                let opened = tokio::select! {
-                    _ = shutdown.cancelled() => return writer,
-                    opened = opens_within(&reopen, outage) => opened,
-                };
-                if !opened {
-                    runner.set_stores_up(false);
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return writer,
-                            _ = tokio::time::sleep(REOPEN_EVERY) => {}
-                        }
-                        if opens(&reopen).await {
-                            break;
-                        }
-                    }
-                    runner.set_stores_up(true);
-                    tracing::warn!("the stores can be opened again");
+                if fine_at.is_some_and(|t| t.elapsed() < PROBE_QUIET) {
+                    continue;
                 }
-                continue;
+                match probe(&reopen, outage, &sender, &runner, &shutdown).await {
+                    Probed::Shutdown => return writer,
+                    Probed::Fine => {
+                        fine_at = Some(std::time::Instant::now());
+                        false
+                    }
+                    Probed::WriterFailed => true,
+                }
             }
-        }
+        };
         drop(sender);
+        if !failed {
+            continue;
+        }
         runner.writer_failed();
         if started.elapsed() > Duration::from_secs(60) {
             backoff.reset();
@@ -188,9 +183,60 @@ async fn keep_writer(
             runner.set_stores_up(false);
             pause = REOPEN_EVERY;
         };
+        started = std::time::Instant::now();
         runner.set_writer(writer.sender());
         runner.set_stores_up(true);
         tracing::warn!("a new writer started; crawls that stopped on the last one start again");
+    }
+}
+
+/// A probe of the stores found them fine after a run failed to open: no other probe for this long.
+const PROBE_QUIET: Duration = Duration::from_secs(30);
+
+/// What a probe of the stores came to.
+enum Probed {
+    Fine,
+    /// The writer failed meanwhile: it is to be replaced.
+    WriterFailed,
+    Shutdown,
+}
+
+/// Probes the stores for runs that keep failing to open: tries to open them every second for
+/// up to `outage` (as long as a write waits for its database); if they never open, the worker
+/// leaves the cluster (`stores_up` false, see `follow`) and they are tried every
+/// [`REOPEN_EVERY`] until they open. The writer is kept, and watched: if it fails meanwhile, it
+/// is replaced as usual (which brings the worker back).
+async fn probe(
+    reopen: &Reopen,
+    outage: Duration,
+    writer: &CommitSender,
+    runner: &Runner,
+    shutdown: &CancellationToken,
+) -> Probed {
+    let opened = tokio::select! {
+        _ = shutdown.cancelled() => return Probed::Shutdown,
+        _ = writer.closed() => return Probed::WriterFailed,
+        opened = opens_within(reopen, outage) => opened,
+    };
+    if opened {
+        return Probed::Fine;
+    }
+    runner.set_stores_up(false);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Probed::Shutdown,
+            _ = writer.closed() => return Probed::WriterFailed,
+            _ = tokio::time::sleep(REOPEN_EVERY) => {}
+        }
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return Probed::Shutdown,
+            opened = opens(reopen) => opened,
+        };
+        if opened {
+            runner.set_stores_up(true);
+            tracing::warn!("the stores can be opened again");
+            return Probed::Fine;
+        }
     }
 }
 
