@@ -281,19 +281,24 @@ async fn etcd_down_past_every_lease_then_back_the_crawl_finishes_where_it_stoppe
     assert!(extra <= 2 * (4 + 2 * 5), "{extra} books fetched again");
 }
 
+/// A MariaDB sandbox whose only live worker is w3, which reaches MariaDB through a proxy and
+/// waits at most 1 s for a database it cannot reach (the first two workers are stopped).
+async fn w3_alone_through_a_proxy(site: Site) -> (Sandbox, Proxy) {
+    let mut sb = Sandbox::start(bin(), site, true).await;
+    let proxy = Proxy::start(sb.db_addr()).await;
+    sb.add_worker_through("w3", proxy.addr);
+    sb.wait_workers(3).await;
+    sb.workers[0].signal("-TERM");
+    sb.workers[1].signal("-TERM");
+    sb.wait_workers(1).await;
+    (sb, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_it_again() {
     let books = 300;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
-    let mut sb = Sandbox::start(bin(), site, true).await;
-    // w3 reaches MariaDB through a proxy, and waits at most 1 s for a database it cannot reach.
-    let mut proxy = Proxy::start(sb.db_addr()).await;
-    sb.add_worker_through("w3", proxy.addr);
-    sb.wait_workers(3).await;
-    // w3 alone: the task runs there.
-    sb.workers[0].signal("-TERM");
-    sb.workers[1].signal("-TERM");
-    sb.wait_workers(1).await;
+    let (mut sb, mut proxy) = w3_alone_through_a_proxy(site).await;
     assert_eq!(sb.add_books().await["id"], "w3");
     sb.wait_requests("/book/", 40, Duration::from_secs(20)).await;
     // Cut off: its writer waits out its outage, a new one cannot open the database, and w3
@@ -319,13 +324,7 @@ async fn a_worker_cut_off_from_the_database_gives_its_tasks_up_until_it_reaches_
 async fn an_idle_worker_cut_off_from_the_database_leaves_once_its_tasks_cannot_open() {
     let books = 100;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(20) };
-    let mut sb = Sandbox::start(bin(), site, true).await;
-    let mut proxy = Proxy::start(sb.db_addr()).await;
-    sb.add_worker_through("w3", proxy.addr);
-    sb.wait_workers(3).await;
-    sb.workers[0].signal("-TERM");
-    sb.workers[1].signal("-TERM");
-    sb.wait_workers(1).await;
+    let (mut sb, mut proxy) = w3_alone_through_a_proxy(site).await;
     // Cut off while it has nothing to write: nothing tells it yet.
     proxy.cut();
     // The task goes to w3, whose runs cannot open; after a few failures it probes the
