@@ -43,31 +43,16 @@ async fn task(State(r): State<Runner>, axum::extract::Path(name): axum::extract:
 
 async fn metrics(State(r): State<Runner>) -> Response {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# TYPE crawler_worker_registered gauge\ncrawler_worker_registered {}",
-        u8::from(r.registered())
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE crawler_worker_unknown_tasks_total counter\ncrawler_worker_unknown_tasks_total {}",
-        r.unknown_tasks()
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE crawler_worker_unreadable_resources gauge\ncrawler_worker_unreadable_resources {}",
-        r.unreadable_resources()
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE crawler_worker_writer_up gauge\ncrawler_worker_writer_up {}",
-        u8::from(r.writer_up())
-    );
-    let _ = writeln!(
-        s,
-        "# TYPE crawler_worker_writer_failures_total counter\ncrawler_worker_writer_failures_total {}",
-        r.writer_failures()
-    );
+    // The worker's own figures, one line each.
+    for (name, kind, value) in [
+        ("crawler_worker_registered", "gauge", u64::from(r.registered())),
+        ("crawler_worker_unknown_tasks_total", "counter", r.unknown_tasks()),
+        ("crawler_worker_unreadable_resources", "gauge", r.unreadable_resources() as u64),
+        ("crawler_worker_writer_up", "gauge", u64::from(r.writer_up())),
+        ("crawler_worker_writer_failures_total", "counter", r.writer_failures()),
+    ] {
+        let _ = writeln!(s, "# TYPE {name} {kind}\n{name} {value}");
+    }
     let statuses = r.statuses().await;
     for (metric, kind) in [
         ("pages", "counter"),

@@ -167,16 +167,13 @@ async fn keep_writer(
                 _ = shutdown.cancelled() => return SinkWriter::spawn(Vec::new(), batch, LINGER),
                 _ = tokio::time::sleep(pause) => {}
             }
-            let reopen = reopen.clone();
             let opened = tokio::select! {
                 // (An open under way is left to finish on its own.)
                 _ = shutdown.cancelled() => return SinkWriter::spawn(Vec::new(), batch, LINGER),
-                opened = tokio::task::spawn_blocking(move || reopen()) => opened,
+                opened = open_stores(&reopen) => opened,
             };
-            match opened {
-                Ok(Ok(sinks)) => break SinkWriter::spawn(sinks, batch, LINGER),
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
-                Err(e) => tracing::error!(error = %e, "cannot open the stores for a new writer"),
+            if let Some(sinks) = opened {
+                break SinkWriter::spawn(sinks, batch, LINGER);
             }
             // The stores cannot be reached from here: the worker gives its tasks up (see
             // `follow`) until they can, and comes back soon after they can.
@@ -240,20 +237,21 @@ async fn probe(
     }
 }
 
+/// The stores, opened anew off the runtime; `None` (the failure logged) when they cannot be.
+async fn open_stores(reopen: &Reopen) -> Option<Vec<Box<dyn Sink>>> {
+    let reopen = reopen.clone();
+    let failure = match tokio::task::spawn_blocking(move || reopen()).await {
+        Ok(Ok(sinks)) => return Some(sinks),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(error = %failure, "cannot open the stores");
+    None
+}
+
 /// Whether the stores can be opened (they are closed again at once).
 async fn opens(reopen: &Reopen) -> bool {
-    let reopen = reopen.clone();
-    match tokio::task::spawn_blocking(move || reopen()).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot open the stores");
-            false
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the stores");
-            false
-        }
-    }
+    open_stores(reopen).await.is_some()
 }
 
 /// Whether the stores can be opened within `within`, tried every second.

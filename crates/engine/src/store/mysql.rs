@@ -93,10 +93,10 @@ const COUNT_PAGES_TAKEN: &str =
 /// after 10 s; a server that stops answering while a statement runs (a host gone, a network cut,
 /// where no reset ever arrives) is probed after 10 s of silence, and the connection fails once
 /// data or probes have gone unacknowledged for 30 s (`TCP_USER_TIMEOUT`, which then decides
-/// over the probe count). Without them such a call
-/// waits for the kernel's retransmissions (about 15 minutes) or, waiting for an answer, for
-/// ever, and with it the writer and every crawl of the process. A statement that takes long on a
-/// live server is not cut: its probes are answered.
+/// over the probe count). Without them such a call waits for the kernel's retransmissions
+/// (about 15 minutes) or, waiting for an answer, for ever, and with it the writer and every
+/// crawl of the process. A statement that takes long on a live server is not cut: its probes
+/// are answered.
 fn opts(url: &str) -> Result<Opts, SinkError> {
     let opts = Opts::from_url(url).map_err(err)?;
     let mut b = mysql::OptsBuilder::from_opts(opts.clone())
