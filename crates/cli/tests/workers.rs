@@ -376,3 +376,39 @@ async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     .await;
     sb.wait_workers(2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_moved_off_a_dead_worker_stays_finished() {
+    let books = 30;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(5) };
+    // SQLite: the task stays whole (one run, on one worker).
+    let mut sb = Sandbox::start(bin(), site, false).await;
+    let first = sb.add_books().await["id"].as_str().unwrap().to_owned();
+    let victim = sb.workers.iter().position(|w| w.id == first).unwrap();
+    crawler_fixture::wait::until("the crawl to finish", Duration::from_secs(20), || {
+        finished_on(&sb, &sb.workers[victim])
+    })
+    .await;
+    sb.assert_every_book_once(books);
+    let fetched = sb.fixture.requests().len();
+    sb.workers[victim].kill();
+    // The task moves to the survivor, which finds its run finished: nothing is fetched again.
+    let survivor = 1 - victim;
+    crawler_fixture::wait::until("the survivor to hold the finished task", Duration::from_secs(10), || {
+        finished_on(&sb, &sb.workers[survivor])
+    })
+    .await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let stats = sb.get(&follower, "/crawler/stats").await.unwrap().1;
+    let books_stats = stats.as_array().unwrap().iter().find(|t| t["name"] == "books").unwrap().clone();
+    assert_eq!(books_stats["worker"], sb.workers[survivor].id.as_str(), "{stats}");
+    assert_eq!(books_stats["state"], "finished", "{stats}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sb.fixture.requests().len(), fetched, "the finished task was crawled again");
+    assert!(sb.tasks_on(&sb.workers[survivor]).await.is_empty());
+}
+
+/// Whether `worker` lists the task `books` as finished.
+async fn finished_on(sb: &Sandbox, worker: &support::sandbox::Proc) -> bool {
+    sb.task_entries(worker).await.iter().any(|t| t["name"] == "books" && t["finished"] == true)
+}

@@ -209,6 +209,20 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     // --fresh: the unfinished run is discarded.
     let fresh = state.open_run("c", "res-2", Epoch::At(50), true, 100).unwrap();
     assert!(!fresh.resumed);
+
+    // A cluster task whose run finished, moved to another worker: the run stays finished (no
+    // new run, nothing to crawl), at any newer epoch.
+    let hf = handle(&fresh);
+    sink.write(&[Commit { run: Some(hf.clone()), finished: true, ..Commit::default() }]).unwrap();
+    assert!(!hf.is_fenced());
+    let moved = state.open_run("c", "res-2", Epoch::At(60), false, 100).unwrap();
+    assert!(moved.over && !moved.resumed);
+    assert_eq!(moved.id, fresh.id);
+    assert!(moved.seen.is_empty() && moved.queued.is_empty());
+    assert!(state.open_run("c", "res-2", Epoch::At(70), false, 100).unwrap().over);
+    // Standalone, the next crawl of a finished run starts a new one (above), and nothing else
+    // opens as over.
+    assert!(!next.over && !w2.over && !fresh.over);
 }
 
 #[test]

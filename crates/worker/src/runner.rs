@@ -443,16 +443,20 @@ impl Runner {
         })
         .await
         .map_err(|e| crawler_engine::SinkError { sink: "state", message: e.to_string() })??;
-        tracing::info!(
-            resource = %rec.name,
-            id = %rec.id,
-            run = opened.id,
-            epoch = opened.epoch,
-            resumed = opened.resumed,
-            done = opened.handled,
-            queued = opened.waiting,
-            "starting crawl"
-        );
+        if opened.over {
+            tracing::info!(resource = %rec.name, id = %rec.id, run = opened.id, "the task's run is finished; nothing to do");
+        } else {
+            tracing::info!(
+                resource = %rec.name,
+                id = %rec.id,
+                run = opened.id,
+                epoch = opened.epoch,
+                resumed = opened.resumed,
+                done = opened.handled,
+                queued = opened.waiting,
+                "starting crawl"
+            );
+        }
         let run = opened.id;
         Ok(Started::Running(
             Some(Crawl::resume(task, opened, inner.fetcher.clone(), self.commits(), &inner.parent)),
@@ -813,19 +817,7 @@ mod tests {
             if self.down.load(Relaxed) {
                 return Err(crawler_engine::SinkError { sink: "state", message: "down".into() });
             }
-            Ok(crawler_engine::OpenedRun {
-                id: 1,
-                epoch: 1,
-                resumed: false,
-                taken_over: false,
-                seen: Vec::new(),
-                spilled_keys: Vec::new(),
-                queued: Vec::new(),
-                spilled: Vec::new(),
-                handled: 0,
-                waiting: 0,
-                last_seqs: Vec::new(),
-            })
+            Ok(crawler_engine::OpenedRun { id: 1, epoch: 1, ..Default::default() })
         }
 
         fn end_run(&self, _: i64) -> Result<(), crawler_engine::SinkError> {

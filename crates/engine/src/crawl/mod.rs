@@ -284,6 +284,11 @@ async fn run_crawl(
     mut limiter: RateLimiter,
     mut paused: mpsc::UnboundedReceiver<(HostId, Instant)>,
 ) {
+    if stored.as_ref().is_some_and(|r| r.over) {
+        // Finished before it came here: nothing to crawl, nothing to commit.
+        ctx.completed.store(true, Relaxed);
+        return;
+    }
     let inner = &ctx.task.0;
     let record = ctx.run.is_some();
     let cfg = ctx.fetcher.config();

@@ -254,6 +254,10 @@ pub struct OpenedRun {
     pub epoch: i64,
     /// Whether an unfinished run was found and continues.
     pub resumed: bool,
+    /// Opened at an [`Epoch::At`] (a cluster's assignment, labelled with the resource id): the
+    /// label's run finished before the task came here (it moved off a worker that had finished
+    /// it). Nothing is left to crawl, and no new run is started.
+    pub over: bool,
     /// Resumed in a cluster (opened at an [`Epoch::At`]): the run's previous owner (another
     /// worker, or this one before a restart) may have sent requests just before it stopped.
     pub taken_over: bool,
@@ -416,7 +420,8 @@ impl Epoch {
 pub trait StateStore: Send + Sync {
     /// Opens the unfinished run of `task` under `label` (resuming it, with up to `window`
     /// waiting requests per host in memory), or starts a new one. With `fresh`, the label's
-    /// earlier state is discarded first.
+    /// earlier state is discarded first. At an [`Epoch::At`] a label whose newest run finished
+    /// is not started again: the answer is [`OpenedRun::over`].
     fn open_run(
         &self,
         task: &str,

@@ -963,6 +963,18 @@ impl StateStore for MysqlState {
             )
             .map_err(err)?;
         let Some((id, current)) = found else {
+            if let Epoch::At(_) = epoch {
+                let finished: Option<i64> = tx
+                    .exec_first(
+                        "SELECT id FROM crawler_runs WHERE task = ? AND label = ? AND state = ? ORDER BY id DESC LIMIT 1",
+                        (task, label, FINISHED),
+                    )
+                    .map_err(err)?;
+                if let Some(id) = finished {
+                    tx.commit().map_err(err)?;
+                    return Ok(OpenedRun { id, over: true, ..OpenedRun::default() });
+                }
+            }
             let done: Vec<i64> = tx
                 .exec("SELECT id FROM crawler_runs WHERE task = ? AND label = ?", (task, label))
                 .map_err(err)?;

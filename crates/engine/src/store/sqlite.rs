@@ -411,6 +411,18 @@ fn open_in(
         )
         .optional()?;
     let Some((id, current)) = found else {
+        if let Epoch::At(_) = epoch {
+            let finished: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2 AND state = ?3 ORDER BY id DESC LIMIT 1",
+                    [task, label, FINISHED],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = finished {
+                return Ok(OpenedRun { id, over: true, ..OpenedRun::default() });
+            }
+        }
         // A new run; the frontiers of the label's finished runs are of no further use.
         tx.execute(&format!("DELETE FROM crawler_frontier WHERE run IN ({old_runs})"), [task, label])?;
         let epoch = epoch.first();
