@@ -210,6 +210,19 @@ async fn a_task_spreads_over_workers_hands_over_and_stays_polite_across_them() {
     let stopped = sites.iter().map(|s| s.requests().len()).sum::<usize>();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sites.iter().map(|s| s.requests().len()).sum::<usize>(), stopped, "fetching after the delete");
+
+    // w2 SIGKILLed after the run finished: its partitions move, the run stays finished (the
+    // masters say so), and nothing is fetched again.
+    sb.workers[1].kill();
+    until("w2's partitions to move", Duration::from_secs(10), || async {
+        !spread(&sb, &master, "hosts").await.contains_key("w2")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = sb.get(&master, "/crawler/stats").await.unwrap().1;
+    let hosts = stats.as_array().unwrap().iter().find(|t| t["name"] == "hosts").unwrap();
+    assert_eq!(hosts["state"], "finished", "{stats}");
+    assert_eq!(sites.iter().map(|s| s.requests().len()).sum::<usize>(), stopped, "the finished run fetched");
 }
 
 /// The largest number of requests in any window of `per` among `at` (sorted).

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use crawler_coord::{PrefixWatch, ResourceRecord, Snapshot};
 use crawler_engine::{
-    rfc3339, CommitSender, Crawl, CrawlStats, Epoch, Fetcher, PartsOpen, Split, StateStore, Task, TaskSpec,
+    rfc3339, CommitSender, Crawl, CrawlStats, Epoch, Fetcher, OpenedRun, PartsOpen, Split, StateStore, Task,
+    TaskSpec,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -548,7 +549,10 @@ impl Runner {
             }
             Ok(PartsOpen::Over) => {
                 tracing::info!(resource = %rec.name, "the split run is over; nothing to do here");
-                Ok(Started::Running(None, None))
+                // Listed as finished, with nothing to crawl.
+                let over = OpenedRun { over: true, ..OpenedRun::default() };
+                let crawl = Crawl::resume(task, over, inner.fetcher.clone(), self.commits(), &inner.parent);
+                Ok(Started::Running(Some(crawl), None))
             }
             Ok(PartsOpen::Busy { part, owner }) => {
                 tracing::debug!(resource = %rec.name, part, %owner, "waiting for the partition's release");
@@ -684,7 +688,8 @@ impl Backoffs {
 
 /// What starting a resource came to.
 enum Started {
-    /// Its crawl (none for a split run that is over, or without a task) and stored run.
+    /// Its crawl (none without a task; one that ends at once for a run that is over) and
+    /// stored run.
     Running(Option<Crawl>, Option<i64>),
     /// A split task's share waits for a partition's release.
     Waiting,
