@@ -626,6 +626,88 @@ async fn a_slow_host_never_holds_the_slots_of_the_others() {
     }
 }
 
+/// A fixture on `ip` (a loopback address) with some paths scripted.
+async fn scripted_on(ip: &str, site: Site, script: Vec<(&str, Vec<Page>)>) -> Fixture {
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let script: Script = script.into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
+    Fixture::start_scripted(site, listener, script).await.unwrap()
+}
+
+/// A 429 asking to wait `secs`.
+fn too_many(secs: u32) -> Page {
+    Page { headers: vec![("retry-after", secs.to_string())], ..Page::status(429, "slow down") }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_make_their_requests_wait_hold_no_slot_of_the_others() {
+    // 127.0.1.7 answers its page with a 429 asking for 2 s, once; 127.0.1.8's robots.txt is
+    // unavailable once (read again after 2 s); 127.0.1.9 serves 30 books. Two slots: the first
+    // two requests are the waiting hosts'.
+    let book = Page::html(Site::default().page("/book/0.html").body.iter().map(|b| *b as char).collect());
+    let throttling =
+        scripted_on("127.0.1.7", Site::default(), vec![("/slow.html", vec![too_many(2), book])]).await;
+    let down = Page::status(503, "down");
+    let unreadable = scripted_on(
+        "127.0.1.8",
+        Site::default(),
+        // Three tries (the fetcher retries a 5xx twice), then read again later.
+        vec![("/robots.txt", vec![down.clone(), down.clone(), down, Page::status(404, "none")])],
+    )
+    .await;
+    let fast = Fixture::start_on(
+        Site { books: 30, tags: 2, per_page: 10, ..Site::default() },
+        tokio::net::TcpListener::bind("127.0.1.9:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut spec = task(&fast);
+    spec.seeds = vec![throttling.url("/slow.html"), unreadable.url("/book/0.html"), fast.url("/index.html")];
+    spec.rules[0].follow.retain(|f| f.select == "a.tag");
+    let cfg = EngineConfig {
+        concurrency: 2,
+        per_host: 1,
+        robots_retry: HumanDuration(Duration::from_secs(2)),
+        ..engine()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("w.db")).await;
+    assert_eq!(stats.items, 30);
+    let at = |fx: &Fixture, path: &str| -> Vec<std::time::Instant> {
+        fx.requests().iter().filter(|r| r.path == path).map(|r| r.at).collect()
+    };
+    let (slow, robots) = (at(&throttling, "/slow.html"), at(&unreadable, "/robots.txt"));
+    assert_eq!((slow.len(), robots.len()), (2, 4));
+    assert!(slow[1] >= slow[0] + Duration::from_millis(1990), "retried before Retry-After");
+    assert!(robots[3] >= robots[2] + Duration::from_millis(1990), "robots.txt read again too soon");
+    // The fast host was crawled to the end while the other two made their requests wait.
+    let last = fast.requests().iter().map(|r| r.at).max().unwrap();
+    assert!(last < slow[1] && last < robots[3], "the fast host waited for the slots of the others");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_on_the_last_try_still_holds_back_the_host() {
+    // No retries: the 429 ends its request, and the host's other requests wait out its
+    // Retry-After all the same.
+    let fx = scripted_on("127.0.0.1", Site::default(), vec![("/slow.html", vec![too_many(1)])]).await;
+    let mut spec = task(&fx);
+    spec.seeds = std::iter::once(fx.url("/slow.html"))
+        .chain((0..5).map(|i| fx.url(&format!("/book/{i}.html"))))
+        .collect();
+    let cfg = EngineConfig { concurrency: 1, per_host: 1, retries: 0, obey_robots: false, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("l.db")).await;
+    assert_eq!(stats.errors, 1);
+    let log = fx.requests();
+    assert_eq!(log.len(), 6);
+    let throttled = log.iter().find(|r| r.path == "/slow.html").unwrap().at;
+    let next = log.iter().filter(|r| r.path.starts_with("/book/")).map(|r| r.at).min().unwrap();
+    assert!(
+        next >= throttled + Duration::from_millis(990),
+        "sent {:?} after a 429 asking for 1 s",
+        next - throttled
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
     // Slow enough (about 4 s for the crawl) that the takeover comes long before its end, even

@@ -278,6 +278,17 @@ struct Jobs {
     hosts: HashMap<tokio::task::Id, (HostId, u64)>,
 }
 
+/// Jobs waiting on their host beyond `concurrency` at most (each a small future): past them,
+/// waiting jobs hold slots again.
+const MAX_WAITING_JOBS: usize = 1024;
+
+/// Whether the dispatcher may start another job: fewer than `concurrency` are at work (jobs
+/// waiting on their host, see [`Politeness`], do not count).
+fn has_room(ctx: &Ctx, jobs: usize, concurrency: usize) -> bool {
+    let waiting = ctx.polite.jobs_waiting_on_hosts().min(MAX_WAITING_JOBS);
+    jobs.saturating_sub(waiting) < concurrency
+}
+
 async fn run_crawl(
     ctx: Arc<Ctx>,
     stored: Option<OpenedRun>,
@@ -393,7 +404,7 @@ async fn run_crawl(
         budget.take_answers(&ctx);
         over |= budget.run_over();
         if !draining {
-            budget.top_up(&ctx, !frontier.is_empty(), jobs.set.len() < max_in_flight).await;
+            budget.top_up(&ctx, !frontier.is_empty(), has_room(&ctx, jobs.set.len(), max_in_flight)).await;
         }
         let idle = jobs.set.is_empty() && frontier.is_empty() && !discovering && refills.is_empty();
         if split.is_some() && !polling && !draining && Instant::now() >= next_poll {
@@ -413,7 +424,7 @@ async fn run_crawl(
                 break;
             }
         }
-        let room = jobs.set.len() < max_in_flight && budget.allows() && !draining;
+        let room = has_room(&ctx, jobs.set.len(), max_in_flight) && budget.allows() && !draining;
         // While the task's limits hold requests back, the loop goes on settling, polling and
         // refilling, and wakes when they allow one.
         let now = Instant::now();
@@ -466,6 +477,7 @@ async fn run_crawl(
             },
             _ = sleep_until_some(wake) => {}
             _ = sleep_until_some(mark_at) => {}
+            _ = ctx.polite.room_freed(), if !room => {}
         }
     }
     if let Some(reader) = sitemaps {

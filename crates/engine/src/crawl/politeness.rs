@@ -2,7 +2,7 @@
 //! its pace (a `Crawl-delay`, or what its 429s taught), with the waits they impose.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,21 @@ pub(super) struct Politeness {
     paced: Mutex<HashMap<HostId, Pace>>,
     /// Whether `paced` holds any host: until one is paced, the per-request checks take no lock.
     any_paced: AtomicBool,
+    /// Jobs waiting on their host (its `Retry-After`, its robots.txt read again later, or the
+    /// read of it another job is making): the dispatcher does not count them against
+    /// `concurrency`, so a host that makes its requests wait holds no slot of the others.
+    waiting: AtomicUsize,
+    /// Told when a job starts waiting: the dispatcher may have room again.
+    room: tokio::sync::Notify,
+}
+
+/// A job counted as waiting on its host while this lives (see [`Politeness::waiting_on_host`]).
+pub(super) struct WaitingOnHost<'a>(&'a Politeness);
+
+impl Drop for WaitingOnHost<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Politeness {
@@ -53,7 +68,27 @@ impl Politeness {
             robots_settled: Mutex::new(read.0),
             paced: Mutex::new(HashMap::new()),
             any_paced: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Counts the caller as a job waiting on its host until the guard drops, and tells the
+    /// dispatcher.
+    pub(super) fn waiting_on_host(&self) -> WaitingOnHost<'_> {
+        self.waiting.fetch_add(1, Relaxed);
+        self.room.notify_one();
+        WaitingOnHost(self)
+    }
+
+    /// Jobs waiting on their host now.
+    pub(super) fn jobs_waiting_on_hosts(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+
+    /// Resolves when a job has started waiting on its host since the last call.
+    pub(super) async fn room_freed(&self) {
+        self.room.notified().await;
     }
 
     /// The robots.txt files read so far and readable (a host whose file was unavailable for
@@ -77,7 +112,14 @@ impl Politeness {
             let mut map = self.robots.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(origin.clone()).or_default().clone()
         };
-        let mut slot = cell.lock().await;
+        // Another job may be reading the file (or waiting to read it again): wait without a slot.
+        let mut slot = match cell.try_lock() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let _waiting = self.waiting_on_host();
+                cell.lock().await
+            }
+        };
         let retry = self.fetcher.config().robots_retry.0;
         loop {
             let reads = match &*slot {
@@ -91,6 +133,7 @@ impl Politeness {
                     if let Some(host) = host {
                         let _ = self.pauses.send((host, at));
                     }
+                    let _waiting = self.waiting_on_host();
                     tokio::select! {
                         _ = self.cancel.cancelled() => return None,
                         _ = tokio::time::sleep_until(at.into()) => {}
@@ -365,15 +408,19 @@ impl Throttled for HostThrottle<'_> {
         backoff: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            self.polite.paced_throttled(self.host, retry_after);
-            let wait = retry_after.unwrap_or(backoff);
-            let _ = self.polite.pauses.send((self.host, Instant::now() + wait));
-            tokio::time::sleep(wait).await;
+            self.hold_back(retry_after, backoff);
+            let _waiting = self.polite.waiting_on_host();
+            tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
             let interval = self.polite.pace_interval(self.host, self.floor);
             if !interval.is_zero() {
                 self.polite.wait_turn(self.host, interval).await;
             }
         })
+    }
+
+    fn hold_back(&self, retry_after: Option<Duration>, backoff: Duration) {
+        self.polite.paced_throttled(self.host, retry_after);
+        let _ = self.polite.pauses.send((self.host, Instant::now() + retry_after.unwrap_or(backoff)));
     }
 
     fn left_for_later(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

@@ -97,6 +97,11 @@ pub trait Throttled: Send + Sync {
         backoff: Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 
+    /// A try was throttled (a 429, or `Retry-After` on a 5xx) and none is left: the caller
+    /// may still hold the host back for the others, as the wait before a retry would. Nothing,
+    /// by default.
+    fn hold_back(&self, _retry_after: Option<Duration>, _backoff: Duration) {}
+
     /// Resolves when a request waiting to be tried again is to be left as it is, for whoever
     /// runs the crawl next (the crawl is draining for a handover); never, by default. The
     /// fetch then ends as [`FetchError::Cancelled`].
@@ -231,14 +236,17 @@ impl Fetcher {
             let (error, retry_after) = match attempt {
                 Attempt::Done(f) => return FetchReport { result: Ok(f), responses, tries },
                 Attempt::Fail(e) => return FetchReport { result: Err(e), responses, tries },
-                Attempt::Retry(e, _) if tries > self.cfg.retries => {
-                    return FetchReport { result: Err(e), responses, tries }
-                }
                 Attempt::Retry(e, after) => (e, after),
             };
             let delay = backoff(self.cfg.backoff.0, tries);
-            tracing::debug!(url = %url, %error, delay_ms = retry_after.unwrap_or(delay).as_millis() as u64, "retrying");
             let throttle = retry_after.is_some() || error == FetchError::Status(429);
+            if tries > self.cfg.retries {
+                if throttle {
+                    throttled.hold_back(retry_after, delay);
+                }
+                return FetchReport { result: Err(error), responses, tries };
+            }
+            tracing::debug!(url = %url, %error, delay_ms = retry_after.unwrap_or(delay).as_millis() as u64, "retrying");
             let wait = if throttle {
                 throttled.wait(retry_after, delay)
             } else {
