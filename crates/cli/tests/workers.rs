@@ -408,6 +408,34 @@ async fn a_finished_task_moved_off_a_dead_worker_stays_finished() {
     assert!(sb.tasks_on(&sb.workers[survivor]).await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_add_under_the_client_s_own_id_crawls_again() {
+    // MariaDB: the task is split. The original's walkthrough sends its own id with each add.
+    let sb = Sandbox::start(bin(), slow_site(), true).await;
+    let (_, follower) = sb.leader_and_follower().await;
+    let body = json!({"id": "zjx", "name": "books"});
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, body.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    sb.wait_requests("/book/", 5, Duration::from_secs(10)).await;
+    let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    crawler_fixture::wait::until("the crawl to stop", Duration::from_secs(5), || async {
+        let mut idle = true;
+        for w in &sb.workers {
+            idle &= sb.tasks_on(w).await.is_empty();
+        }
+        idle
+    })
+    .await;
+    let books = sb.requests("/book/");
+    // The same body again: a new crawl from the seeds (before, it found the deleted run and
+    // crawled nothing).
+    let (s, v) = sb.send(reqwest::Method::POST, &follower, body).await;
+    assert_eq!(s, 200, "{v}");
+    sb.wait_requests("/index.html", 2, Duration::from_secs(10)).await;
+    sb.wait_requests("/book/", books + 5, Duration::from_secs(10)).await;
+}
+
 /// Whether `worker` lists the task `books` as finished.
 async fn finished_on(sb: &Sandbox, worker: &support::sandbox::Proc) -> bool {
     sb.task_entries(worker).await.iter().any(|t| t["name"] == "books" && t["finished"] == true)

@@ -80,6 +80,13 @@ impl Partitions {
 }
 
 impl ResourceRecord {
+    /// This add of the resource: its id and creation time, `ID@MS`. A re-add is another
+    /// instance even under the same id (a client may send its own, as the original's
+    /// walkthrough does), so its crawl is another run; a move keeps the instance.
+    pub fn instance(&self) -> String {
+        format!("{}@{}", self.id, self.creation_time)
+    }
+
     /// Decodes a stored record.
     pub fn decode(key: &str, value: &[u8]) -> Result<ResourceRecord, CoordError> {
         serde_json::from_slice(value)

@@ -2,8 +2,9 @@
 //! the resources assigned here. Reconciling by state, not by event, means a repeated or
 //! modified event can never start a second copy, and a missed one is caught up on the next.
 //!
-//! With a state store, each resource's crawl is a stored run labelled with the resource id and
-//! opened at the epoch of its assignment (the record's etcd revision): a task that moves here
+//! With a state store, each resource's crawl is a stored run labelled with the resource's
+//! instance (its id and creation time: a re-add under the same id is another run) and opened at
+//! the epoch of its assignment (the record's etcd revision): a task that moves here
 //! continues where its previous worker stopped, and the previous worker, should it come back,
 //! can no longer commit for it. A deleted (or re-added) resource's run is ended.
 //!
@@ -300,7 +301,7 @@ impl Runner {
         let mut desired: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
         let mut ids: HashMap<String, String> = HashMap::new();
         for (name, r, revision) in self.decode(snap) {
-            ids.insert(name.clone(), r.id.clone());
+            ids.insert(name.clone(), r.instance());
             let mine = match &r.partitions {
                 Some(p) => p.owners.iter().any(|o| *o == self.0.id),
                 None => r.assigned_node == self.0.id,
@@ -314,17 +315,17 @@ impl Runner {
         // running yet; its partitions may have changed (its clock then starts again, see
         // `start_share`), and what the previous share here left is kept for it.
         self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, w| {
-            !running.contains_key(name) && desired.get(name).is_some_and(|(d, _)| d.id == w.resource_id)
+            !running.contains_key(name)
+                && desired.get(name).is_some_and(|(d, _)| d.instance() == w.resource_id)
         });
         let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
         let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
         let stale: Vec<String> = running
             .iter()
             .filter(|(name, r)| {
-                desired
-                    .get(*name)
-                    .is_none_or(|(d, _)| d.id != r.resource_id || mine(d) != r.parts || share(d) != r.share)
-                    || (r.crawl.as_ref().is_some_and(broke_off) && self.may_restart(name))
+                desired.get(*name).is_none_or(|(d, _)| {
+                    d.instance() != r.resource_id || mine(d) != r.parts || share(d) != r.share
+                }) || (r.crawl.as_ref().is_some_and(broke_off) && self.may_restart(name))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -412,7 +413,8 @@ impl Runner {
                     (None, None)
                 }
             };
-            running.insert(name, Running { resource_id: rec.id, crawl, run, parts, share: shared_by });
+            running
+                .insert(name, Running { resource_id: rec.instance(), crawl, run, parts, share: shared_by });
         }
     }
 
@@ -437,7 +439,7 @@ impl Runner {
         if rec.partitions.is_some() {
             return self.start_share(task, rec, state, left).await;
         }
-        let (name, label) = (rec.name.clone(), rec.id.clone());
+        let (name, label) = (rec.name.clone(), rec.instance());
         let window = task.queue_window(inner.fetcher.config().queue_window);
         let opened = tokio::task::spawn_blocking(move || {
             state.open_run(&name, &label, Epoch::At(revision), false, window)
@@ -497,7 +499,7 @@ impl Runner {
         let opened = {
             let runner = self.clone();
             let (name, label, me, parts) =
-                (rec.name.clone(), rec.id.clone(), inner.id.clone(), parts.clone());
+                (rec.name.clone(), rec.instance(), inner.id.clone(), parts.clone());
             tokio::task::spawn_blocking(move || {
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
@@ -507,7 +509,7 @@ impl Runner {
         };
         // Waits for the next try, with its clock and what the previous share left.
         let wait = |parts, left, busy| {
-            let w = Waiting { resource_id: rec.id.clone(), parts, since: started, left, busy };
+            let w = Waiting { resource_id: rec.instance(), parts, since: started, left, busy };
             inner.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.name.clone(), w);
         };
         match opened {
@@ -998,7 +1000,7 @@ mod tests {
         // Moved elsewhere, deleted, re-added with a new id.
         r.reconcile(&snapshot(&[("x", "id9", "w1", inline()), ("known", "id2", "w2", None)])).await;
         assert_eq!(names(&r).await, ["x"]);
-        assert_eq!(r.0.running.lock().await["x"].resource_id, "id9");
+        assert_eq!(r.0.running.lock().await["x"].resource_id, "id9@0");
         r.reconcile(&snapshot(&[])).await;
         assert!(names(&r).await.is_empty());
     }
