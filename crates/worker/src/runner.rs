@@ -16,7 +16,7 @@
 //! share waits between reconciles, not inside one: the worker's other resources are followed
 //! meanwhile, and reconciles come every [`RELEASE_POLL`] until it has started.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,11 +271,13 @@ impl Runner {
         self.0.records.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|(_, r)| r.is_none()).count()
     }
 
-    /// The snapshot's records, decoded: each only when it changed since the last call.
-    fn decode(&self, snap: &Snapshot) -> Vec<(String, ResourceRecord, i64)> {
+    /// The snapshot's records, decoded: each only when it changed since the last call; and the
+    /// names of those that cannot be read.
+    fn decode(&self, snap: &Snapshot) -> (Vec<(String, ResourceRecord, i64)>, HashSet<String>) {
         let mut records = self.0.records.lock().unwrap_or_else(|p| p.into_inner());
         records.retain(|name, _| snap.entries.contains_key(name));
         let mut out = Vec::with_capacity(snap.entries.len());
+        let mut unreadable = HashSet::new();
         for (name, e) in &snap.entries {
             let decoded = match records.get(name) {
                 Some((value, r)) if *value == e.value => r.clone(),
@@ -289,18 +291,24 @@ impl Runner {
                     r
                 }
             };
-            if let Some(r) = decoded {
-                out.push((name.clone(), r, e.mod_revision));
+            match decoded {
+                Some(r) => out.push((name.clone(), r, e.mod_revision)),
+                None => {
+                    unreadable.insert(name.clone());
+                }
             }
         }
-        out
+        (out, unreadable)
     }
 
     /// Makes the running crawls match the resources assigned to this worker.
     pub async fn reconcile(&self, snap: &Snapshot) {
         let mut desired: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
         let mut ids: HashMap<String, String> = HashMap::new();
-        for (name, r, revision) in self.decode(snap) {
+        // An unreadable record (`etcdctl put` of a bad value) says nothing about its resource:
+        // what runs under its name goes on as it was, and its run is not ended.
+        let (records, unreadable) = self.decode(snap);
+        for (name, r, revision) in records {
             ids.insert(name.clone(), r.instance());
             let mine = match &r.partitions {
                 Some(p) => p.owners.iter().any(|o| *o == self.0.id),
@@ -315,13 +323,15 @@ impl Runner {
         // running yet; its partitions may have changed (its clock then starts again, see
         // `start_share`), and what the previous share here left is kept for it.
         self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()).retain(|name, w| {
-            !running.contains_key(name)
-                && desired.get(name).is_some_and(|(d, _)| d.instance() == w.resource_id)
+            unreadable.contains(name)
+                || (!running.contains_key(name)
+                    && desired.get(name).is_some_and(|(d, _)| d.instance() == w.resource_id))
         });
         let mine = |d: &ResourceRecord| d.partitions.as_ref().map(|p| p.owned_by(&self.0.id));
         let share = |d: &ResourceRecord| d.partitions.as_ref().map_or(1, |p| p.workers().len());
         let stale: Vec<String> = running
             .iter()
+            .filter(|(name, _)| !unreadable.contains(*name))
             .filter(|(name, r)| {
                 desired.get(*name).is_none_or(|(d, _)| {
                     d.instance() != r.resource_id || mine(d) != r.parts || share(d) != r.share
@@ -1021,6 +1031,14 @@ mod tests {
         r.reconcile(&mended).await;
         assert_eq!(r.unreadable_resources(), 0);
         assert_eq!(names(&r).await, ["bad", "known"]);
+        // Unreadable again while it runs: it goes on (the same crawl), and goes on once mended.
+        let started = r.0.running.lock().await["bad"].crawl.as_ref().unwrap().started_at();
+        let mut broken = mended.clone();
+        broken.entries.get_mut("bad").unwrap().value = b"{broken".to_vec();
+        r.reconcile(&broken).await;
+        assert_eq!(names(&r).await, ["bad", "known"]);
+        r.reconcile(&mended).await;
+        assert_eq!(r.0.running.lock().await["bad"].crawl.as_ref().unwrap().started_at(), started);
         // A changed record is read again even at the same revision: moved away, it stops here.
         r.reconcile(&snapshot(&[("known", "id2", "w1", None), ("bad", "id5", "w2", inline())])).await;
         assert_eq!(names(&r).await, ["known"]);
