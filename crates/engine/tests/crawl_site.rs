@@ -709,6 +709,23 @@ async fn retry_after_on_the_last_try_still_holds_back_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_before_its_seeds_were_stored_starts_from_them() {
+    // Two copies of the site (it answers some paths differently the second time).
+    let (fx, first) =
+        (Fixture::start(Site::default()).await.unwrap(), Fixture::start(Site::default()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, db) = (dir.path().join("whole.db"), dir.path().join("k.db"));
+    let uninterrupted = crawl(engine(), task(&first), &whole).await;
+    // The run opened, then the process died before the writer stored the seeds' commit.
+    let opened =
+        SqliteState::open(&db).unwrap().open_run("books", "test", Epoch::Next, false, WINDOW).unwrap();
+    assert!(!opened.resumed);
+    let again = crawl(engine(), task(&fx), &db).await;
+    assert!(uninterrupted.items > 0);
+    assert_eq!((again.pages, again.items), (uninterrupted.pages, uninterrupted.items));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crawl_whose_run_is_taken_over_stops_and_commits_nothing_more() {
     // Slow enough (about 4 s for the crawl) that the takeover comes long before its end, even
     // when opening the run waits for the writer on a loaded machine.

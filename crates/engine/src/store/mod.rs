@@ -309,12 +309,15 @@ pub(crate) struct RunLoader {
     in_host: usize,
     last: Option<Arc<str>>,
     beyond: u64,
+    /// Rows met in the first pass.
+    rows: u64,
 }
 
 impl RunLoader {
     pub(crate) fn new(id: i64, epoch: i64, window: usize) -> RunLoader {
         RunLoader {
-            run: OpenedRun { id, epoch, resumed: true, ..OpenedRun::default() },
+            run: OpenedRun { id, epoch, ..OpenedRun::default() },
+            rows: 0,
             window: window.max(1),
             handled: Default::default(),
             loaded: Default::default(),
@@ -329,6 +332,7 @@ impl RunLoader {
 
     /// First pass: any row (held rows already turned back into queued).
     pub(crate) fn status(&mut self, key: u64, seq: u64, status: u8) {
+        self.rows += 1;
         let last = self.last_seqs.entry(part_of_seq(seq)).or_insert(0);
         *last = (*last).max(seq);
         if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
@@ -378,8 +382,11 @@ impl RunLoader {
         self.beyond = 0;
     }
 
+    /// The run as loaded: resumed when it stored anything (a run whose first commit, the
+    /// seeds', never landed is started from its seeds).
     pub(crate) fn finish(mut self) -> OpenedRun {
         self.end_host();
+        self.run.resumed = self.rows > 0;
         self.run.handled = self.handled.len() as u64;
         self.run.seen.extend(self.handled);
         self.run.last_seqs = self.last_seqs.into_values().collect();
