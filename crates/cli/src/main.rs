@@ -261,6 +261,11 @@ fn standalone(args: CrawlArgs) -> ExitCode {
                 println!("{}", serde_json::to_string(&outcome.summary).expect("summary serializes"));
                 if shutdown.is_cancelled() {
                     ExitCode::from(EXIT_INTERRUPTED)
+                } else if !outcome.stopped.is_empty() {
+                    for (task, why) in &outcome.stopped {
+                        eprintln!("crawler: {task} stopped before its end: {why}");
+                    }
+                    ExitCode::FAILURE
                 } else if outcome.fetched_nothing.len() == ntasks {
                     let reasons: Vec<String> =
                         outcome.fetched_nothing.iter().map(|(task, why)| format!("{task}: {why}")).collect();

@@ -277,6 +277,44 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
     assert!(twice <= 8, "{twice} books fetched twice (8 in flight at most)");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crawl_whose_run_another_crawl_takes_over_exits_1_saying_so() {
+    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
+    std::fs::write(&cfg, text).unwrap();
+    let spawn = || {
+        crawler()
+            .arg("crawl")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
+    crawler_fixture::wait::until("50 book pages fetched", Duration::from_secs(60), || async {
+        books() >= 50
+    })
+    .await;
+    // The same command again on the same database: the second takes the run over.
+    let second = spawn();
+    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("crawler: books stopped before its end: its run was taken over"), "{stderr}");
+    summary(&first);
+    let second = tokio::task::spawn_blocking(move || second.wait_with_output().unwrap()).await.unwrap();
+    assert!(second.status.success(), "stderr: {}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(summary(&second)["resumed"], true);
+    // Every book once, from the two of them.
+    assert_eq!(sqlite_titles(&dir.path().join("crawl.db")).len(), 3000 + 6);
+}
+
 /// How often each book page was requested.
 fn book_fetches(fx: &Fixture) -> std::collections::HashMap<String, usize> {
     let mut counts = std::collections::HashMap::new();

@@ -147,6 +147,9 @@ pub struct Outcome {
     pub summary: Summary,
     /// Tasks that fetched nothing, with the first reason.
     pub fetched_nothing: Vec<(String, String)>,
+    /// Tasks that stopped before their end without being interrupted, with the reason (their
+    /// run taken over by another crawl, their state unreadable).
+    pub stopped: Vec<(String, String)>,
 }
 
 /// Runs the tasks to the end (or until `shutdown`) from their stored runs, then flushes the
@@ -174,8 +177,13 @@ pub async fn run(
     let ticker = progress.then(|| Progress::spawn(crawls.clone()));
     let mut total = CrawlStats::default();
     let mut fetched_nothing = Vec::new();
+    let mut stopped = Vec::new();
     for (crawl, fresh) in crawls.iter().zip(fresh_runs) {
         let s = crawl.join().await;
+        if !crawl.completed() && !shutdown.is_cancelled() {
+            let why = crawl.stop_reason().unwrap_or_else(|| "stopped before its end".into());
+            stopped.push((crawl.task().name().to_owned(), why));
+        }
         if fresh && s.pages == 0 && !shutdown.is_cancelled() {
             let why = crawl.first_problem().unwrap_or_else(|| "no request was made".into());
             fetched_nothing.push((crawl.task().name().to_owned(), why));
@@ -205,5 +213,5 @@ pub async fn run(
         resumed,
         robots_blocked: total.robots_blocked,
     };
-    Ok(Outcome { summary, fetched_nothing })
+    Ok(Outcome { summary, fetched_nothing, stopped })
 }

@@ -89,6 +89,9 @@ pub(super) struct Ctx {
     pub(super) polite: Politeness,
     /// Why the first request that failed or was skipped did so (for "nothing could be fetched").
     pub(super) first_problem: Mutex<Option<String>>,
+    /// Why the crawl stopped on its own before its end (a store it could not read, its writer
+    /// gone).
+    pub(super) stopped_by: Mutex<Option<String>>,
     /// The last failures and items, for operators.
     pub(super) recent: RecentLog,
     /// Set when the crawl ended because its work was done (not stopped, failed or fenced).

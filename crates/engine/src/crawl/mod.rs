@@ -170,6 +170,7 @@ impl Crawl {
             split,
             polite,
             first_problem: Mutex::new(None),
+            stopped_by: Mutex::new(None),
             recent: RecentLog::default(),
             part_queues: Mutex::new(Vec::new()),
             sends,
@@ -205,6 +206,18 @@ impl Crawl {
     /// the reason to give when a crawl fetched nothing at all.
     pub fn first_problem(&self) -> Option<String> {
         self.ctx.first_problem.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Why the crawl stopped before its end other than by `cancel` or `drain`: a newer owner
+    /// took its run over, a store it could not read, its writer gone. `None` otherwise.
+    pub fn stop_reason(&self) -> Option<String> {
+        if self.is_fenced() {
+            return Some(
+                "its run was taken over by a newer owner (another crawl of the same task and database)"
+                    .into(),
+            );
+        }
+        self.ctx.stopped_by.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A split run's share: requests waiting per partition held (as of the last half second).
@@ -742,6 +755,7 @@ fn take_sent(ctx: &Ctx) -> Vec<u64> {
 fn store_failed(ctx: &Ctx, doing: &str, e: &crate::store::SinkError) {
     ctx.counters.errors.fetch_add(1, Relaxed);
     tracing::error!(task = %ctx.task.name(), error = %e, "cannot {doing}; stopping the crawl");
+    stopped_by(ctx, format!("cannot {doing}: {e}"));
     ctx.cancel.cancel();
 }
 
@@ -749,8 +763,14 @@ fn writer_gone(ctx: &Ctx) {
     if !ctx.cancel.is_cancelled() {
         ctx.counters.errors.fetch_add(1, Relaxed);
         tracing::error!(task = %ctx.task.name(), "item writer is gone; stopping the crawl");
+        stopped_by(ctx, "its writer is gone".into());
         ctx.cancel.cancel();
     }
+}
+
+/// Keeps the first reason the crawl stopped on its own.
+fn stopped_by(ctx: &Ctx, why: String) {
+    ctx.stopped_by.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
 }
 
 /// Applies a finished job's outcome to the frontier and commits it.
