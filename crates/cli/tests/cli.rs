@@ -315,6 +315,62 @@ async fn a_crawl_whose_run_another_crawl_takes_over_exits_1_saying_so() {
     assert_eq!(sqlite_titles(&dir.path().join("crawl.db")).len(), 3000 + 6);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_finished_before_an_interrupt_is_not_crawled_again_on_resume() {
+    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
+    let fx = Fixture::start(site).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let small = format!(
+        "[[task]]\nname = \"small\"\nseeds = [\"{}\"]\nmax_depth = 0\n\n  [[task.rule]]\n  name = \"one\"\n  \
+         table = \"small\"\n  fields = {{ title = \"h1.title\" }}\n",
+        fx.url("/book/1.html")
+    );
+    let cfg = config(&fx, dir.path(), &small);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
+    std::fs::write(&cfg, text).unwrap();
+    let jsonl = dir.path().join("items.jsonl");
+    let crawl = |extra: &[&str]| {
+        let mut cmd = crawler();
+        cmd.arg("crawl").arg("--config").arg(&cfg).arg("--output").arg(&jsonl).args(extra);
+        cmd
+    };
+    let child = crawl(&[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
+    crawler_fixture::wait::until("100 book pages fetched", Duration::from_secs(60), || async {
+        books() >= 100
+    })
+    .await;
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let db = rusqlite::Connection::open(dir.path().join("crawl.db")).unwrap();
+    let runs = |task: &str| -> Vec<String> {
+        let mut stmt = db.prepare("SELECT state FROM crawler_runs WHERE task = ?1 ORDER BY id").unwrap();
+        stmt.query_map([task], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(runs("small"), ["finished"]);
+    let lines = |task: &str| {
+        let needle = format!("\"task\":\"{task}\"");
+        std::fs::read_to_string(&jsonl).unwrap().lines().filter(|l| l.contains(&needle)).count()
+    };
+    assert_eq!(lines("small"), 1);
+
+    // The same command again: books resumes, small (finished in the interrupted crawl) is not
+    // crawled again, and its item is not written twice.
+    let out = run(crawl(&[])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stderr.contains("small: finished in the interrupted crawl; not crawled again"), "{stderr}");
+    assert_eq!(summary(&out)["resumed"], true);
+    assert_eq!((runs("small"), lines("small")), (vec!["finished".to_owned()], 1));
+    assert_eq!(runs("books"), ["finished"]);
+    assert_eq!(lines("books"), 3000 + 6);
+    // With nothing left to resume, a finished task starts a new run.
+    let out = run(crawl(&["--task", "small"])).await;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(runs("small"), ["finished", "finished"]);
+}
+
 /// How often each book page was requested.
 fn book_fetches(fx: &Fixture) -> std::collections::HashMap<String, usize> {
     let mut counts = std::collections::HashMap::new();

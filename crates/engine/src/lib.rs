@@ -49,6 +49,6 @@ pub use scope::{host_allowed, normalize, resolve_link, url_key};
 pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, TaskSpec};
 pub use store::{
     Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus, PartsOpen, Polled,
-    QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore,
+    QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore, StoredRun,
 };
 pub use units::{ByteSize, HumanDuration};

@@ -223,6 +223,18 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     // Standalone, the next crawl of a finished run starts a new one (above), and nothing else
     // opens as over.
     assert!(!next.over && !w2.over && !fresh.over);
+
+    // The newest run of a label, as stored.
+    let newest = state.newest_run("s", "standalone").unwrap().unwrap();
+    assert_eq!(newest.id, next.id);
+    assert!(newest.is_running() && newest.finished_at.is_none());
+    let done = state.newest_run("c", "res-2").unwrap().unwrap();
+    assert!(
+        done.is_finished()
+            && done.finished_at.is_some()
+            && done.started_at <= *done.finished_at.as_ref().unwrap()
+    );
+    assert!(state.newest_run("none", "standalone").unwrap().is_none());
 }
 
 #[test]

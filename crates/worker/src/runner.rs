@@ -841,6 +841,14 @@ mod tests {
             Ok(())
         }
 
+        fn newest_run(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<crawler_engine::StoredRun>, crawler_engine::SinkError> {
+            Ok(None)
+        }
+
         fn open_parts(
             &self,
             _: &str,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crawler_engine::{
     Crawl, CrawlStats, Epoch, Fetcher, JsonlSink, MysqlSink, MysqlState, OpenedRun, Sink, SinkError,
-    SinkWriter, SqliteSink, SqliteState, StateStore, Task,
+    SinkWriter, SqliteSink, SqliteState, StateStore, StoredRun, Task,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -107,15 +107,33 @@ pub async fn open_runs(
     let names: Vec<(String, usize)> =
         tasks.iter().map(|t| (t.name().to_owned(), t.queue_window(window))).collect();
     let runs = tokio::task::spawn_blocking(move || {
+        // The same command run again after an interrupt: a task that finished during the
+        // interrupted crawl (after the earliest unfinished run started) is not crawled again.
+        let newest = match fresh {
+            true => vec![None; names.len()],
+            false => {
+                names.iter().map(|(n, _)| state.newest_run(n, STANDALONE)).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let since = newest.iter().flatten().filter(|r| r.is_running()).map(|r| r.started_at.clone()).min();
+        let done_since = |r: &StoredRun| {
+            r.is_finished() && since.as_ref().is_some_and(|s| r.finished_at.as_ref().is_some_and(|f| f >= s))
+        };
         names
             .iter()
-            .map(|(n, window)| state.open_run(n, STANDALONE, Epoch::Next, fresh, *window))
+            .zip(newest)
+            .map(|((n, window), newest)| match newest {
+                Some(r) if done_since(&r) => Ok(OpenedRun { id: r.id, over: true, ..OpenedRun::default() }),
+                _ => state.open_run(n, STANDALONE, Epoch::Next, fresh, *window),
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| SinkError { sink: "state", message: e.to_string() })??;
     for (task, run) in tasks.iter().zip(&runs) {
-        if run.resumed {
+        if run.over {
+            eprintln!("{}: finished in the interrupted crawl; not crawled again", task.name());
+        } else if run.resumed {
             eprintln!(
                 "resuming {}: {} done, {} queued",
                 task.name(),
@@ -166,7 +184,7 @@ pub async fn run(
     let fetcher = Arc::new(Fetcher::new(config.engine.clone()).map_err(|e| RunError::Client(e.to_string()))?);
     let runs = open_runs(open_state(config)?, &tasks, fresh, config.engine.queue_window).await?;
     let resumed = runs.iter().any(|r| r.resumed);
-    let fresh_runs: Vec<bool> = runs.iter().map(|r| !r.resumed).collect();
+    let fresh_runs: Vec<bool> = runs.iter().map(|r| !r.resumed && !r.over).collect();
     let sinks = open_sinks(config, output, resumed)?;
     let writer = SinkWriter::spawn(sinks, config.storage.batch, Duration::from_millis(250));
     let crawls: Vec<Crawl> = tasks

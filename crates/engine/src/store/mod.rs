@@ -395,6 +395,31 @@ impl RunLoader {
     }
 }
 
+/// A row of `crawler_runs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRun {
+    /// Row id.
+    pub id: i64,
+    /// `running`, `finished` or `ended`.
+    pub state: String,
+    /// RFC 3339 UTC, to the second.
+    pub started_at: String,
+    /// RFC 3339 UTC, to the second; `None` while it runs.
+    pub finished_at: Option<String>,
+}
+
+impl StoredRun {
+    /// Still to be resumed.
+    pub fn is_running(&self) -> bool {
+        self.state == RUNNING
+    }
+
+    /// Finished by its crawl (not ended by a delete).
+    pub fn is_finished(&self) -> bool {
+        self.state == FINISHED
+    }
+}
+
 /// How to open a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Epoch {
@@ -440,6 +465,9 @@ pub trait StateStore: Send + Sync {
 
     /// Ends a run for good (its task was deleted) and drops its frontier.
     fn end_run(&self, id: i64) -> Result<(), SinkError>;
+
+    /// The newest run of `task` under `label`, as `crawler_runs` has it.
+    fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError>;
 
     /// Opens `parts` (partition, epoch) of the split run of `task` under `label` for `owner`,
     /// creating the run if it is new: each partition is taken when it is new, released, held

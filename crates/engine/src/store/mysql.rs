@@ -18,7 +18,7 @@ use mysql::{Conn, Opts, Transaction, TxOpts, Value};
 
 use super::{
     key_col, part_of_seq, Commit, Epoch, OpenedRun, PageStatus, PartsOpen, Polled, QueuedUrl, RunHandle,
-    RunLoader, Sink, SinkError, StateStore,
+    RunLoader, Sink, SinkError, StateStore, StoredRun,
 };
 use super::{pages_to_grant, Taken, FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
@@ -1039,6 +1039,18 @@ impl StateStore for MysqlState {
         tx.exec_drop("DELETE FROM crawler_inbox WHERE run = ?", (id,)).map_err(err)?;
         tx.exec_drop("DELETE FROM crawler_parts WHERE run = ?", (id,)).map_err(err)?;
         tx.commit().map_err(err)
+    }
+
+    fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError> {
+        let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
+        let row: Option<(i64, String, String, Option<String>)> = conn
+            .exec_first(
+                "SELECT id, state, started_at, finished_at FROM crawler_runs \
+                 WHERE task = ? AND label = ? ORDER BY id DESC LIMIT 1",
+                (task, label),
+            )
+            .map_err(err)?;
+        Ok(row.map(|(id, state, started_at, finished_at)| StoredRun { id, state, started_at, finished_at }))
     }
 }
 

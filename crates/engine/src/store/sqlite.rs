@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{
     key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
-    StateStore,
+    StateStore, StoredRun,
 };
 use super::{FINISHED, RUNNING};
 use crate::item::{rfc3339, Item};
@@ -377,7 +377,20 @@ impl StateStore for SqliteState {
         tx.execute("DELETE FROM crawler_frontier WHERE run = ?1", [id]).map_err(sqlite_err)?;
         tx.commit().map_err(sqlite_err)
     }
+
+    fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError> {
+        let conn = connect(&self.path)?;
+        conn.query_row(STORED_RUN, [task, label], |r| {
+            Ok(StoredRun { id: r.get(0)?, state: r.get(1)?, started_at: r.get(2)?, finished_at: r.get(3)? })
+        })
+        .optional()
+        .map_err(sqlite_err)
+    }
 }
+
+/// The columns of a [`StoredRun`], in its order.
+const STORED_RUN: &str = "SELECT id, state, started_at, finished_at FROM crawler_runs \
+     WHERE task = ?1 AND label = ?2 ORDER BY id DESC LIMIT 1";
 
 enum OpenError {
     Db(rusqlite::Error),
