@@ -436,6 +436,22 @@ async fn a_re_add_under_the_client_s_own_id_crawls_again() {
     sb.wait_requests("/book/", books + 5, Duration::from_secs(10)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_config_lacks_the_task_runs_it_from_the_master_s_spec() {
+    let books = 30;
+    let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(5) };
+    let mut sb = Sandbox::start(bin(), site, false).await;
+    // w3 knows no task; w1 and w2 leave, so the task goes to w3.
+    sb.add_worker_with("w3", |text| text[..text.find("[[task]]").unwrap()].to_owned());
+    sb.wait_workers(3).await;
+    sb.workers[0].signal("-TERM");
+    sb.workers[1].signal("-TERM");
+    sb.wait_workers(1).await;
+    assert_eq!(sb.add_books().await["id"], "w3");
+    sb.wait_every_book_once(books, Duration::from_secs(20)).await;
+    assert!(!sb.log("w3").contains("cannot run this resource"), "{}", sb.log("w3"));
+}
+
 /// Whether `worker` lists the task `books` as finished.
 async fn finished_on(sb: &Sandbox, worker: &support::sandbox::Proc) -> bool {
     sb.task_entries(worker).await.iter().any(|t| t["name"] == "books" && t["finished"] == true)

@@ -536,6 +536,22 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_with_every_key_round_trips_through_json() {
+        // A master stores the spec of a task added by name in the resource record, and every
+        // worker runs what it reads back.
+        let s: TaskSpec = serde_json::from_str(
+            r#"{"name":"t","seeds":["http://h/"],"allow_hosts":["h","g"],"max_depth":3,"max_pages":9,
+                "limits":[{"events":5,"per":"2s"}],"wait":"150ms","cookie":"a=b","reload":true,
+                "sitemaps":["http://h/s.xml"],"sitemap_rule":"i","partitions":8,
+                "rule":[{"name":"i","priority":2,"follow":[{"select":"a","rule":"i","attr":"data-x","pattern":"^/p"}],
+                         "table":"b","fields":{"a":"h1","b":{"select":"a","attr":"href"},"c":{"regex":"id=(\\d+)"}}}]}"#,
+        )
+        .unwrap();
+        let back: TaskSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
     fn field_spec_round_trips_through_json() {
         let s = spec(r#"[{"name":"i","table":"b","fields":{"a":"h1","b":{"select":"a","attr":"href"}}}]"#);
         let back: TaskSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

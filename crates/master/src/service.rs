@@ -415,10 +415,15 @@ impl Master {
                 Task::compile(spec).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
                 Ok(Some(v))
             }
-            None if self.0.tasks.contains_key(&req.name) => Ok(None),
-            None => {
-                Err(ApiError::InvalidArgument(format!("unknown task {:?} and no inline task spec", req.name)))
-            }
+            // Stored with the master's spec: every worker runs the same task (the one its
+            // partitions were planned on), whatever its own config holds.
+            None => match self.0.tasks.get(&req.name) {
+                Some(spec) => Ok(Some(serde_json::to_value(spec).expect("a task spec serializes"))),
+                None => Err(ApiError::InvalidArgument(format!(
+                    "unknown task {:?} and no inline task spec",
+                    req.name
+                ))),
+            },
         }
     }
 

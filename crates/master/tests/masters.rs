@@ -150,9 +150,13 @@ async fn one_leader_writes_through_followers_and_status_codes() {
     assert_eq!((s, &v), (200, &json!({"id": "w1", "address": "w1.local:1"})));
     let recs = stored(&etcd).await;
     assert_eq!(recs.len(), 1);
+    assert_eq!((recs[0].name.as_str(), recs[0].assigned_node.as_str()), ("books", "w1"));
+    // Added by name: stored with the master's spec, so every worker runs that task.
+    let stored_spec: crawler_engine::TaskSpec =
+        serde_json::from_value(recs[0].task.clone().expect("the master's spec")).unwrap();
     assert_eq!(
-        (recs[0].name.as_str(), recs[0].assigned_node.as_str(), recs[0].task.is_none()),
-        ("books", "w1", true)
+        (stored_spec.name.as_str(), stored_spec.seeds.as_slice()),
+        ("books", &["http://127.0.0.1:9/".to_owned()][..])
     );
 
     // Inline task through the other follower; then its listing on every master.

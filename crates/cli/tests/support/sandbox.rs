@@ -171,16 +171,19 @@ max_depth = 100
     /// Starts one more worker whose database connections go through `proxy` (see
     /// `support::proxy`), waiting at most 1 s for a database it cannot reach.
     pub fn add_worker_through(&mut self, id: &str, proxy: std::net::SocketAddr) {
-        let (bin, eps, cfg) = &self.spawn;
-        let url = &self.mariadb.as_ref().expect("a sandbox with MariaDB").url;
+        let url = self.mariadb.as_ref().expect("a sandbox with MariaDB").url.clone();
         // Over TCP: the driver would otherwise move to the server's unix socket, past the proxy.
         let through = url.replace(&self.db_addr().to_string(), &proxy.to_string()) + "?prefer_socket=false";
-        let text = std::fs::read_to_string(cfg)
-            .unwrap()
-            .replace(url.as_str(), &through)
-            .replace("[storage]\n", "[storage]\noutage = \"1s\"\n");
+        self.add_worker_with(id, |text| {
+            text.replace(url.as_str(), &through).replace("[storage]\n", "[storage]\noutage = \"1s\"\n")
+        });
+    }
+
+    /// Starts one more worker with its own config: the sandbox's, changed by `edit`.
+    pub fn add_worker_with(&mut self, id: &str, edit: impl FnOnce(String) -> String) {
+        let (bin, eps, cfg) = &self.spawn;
         let own = self.dir.path().join(format!("{id}.toml"));
-        std::fs::write(&own, text).unwrap();
+        std::fs::write(&own, edit(std::fs::read_to_string(cfg).unwrap())).unwrap();
         let own = own.to_str().unwrap();
         let w =
             Proc::spawn(bin, id, &["worker", "--cluster", "--etcd", eps, "--config", own], self.dir.path());
@@ -413,6 +416,12 @@ max_depth = 100
                 .collect();
         }
         let conn = rusqlite::Connection::open(self.db()).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'book'", [], |r| r.get(0))
+            .unwrap();
+        if tables == 0 {
+            return Vec::new(); // no item stored yet
+        }
         let mut stmt = conn.prepare("SELECT url, title FROM book WHERE task = 'books'").unwrap();
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         rows.map(Result::unwrap).collect()
