@@ -308,6 +308,7 @@ async fn follow(
             }
         };
         backoff.reset();
+        runner.set_lease(session.lease());
         runner.set_registered(true);
         tracing::info!(id = %cfg.id, lease = session.lease(), "registered");
         let done = session.done();

@@ -123,6 +123,8 @@ struct Inner {
     state: Option<Arc<dyn StateStore>>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     registered: AtomicBool,
+    /// The lease this worker registered under (0 before it has).
+    lease: std::sync::atomic::AtomicI64,
     unknown_tasks: AtomicU64,
     /// Writers that failed (each replaced by a new one).
     writer_failures: AtomicU64,
@@ -165,6 +167,7 @@ impl Runner {
             state,
             running: tokio::sync::Mutex::new(BTreeMap::new()),
             registered: AtomicBool::new(false),
+            lease: std::sync::atomic::AtomicI64::new(0),
             unknown_tasks: AtomicU64::new(0),
             writer_failures: AtomicU64::new(0),
             stores_up: tokio::sync::watch::Sender::new(true),
@@ -246,10 +249,27 @@ impl Runner {
         true
     }
 
-    /// Whether `worker` is not registered now (unknown without a registry: not gone).
-    fn gone(&self, worker: &str) -> bool {
+    /// Whether the partition owner `owner` (see [`Runner::owner`]) is not registered now: its
+    /// id is not, or (an owner named with its lease) it is under another lease, a restarted
+    /// process's. Unknown without a registry: not gone.
+    fn gone(&self, owner: &str) -> bool {
         let registry = self.0.registry.lock().unwrap_or_else(|p| p.into_inner());
-        registry.as_ref().and_then(|r| r.current()).is_some_and(|s| !s.entries.contains_key(worker))
+        registry.as_ref().and_then(|r| r.current()).is_some_and(|s| owner_gone(owner, &s))
+    }
+
+    /// The name this worker holds partitions under: its id and lease, `ID#LEASE` (hex), so a
+    /// process restarted under the same id is another owner; its id alone before it has
+    /// registered.
+    fn owner(&self) -> String {
+        match self.0.lease.load(Relaxed) {
+            0 => self.0.id.clone(),
+            lease => format!("{}#{lease:x}", self.0.id),
+        }
+    }
+
+    /// Notes the lease the worker registered under.
+    pub(crate) fn set_lease(&self, lease: i64) {
+        self.0.lease.store(lease, Relaxed);
     }
 
     /// Whether the worker is registered in etcd now.
@@ -509,7 +529,7 @@ impl Runner {
         let opened = {
             let runner = self.clone();
             let (name, label, me, parts) =
-                (rec.name.clone(), rec.instance(), inner.id.clone(), parts.clone());
+                (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
             tokio::task::spawn_blocking(move || {
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
@@ -695,6 +715,19 @@ impl Backoffs {
 
     fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.tries().retain(|name, _| keep(name));
+    }
+}
+
+/// Whether the partition owner `owner` (`ID`, or `ID#LEASE` in hex) is not in `registry`: its
+/// id is not registered, or is under another lease.
+fn owner_gone(owner: &str, registry: &Snapshot) -> bool {
+    let (id, lease) = match owner.split_once('#') {
+        Some((id, lease)) => (id, i64::from_str_radix(lease, 16).ok()),
+        None => (owner, None),
+    };
+    match registry.entries.get(id) {
+        None => true,
+        Some(e) => lease.is_some_and(|l| l != e.lease),
     }
 }
 
@@ -1021,6 +1054,21 @@ mod tests {
         assert_eq!(r.0.running.lock().await["x"].resource_id, "id9@0");
         r.reconcile(&snapshot(&[])).await;
         assert!(names(&r).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_partition_owner_restarted_under_the_same_id_is_gone() {
+        let mut registry = Snapshot::default();
+        let entry = |lease| Entry { value: b"{}".to_vec(), create_revision: 1, mod_revision: 1, lease };
+        registry.entries.insert("w1".into(), entry(0x7f3a));
+        assert!(!owner_gone("w1#7f3a", &registry), "the live process");
+        assert!(owner_gone("w1#7f39", &registry), "an earlier process of w1");
+        assert!(!owner_gone("w1", &registry), "an owner named by id alone: live while w1 is");
+        assert!(owner_gone("w2#7f3a", &registry) && owner_gone("w2", &registry), "not registered");
+        let (r, _w) = runner().await;
+        assert_eq!(r.owner(), "w1", "before it registered");
+        r.set_lease(0x7f3a);
+        assert_eq!(r.owner(), "w1#7f3a");
     }
 
     #[tokio::test]
