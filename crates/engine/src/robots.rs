@@ -97,6 +97,8 @@ impl Robots {
             }
             false => body,
         };
+        // A leading byte order mark (files saved by some editors) is not part of the first key.
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
         let text = String::from_utf8_lossy(body);
         let token = user_agent.split(['/', ' ']).next().unwrap_or("").to_ascii_lowercase();
         let mut ours = Merged::default();

@@ -528,8 +528,7 @@ impl Runner {
         let force = started.elapsed() > RELEASE_WAIT;
         let opened = {
             let runner = self.clone();
-            let (name, label, me, parts) =
-                (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
+            let (name, label, me, parts) = (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
             tokio::task::spawn_blocking(move || {
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })

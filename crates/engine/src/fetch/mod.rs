@@ -343,7 +343,10 @@ impl Fetcher {
         let header =
             |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
         if status.is_redirection() {
-            return match header(LOCATION) {
+            // A Location of raw UTF-8 bytes (some servers send them) is read as browsers read it.
+            let location =
+                resp.headers().get(LOCATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return match location {
                 Some(location) => Attempt::Done(Fetched::Redirect { status: status.as_u16(), location }),
                 None => Attempt::Fail(FetchError::Status(status.as_u16())),
             };

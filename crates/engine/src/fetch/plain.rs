@@ -521,6 +521,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_location_of_raw_utf8_bytes_is_followed_as_browsers_read_it() {
+        let s = server(|_, _| {
+            let mut out = b"HTTP/1.1 301 Moved\r\nlocation: /caf".to_vec();
+            out.extend_from_slice("é".as_bytes());
+            out.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+            (out, false)
+        })
+        .await;
+        let (r, _) = get(&fetcher(EngineConfig::default()), &format!("http://{}/old", s.addr)).await;
+        match r {
+            Ok(Fetched::Redirect { status, location }) => {
+                assert_eq!((status, location.as_str()), (301, "/café"))
+            }
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn credentials_in_the_url_are_sent_as_basic_auth() {
         let s = server(|_, _| (html(b"ok", ""), false)).await;
         let (r, _) = get(&fetcher(EngineConfig::default()), &format!("http://user:pw@{}/", s.addr)).await;

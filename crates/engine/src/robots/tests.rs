@@ -325,6 +325,13 @@ fn our_product_token_is_taken_from_the_user_agent() {
 }
 
 #[test]
+fn a_leading_byte_order_mark_is_skipped() {
+    let r = Robots::parse(b"\xEF\xBB\xBFUser-agent: *\nDisallow: /private\n", UA);
+    assert!(!r.allowed("/private"));
+    assert!(r.allowed("/public"));
+}
+
+#[test]
 fn an_unavailable_robots_txt_disallows_everything() {
     let r = Robots::unavailable("http status 503".into());
     assert!(!r.allowed("/"));
