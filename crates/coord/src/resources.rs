@@ -151,7 +151,7 @@ pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<
 
 /// Deletes `/resources/<name>`, fenced. Returns whether it existed when the call began; once
 /// it did, the answer is `true` however many tries the delete took (see [`delete_created_at`]).
-pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<bool, CoordError> {
+pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<Option<i64>, CoordError> {
     let key = keys::resource(name);
     let resp = etcd
         .call("read resource", |mut c| {
@@ -159,13 +159,13 @@ pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<bool, Coor
             async move { c.get(key, None).await }
         })
         .await?;
-    let Some(kv) = resp.kvs().first() else { return Ok(false) };
-    delete_created_at(etcd, fence, name, kv.create_revision()).await?;
-    Ok(true)
+    let Some(kv) = resp.kvs().first() else { return Ok(None) };
+    delete_created_at(etcd, fence, name, kv.create_revision()).await.map(Some)
 }
 
-/// Deletes the resource `name` created at revision `created`, fenced: `Ok` once that resource
-/// is gone, whether this try removed it or an earlier one did. A try whose answer was lost
+/// Deletes the resource `name` created at revision `created`, fenced: `Ok` (with the etcd
+/// revision the resource is gone at, or later) once that resource is gone, whether this try
+/// removed it or an earlier one did. A try whose answer was lost
 /// (an etcd timeout after the delete applied) is retried, and the retry finds nothing to
 /// delete: that is still success, not "no such resource". A resource of the same name created
 /// since is a different one and is left alone.
@@ -174,7 +174,7 @@ pub async fn delete_created_at(
     fence: &Fence,
     name: &str,
     created: i64,
-) -> Result<(), CoordError> {
+) -> Result<i64, CoordError> {
     let key = keys::resource(name);
     let resp = etcd
         .call("delete resource", |mut c| {
@@ -188,7 +188,7 @@ pub async fn delete_created_at(
     if !resp.succeeded() {
         return Err(CoordError::NotLeader);
     }
-    Ok(())
+    Ok(resp.header().map_or(0, |h| h.revision()))
 }
 
 /// Rewrites a resource if it is unchanged since `mod_revision`, fenced. Returns whether it

@@ -53,13 +53,13 @@ async fn a_delete_tried_again_after_a_lost_answer_still_succeeds() {
     assert_eq!(created_at(&etcd, "books").await, None);
     resources::delete_created_at(&etcd, &fence, "books", created).await.unwrap();
     // A new delete call of a resource that is gone is "not found".
-    assert!(!resources::delete(&etcd, &fence, "books").await.unwrap());
+    assert!(resources::delete(&etcd, &fence, "books").await.unwrap().is_none());
 
     // Re-created since: a late retry of the old delete leaves the new resource alone.
     resources::create(&etcd, &fence, &record("books", "b")).await.unwrap();
     resources::delete_created_at(&etcd, &fence, "books", created).await.unwrap();
     assert!(created_at(&etcd, "books").await.is_some());
-    assert!(resources::delete(&etcd, &fence, "books").await.unwrap());
+    assert!(resources::delete(&etcd, &fence, "books").await.unwrap().is_some());
     assert_eq!(created_at(&etcd, "books").await, None);
 
     // A stale fence writes nothing.

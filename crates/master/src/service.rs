@@ -497,11 +497,17 @@ impl Master {
             self.leader_state().ok_or_else(|| ApiError::Unavailable("leadership changing; retry".into()))?;
         let _assigning = self.0.assign.lock().await;
         match resources::delete(&self.0.etcd, &lead.fence, name).await {
-            Ok(true) => {
+            Ok(Some(rev)) => {
+                // Keep the lock until our own view has the delete, so an add right after it
+                // is decided on a view without the deleted resource (it answered the deleted
+                // record, or 409, before).
+                let mut view = self.0.views.resources.clone();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), view.wait_for(|s| s.revision >= rev)).await;
                 tracing::info!(resource = %name, "resource deleted");
                 Ok(())
             }
-            Ok(false) => Err(ApiError::NotFound(format!("no resource {name:?}"))),
+            Ok(None) => Err(ApiError::NotFound(format!("no resource {name:?}"))),
             Err(e) => Err(self.store_error(&lead, e)),
         }
     }

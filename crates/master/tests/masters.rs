@@ -675,3 +675,46 @@ async fn a_follower_campaigns_once_and_waits() {
         m.stop.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_right_after_a_delete_stores_a_new_resource() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("m1", &eps, "", 100_000.0).await, start_master("m2", &eps, "", 100_000.0).await];
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let _w1 = register_worker(&etcd, "w1").await;
+    for m in &ms {
+        wait_workers(m, 1).await;
+    }
+    // One kept-alive client, so each call follows the last as closely as a script's would.
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, addr: SocketAddr, body: Value| {
+        let req = client.request(method, format!("http://{addr}/crawler/resource")).body(body.to_string());
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    use reqwest::Method as M;
+    // The original walkthrough's pattern, on the leader and through the follower: add with the
+    // client's id, delete, add again at once.
+    for m in [ms.iter().find(|m| m.id == leader).unwrap(), ms.iter().find(|m| m.id != leader).unwrap()] {
+        let mut last = 0;
+        for round in 0..200 {
+            let body = json!({"id": "zjx", "name": "books"});
+            let (s, v) = send(M::POST, m.http, body.clone()).await;
+            assert_eq!(s, 200, "round {round}: {v}");
+            let (s, v) = send(M::DELETE, m.http, json!({"name": "books"})).await;
+            assert_eq!(s, 200, "round {round}: {v}");
+            let (s, v) = send(M::POST, m.http, body).await;
+            assert_eq!(s, 200, "round {round}: {v}");
+            let recs = stored(&etcd).await;
+            assert_eq!(recs.len(), 1, "round {round}: the re-add stored nothing");
+            assert!(recs[0].creation_time >= last, "round {round}");
+            last = recs[0].creation_time;
+            let (s, v) = send(M::DELETE, m.http, json!({"name": "books"})).await;
+            assert_eq!(s, 200, "round {round}: {v}");
+        }
+    }
+}
