@@ -141,6 +141,21 @@ async fn every_subcommand_against_a_live_cluster() {
     assert_eq!(missing.status().as_u16(), 404);
     let watched = text(&ctl(&masters, &["watch", "--count", "2", "--every-ms", "100"]).await);
     assert_eq!(watched.matches("NAME").count(), 2, "{watched}");
+    // `ctl watch | head -1`: once its reader is gone, watch ends (it polled for ever before).
+    let mut watch = std::process::Command::new(bin())
+        .args(["ctl", "--master", &masters, "watch", "-o", "json", "--every-ms", "50"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(watch.stdout.take().unwrap()), &mut first)
+        .unwrap();
+    assert!(first.starts_with('['), "{first}");
+    crawler_fixture::wait::until("watch to end without a reader", Duration::from_secs(5), || {
+        let ended = watch.try_wait().unwrap().is_some();
+        async move { ended }
+    })
+    .await;
 
     // Delete, and delete again.
     let res = json(&ctl(&masters, &["ls", "resources", "-o", "json"]).await);

@@ -152,10 +152,9 @@ pub fn read_task(path: &Path) -> Result<Value, CtlError> {
 pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     let masters = Masters::new(&args.master, args.token.clone())?;
     let json_out = args.output == OutputFormat::Json;
-    let print = |out: &mut dyn Write, text: String| {
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-    };
+    // Whether the text went out (a reader that went away, `| head`, is no error).
+    let print =
+        |out: &mut dyn Write, text: String| out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok();
     match &args.command {
         CtlCommand::Add { name, task } => {
             // A request id makes the add idempotent: tried again on the next master after a
@@ -246,7 +245,10 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 } else {
                     format!("{}\n{body}\n", now())
                 };
-                print(out, text);
+                // Nobody reads any more (`ctl watch | head -1`): done.
+                if !print(out, text) {
+                    break;
+                }
                 shown += 1;
                 if count.is_some_and(|c| shown >= c) {
                     break;
