@@ -18,6 +18,21 @@ use url::Url;
 use crate::scope::normalize;
 use crate::units::HumanDuration;
 
+/// An `allow_hosts` entry as URLs spell their host: an international name in its ASCII form
+/// (`bücher.example` is `xn--bcher-kva.example`), IPv6 in brackets, lower case; a port is
+/// dropped (hosts are allowed on every port). `None` for what is not a host name.
+fn allowed_host(entry: &str) -> Option<String> {
+    let entry = entry.trim();
+    let entry = match entry.matches(':').count() > 1 && !entry.starts_with('[') {
+        true => format!("[{entry}]"),
+        false => entry.to_owned(),
+    };
+    let url = Url::parse(&format!("http://{entry}/")).ok()?;
+    let bare =
+        url.path() == "/" && url.query().is_none() && url.username().is_empty() && url.password().is_none();
+    url.host_str().filter(|h| bare && !h.is_empty()).map(str::to_owned)
+}
+
 /// A crawl task as written by a user.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -267,10 +282,12 @@ impl Task {
         };
         let seeds = http_urls(&spec.seeds, "seeds")?;
         let sitemaps = http_urls(&spec.sitemaps, "sitemaps")?;
-        let mut allow_hosts: HashSet<String> =
-            spec.allow_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
-        if allow_hosts.iter().any(|h| h.is_empty()) {
-            return Err(err(format!("{base}.allow_hosts"), "empty host name".into()));
+        let mut allow_hosts = HashSet::new();
+        for (i, h) in spec.allow_hosts.iter().enumerate() {
+            let host = allowed_host(h).ok_or_else(|| {
+                err(format!("{base}.allow_hosts[{i}]"), format!("{h:?} is not a host name"))
+            })?;
+            allow_hosts.insert(host);
         }
         if allow_hosts.is_empty() {
             allow_hosts =
@@ -525,6 +542,28 @@ mod tests {
         assert_eq!(e.key, "task[t].seeds");
         let e = with(r#""sitemaps":["http://h/s.xml"],"sitemaps_from_robots":true"#).unwrap_err();
         assert_eq!(e.key, "task[t].sitemaps_from_robots");
+    }
+
+    #[test]
+    fn allow_hosts_are_spelled_as_urls_spell_hosts() {
+        let task = |hosts: &str| {
+            let json = format!(
+                r#"{{"name":"t","seeds":["http://a/"],"allow_hosts":{hosts},"rule":[{{"name":"i"}}]}}"#
+            );
+            Task::compile(serde_json::from_str(&json).unwrap())
+        };
+        let t = task(r#"["Bücher.Example", "127.0.0.1:18080", "::1", "[::2]", " plain.example "]"#).unwrap();
+        let allowed = |url: &str| crate::scope::host_allowed(&Url::parse(url).unwrap(), &t.0.allow_hosts);
+        assert!(allowed("http://bücher.example/x") && allowed("http://xn--bcher-kva.example/"));
+        assert!(allowed("http://127.0.0.1:18080/") && allowed("http://127.0.0.1:9/"), "every port");
+        assert!(allowed("http://[::1]/") && allowed("http://[::2]:8/") && allowed("https://plain.example/"));
+        assert!(!allowed("http://www.plain.example/") && !allowed("http://127.0.0.2:18080/"));
+        for (bad, i) in
+            [(r#"["ok.example", ""]"#, 1), (r#"["a/b"]"#, 0), (r#"["u@h"]"#, 0), (r#"["h?q"]"#, 0)]
+        {
+            let e = task(bad).unwrap_err();
+            assert_eq!(e.key, format!("task[t].allow_hosts[{i}]"), "{bad}: {}", e.problem);
+        }
     }
 
     #[test]
