@@ -7,9 +7,15 @@ use encoding_rs::{Encoding, UTF_8};
 
 /// Decodes an HTML body. Malformed sequences become U+FFFD; this never fails.
 pub fn decode_html<'a>(body: &'a [u8], content_type: Option<&str>) -> Cow<'a, str> {
+    decode_page(body, content_type).0
+}
+
+/// Decodes an HTML body as [`decode_html`] does, and says with which encoding (the one its
+/// links' queries are written in, as browsers send them).
+pub fn decode_page<'a>(body: &'a [u8], content_type: Option<&str>) -> (Cow<'a, str>, &'static Encoding) {
     let encoding = sniff(body, content_type);
-    let (text, _, _) = encoding.decode(body);
-    text
+    let (text, used, _) = encoding.decode(body);
+    (text, used)
 }
 
 /// The encoding a body should be decoded with.

@@ -12,7 +12,7 @@ use lol_html::{ElementContentHandlers, HtmlRewriter, MemorySettings, Selector, S
 use url::Url;
 
 use crate::nesting::too_deep_at;
-use crate::scope::{host_allowed, resolve_link};
+use crate::scope::{host_allowed, resolve_link_in};
 use crate::spec::Rule;
 use htmlize::{unescape, unescape_attribute};
 
@@ -67,12 +67,25 @@ fn noscript_selector() -> &'static Selector {
 /// (so a page nested 100,000 deep fails cleanly instead of growing without bound).
 const MAX_PASS_MEMORY: usize = 16 << 20;
 
-/// Runs a rule over a decoded page. The content of `<noscript>` elements (raw text to an HTML
-/// parser that runs scripts) is parsed as markup in a second pass, since a crawler runs none:
-/// its links are followed and its elements can fill fields not filled before it.
+/// [`extract_in`] for a UTF-8 page.
+#[cfg(test)]
 pub(crate) fn extract(
     rule: &Rule,
     html: &str,
+    page: &Url,
+    allowed: &HashSet<String>,
+) -> Result<Extracted, ExtractError> {
+    extract_in(rule, html, encoding_rs::UTF_8, page, allowed)
+}
+
+/// Runs a rule over a page decoded from `encoding` (its links' queries are written in it). The
+/// content of `<noscript>` elements (raw text to an HTML parser that runs scripts) is parsed as
+/// markup in a second pass, since a crawler runs none: its links are followed and its elements
+/// can fill fields not filled before it.
+pub(crate) fn extract_in(
+    rule: &Rule,
+    html: &str,
+    encoding: &'static encoding_rs::Encoding,
     page: &Url,
     allowed: &HashSet<String>,
 ) -> Result<Extracted, ExtractError> {
@@ -100,7 +113,7 @@ pub(crate) fn extract(
     let mut links = Vec::with_capacity(state.links.len());
     for (raw, i) in state.links {
         let follow = &rule.follows[i];
-        let Some(url) = resolve_link(&base, &unescape_attribute(raw.as_str())) else { continue };
+        let Some(url) = resolve_link_in(&base, &unescape_attribute(raw.as_str()), encoding) else { continue };
         if !host_allowed(&url, allowed) {
             continue;
         }

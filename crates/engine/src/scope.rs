@@ -16,15 +16,34 @@ pub fn normalize(mut url: Url) -> Url {
 /// Resolves a raw link (an `href` value) against the page URL and normalizes it.
 /// Returns `None` for links that cannot be crawled: empty, non-http(s), or unparseable.
 pub fn resolve_link(base: &Url, raw: &str) -> Option<Url> {
+    resolve_link_in(base, raw, encoding_rs::UTF_8)
+}
+
+/// Like [`resolve_link`], for a link of a page in `encoding`: its query is percent-encoded
+/// from that encoding's bytes, as browsers send it (`?kw=小说` on a GBK page is
+/// `?kw=%D0%A1%CB%B5`, not the UTF-8 bytes); its path is UTF-8 as always.
+pub fn resolve_link_in(base: &Url, raw: &str, encoding: &'static encoding_rs::Encoding) -> Option<Url> {
     let raw = raw.trim();
     if raw.is_empty() || raw.starts_with('#') {
         return None;
     }
-    let url = base.join(raw).ok()?;
+    let encoding = encoding.output_encoding();
+    let encode = query_encoder(move |s| encoding.encode(s).0);
+    let legacy: &dyn Fn(&str) -> std::borrow::Cow<'_, [u8]> = &encode;
+    let url = Url::options()
+        .base_url(Some(base))
+        .encoding_override((encoding != encoding_rs::UTF_8).then_some(legacy))
+        .parse(raw)
+        .ok()?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return None;
     }
     Some(normalize(url))
+}
+
+/// Gives a closure the signature the URL parser takes for a query's encoding.
+fn query_encoder<F: for<'s> Fn(&'s str) -> std::borrow::Cow<'s, [u8]>>(f: F) -> F {
+    f
 }
 
 /// Whether a URL's host is one of the allowed hosts (exact match, case-insensitive).
@@ -67,6 +86,13 @@ mod tests {
         assert!(resolve_link(&base, "mailto:a@b").is_none());
         assert!(resolve_link(&base, "javascript:void(0)").is_none());
         assert!(resolve_link(&base, "  ").is_none());
+        // A GBK page's link: its query in GBK bytes, its path in UTF-8 (as browsers send them).
+        let gbk = resolve_link_in(&base, "/搜索?kw=小说&n=1", encoding_rs::GBK).unwrap();
+        assert_eq!(gbk.as_str(), "http://h/%E6%90%9C%E7%B4%A2?kw=%D0%A1%CB%B5&n=1");
+        let utf8 = resolve_link_in(&base, "/s?kw=小说", encoding_rs::UTF_8).unwrap();
+        assert_eq!(utf8.as_str(), "http://h/s?kw=%E5%B0%8F%E8%AF%B4");
+        // A UTF-16 page's links are UTF-8, as its output encoding is.
+        assert_eq!(resolve_link_in(&base, "/s?kw=小说", encoding_rs::UTF_16LE).unwrap(), utf8);
     }
 
     #[test]

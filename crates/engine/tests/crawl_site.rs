@@ -315,6 +315,22 @@ async fn rate_limits_and_crawl_delay_hold_at_the_site_for_retries_too() {
 }
 
 #[tokio::test]
+async fn a_gbk_page_s_links_send_their_query_in_gbk_as_browsers_do() {
+    let html =
+        r#"<html><body><a href="/search?kw=小说">novels</a> <a href="/书/1.html">a book</a></body></html>"#;
+    let (gbk, _, _) = encoding_rs::GBK.encode(html);
+    let body = Page::body("text/html; charset=gbk", gbk.into_owned());
+    let fx = scripted(|_| vec![("/gbk.html", vec![body])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = every_link("g", &fx.url("/gbk.html"), r#""max_depth":1"#);
+    crawl(EngineConfig { obey_robots: false, ..engine() }, spec, &dir.path().join("g.db")).await;
+    let paths: Vec<String> = fx.requests().iter().map(|r| r.path.clone()).collect();
+    // The query in the page's encoding, the path in UTF-8 (before, both were UTF-8).
+    assert!(paths.contains(&"/search?kw=%D0%A1%CB%B5".to_owned()), "{paths:?}");
+    assert!(paths.contains(&"/%E4%B9%A6/1.html".to_owned()), "{paths:?}");
+}
+
+#[tokio::test]
 async fn per_host_and_global_concurrency_are_respected() {
     let site = Site { latency: Duration::from_millis(30), ..Site::default() };
     for (concurrency, per_host, expect) in [(16, 3, 3), (2, 8, 2)] {

@@ -9,8 +9,8 @@ use url::Url;
 
 use super::ctx::{note_problem, Ctx};
 use super::politeness::HostThrottle;
-use crate::charset::decode_html;
-use crate::extract::{extract, MAX_DEPTH};
+use crate::charset::decode_page;
+use crate::extract::{extract_in, MAX_DEPTH};
 use crate::fetch::{FetchError, Fetched, Throttled, Want};
 use crate::frontier::Request;
 use crate::item::{rfc3339, Item};
@@ -139,9 +139,9 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         Ok(Fetched::Body { content_type, body, .. }) => (content_type, body),
     };
     let received = SystemTime::now();
-    let html = decode_html(&body, content_type.as_deref());
+    let (html, encoding) = decode_page(&body, content_type.as_deref());
     let rule = &ctx.task.0.rules[req.rule];
-    let extracted = match extract(rule, &html, &req.url, &ctx.task.0.allow_hosts) {
+    let extracted = match extract_in(rule, &html, encoding, &req.url, &ctx.task.0.allow_hosts) {
         Ok(x) => x,
         Err(e) => return fail(&e),
     };
