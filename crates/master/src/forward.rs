@@ -3,6 +3,7 @@
 //! comes here meanwhile, are the service layer's (`Master::add`, `Master::delete`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::ApiError;
 use crate::request::{AddRequest, NodeSpec};
 
-/// Metadata key marking a call already forwarded once (never forwarded again).
+/// Metadata key marking a call already forwarded once (never forwarded again): its value is
+/// the forwarding master's etcd lease (hex), which the receiver finds among the masters'
+/// records, so a client cannot pass for a master (and past the rate limit).
 pub const FORWARDED: &str = "x-crawler-forwarded";
 /// Deadline of one forwarded call.
 const ATTEMPT: Duration = Duration::from_secs(3);
@@ -23,9 +26,16 @@ const ATTEMPT: Duration = Duration::from_secs(3);
 #[derive(Default)]
 pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
+    /// This master's lease, the mark of its forwarded calls.
+    lease: AtomicI64,
 }
 
 impl Forwarder {
+    /// Notes the lease this master registered under.
+    pub fn set_lease(&self, lease: i64) {
+        self.lease.store(lease, Relaxed);
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
@@ -41,9 +51,11 @@ impl Forwarder {
         Ok(c)
     }
 
-    fn request(spec: ResourceSpec, bearer: Option<&str>) -> tonic::Request<ResourceSpec> {
+    fn request(&self, spec: ResourceSpec, bearer: Option<&str>) -> tonic::Request<ResourceSpec> {
         let mut r = tonic::Request::new(spec);
-        r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Ok(mark) = format!("{:x}", self.lease.load(Relaxed)).parse() {
+            r.metadata_mut().insert(FORWARDED, mark);
+        }
         if let Some(b) = bearer.and_then(|b| format!("Bearer {b}").parse().ok()) {
             r.metadata_mut().insert("authorization", b);
         }
@@ -60,7 +72,7 @@ impl Forwarder {
         bearer: Option<&str>,
     ) -> Result<NodeSpec, ApiError> {
         let mut client = CrawlerMasterClient::new(self.channel(&leader.grpc)?);
-        let node = client.add_resource(Self::request(req.to_spec(), bearer)).await.map_err(answer)?;
+        let node = client.add_resource(self.request(req.to_spec(), bearer)).await.map_err(answer)?;
         let node = node.into_inner();
         Ok(NodeSpec { id: node.id, address: node.address })
     }
@@ -74,7 +86,7 @@ impl Forwarder {
     ) -> Result<(), ApiError> {
         let mut client = CrawlerMasterClient::new(self.channel(&leader.grpc)?);
         let spec = ResourceSpec { name: name.to_owned(), ..ResourceSpec::default() };
-        client.delete_resource(Self::request(spec, bearer)).await.map(|_| ()).map_err(answer)
+        client.delete_resource(self.request(spec, bearer)).await.map(|_| ()).map_err(answer)
     }
 }
 

@@ -19,7 +19,11 @@ fn bearer<T>(req: &Request<T>) -> Option<String> {
 impl GrpcApi {
     /// Authorization and rate limit; forwarded calls were admitted by the first master.
     fn gate<T>(&self, req: &Request<T>, route: &str) -> Result<(bool, Option<String>), Status> {
-        let forwarded = req.metadata().contains_key(FORWARDED);
+        let forwarded = req
+            .metadata()
+            .get(FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| self.0.marks_a_master(m));
         let token = bearer(req);
         let checked =
             self.0.authorize(token.as_deref()).and_then(|()| if forwarded { Ok(()) } else { self.0.admit() });

@@ -45,6 +45,7 @@ pub(crate) async fn coordinate(
             }
         };
         backoff.reset();
+        master.0.forwarder.set_lease(session.lease());
         // Our record deleted behind our back (`etcdctl del`) while the session lives: put it
         // back, so every master keeps finding the leader's addresses.
         let keep = crawler_coord::keep_leased(

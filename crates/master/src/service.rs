@@ -512,6 +512,14 @@ impl Master {
         }
     }
 
+    /// Whether a forwarded call's mark (see [`crate::forward::FORWARDED`]) is the lease of a
+    /// registered master.
+    pub(crate) fn marks_a_master(&self, mark: &str) -> bool {
+        let Ok(lease) = i64::from_str_radix(mark, 16) else { return false };
+        lease != 0
+            && self.0.views.masters.current().is_some_and(|s| s.entries.values().any(|e| e.lease == lease))
+    }
+
     pub(crate) fn store_error(&self, lead: &LeaderState, e: CoordError) -> ApiError {
         match e {
             CoordError::NotLeader => {

@@ -718,3 +718,42 @@ async fn an_add_right_after_a_delete_stores_a_new_resource() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_pass_for_a_forwarding_master() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    // 2 calls a second per master, a burst of 2.
+    let ms = [start_master("m1", &eps, "", 2.0).await, start_master("m2", &eps, "", 2.0).await];
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let _w1 = register_worker(&etcd, "w1").await;
+    let leader = ms.iter().find(|m| m.id == leader).unwrap();
+    wait_workers(leader, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut grpc =
+        crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!("http://{}", leader.grpc))
+            .await
+            .unwrap();
+    // The forwarding mark, as an old master or a curious client would send it.
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let mut req = tonic::Request::new(crawler_proto::ResourceSpec {
+            name: format!("t{i}"),
+            task_json: r#"{"seeds":["http://127.0.0.1:9/"],"rule":[{"name":"a"}]}"#.into(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("x-crawler-forwarded", "1".parse().unwrap());
+        codes.push(grpc.add_resource(req).await.map_or_else(|e| e.code(), |_| tonic::Code::Ok));
+    }
+    let limited = codes.iter().filter(|c| **c == tonic::Code::ResourceExhausted).count();
+    assert!(limited >= 5, "the rate limit held for marked calls: {codes:?}");
+    // Writes through the follower, forwarded with its real mark, pass the leader's limit.
+    let follower = ms.iter().find(|m| m.id != leader.id).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..2 {
+        let body = json!({"name": format!("f{i}"), "task": {"seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}});
+        let (s, v) = call(reqwest::Method::POST, follower.http, "/crawler/resource", Some(body), None).await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
