@@ -144,7 +144,7 @@ fn worker(args: WorkerArgs) -> ExitCode {
         let bound = listener.local_addr().unwrap_or(http);
         let cfg = crawler_worker::WorkerConfig {
             id,
-            advertise: args.advertise.clone().unwrap_or_else(|| master::advertise(bound)),
+            advertise: args.advertise.clone().unwrap_or_else(|| master::advertise(bound, &etcd)),
             etcd,
             lease_ttl: config.cluster.lease_ttl.0,
             engine: config.engine.clone(),

@@ -16,14 +16,28 @@ pub fn parse_listen(flag: &str, value: &str) -> Result<SocketAddr, ConfigError> 
     })
 }
 
-/// The address others should use: the listen address, with an unspecified host replaced by
-/// 127.0.0.1.
-pub fn advertise(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("127.0.0.1:{}", addr.port())
-    } else {
-        addr.to_string()
+/// The address others should use: the listen address; an unspecified host (`:8081`) is
+/// replaced by this machine's address toward the first etcd endpoint (the interface other
+/// machines of the cluster reach it on), else 127.0.0.1.
+pub fn advertise(addr: SocketAddr, etcd: &[String]) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
     }
+    let host = route_source(etcd).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    SocketAddr::new(host, addr.port()).to_string()
+}
+
+/// The source address this machine's routes give packets to the first etcd endpoint, found by
+/// connecting a UDP socket (which sends nothing).
+fn route_source(etcd: &[String]) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let endpoint = etcd.first()?;
+    let rest = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, r)| r);
+    let host_port = rest.split('/').next()?;
+    let dest = host_port.to_socket_addrs().ok()?.next()?;
+    let socket = std::net::UdpSocket::bind(if dest.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    socket.connect(dest).ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 /// etcd endpoints from `--etcd` (comma-separated) or the config.
@@ -62,11 +76,12 @@ pub fn master_config(
             problem: "must be non-empty and without '/'".into(),
         });
     }
+    let etcd = etcd_endpoints(args.etcd.as_deref(), config)?;
     Ok(MasterConfig {
         id: args.id.clone(),
-        http_advertise: advertise(http),
-        grpc_advertise: advertise(grpc),
-        etcd: etcd_endpoints(args.etcd.as_deref(), config)?,
+        http_advertise: advertise(http, &etcd),
+        grpc_advertise: advertise(grpc, &etcd),
+        etcd,
         lease_ttl: config.cluster.lease_ttl.0,
         tasks: config.tasks.clone(),
         token: config.api.token.clone(),
@@ -87,8 +102,24 @@ mod tests {
     #[test]
     fn addresses_go_style_and_host_port() {
         assert_eq!(parse_listen("--http", ":8081").unwrap().to_string(), "0.0.0.0:8081");
-        assert_eq!(advertise(parse_listen("--http", ":8081").unwrap()), "127.0.0.1:8081");
-        assert_eq!(advertise(parse_listen("--http", "127.0.0.2:9").unwrap()), "127.0.0.2:9");
+        let local = ["http://127.0.0.1:2379".to_owned()];
+        assert_eq!(advertise(parse_listen("--http", ":8081").unwrap(), &local), "127.0.0.1:8081");
+        assert_eq!(advertise(parse_listen("--http", "127.0.0.2:9").unwrap(), &local), "127.0.0.2:9");
+        // Toward an etcd elsewhere: the address of the interface the route to it leaves by, as
+        // the kernel reports it (`ip route get`; a UDP connect sends nothing); 127.0.0.1 without
+        // a route. (Where `ip` is missing, only the fallback is checked.)
+        let far = ["http://192.0.2.1:2379".to_owned()];
+        match std::process::Command::new("ip").args(["-o", "route", "get", "192.0.2.1"]).output() {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                let mut words = text.split_whitespace();
+                let src = words.by_ref().find(|w| *w == "src").and(words.next());
+                let want = format!("{}:8081", src.filter(|_| o.status.success()).unwrap_or("127.0.0.1"));
+                assert_eq!(advertise(parse_listen("--http", ":8081").unwrap(), &far), want);
+            }
+            Err(e) => println!("no `ip` command ({e}): the route's source is not compared"),
+        }
+        assert_eq!(advertise(parse_listen("--http", ":8081").unwrap(), &[]), "127.0.0.1:8081");
         assert!(parse_listen("--grpc", "nope").unwrap_err().to_string().starts_with("--grpc:"));
     }
 
