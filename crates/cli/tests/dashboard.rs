@@ -94,6 +94,29 @@ async fn scenario(kind: Kind) {
     assert_eq!(b.eval("return document.querySelector('#add-error').textContent;").await, "");
     b.screenshot(&shot(kind, "2-task-running")).await;
 
+    // The master refuses the stats polls for a while (as at its rate limit): the page keeps
+    // what it showed and says so (it blanked the tasks table and their history before).
+    b.eval(
+        "window.realFetch = window.realFetch || window.fetch;
+         window.fetch = (p, o) => String(p) === '/crawler/stats'
+           ? Promise.resolve(new Response('{\"error\":\"rate limit\"}', { status: 429 }))
+           : window.realFetch(p, o);
+         return null;",
+    )
+    .await;
+    until("the page to say it was not updated", Duration::from_secs(10), || async {
+        let u = b.eval("return document.querySelector('#updated').textContent;").await;
+        u.as_str().is_some_and(|u| u.contains("not updated") && u.contains("429"))
+    })
+    .await;
+    assert!(task_row(&b, "books").await.is_some(), "the tasks table went blank on a 429");
+    b.eval("window.fetch = window.realFetch; return null;").await;
+    until("the page to update again", Duration::from_secs(10), || async {
+        let u = b.eval("return document.querySelector('#updated').textContent;").await;
+        u.as_str().is_some_and(|u| u.starts_with("updated"))
+    })
+    .await;
+
     // Its detail: spec and figures.
     // The name cell: Firefox cannot scroll a whole table row into view to click it.
     b.click("#tasks tbody tr[data-name=\"books\"] td:first-child").await;
