@@ -181,10 +181,15 @@ async fn stats(State(m): State<Master>) -> Response {
     reply(&m, "GET /crawler/stats", result)
 }
 
-async fn stat(State(m): State<Master>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
-    let result = match m.admit() {
-        Ok(()) => m.task_detail(&name).await,
-        Err(e) => Err(e),
+async fn stat(
+    State(m): State<Master>,
+    name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let result = match (m.admit(), name) {
+        (Err(e), _) => Err(e),
+        // Not UTF-8 once decoded (`%FF`): a JSON error like every other.
+        (Ok(()), Err(e)) => Err(ApiError::InvalidArgument(format!("task name: {}", e.body_text()))),
+        (Ok(()), Ok(axum::extract::Path(name))) => m.task_detail(&name).await,
     };
     reply(&m, "GET /crawler/stats/{name}", result)
 }

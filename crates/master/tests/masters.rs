@@ -562,6 +562,9 @@ async fn odd_input_gets_a_short_json_error() {
     json_error(s, &v, 404);
     let (s, v) = call(M::PUT, m.http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
     json_error(s, &v, 405);
+    // A task name that is not UTF-8 once decoded.
+    let (s, v) = call(M::GET, m.http, "/crawler/stats/%FF", None, None).await;
+    json_error(s, &v, 400);
     // Only an object is a resource.
     let (s, v) = call(M::POST, m.http, "/crawler/resource", Some(json!(["books"])), None).await;
     json_error(s, &v, 400);
