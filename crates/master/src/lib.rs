@@ -36,6 +36,9 @@ pub enum MasterError {
     Server(String),
 }
 
+/// The largest gRPC message taken: the HTTP body limit, and room for the message's framing.
+const GRPC_LIMIT: usize = http::BODY_LIMIT + 1024;
+
 /// Runs a master on the given listeners until `shutdown` fires. Shutdown order: stop
 /// accepting, resign leadership, revoke the session, stop.
 pub async fn run(
@@ -72,10 +75,17 @@ pub async fn run(
     });
     let grpc_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(10))
-        .add_service(CrawlerMasterServer::new(grpc::GrpcApi(master.clone())))
-        .add_service(crawler_proto::compat::crawler_master_server::CrawlerMasterServer::new(grpc::GrpcApi(
-            master.clone(),
-        )))
+        // A message over the HTTP body limit is refused as too large (OutOfRange, 413), not
+        // passed on to fail at etcd's request limit (1.5 MiB) as an internal error.
+        .add_service(
+            CrawlerMasterServer::new(grpc::GrpcApi(master.clone())).max_decoding_message_size(GRPC_LIMIT),
+        )
+        .add_service(
+            crawler_proto::compat::crawler_master_server::CrawlerMasterServer::new(grpc::GrpcApi(
+                master.clone(),
+            ))
+            .max_decoding_message_size(GRPC_LIMIT),
+        )
         .serve_with_incoming_shutdown(grpc, shutdown.clone().cancelled_owned());
     let (h, g) = tokio::join!(
         async { http_server.await.map_err(|e| MasterError::Server(format!("http: {e}"))) },

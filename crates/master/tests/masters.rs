@@ -445,6 +445,23 @@ async fn oversized_bodies_are_refused() {
     let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert!(v["error"].as_str().unwrap().contains("larger than"), "{v}");
 
+    // Over gRPC: a task over the limit is refused as too large (it failed at etcd's request
+    // limit as an internal error before), on both services.
+    let mut grpc =
+        crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!("http://{}", m.grpc))
+            .await
+            .unwrap();
+    let big = crawler_proto::ResourceSpec {
+        name: "big".into(),
+        task_json: format!(
+            r#"{{"seeds":["http://127.0.0.1:9/"],"cookie":"{}","rule":[{{"name":"a"}}]}}"#,
+            "c".repeat(2 << 20)
+        ),
+        ..Default::default()
+    };
+    let err = grpc.add_resource(big).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+
     // h2c headers announcing a body over the limit, the body not sent (the client waits for
     // the answer first): answered 413 at once.
     let tcp = tokio::net::TcpStream::connect(m.http).await.unwrap();
