@@ -6,11 +6,56 @@ use std::hash::{Hash, Hasher};
 
 use url::Url;
 
-/// Normalizes a URL for deduplication: drops the fragment. Parsing already lower-cases the
-/// scheme and host, removes the scheme's default port and gives an empty path `/`.
+/// Normalizes a URL for deduplication: drops the fragment, and in the path and query decodes
+/// percent-encoded unreserved characters (`%7E` is `~`, `%41` is `A`) and upper-cases the hex
+/// of the other escapes (`%2f` is `%2F`), as RFC 3986 says they are the same URL. Parsing
+/// already lower-cases the scheme and host, removes the scheme's default port and gives an
+/// empty path `/`.
 pub fn normalize(mut url: Url) -> Url {
     url.set_fragment(None);
+    if url.as_str().contains('%') {
+        if let std::borrow::Cow::Owned(path) = percent_normal(url.path()) {
+            url.set_path(&path);
+        }
+        if let Some(std::borrow::Cow::Owned(query)) = url.query().map(percent_normal) {
+            url.set_query(Some(&query));
+        }
+    }
     url
+}
+
+/// `text` with its escapes of unreserved characters decoded and the others' hex upper-cased;
+/// borrowed when nothing changes.
+fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some(p) = text[i..].find('%').map(|p| i + p) {
+        out.push_str(&text[i..p]);
+        match (hex(p + 1), hex(p + 2)) {
+            (Some(h), Some(l)) => {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    out.push(c as char);
+                } else {
+                    out.push('%');
+                    out.push(b[p + 1].to_ascii_uppercase() as char);
+                    out.push(b[p + 2].to_ascii_uppercase() as char);
+                }
+                i = p + 3;
+            }
+            _ => {
+                out.push('%');
+                i = p + 1;
+            }
+        }
+    }
+    out.push_str(&text[i..]);
+    match out == text {
+        true => std::borrow::Cow::Borrowed(text),
+        false => std::borrow::Cow::Owned(out),
+    }
 }
 
 /// Resolves a raw link (an `href` value) against the page URL and normalizes it.
@@ -74,6 +119,23 @@ mod tests {
         assert_eq!(normalize(u("HTTP://Example.COM:80/a#frag")).as_str(), "http://example.com/a");
         assert_eq!(normalize(u("https://example.com:443")).as_str(), "https://example.com/");
         assert_eq!(normalize(u("http://example.com:8080/a?b=1#x")).as_str(), "http://example.com:8080/a?b=1");
+    }
+
+    #[test]
+    fn normalization_decodes_unreserved_escapes_and_upper_cases_the_others() {
+        let n = |s: &str| normalize(u(s)).as_str().to_owned();
+        assert_eq!(
+            n("http://h/%7euser/a%2fb%41?x=%7E%2d&y=%e4%bd%a0#f"),
+            "http://h/~user/a%2FbA?x=~-&y=%E4%BD%A0"
+        );
+        // One page, one key.
+        let key = url_key(&normalize(u("http://h/~user/")));
+        assert_eq!(url_key(&normalize(u("http://h/%7Euser/"))), key);
+        assert_eq!(url_key(&normalize(u("http://h/%7euser/"))), key);
+        // Untouched: reserved escapes, a bare or short %, no escapes at all.
+        assert_eq!(n("http://h/a%2Fb?q=%26%3D"), "http://h/a%2Fb?q=%26%3D");
+        assert_eq!(n("http://h/100%25/x%?y=%4"), "http://h/100%25/x%?y=%4");
+        assert_eq!(n("http://h/plain?q=1"), "http://h/plain?q=1");
     }
 
     #[test]
