@@ -26,6 +26,10 @@ pub struct ResourceRecord {
     /// owner of the seeds' partition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<Partitions>,
+    /// The etcd revision that created the record (not stored in it: set by whoever reads it
+    /// back with its key's metadata; 0 otherwise). Unique to each add, kept by moves.
+    #[serde(skip)]
+    pub create_revision: i64,
 }
 
 /// The partition assignment of a split task: one small record, never per URL. Each partition
@@ -80,11 +84,12 @@ impl Partitions {
 }
 
 impl ResourceRecord {
-    /// This add of the resource: its id and creation time, `ID@MS`. A re-add is another
-    /// instance even under the same id (a client may send its own, as the original's
-    /// walkthrough does), so its crawl is another run; a move keeps the instance.
+    /// This add of the resource: its id and the etcd revision that created it, `ID@REV`
+    /// (see [`ResourceRecord::create_revision`]). A re-add is another instance even under the
+    /// same id (a client may send its own, as the original's walkthrough does), so its crawl
+    /// is another run; a move keeps the instance.
     pub fn instance(&self) -> String {
-        format!("{}@{}", self.id, self.creation_time)
+        format!("{}@{}", self.id, self.create_revision)
     }
 
     /// Decodes a stored record.

@@ -22,6 +22,7 @@ fn record(name: &str, id: &str) -> ResourceRecord {
         creation_time: 1,
         task: None,
         partitions: None,
+        create_revision: 0,
     }
 }
 

@@ -235,6 +235,28 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
             && done.started_at <= *done.finished_at.as_ref().unwrap()
     );
     assert!(state.newest_run("none", "standalone").unwrap().is_none());
+
+    // Runs under an earlier label (a cluster run labelled with its resource id alone): taken up
+    // under the new one when it has none; an ended one is not.
+    let old = state.open_run("u", "res-7", Epoch::At(5), false, 100).unwrap();
+    let ho = handle(&old);
+    sink.write(&[Commit { run: Some(ho.clone()), queued: vec![queued(1, 41, 0)], ..Commit::default() }])
+        .unwrap();
+    assert!(state.adopt_label("u", "res-7", "res-7@90").unwrap());
+    let taken = state.open_run("u", "res-7@90", Epoch::At(6), false, 100).unwrap();
+    assert!(taken.resumed && taken.id == old.id && taken.queued.len() == 1);
+    assert!(!state.adopt_label("u", "res-7", "res-7@90").unwrap(), "the new label has its run");
+    let finished = state.open_run("u", "res-8", Epoch::At(5), false, 100).unwrap();
+    sink.write(&[Commit { run: Some(handle(&finished)), finished: true, ..Commit::default() }]).unwrap();
+    assert!(state.adopt_label("u", "res-8", "res-8@91").unwrap());
+    assert!(
+        state.open_run("u", "res-8@91", Epoch::At(6), false, 100).unwrap().over,
+        "finished stays finished"
+    );
+    let ended = state.open_run("u", "res-9", Epoch::At(5), false, 100).unwrap();
+    state.end_run(ended.id).unwrap();
+    assert!(!state.adopt_label("u", "res-9", "res-9@92").unwrap());
+    assert!(!state.open_run("u", "res-9@92", Epoch::At(6), false, 100).unwrap().resumed);
 }
 
 #[test]

@@ -475,6 +475,7 @@ impl Master {
             creation_time: now_ms(),
             task,
             partitions,
+            create_revision: 0,
         };
         match resources::create(&self.0.etcd, &lead.fence, &rec).await {
             Ok(CreateOutcome::Created(rev)) => {

@@ -312,7 +312,12 @@ impl Runner {
                 }
             };
             match decoded {
-                Some(r) => out.push((name.clone(), r, e.mod_revision)),
+                // The cache is by value: the creating revision comes from this entry.
+                Some(r) => out.push((
+                    name.clone(),
+                    ResourceRecord { create_revision: e.create_revision, ..r },
+                    e.mod_revision,
+                )),
                 None => {
                     unreadable.insert(name.clone());
                 }
@@ -469,9 +474,10 @@ impl Runner {
         if rec.partitions.is_some() {
             return self.start_share(task, rec, state, left).await;
         }
-        let (name, label) = (rec.name.clone(), rec.instance());
+        let (name, label, legacy) = (rec.name.clone(), rec.instance(), rec.id.clone());
         let window = task.queue_window(inner.fetcher.config().queue_window);
         let opened = tokio::task::spawn_blocking(move || {
+            adopt_legacy_run(&*state, &name, &legacy, &label)?;
             state.open_run(&name, &label, Epoch::At(revision), false, window)
         })
         .await
@@ -529,7 +535,9 @@ impl Runner {
         let opened = {
             let runner = self.clone();
             let (name, label, me, parts) = (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
+            let legacy = rec.id.clone();
             tokio::task::spawn_blocking(move || {
+                adopt_legacy_run(&*state, &name, &legacy, &label)?;
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
             .await
@@ -717,16 +725,32 @@ impl Backoffs {
     }
 }
 
-/// Whether the partition owner `owner` (`ID`, or `ID#LEASE` in hex) is not in `registry`: its
-/// id is not registered, or is under another lease.
+/// A run stored by a version that labelled cluster runs with the resource id alone is found
+/// under the instance's label (a crawl under way across an upgrade goes on, a finished one
+/// stays finished). `standalone` is the standalone crawls' label, never a resource's.
+fn adopt_legacy_run(
+    state: &dyn StateStore,
+    task: &str,
+    legacy: &str,
+    label: &str,
+) -> Result<(), crawler_engine::SinkError> {
+    if legacy != "standalone" && state.adopt_label(task, legacy, label)? {
+        tracing::info!(resource = %task, from = %legacy, to = %label, "a run stored under the resource id alone is taken up");
+    }
+    Ok(())
+}
+
+/// Whether the partition owner `owner` (`ID#LEASE` with the lease in hex, or `ID` alone as
+/// earlier versions named owners) is not in `registry`: its id is not registered, or is under
+/// another lease. An id may hold `#` itself: the lease is after the last one.
 fn owner_gone(owner: &str, registry: &Snapshot) -> bool {
-    let (id, lease) = match owner.split_once('#') {
-        Some((id, lease)) => (id, i64::from_str_radix(lease, 16).ok()),
-        None => (owner, None),
-    };
-    match registry.entries.get(id) {
-        None => true,
-        Some(e) => lease.is_some_and(|l| l != e.lease),
+    if registry.entries.contains_key(owner) {
+        return false; // an owner named by its id alone, registered
+    }
+    let Some((id, lease)) = owner.rsplit_once('#') else { return true };
+    match (registry.entries.get(id), i64::from_str_radix(lease, 16)) {
+        (Some(e), Ok(lease)) => lease != e.lease,
+        _ => true,
     }
 }
 
@@ -799,6 +823,7 @@ mod tests {
                 creation_time: 0,
                 task: task.clone(),
                 partitions: None,
+                create_revision: 0,
             };
             let entry = Entry {
                 value: serde_json::to_vec(&rec).unwrap(),
@@ -879,6 +904,10 @@ mod tests {
             _: &str,
         ) -> Result<Option<crawler_engine::StoredRun>, crawler_engine::SinkError> {
             Ok(None)
+        }
+
+        fn adopt_label(&self, _: &str, _: &str, _: &str) -> Result<bool, crawler_engine::SinkError> {
+            Ok(false)
         }
 
         fn open_parts(
@@ -985,6 +1014,7 @@ mod tests {
                 owners: vec!["w1".into(), "w1".into()],
                 epochs: vec![3, 3],
             }),
+            create_revision: 0,
         };
         let value = serde_json::to_vec(&rec).unwrap();
         snap.entries.insert(name.into(), Entry { value, create_revision: 3, mod_revision: 3, lease: 0 });
@@ -1050,7 +1080,7 @@ mod tests {
         // Moved elsewhere, deleted, re-added with a new id.
         r.reconcile(&snapshot(&[("x", "id9", "w1", inline()), ("known", "id2", "w2", None)])).await;
         assert_eq!(names(&r).await, ["x"]);
-        assert_eq!(r.0.running.lock().await["x"].resource_id, "id9@0");
+        assert_eq!(r.0.running.lock().await["x"].resource_id, "id9@1");
         r.reconcile(&snapshot(&[])).await;
         assert!(names(&r).await.is_empty());
     }
@@ -1064,6 +1094,10 @@ mod tests {
         assert!(owner_gone("w1#7f39", &registry), "an earlier process of w1");
         assert!(!owner_gone("w1", &registry), "an owner named by id alone: live while w1 is");
         assert!(owner_gone("w2#7f3a", &registry) && owner_gone("w2", &registry), "not registered");
+        // An id holding `#` itself.
+        registry.entries.insert("a#b".into(), entry(0x10));
+        assert!(!owner_gone("a#b#10", &registry) && !owner_gone("a#b", &registry));
+        assert!(owner_gone("a#b#11", &registry));
         let (r, _w) = runner().await;
         assert_eq!(r.owner(), "w1", "before it registered");
         r.set_lease(0x7f3a);

@@ -469,6 +469,12 @@ pub trait StateStore: Send + Sync {
     /// The newest run of `task` under `label`, as `crawler_runs` has it.
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError>;
 
+    /// Moves the newest run of `task` under `legacy` that was not ended to `label`, unless
+    /// `label` has a run already: a run stored under an earlier label of the same thing (a
+    /// cluster run labelled with its resource id alone, by versions before the label named
+    /// the add) is found under the new one. Whether a run moved.
+    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError>;
+
     /// Opens `parts` (partition, epoch) of the split run of `task` under `label` for `owner`,
     /// creating the run if it is new: each partition is taken when it is new, released, held
     /// by `owner` already, or held by an owner `gone` says is gone; else the answer is

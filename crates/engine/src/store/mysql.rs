@@ -1041,6 +1041,32 @@ impl StateStore for MysqlState {
         tx.commit().map_err(err)
     }
 
+    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError> {
+        let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
+        let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
+        let taken: Option<i64> = tx
+            .exec_first(
+                "SELECT id FROM crawler_runs WHERE task = ? AND label = ? LIMIT 1 FOR UPDATE",
+                (task, label),
+            )
+            .map_err(err)?;
+        let old: Option<i64> = match taken {
+            Some(_) => None,
+            None => tx
+                .exec_first(
+                    "SELECT id FROM crawler_runs WHERE task = ? AND label = ? AND state <> 'ended' \
+                     ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                    (task, legacy),
+                )
+                .map_err(err)?,
+        };
+        if let Some(id) = old {
+            tx.exec_drop("UPDATE crawler_runs SET label = ? WHERE id = ?", (label, id)).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(old.is_some())
+    }
+
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError> {
         let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
         let row: Option<(i64, String, String, Option<String>)> = conn

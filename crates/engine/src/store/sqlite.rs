@@ -378,6 +378,15 @@ impl StateStore for SqliteState {
         tx.commit().map_err(sqlite_err)
     }
 
+    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError> {
+        let mut conn = connect(&self.path)?;
+        let tx =
+            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
+        let adopted = adopt_in(&tx, task, legacy, label).map_err(sqlite_err)?;
+        tx.commit().map_err(sqlite_err)?;
+        Ok(adopted)
+    }
+
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError> {
         let conn = connect(&self.path)?;
         conn.query_row(STORED_RUN, [task, label], |r| {
@@ -391,6 +400,28 @@ impl StateStore for SqliteState {
 /// The columns of a [`StoredRun`], in its order.
 const STORED_RUN: &str = "SELECT id, state, started_at, finished_at FROM crawler_runs \
      WHERE task = ?1 AND label = ?2 ORDER BY id DESC LIMIT 1";
+
+fn adopt_in(tx: &Transaction, task: &str, legacy: &str, label: &str) -> rusqlite::Result<bool> {
+    let taken = tx
+        .query_row("SELECT 1 FROM crawler_runs WHERE task = ?1 AND label = ?2 LIMIT 1", [task, label], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some();
+    if taken {
+        return Ok(false);
+    }
+    let old: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2 AND state <> 'ended' ORDER BY id DESC LIMIT 1",
+            [task, legacy],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = old else { return Ok(false) };
+    tx.execute("UPDATE crawler_runs SET label = ?1 WHERE id = ?2", params![label, id])?;
+    Ok(true)
+}
 
 enum OpenError {
     Db(rusqlite::Error),
