@@ -218,10 +218,18 @@ async fn a_task_spreads_over_workers_hands_over_and_stays_polite_across_them() {
         !spread(&sb, &master, "hosts").await.contains_key("w2")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let stats = sb.get(&master, "/crawler/stats").await.unwrap().1;
-    let hosts = stats.as_array().unwrap().iter().find(|t| t["name"] == "hosts").unwrap();
-    assert_eq!(hosts["state"], "finished", "{stats}");
+    // w4, the one worker left, holds every partition and lists the run finished (before, it
+    // listed nothing and the masters said `waiting`).
+    until("w4 to hold the finished run and the masters to say so", Duration::from_secs(10), || async {
+        if share(&sb, 3, "hosts").await.is_none_or(|(_, parts)| parts != 16) {
+            return false;
+        }
+        let stats = sb.get(&master, "/crawler/stats").await.map(|(_, v)| v).unwrap_or_default();
+        let hosts = stats.as_array().and_then(|a| a.iter().find(|t| t["name"] == "hosts").cloned());
+        hosts.is_some_and(|h| h["state"] == "finished" && h["worker_answered"] == true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sites.iter().map(|s| s.requests().len()).sum::<usize>(), stopped, "the finished run fetched");
 }
 

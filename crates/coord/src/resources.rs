@@ -156,7 +156,7 @@ pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<
 
 /// Deletes `/resources/<name>`, fenced. Returns whether it existed when the call began; once
 /// it did, the answer is `true` however many tries the delete took (see [`delete_created_at`]).
-pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<Option<i64>, CoordError> {
+pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<Option<Deleted>, CoordError> {
     let key = keys::resource(name);
     let resp = etcd
         .call("read resource", |mut c| {
@@ -165,7 +165,18 @@ pub async fn delete(etcd: &Etcd, fence: &Fence, name: &str) -> Result<Option<i64
         })
         .await?;
     let Some(kv) = resp.kvs().first() else { return Ok(None) };
-    delete_created_at(etcd, fence, name, kv.create_revision()).await.map(Some)
+    let created = kv.create_revision();
+    let revision = delete_created_at(etcd, fence, name, created).await?;
+    Ok(Some(Deleted { created, revision }))
+}
+
+/// A resource deleted: the revision that had created it, and one at which it is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// The etcd revision that created the deleted record.
+    pub created: i64,
+    /// A revision at which it is gone (the delete's, or a later one for a delete already done).
+    pub revision: i64,
 }
 
 /// Deletes the resource `name` created at revision `created`, fenced: `Ok` (with the etcd

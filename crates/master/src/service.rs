@@ -498,13 +498,16 @@ impl Master {
             self.leader_state().ok_or_else(|| ApiError::Unavailable("leadership changing; retry".into()))?;
         let _assigning = self.0.assign.lock().await;
         match resources::delete(&self.0.etcd, &lead.fence, name).await {
-            Ok(Some(rev)) => {
-                // Keep the lock until our own view has the delete, so an add right after it
-                // is decided on a view without the deleted resource (it answered the deleted
-                // record, or 409, before).
+            Ok(Some(deleted)) => {
+                // Keep the lock until our own view no longer has the deleted record, so an add
+                // right after it is decided without it (it answered the deleted record, or
+                // 409, before). By its creating revision: a delete done by an earlier try
+                // shows no event of its own.
                 let mut view = self.0.views.resources.clone();
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), view.wait_for(|s| s.revision >= rev)).await;
+                let gone = |s: &crawler_coord::Snapshot| {
+                    s.entries.get(name).is_none_or(|e| e.create_revision != deleted.created)
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), view.wait_for(gone)).await;
                 tracing::info!(resource = %name, "resource deleted");
                 Ok(())
             }
