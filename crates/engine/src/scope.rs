@@ -36,7 +36,13 @@ fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
         match (hex(p + 1), hex(p + 2)) {
             (Some(h), Some(l)) => {
                 let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                // Not decoded where it would complete an escape with a `%` before it (`%%41B`
+                // must not become `%AB`).
+                let after_percent = out.ends_with('%')
+                    || (out.len() >= 2
+                        && out.as_bytes()[out.len() - 2] == b'%'
+                        && out.ends_with(|d: char| d.is_ascii_hexdigit()));
+                if (c.is_ascii_alphanumeric() || b"-._~".contains(&c)) && !after_percent {
                     out.push(c as char);
                 } else {
                     out.push('%');
@@ -136,6 +142,9 @@ mod tests {
         assert_eq!(n("http://h/a%2Fb?q=%26%3D"), "http://h/a%2Fb?q=%26%3D");
         assert_eq!(n("http://h/100%25/x%?y=%4"), "http://h/100%25/x%?y=%4");
         assert_eq!(n("http://h/plain?q=1"), "http://h/plain?q=1");
+        // A bare % before an escape of a hex digit: no new escape appears.
+        assert_eq!(n("http://h/x%%41B"), "http://h/x%%41B");
+        assert_eq!(n("http://h/x%%34%31"), "http://h/x%%341");
     }
 
     #[test]
@@ -165,6 +174,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn normalization_of_escapes_is_idempotent(
+            path in "(%|%4|%41|%61|%3|%33|%7[eE]|%2[fF]|%[0-9a-fA-F]{2}|[aB1~._-]){0,10}",
+            q in "(%|%4|%41|%7e|%2f|[aB1=&]){0,8}",
+        ) {
+            if let Ok(url) = Url::parse(&format!("http://h/{path}?{q}")) {
+                let once = normalize(url);
+                let twice = normalize(once.clone());
+                prop_assert_eq!(twice.as_str(), once.as_str());
+            }
+        }
+
         #[test]
         fn normalization_is_idempotent_and_fragment_blind(
             path in "[a-z0-9/]{0,20}", q in "[a-z0-9=&]{0,10}", frag in "[a-z0-9]{0,8}",
