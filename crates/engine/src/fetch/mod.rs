@@ -343,9 +343,19 @@ impl Fetcher {
         let header =
             |name| resp.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
         if status.is_redirection() {
-            // A Location of raw UTF-8 bytes (some servers send them) is read as browsers read it.
-            let location =
-                resp.headers().get(LOCATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            // A Location with raw bytes beyond ASCII (some servers send UTF-8 so) keeps them,
+            // percent-encoded, as browsers do: UTF-8 resolves as if it had been escaped, other
+            // bytes are kept as they are.
+            let location = resp.headers().get(LOCATION).map(|v| {
+                v.as_bytes().iter().fold(String::new(), |mut out, b| {
+                    if b.is_ascii() {
+                        out.push(*b as char);
+                    } else {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                    out
+                })
+            });
             return match location {
                 Some(location) => Attempt::Done(Fetched::Redirect { status: status.as_u16(), location }),
                 None => Attempt::Fail(FetchError::Status(status.as_u16())),

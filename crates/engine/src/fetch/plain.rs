@@ -532,7 +532,10 @@ mod tests {
         let (r, _) = get(&fetcher(EngineConfig::default()), &format!("http://{}/old", s.addr)).await;
         match r {
             Ok(Fetched::Redirect { status, location }) => {
-                assert_eq!((status, location.as_str()), (301, "/café"))
+                assert_eq!((status, location.as_str()), (301, "/caf%C3%A9"));
+                // The link it resolves to is the one `/café` resolves to.
+                let base = url::Url::parse("http://h/old").unwrap();
+                assert_eq!(base.join(&location).unwrap(), base.join("/café").unwrap());
             }
             other => panic!("expected a redirect, got {other:?}"),
         }
