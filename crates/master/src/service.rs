@@ -418,7 +418,7 @@ impl Master {
             // Stored with the master's spec: every worker runs the same task (the one its
             // partitions were planned on), whatever its own config holds.
             None => match self.0.tasks.get(&req.name) {
-                Some(spec) => Ok(Some(serde_json::to_value(spec).expect("a task spec serializes"))),
+                Some(spec) => Ok(stored_spec(spec)),
                 None => Err(ApiError::InvalidArgument(format!(
                     "unknown task {:?} and no inline task spec",
                     req.name
@@ -537,6 +537,17 @@ impl Master {
     }
 }
 
+/// The largest task spec stored in a resource record (etcd takes requests up to 1.5 MiB): a
+/// larger one (thousands of seeds) is stored by name only, as before, and workers read it from
+/// their config.
+const MAX_STORED_SPEC: usize = 256 << 10;
+
+/// The spec of a task added by name, as its record stores it (`None`: by name only).
+fn stored_spec(spec: &TaskSpec) -> Option<serde_json::Value> {
+    let value = serde_json::to_value(spec).expect("a task spec serializes");
+    (value.to_string().len() <= MAX_STORED_SPEC).then_some(value)
+}
+
 /// A write a follower sends to the leader.
 #[derive(Clone, Copy)]
 enum Write<'a> {
@@ -633,4 +644,21 @@ fn now_ms() -> i64 {
 /// A new resource id: time and randomness, unique enough across masters.
 pub(crate) fn new_id() -> String {
     format!("{:x}-{:08x}", now_ms(), fastrand::u32(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_spec_is_stored_by_name_only() {
+        let spec = |seeds: usize| -> TaskSpec {
+            let seeds: Vec<String> = (0..seeds).map(|i| format!("http://127.0.0.1:9/page/{i:06}")).collect();
+            serde_json::from_value(serde_json::json!({"name": "t", "seeds": seeds, "rule": [{"name": "a"}]}))
+                .unwrap()
+        };
+        let small = stored_spec(&spec(10)).expect("a small spec is stored");
+        assert_eq!(serde_json::from_value::<TaskSpec>(small).unwrap(), spec(10));
+        assert!(stored_spec(&spec(20_000)).is_none(), "about 700 KiB of seeds");
+    }
 }
