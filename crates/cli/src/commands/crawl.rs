@@ -132,7 +132,10 @@ pub async fn open_runs(
     .map_err(|e| SinkError { sink: "state", message: e.to_string() })??;
     for (task, run) in tasks.iter().zip(&runs) {
         if run.over {
-            eprintln!("{}: finished in the interrupted crawl; not crawled again", task.name());
+            eprintln!(
+                "{0}: finished in the interrupted crawl; not crawled again (`--task {0}` crawls it anew)",
+                task.name()
+            );
         } else if run.resumed {
             eprintln!(
                 "resuming {}: {} done, {} queued",
