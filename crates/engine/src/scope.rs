@@ -64,6 +64,10 @@ fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The longest URL followed (as Scrapy's `URLLENGTH_LIMIT`; browsers and servers commonly cap
+/// near it): longer ones are trap URLs, and MySQL keys a page's item by its URL (3,000 bytes).
+pub const MAX_URL_LEN: usize = 2083;
+
 /// Resolves a raw link (an `href` value) against the page URL and normalizes it.
 /// Returns `None` for links that cannot be crawled: empty, non-http(s), or unparseable.
 pub fn resolve_link(base: &Url, raw: &str) -> Option<Url> {
@@ -85,7 +89,8 @@ pub fn resolve_link_in(base: &Url, raw: &str, encoding: &'static encoding_rs::En
         .base_url(Some(base))
         .encoding_override((encoding != encoding_rs::UTF_8).then_some(legacy))
         .parse(raw)
-        .ok()?;
+        .ok()
+        .filter(|u| u.as_str().len() <= MAX_URL_LEN)?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return None;
     }
@@ -162,6 +167,10 @@ mod tests {
         assert_eq!(gbk.as_str(), "http://h/%E6%90%9C%E7%B4%A2?kw=%D0%A1%CB%B5&n=1");
         let utf8 = resolve_link_in(&base, "/s?kw=小说", encoding_rs::UTF_8).unwrap();
         assert_eq!(utf8.as_str(), "http://h/s?kw=%E5%B0%8F%E8%AF%B4");
+        // Over 2,083 bytes: not followed.
+        let long = format!("/p?q={}", "a".repeat(2083));
+        assert!(resolve_link(&base, &long).is_none());
+        assert!(resolve_link(&base, &long[..2083 - "http://h".len()]).is_some());
         // A UTF-16 page's links are UTF-8, as its output encoding is.
         assert_eq!(resolve_link_in(&base, "/s?kw=小说", encoding_rs::UTF_16LE).unwrap(), utf8);
     }

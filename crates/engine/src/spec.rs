@@ -276,7 +276,14 @@ impl Task {
                     .ok_or_else(|| {
                         err(format!("{base}.{key}[{i}]"), format!("{s:?} is not an http(s) URL"))
                     })?;
-                urls.push(normalize(url));
+                let url = normalize(url);
+                if url.as_str().len() > crate::scope::MAX_URL_LEN {
+                    return Err(err(
+                        format!("{base}.{key}[{i}]"),
+                        format!("longer than {} bytes", crate::scope::MAX_URL_LEN),
+                    ));
+                }
+                urls.push(url);
             }
             Ok(urls)
         };
@@ -542,6 +549,14 @@ mod tests {
         assert_eq!(e.key, "task[t].seeds");
         let e = with(r#""sitemaps":["http://h/s.xml"],"sitemaps_from_robots":true"#).unwrap_err();
         assert_eq!(e.key, "task[t].sitemaps_from_robots");
+    }
+
+    #[test]
+    fn a_seed_over_the_url_length_limit_is_refused() {
+        let seed = format!("http://h/?q={}", "a".repeat(2100));
+        let json = format!(r#"{{"name":"t","seeds":["http://h/ok","{seed}"],"rule":[{{"name":"i"}}]}}"#);
+        let e = Task::compile(serde_json::from_str(&json).unwrap()).unwrap_err();
+        assert_eq!(e.key, "task[t].seeds[1]", "{}", e.problem);
     }
 
     #[test]

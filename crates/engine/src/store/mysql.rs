@@ -208,19 +208,29 @@ impl MysqlSink {
                  PRIMARY KEY (task, url)) DEFAULT CHARSET = utf8mb4"
             ))
             .map_err(err)?;
-        let existing: Vec<String> = self
+        let existing: Vec<(String, String)> = self
             .conn
             .exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
                 (&**table,),
             )
             .map_err(err)?;
-        let mut existing: HashSet<String> = existing.into_iter().collect();
+        // Field columns hold up to the 1 MiB a field may have: MEDIUMTEXT (16 MiB). Columns
+        // made TEXT (64 KiB) by earlier versions are widened once, or a longer field would
+        // be refused for ever (strict mode), and with it the batch and the writer.
+        for (column, kind) in &existing {
+            if kind.eq_ignore_ascii_case("text") && item.fields.iter().any(|(f, _)| **f == **column) {
+                self.conn
+                    .query_drop(format!("ALTER TABLE `{table}` MODIFY COLUMN `{column}` MEDIUMTEXT"))
+                    .map_err(err)?;
+            }
+        }
+        let mut existing: HashSet<String> = existing.into_iter().map(|(c, _)| c).collect();
         for (f, _) in &item.fields {
             if existing.contains(&**f) {
                 continue;
             }
-            match self.conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN `{f}` TEXT")) {
+            match self.conn.query_drop(format!("ALTER TABLE `{table}` ADD COLUMN `{f}` MEDIUMTEXT")) {
                 Ok(()) => {}
                 // Another worker added it first.
                 Err(mysql::Error::MySqlError(e)) if e.code == 1060 => {}
