@@ -364,3 +364,40 @@ async fn a_share_drained_while_a_retry_waits_gives_its_page_back_to_the_budget()
     // Everything taken came back: the page left to the next owner is not counted as spent.
     assert_eq!(db.query(&format!("SELECT pages_taken FROM crawler_runs WHERE id = {id}")).trim(), "0");
 }
+
+#[test]
+fn an_owner_whose_partitions_another_process_took_at_the_same_epoch_commits_nothing() {
+    let db = MariaDb::start();
+    let state = MysqlState::open(&db.url).unwrap();
+    // w1's first process opens partition 0; a second process of w1 (another lease) takes it
+    // at the same epoch once the first is gone from the registry.
+    let first = open(&state, "w1#a", &[0], 3, false, false).unwrap();
+    let second = open(&state, "w1#b", &[0], 3, true, false).unwrap();
+    let handle = |run: &crawler_engine::OpenedRun| {
+        Arc::new(RunHandle::split(run.id, vec![(0, 3)], CancellationToken::new()).owned_by(run.owner.clone()))
+    };
+    let (old, new) = (handle(&first), handle(&second));
+    let mut sink = MysqlSink::open(&db.url).unwrap();
+    let queued = |seq: u64, key: u64| crawler_engine::QueuedUrl {
+        seq,
+        key,
+        url: format!("http://h/{key}").into(),
+        host: "h".into(),
+        depth: 1,
+        rule: 0,
+        priority: 0,
+        replaces: None,
+        held: true,
+        part: 0,
+        sent: false,
+    };
+    // The first process, resumed, commits: refused, and it stops.
+    sink.write(&[Commit { run: Some(old.clone()), queued: vec![queued(1, 11)], ..Commit::default() }])
+        .unwrap();
+    assert!(old.is_fenced(), "a process that lost its partitions at the same epoch committed");
+    sink.write(&[Commit { run: Some(new.clone()), queued: vec![queued(2, 12)], ..Commit::default() }])
+        .unwrap();
+    assert!(!new.is_fenced());
+    let rows = db.query(&format!("SELECT url_key FROM crawler_frontier WHERE run = {}", second.id));
+    assert_eq!(rows.trim(), "12");
+}

@@ -148,7 +148,9 @@ impl Crawl {
         let cancel = parent.child_token();
         let handle = run.as_ref().map(|r| {
             Arc::new(match &split {
-                Some(split) => RunHandle::split(r.id, split.parts.clone(), cancel.clone()),
+                Some(split) => {
+                    RunHandle::split(r.id, split.parts.clone(), cancel.clone()).owned_by(r.owner.clone())
+                }
                 None => RunHandle::new(r.id, r.epoch, cancel.clone()),
             })
         });

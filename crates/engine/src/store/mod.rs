@@ -118,6 +118,10 @@ pub struct RunHandle {
     /// In a split run: the partitions this owner holds and the epoch of each (the run's own
     /// epoch is then not used).
     pub parts: Vec<(u32, i64)>,
+    /// In a split run: the owner name the partitions were opened for, when the store keeps
+    /// one (a process that took them over at the same epoch, a worker restarted under its id,
+    /// is another owner).
+    pub owner: Option<String>,
     stop: CancellationToken,
     fenced: AtomicBool,
 }
@@ -125,12 +129,17 @@ pub struct RunHandle {
 impl RunHandle {
     /// A handle whose loss of the run cancels `stop`.
     pub fn new(id: i64, epoch: i64, stop: CancellationToken) -> RunHandle {
-        RunHandle { id, epoch, parts: Vec::new(), stop, fenced: AtomicBool::new(false) }
+        RunHandle { id, epoch, parts: Vec::new(), owner: None, stop, fenced: AtomicBool::new(false) }
     }
 
     /// A handle of a split run holding `parts` (partition, epoch).
     pub fn split(id: i64, parts: Vec<(u32, i64)>, stop: CancellationToken) -> RunHandle {
-        RunHandle { id, epoch: 0, parts, stop, fenced: AtomicBool::new(false) }
+        RunHandle { id, epoch: 0, parts, owner: None, stop, fenced: AtomicBool::new(false) }
+    }
+
+    /// The same handle, for partitions opened for `owner` (see [`RunHandle::owner`]).
+    pub fn owned_by(self, owner: Option<String>) -> RunHandle {
+        RunHandle { owner, ..self }
     }
 
     /// Whether the run is split across workers.
@@ -258,6 +267,8 @@ pub struct OpenedRun {
     /// label's run finished before the task came here (it moved off a worker that had finished
     /// it). Nothing is left to crawl, and no new run is started.
     pub over: bool,
+    /// A split run's partitions: the owner name they were opened for.
+    pub owner: Option<String>,
     /// Resumed in a cluster (opened at an [`Epoch::At`]): the run's previous owner (another
     /// worker, or this one before a restart) may have sent requests just before it stopped.
     pub taken_over: bool,

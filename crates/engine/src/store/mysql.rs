@@ -824,17 +824,22 @@ fn holds_run(tx: &mut Transaction, run: &RunHandle) -> Result<bool, SinkError> {
         if state.as_deref() != Some(RUNNING) {
             return Ok(false);
         }
-        let rows: Vec<(u32, i64)> = tx
+        let rows: Vec<(u32, i64, String)> = tx
             .exec(
                 format!(
-                    "SELECT part, epoch FROM crawler_parts WHERE run = ? AND part IN {} FOR UPDATE",
+                    "SELECT part, epoch, owner FROM crawler_parts WHERE run = ? AND part IN {} FOR UPDATE",
                     part_list(&run.parts)
                 ),
                 (run.id,),
             )
             .map_err(err)?;
-        let held: HashMap<u32, i64> = rows.into_iter().collect();
-        return Ok(run.parts.iter().all(|(p, e)| held.get(p) == Some(e)));
+        // Each partition still at this owner's epoch, and still this owner's: one that took
+        // it over at the same epoch (a restarted process of the same worker) holds it now.
+        let held: HashMap<u32, (i64, String)> = rows.into_iter().map(|(p, e, o)| (p, (e, o))).collect();
+        return Ok(run.parts.iter().all(|(p, e)| {
+            held.get(p)
+                .is_some_and(|(epoch, owner)| epoch == e && run.owner.as_ref().is_none_or(|o| o == owner))
+        }));
     }
     let current: Option<(i64, String)> = tx
         .exec_first("SELECT epoch, state FROM crawler_runs WHERE id = ? FOR UPDATE", (run.id,))
@@ -928,6 +933,7 @@ impl MysqlState {
         // Resumed when anything of the run is stored (whoever stored it): the seeds are queued
         // once, by the first owner of the seeds' partition that finds the run empty.
         run.resumed = any.is_some_and(|(a, b)| a != 0 || b != 0);
+        run.owner = Some(owner.to_owned());
         Ok(PartsOpen::Opened(run))
     }
 }
