@@ -361,6 +361,12 @@ impl Task {
                         format!("{t:?} must be letters, digits and '_', not starting with a digit"),
                     ))
                 }
+                Some(t) if t.to_ascii_lowercase().starts_with("crawler_") => {
+                    return Err(err(
+                        format!("{key}.table"),
+                        format!("{t:?}: crawler_ names the crawl state's tables"),
+                    ))
+                }
                 Some(t) => Some(Arc::<str>::from(t.as_str())),
                 None => None,
             };
@@ -368,13 +374,19 @@ impl Task {
                 return Err(err(format!("{key}.fields"), "fields need a table to go into".into()));
             }
             let mut fields = Vec::new();
+            // Column names are case-insensitive in SQLite and MySQL alike.
+            let mut columns = HashSet::new();
             for (name, f) in &r.fields {
                 let fkey = format!("{key}.fields.{name}");
-                if !is_sql_identifier(name) || ["task", "url", "crawled_at"].contains(&name.as_str()) {
+                let column = name.to_ascii_lowercase();
+                if !is_sql_identifier(name) || ["task", "url", "crawled_at"].contains(&column.as_str()) {
                     return Err(err(
                         fkey,
                         "field names are letters, digits and '_' and not task, url or crawled_at".into(),
                     ));
+                }
+                if !columns.insert(column) {
+                    return Err(err(fkey, "another field has this name but for case (one column)".into()));
                 }
                 if f.select.is_none() && f.regex.is_none() {
                     return Err(err(fkey, "needs select or regex".into()));
@@ -549,6 +561,23 @@ mod tests {
         assert_eq!(e.key, "task[t].seeds");
         let e = with(r#""sitemaps":["http://h/s.xml"],"sitemaps_from_robots":true"#).unwrap_err();
         assert_eq!(e.key, "task[t].sitemaps_from_robots");
+    }
+
+    #[test]
+    fn table_and_field_names_that_would_clash_in_the_database_are_refused() {
+        let rule = |r: &str| {
+            let json = format!(r#"{{"name":"t","seeds":["http://h/"],"rule":[{r}]}}"#);
+            Task::compile(serde_json::from_str(&json).unwrap()).unwrap_err().key
+        };
+        assert_eq!(
+            rule(r#"{"name":"i","table":"Crawler_Frontier","fields":{"a":"h1"}}"#),
+            "task[t].rule[i].table"
+        );
+        assert_eq!(
+            rule(r#"{"name":"i","table":"b","fields":{"Title":"h1","title":"h2"}}"#),
+            "task[t].rule[i].fields.title"
+        );
+        assert_eq!(rule(r#"{"name":"i","table":"b","fields":{"URL":"h1"}}"#), "task[t].rule[i].fields.URL");
     }
 
     #[test]
