@@ -401,3 +401,26 @@ fn an_owner_whose_partitions_another_process_took_at_the_same_epoch_commits_noth
     let rows = db.query(&format!("SELECT url_key FROM crawler_frontier WHERE run = {}", second.id));
     assert_eq!(rows.trim(), "12");
 }
+
+#[test]
+fn owners_opening_their_partitions_do_not_wait_for_each_other() {
+    let db = MariaDb::start();
+    db.query("SET GLOBAL innodb_lock_wait_timeout = 2");
+    let state = MysqlState::open(&db.url).unwrap();
+    let first = open(&state, "w1#a", &[0], 1, false, false).unwrap();
+    // Another owner in the middle of opening its partitions (loading its rows): it holds the
+    // run's row as an open does.
+    let mut other = mysql::Conn::new(mysql::Opts::from_url(&db.url).unwrap()).unwrap();
+    use mysql::prelude::Queryable;
+    other.query_drop("START TRANSACTION").unwrap();
+    other
+        .query_drop(format!("SELECT id FROM crawler_runs WHERE id = {} LOCK IN SHARE MODE", first.id))
+        .unwrap();
+    // This owner opens its own partition meanwhile, without waiting (it waited out the lock
+    // wait timeout and failed before).
+    let started = std::time::Instant::now();
+    assert!(open(&state, "w2#b", &[1], 1, false, false).is_some());
+    println!("opened beside another owner's open in {:?}", started.elapsed());
+    other.query_drop("COMMIT").unwrap();
+    db.query("SET GLOBAL innodb_lock_wait_timeout = 50");
+}

@@ -873,8 +873,12 @@ impl MysqlState {
     ) -> Result<PartsOpen, OpenError> {
         let mut conn = Conn::new(self.opts.clone())?;
         let mut tx = conn.start_transaction(TxOpts::default())?;
+        // A shared lock: owners opening their partitions at once do not wait for each other's
+        // loads (an exclusive one queued every open behind the others', up to the lock wait
+        // timeout on a large run); a finish or a budget take, which lock the row exclusively,
+        // wait for the opens. Two owners creating the run at once deadlock: one tries again.
         let found: Option<(i64, String)> = tx.exec_first(
-            "SELECT id, state FROM crawler_runs WHERE task = ? AND label = ? ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            "SELECT id, state FROM crawler_runs WHERE task = ? AND label = ? ORDER BY id DESC LIMIT 1 LOCK IN SHARE MODE",
             (task, label),
         )?;
         let id = match found {
@@ -1031,11 +1035,16 @@ impl StateStore for MysqlState {
         force: bool,
         window: usize,
     ) -> Result<PartsOpen, SinkError> {
-        // Two workers creating the run at once: one of them deadlocks (1213) and tries again.
+        // Two workers creating the run at once: one of them deadlocks (1213) and tries again;
+        // a lock wait that timed out (1205) is tried once more.
         let mut tries = 0;
         loop {
             match self.open_parts_once(task, label, owner, parts, gone, force, window) {
-                Err(OpenError::Sql(mysql::Error::MySqlError(e))) if e.code == 1213 && tries < 5 => tries += 1,
+                Err(OpenError::Sql(mysql::Error::MySqlError(e)))
+                    if (e.code == 1213 && tries < 5) || (e.code == 1205 && tries < 1) =>
+                {
+                    tries += 1
+                }
                 Err(OpenError::Sql(e)) => return Err(err(e)),
                 Err(OpenError::Sink(e)) => return Err(e),
                 Ok(r) => return Ok(r),
