@@ -201,6 +201,10 @@ impl Config {
             return Ok(Storage::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("mysql://") {
+            // A URL the driver cannot use is a config error, found before anything starts.
+            if let Some(problem) = crawler_engine::mysql_url_problem(url) {
+                return Err(key("storage.url", &problem));
+            }
             return Ok(Storage::Mysql(url.to_owned()));
         }
         Err(key("storage.url", &format!("{url:?} is neither sqlite://PATH nor mysql://...")))

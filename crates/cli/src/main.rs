@@ -122,6 +122,9 @@ fn worker(args: WorkerArgs) -> ExitCode {
         let http = master::parse_listen("--http", args.http.as_deref().unwrap_or("127.0.0.1:0"))?;
         let etcd = master::etcd_endpoints(args.etcd.as_deref(), &config)?;
         let pprof = pprof_addr(args.common.pprof.as_deref())?;
+        if let Some(a) = &args.advertise {
+            master::check_advertise(a)?;
+        }
         Ok((config, id, http, etcd, pprof))
     });
     let (config, id, http, etcd, pprof) = match prepared {

@@ -65,11 +65,22 @@ async fn profile(State(busy): State<Arc<AtomicBool>>, uri: Uri, flamegraph: bool
     if busy.swap(true, Ordering::AcqRel) {
         return error(StatusCode::CONFLICT, "a profile is being taken; try again when it is done");
     }
+    // Free again when this ends, also when the client goes away mid-profile (the server drops
+    // the handler: a reset after the await would never run, and every later profile got 409).
+    let _free = Free(&busy);
     let result = sample(seconds, flamegraph).await;
-    busy.store(false, Ordering::Release);
     match result {
         Ok((content_type, body)) => ([("content-type", content_type)], body).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+/// Clears the profiler's busy flag when dropped.
+struct Free<'a>(&'a AtomicBool);
+
+impl Drop for Free<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -178,6 +178,8 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
             "task[books].limits[0]: events and per must both be above zero",
         ),
         ("batch = 7", "batch = 0", "storage.batch: must be between"),
+        // A MySQL URL the driver cannot use: named before anything starts (exit 1 before).
+        ("url = \"sqlite://", "url = \"mysql://u@127.0.0.1:1/db?frobnicate=1&x=", "storage.url: "),
         ("[storage]", "[storage\n", "line "),
     ];
     for (from, to, expect) in cases {
@@ -216,6 +218,10 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
         (
             vec!["master", "--id", "m", "--http", ":0", "--grpc", ":0", "--etcd", "127.0.0.1:2379"],
             "crawler: config: --etcd:",
+        ),
+        (
+            vec!["worker", "--cluster", "--id", "w", "--etcd", "http://127.0.0.1:9", "--advertise", ":7101"],
+            "crawler: config: --advertise:",
         ),
     ] {
         let mut cmd = crawler();
@@ -530,6 +536,14 @@ async fn pprof_serves_cpu_profiles_while_crawling() {
     });
     let base = rx.recv_timeout(Duration::from_secs(10)).expect("the pprof address on stderr");
     let client = reqwest::Client::new();
+    // A client that goes away mid-profile does not leave the profiler busy (every later
+    // profile answered 409 before).
+    let gone = client
+        .get(format!("{base}/debug/pprof/profile?seconds=5"))
+        .timeout(Duration::from_millis(300))
+        .send();
+    assert!(gone.await.is_err(), "the 5 s profile answered within 300 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // The sampler counts CPU time and skips samples taken inside libc (where a busy loopback
     // crawl spends much of it), so one second may hold few samples: up to five profiles are
     // taken, and one of them must hold samples.

@@ -48,7 +48,8 @@ pub use robots::Robots;
 pub use scope::{host_allowed, normalize, resolve_link, url_key};
 pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, TaskSpec};
 pub use store::{
-    Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus, PartsOpen, Polled,
-    QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState, StateStore, StoredRun,
+    mysql_url_problem, Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus,
+    PartsOpen, Polled, QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState,
+    StateStore, StoredRun,
 };
 pub use units::{ByteSize, HumanDuration};

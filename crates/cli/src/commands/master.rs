@@ -7,13 +7,34 @@ use crawler_master::MasterConfig;
 use crate::cli::MasterArgs;
 use crate::config::{parse_rate, Config, ConfigError};
 
-/// Parses a listen address: Go style `:8081` (all interfaces) or `host:port`.
+/// Parses a listen address: Go style `:8081` (all interfaces) or `host:port`, the host an IP
+/// or a name this machine resolves (`localhost:6060`; its first address).
 pub fn parse_listen(flag: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
     let v = if value.starts_with(':') { format!("0.0.0.0{value}") } else { value.to_owned() };
-    v.parse().map_err(|_| ConfigError::Key {
+    let bad = || ConfigError::Key {
         key: flag.into(),
-        problem: format!("{value:?} is not an address like :8081 or 127.0.0.1:8081"),
-    })
+        problem: format!("{value:?} is not an address like :8081, 127.0.0.1:8081 or localhost:8081"),
+    };
+    if let Ok(addr) = v.parse() {
+        return Ok(addr);
+    }
+    v.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(bad)
+}
+
+/// Checks an `--advertise` value: `host:port`, as others will dial it (a host, and a port
+/// other than 0).
+pub fn check_advertise(value: &str) -> Result<(), ConfigError> {
+    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.trim_matches(['[', ']']).is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    match ok {
+        true => Ok(()),
+        false => Err(ConfigError::Key {
+            key: "--advertise".into(),
+            problem: format!("{value:?} is not an address others can dial, like 10.0.0.5:7101"),
+        }),
+    }
 }
 
 /// The address others should use: the listen address; an unspecified host (`:8081`) is
@@ -121,6 +142,15 @@ mod tests {
         }
         assert_eq!(advertise(parse_listen("--http", ":8081").unwrap(), &[]), "127.0.0.1:8081");
         assert!(parse_listen("--grpc", "nope").unwrap_err().to_string().starts_with("--grpc:"));
+        // A name this machine resolves (from /etc/hosts), as Go programs take it.
+        assert!(parse_listen("--pprof", "localhost:6060").unwrap().ip().is_loopback());
+        assert!(parse_listen("--pprof", "localhost").is_err(), "a port is needed");
+        for good in ["10.0.0.5:7101", "w1.example:7101", "[::1]:7101"] {
+            assert!(check_advertise(good).is_ok(), "{good}");
+        }
+        for bad in ["", ":7101", "w1.example", "w1.example:0", "w1.example:x"] {
+            assert!(check_advertise(bad).unwrap_err().to_string().starts_with("--advertise:"), "{bad}");
+        }
     }
 
     #[test]

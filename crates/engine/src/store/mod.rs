@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::item::Item;
 
 pub use jsonl::JsonlSink;
-pub use mysql::{MysqlSink, MysqlState};
+pub use mysql::{mysql_url_problem, MysqlSink, MysqlState};
 pub use sqlite::{SqliteSink, SqliteState};
 pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter, TakeReply};
 

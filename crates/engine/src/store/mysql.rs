@@ -178,6 +178,12 @@ pub struct MysqlSink {
     outage: std::time::Duration,
 }
 
+/// Why a `mysql://` URL cannot be used (an unknown parameter, a bad port, ...), found without
+/// connecting; `None` when it can.
+pub fn mysql_url_problem(url: &str) -> Option<String> {
+    Opts::from_url(url).err().map(|e| e.to_string())
+}
+
 impl MysqlSink {
     /// Connects to `mysql://user:pass@host:port/db` and creates the state tables.
     pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
