@@ -701,6 +701,81 @@ async fn hosts_that_make_their_requests_wait_hold_no_slot_of_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_their_crawl_delay_turn_hold_no_slot_of_other_hosts() {
+    // 127.0.1.10 asks for a second between requests and has four pages queued; 127.0.1.11
+    // serves 30 books at 100 ms a page. Four slots: all four of the first host's requests are
+    // taken at once (its pace is known only once its robots.txt is read).
+    let delayed = scripted_on(
+        "127.0.1.10",
+        Site::default(),
+        vec![("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nCrawl-delay: 1\n")])],
+    )
+    .await;
+    let busy = Fixture::start_on(
+        Site { books: 30, tags: 2, per_page: 10, latency: Duration::from_millis(100) },
+        tokio::net::TcpListener::bind("127.0.1.11:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut spec = task(&busy);
+    spec.seeds = (0..4).map(|i| delayed.url(&format!("/book/{i}.html"))).collect();
+    spec.seeds.push(busy.url("/index.html"));
+    spec.rules[0].follow.retain(|f| f.select == "a.tag");
+    let cfg = EngineConfig { concurrency: 4, per_host: 4, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("d.db")).await;
+    assert_eq!(stats.items, 30);
+    let turns: Vec<_> =
+        delayed.requests().iter().filter(|r| r.path.starts_with("/book/")).map(|r| r.at).collect();
+    assert_eq!(turns.len(), 4);
+    assert!(turns.windows(2).all(|w| w[1] >= w[0] + Duration::from_millis(990)), "Crawl-delay kept");
+    // The busy host was crawled on the free slots while the other's requests waited their
+    // turns (on one slot, it took about 3.5 s).
+    let last = busy.requests().iter().map(|r| r.at).max().unwrap();
+    assert!(
+        last < turns[2],
+        "the busy host waited for the delayed host's turns ({:?} after its 3rd)",
+        last - turns[2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_back_requests_already_taken_for_the_host() {
+    // One request a third of a second (Crawl-delay): the first answers a 429 asking for 2 s
+    // while three more of the host's requests are already taken, waiting their turns.
+    let fx = scripted_on(
+        "127.0.0.1",
+        Site::default(),
+        vec![
+            ("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nCrawl-delay: 0.3\n")]),
+            ("/slow.html", vec![too_many(2), Page::html("<p>fine</p>".into())]),
+        ],
+    )
+    .await;
+    let mut spec = task(&fx);
+    spec.seeds = std::iter::once(fx.url("/slow.html"))
+        .chain((0..3).map(|i| fx.url(&format!("/book/{i}.html"))))
+        .collect();
+    let cfg = EngineConfig { concurrency: 4, per_host: 4, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    crawl(cfg, spec, &dir.path().join("h.db")).await;
+    let log = fx.requests();
+    let throttled = log.iter().find(|r| r.path == "/slow.html").unwrap().at;
+    let during: Vec<_> = log
+        .iter()
+        .filter(|r| {
+            r.path != "/robots.txt"
+                && r.at > throttled + Duration::from_millis(50)
+                && r.at < throttled + Duration::from_millis(1990)
+        })
+        .map(|r| r.path.as_str())
+        .collect();
+    // Before, the requests whose turn came went out during the Retry-After.
+    assert!(during.is_empty(), "sent while the host asked to wait: {during:?}");
+    assert_eq!(log.iter().filter(|r| r.path.starts_with("/book/")).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_the_last_try_still_holds_back_the_host() {
     // No retries: the 429 ends its request, and the host's other requests wait out its
     // Retry-After all the same.
@@ -1164,6 +1239,37 @@ async fn a_host_that_answers_429_is_paced_to_its_rate() {
         let in_second = log[i..].iter().take_while(|x| x.at < r.at + Duration::from_secs(1)).count();
         assert!(in_second <= 5, "{in_second} requests within a second after the pace was learned");
     }
+}
+
+#[tokio::test]
+async fn a_drain_does_not_wait_for_a_robots_txt_read_again_later() {
+    // robots.txt is unavailable (three tries), to be read again 30 s later.
+    let down = Page::status(503, "down");
+    let fx = scripted(|_| {
+        vec![("/robots.txt", vec![down.clone(), down.clone(), down, Page::status(404, "none")])]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let cfg = EngineConfig { robots_retry: HumanDuration(Duration::from_secs(30)), ..engine() };
+    let spec = every_link("r", &fx.url("/index.html"), r#""max_depth":0"#);
+    let run = SqliteState::open(&db).unwrap().open_run("r", "test", Epoch::Next, false, WINDOW).unwrap();
+    let task = Task::compile(spec).unwrap();
+    let (crawl, writer) =
+        resume_stored(cfg, task, run, &db, (10, Duration::from_millis(20)), &CancellationToken::new());
+    crawler_fixture::wait::until("robots.txt unavailable", Duration::from_secs(10), || async {
+        fx.count("/robots.txt") == 3
+    })
+    .await;
+    let drained = std::time::Instant::now();
+    crawl.drain();
+    crawl.join().await;
+    println!("drained in {:?}", drained.elapsed());
+    // It waited the whole 30 s before (the worker's stop gives up after 5 s and abandons all).
+    assert!(drained.elapsed() < Duration::from_secs(5), "the drain waited for robots.txt");
+    drop(crawl);
+    writer.close().await.unwrap();
+    assert_eq!(fx.count("/index.html"), 0);
 }
 
 #[tokio::test]

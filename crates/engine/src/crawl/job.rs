@@ -42,7 +42,12 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None })
     };
     let robots = match cfg.obey_robots {
-        true => Some(ctx.polite.robots_for(&req.url, Some(req.host)).await?),
+        // A drain does not wait for a robots.txt to be read again later (30 s by default): the
+        // request is left to the run's next owner.
+        true => tokio::select! {
+            robots = ctx.polite.robots_for(&req.url, Some(req.host)) => Some(robots?),
+            _ = ctx.drain.cancelled(), if ctx.run.is_some() => return left_for_later(&ctx),
+        },
         false => None,
     };
     if let Some(robots) = robots.as_ref().filter(|r| !r.allowed(path_and_query(&req.url))) {

@@ -42,6 +42,12 @@ pub(super) struct Politeness {
     waiting: AtomicUsize,
     /// Told when a job starts waiting: the dispatcher may have room again.
     room: tokio::sync::Notify,
+    /// Hosts that asked to wait (`Retry-After`, a 429): no try goes to them before then, also
+    /// from requests already taken by the dispatcher (a pause in the frontier holds back only
+    /// those still queued).
+    holds: Mutex<HashMap<HostId, Instant>>,
+    /// Whether `holds` has any host: until then the per-try check takes no lock.
+    any_hold: AtomicBool,
 }
 
 /// A job counted as waiting on its host while this lives (see [`Politeness::waiting_on_host`]).
@@ -70,7 +76,26 @@ impl Politeness {
             any_paced: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
+            holds: Mutex::new(HashMap::new()),
+            any_hold: AtomicBool::new(false),
         }
+    }
+
+    /// Holds every try to `host` back until `until` (kept if later than one already set).
+    fn hold(&self, host: HostId, until: Instant) {
+        self.any_hold.store(true, Relaxed);
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let at = holds.entry(host).or_insert(until);
+        *at = (*at).max(until);
+    }
+
+    /// Until when `host` asked to wait, if it still does.
+    fn held(&self, host: HostId, now: Instant) -> Option<Instant> {
+        if !self.any_hold.load(Relaxed) {
+            return None;
+        }
+        let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.get(&host).copied().filter(|at| *at > now)
     }
 
     /// Counts the caller as a job waiting on its host until the guard drops, and tells the
@@ -270,6 +295,9 @@ impl Politeness {
         interval: Duration,
         sends: Option<&Mutex<RateLimiter>>,
     ) -> Result<(), Instant> {
+        if let Some(until) = self.held(host, Instant::now()) {
+            return Err(until);
+        }
         let mut paced = (!interval.is_zero()).then(|| self.pacing());
         let mut limits = sends.map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
         // After the locks: a time read before them could be older than one recorded meanwhile.
@@ -308,6 +336,8 @@ impl Politeness {
         if turn <= now {
             return true;
         }
+        // Waiting for its turn (a Crawl-delay, a learned pace) holds no slot of other hosts.
+        let _waiting = self.waiting_on_host();
         tokio::select! {
             _ = self.cancel.cancelled() => false,
             _ = tokio::time::sleep_until(turn.into()) => true,
@@ -420,7 +450,20 @@ impl Throttled for HostThrottle<'_> {
 
     fn hold_back(&self, retry_after: Option<Duration>, backoff: Duration) {
         self.polite.paced_throttled(self.host, retry_after);
-        let _ = self.polite.pauses.send((self.host, Instant::now() + retry_after.unwrap_or(backoff)));
+        let until = Instant::now() + retry_after.unwrap_or(backoff);
+        self.polite.hold(self.host, until);
+        let _ = self.polite.pauses.send((self.host, until));
+    }
+
+    fn held_until(
+        &self,
+        at: Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // Held back a while (the host's Retry-After, its pace, the task's limits): no slot.
+            let _waiting = self.polite.waiting_on_host();
+            tokio::time::sleep_until(at.into()).await;
+        })
     }
 
     fn left_for_later(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

@@ -111,9 +111,15 @@ pub trait Throttled: Send + Sync {
 
     /// Asked with the connection slots held, just before each try is sent: `Err(at)` holds it
     /// back until `at` (the slots are let go meanwhile). The caller's own limits on what reaches
-    /// a site (a task's rate limits, a host's pace), checked as late as possible.
+    /// a site (a task's rate limits, a host's pace, its `Retry-After`), checked as late as
+    /// possible.
     fn clear_to_send(&self) -> Result<(), Instant> {
         Ok(())
+    }
+
+    /// Waits until `at`, when [`Throttled::clear_to_send`] held a try back.
+    fn held_until(&self, at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep_until(at.into()))
     }
 }
 
@@ -301,7 +307,7 @@ impl Fetcher {
                     drop(permits);
                     tokio::select! {
                         _ = throttled.left_for_later() => return Attempt::Fail(FetchError::Cancelled),
-                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = throttled.held_until(at) => {}
                     }
                 }
             }
