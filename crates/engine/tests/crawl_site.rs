@@ -776,6 +776,30 @@ async fn retry_after_holds_back_requests_already_taken_for_the_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_robots_txt_disallows_spend_no_page_of_max_pages() {
+    let fx = scripted_on(
+        "127.0.0.1",
+        Site::default(),
+        vec![("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nDisallow: /private/\n")])],
+    )
+    .await;
+    let mut spec = task(&fx);
+    // Ten disallowed pages first, then ten books; a budget of ten pages.
+    spec.seeds = (0..10)
+        .map(|i| fx.url(&format!("/private/p{i}.html")))
+        .chain((0..10).map(|i| fx.url(&format!("/book/{i}.html"))))
+        .collect();
+    spec.max_pages = 10;
+    let cfg = EngineConfig { concurrency: 1, per_host: 1, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(cfg, spec, &dir.path().join("m.db")).await;
+    // Before, the disallowed pages spent the budget and no book was fetched.
+    assert_eq!(fx.requests().iter().filter(|r| r.path.starts_with("/private/")).count(), 0);
+    assert_eq!(fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count(), 10);
+    assert_eq!(stats.robots_blocked, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_the_last_try_still_holds_back_the_host() {
     // No retries: the 429 ends its request, and the host's other requests wait out its
     // Retry-After all the same.

@@ -27,6 +27,8 @@ pub(super) struct Handled {
     pub(super) item: Option<Item>,
     pub(super) links: Vec<(Url, usize)>,
     pub(super) redirect: Option<Request>,
+    /// Never sent: robots.txt disallows it (it spends no page of `max_pages`).
+    pub(super) unsent: bool,
 }
 
 pub(super) type Outcome = Option<Handled>;
@@ -39,7 +41,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
     let seq = req.seq;
     let depth = req.depth;
     let ended = |status: PageStatus| {
-        Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None })
+        Some(Handled { seq, depth, status, item: None, links: Vec::new(), redirect: None, unsent: false })
     };
     let robots = match cfg.obey_robots {
         // A drain does not wait for a robots.txt to be read again later (30 s by default): the
@@ -61,7 +63,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         } else {
             tracing::debug!(url = %req.url, "disallowed by robots.txt");
         }
-        return ended(PageStatus::Skipped);
+        return ended(PageStatus::Skipped).map(|h| Handled { unsent: true, ..h });
     }
     let crawl_delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
     let floor = crawl_delay.map_or(Duration::ZERO, |d| d.min(cfg.max_crawl_delay.0));
@@ -132,6 +134,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
                         item: None,
                         links: Vec::new(),
                         redirect: Some(Request { url, redirected_from, ..req }),
+                        unsent: false,
                     })
                 }
                 Some(url) => {
@@ -164,7 +167,15 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         }),
         _ => None,
     };
-    Some(Handled { seq, depth, status: PageStatus::Done, item, links: extracted.links, redirect: None })
+    Some(Handled {
+        seq,
+        depth,
+        status: PageStatus::Done,
+        item,
+        links: extracted.links,
+        redirect: None,
+        unsent: false,
+    })
 }
 
 /// The path and query of a URL, as robots.txt rules match them (a slice, no copy).

@@ -386,7 +386,9 @@ async fn run_crawl(
     let mut next_mark = Instant::now() + MARK_EVERY;
     loop {
         while let Some(done) = jobs.set.try_join_next_with_id() {
-            settle(&ctx, &mut frontier, &mut jobs, done).await;
+            if settle(&ctx, &mut frontier, &mut jobs, done).await {
+                budget.refund(1);
+            }
         }
         if record && Instant::now() >= next_mark {
             // Slow pages: what was sent is marked without waiting for one of them to end.
@@ -482,7 +484,11 @@ async fn run_crawl(
                 polled(&ctx, &mut frontier, done, &mut over, &mut quiet).await;
             }
             _ = sleep_until_some(poll_at) => {}
-            Some(done) = jobs.set.join_next_with_id() => settle(&ctx, &mut frontier, &mut jobs, done).await,
+            Some(done) = jobs.set.join_next_with_id() => {
+                if settle(&ctx, &mut frontier, &mut jobs, done).await {
+                    budget.refund(1);
+                }
+            }
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done).await,
             Some(reply) = budget.answer(), if budget.taking() => budget.answered(&ctx, reply),
@@ -503,7 +509,9 @@ async fn run_crawl(
     // queued in the stored run.
     jobs.set.abort_all();
     while let Some(done) = jobs.set.join_next_with_id().await {
-        settle(&ctx, &mut frontier, &mut jobs, done).await;
+        if settle(&ctx, &mut frontier, &mut jobs, done).await {
+            budget.refund(1);
+        }
     }
     // A split run is finished by its seeds' owner only (the others end when it is over); a
     // share that stops before lets its partitions go.
@@ -775,8 +783,9 @@ fn stopped_by(ctx: &Ctx, why: String) {
     ctx.stopped_by.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
 }
 
-/// Applies a finished job's outcome to the frontier and commits it.
-async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobResult) {
+/// Applies a finished job's outcome to the frontier and commits it; true when its request was
+/// never sent (robots.txt disallows it): its page of the budget is given back.
+async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobResult) -> bool {
     let id = match &done {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
@@ -788,11 +797,11 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     let done = done.map(|(_, outcome)| outcome);
     let rules = &ctx.task.0.rules;
     let record = ctx.run.is_some();
-    let (seq, depth, mut status, item, links, redirect) = match done {
-        Ok(Some(Handled { seq, depth, status, item, links, redirect })) => {
-            (seq, depth, status, item, links, redirect)
+    let (seq, depth, mut status, item, links, redirect, unsent) = match done {
+        Ok(Some(Handled { seq, depth, status, item, links, redirect, unsent })) => {
+            (seq, depth, status, item, links, redirect, unsent)
         }
-        Ok(None) => return,
+        Ok(None) => return false,
         Err(e) => {
             if e.is_panic() {
                 ctx.counters.errors.fetch_add(1, Relaxed);
@@ -808,7 +817,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
                     send_commit(ctx, failed).await;
                 }
             }
-            return;
+            return false;
         }
     };
     let mut commit = Commit {
@@ -850,11 +859,12 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     }
     commit.item = item;
     if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
-        return;
+        return unsent;
     }
     if send_commit(ctx, commit).await && has_item {
         ctx.counters.items.fetch_add(1, Relaxed);
     }
+    unsent
 }
 
 #[cfg(test)]
