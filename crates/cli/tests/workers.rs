@@ -452,6 +452,30 @@ async fn a_worker_whose_config_lacks_the_task_runs_it_from_the_master_s_spec() {
     assert!(!sb.log("w3").contains("cannot run this resource"), "{}", sb.log("w3"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_answers_tasks_and_metrics_while_a_reconcile_waits_for_the_database() {
+    let site = Site { books: 400, tags: 2, per_page: 5, latency: Duration::from_millis(40) };
+    let mut sb = Sandbox::start(bin(), site, true).await;
+    sb.add_books().await;
+    sb.wait_requests("/book/", 20, Duration::from_secs(20)).await;
+    // The database goes down, then the task is deleted: the workers stop their shares and
+    // flush what they hold, which waits for the database (up to `outage`, two minutes).
+    sb.stop_db();
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile every worker answers at once (they waited for the reconcile before).
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+    for w in &sb.workers {
+        for path in ["/tasks", "/metrics"] {
+            let resp = client.get(format!("http://{}{path}", w.http)).send().await;
+            assert!(resp.is_ok_and(|r| r.status() == 200), "{}{path} did not answer within 1 s", w.id);
+        }
+    }
+    sb.restart_db();
+}
+
 /// Whether `worker` lists the task `books` as finished.
 async fn finished_on(sb: &Sandbox, worker: &support::sandbox::Proc) -> bool {
     sb.task_entries(worker).await.iter().any(|t| t["name"] == "books" && t["finished"] == true)

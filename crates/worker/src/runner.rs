@@ -135,6 +135,8 @@ struct Inner {
     /// open, and a worker with nothing to write would not find out otherwise).
     probe: tokio::sync::Notify,
     parent: CancellationToken,
+    /// The crawls as `/tasks` last saw them (see `Runner::listed`).
+    listed: std::sync::Mutex<Vec<(String, Crawl, Option<Vec<(u32, i64)>>)>>,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
     /// Shares waiting for a previous owner to release a partition, by resource name.
@@ -174,6 +176,7 @@ impl Runner {
             probe: tokio::sync::Notify::new(),
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
+            listed: std::sync::Mutex::new(Vec::new()),
             waiting: std::sync::Mutex::new(HashMap::new()),
             restarts: Backoffs::new(Duration::from_secs(2), Duration::from_secs(60)),
             open_failures: Backoffs::new(Duration::from_millis(500), Duration::from_secs(10)),
@@ -642,24 +645,36 @@ impl Runner {
 
     /// One crawl's figures with its recent failures and items.
     pub async fn detail(&self, name: &str) -> Option<TaskDetail> {
-        let running = self.0.running.lock().await;
-        let r = running.get(name)?;
-        let crawl = r.crawl.as_ref()?;
-        Some(TaskDetail { status: status(name, crawl.stats(), crawl, r), recent: crawl.recent() })
+        let listed = self.listed();
+        let (_, crawl, parts) = listed.iter().find(|(n, _, _)| n == name)?;
+        Some(TaskDetail {
+            status: status(name, crawl.stats(), crawl, parts.as_ref()),
+            recent: crawl.recent(),
+        })
     }
 
     /// The crawls and their figures.
     pub async fn statuses(&self) -> Vec<TaskStatus> {
-        let running = self.0.running.lock().await;
-        running
-            .iter()
-            .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name, c, r)))
-            .map(|(name, c, r)| status(name, c.stats(), c, r))
-            .collect()
+        let listed = self.listed();
+        listed.iter().map(|(name, c, parts)| status(name, c.stats(), c, parts.as_ref())).collect()
+    }
+
+    /// The crawls as of now, or, while a reconcile holds them (stopping crawls, opening runs:
+    /// seconds, more with the database down), as of the last look (their figures are live
+    /// either way), so `/tasks` and `/metrics` answer at once.
+    fn listed(&self) -> Vec<(String, Crawl, Option<Vec<(u32, i64)>>)> {
+        let mut last = self.0.listed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(running) = self.0.running.try_lock() {
+            *last = running
+                .iter()
+                .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name.clone(), c.clone(), r.parts.clone())))
+                .collect();
+        }
+        last.clone()
     }
 }
 
-fn status(name: &str, s: CrawlStats, c: &Crawl, r: &Running) -> TaskStatus {
+fn status(name: &str, s: CrawlStats, c: &Crawl, parts: Option<&Vec<(u32, i64)>>) -> TaskStatus {
     TaskStatus {
         name: name.to_owned(),
         pages: s.pages,
@@ -669,7 +684,7 @@ fn status(name: &str, s: CrawlStats, c: &Crawl, r: &Running) -> TaskStatus {
         started_at: rfc3339(c.started_at()),
         finished: c.is_finished(),
         fetch_ms: if s.fetches == 0 { 0.0 } else { s.fetch_micros as f64 / s.fetches as f64 / 1000.0 },
-        partitions: r.parts.as_ref().map(|parts| {
+        partitions: parts.map(|parts| {
             let queued: HashMap<u32, u64> = c.part_queues().into_iter().collect();
             parts
                 .iter()
