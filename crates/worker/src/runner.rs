@@ -136,7 +136,7 @@ struct Inner {
     probe: tokio::sync::Notify,
     parent: CancellationToken,
     /// The crawls as `/tasks` last saw them (see `Runner::listed`).
-    listed: std::sync::Mutex<Vec<(String, Crawl, Option<Vec<(u32, i64)>>)>>,
+    listed: std::sync::Mutex<Vec<Listed>>,
     /// The worker registry, to tell a gone partition owner from a live one.
     registry: std::sync::Mutex<Option<PrefixWatch>>,
     /// Shares waiting for a previous owner to release a partition, by resource name.
@@ -662,7 +662,7 @@ impl Runner {
     /// The crawls as of now, or, while a reconcile holds them (stopping crawls, opening runs:
     /// seconds, more with the database down), as of the last look (their figures are live
     /// either way), so `/tasks` and `/metrics` answer at once.
-    fn listed(&self) -> Vec<(String, Crawl, Option<Vec<(u32, i64)>>)> {
+    fn listed(&self) -> Vec<Listed> {
         let mut last = self.0.listed.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(running) = self.0.running.try_lock() {
             *last = running
@@ -673,6 +673,9 @@ impl Runner {
         last.clone()
     }
 }
+
+/// A crawl as `/tasks` lists it: its resource's name, the crawl, a split task's partitions.
+type Listed = (String, Crawl, Option<Vec<(u32, i64)>>);
 
 fn status(name: &str, s: CrawlStats, c: &Crawl, parts: Option<&Vec<(u32, i64)>>) -> TaskStatus {
     TaskStatus {
