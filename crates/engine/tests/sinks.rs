@@ -242,21 +242,30 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     let ho = handle(&old);
     sink.write(&[Commit { run: Some(ho.clone()), queued: vec![queued(1, 41, 0)], ..Commit::default() }])
         .unwrap();
-    assert!(state.adopt_label("u", "res-7", "res-7@90").unwrap());
+    assert!(state.adopt_label("u", "res-7", "res-7@90", "2000-01-01T00:00:00Z").unwrap());
     let taken = state.open_run("u", "res-7@90", Epoch::At(6), false, 100).unwrap();
     assert!(taken.resumed && taken.id == old.id && taken.queued.len() == 1);
-    assert!(!state.adopt_label("u", "res-7", "res-7@90").unwrap(), "the new label has its run");
+    assert!(
+        !state.adopt_label("u", "res-7", "res-7@90", "2000-01-01T00:00:00Z").unwrap(),
+        "the new label has its run"
+    );
     let finished = state.open_run("u", "res-8", Epoch::At(5), false, 100).unwrap();
     sink.write(&[Commit { run: Some(handle(&finished)), finished: true, ..Commit::default() }]).unwrap();
-    assert!(state.adopt_label("u", "res-8", "res-8@91").unwrap());
+    assert!(state.adopt_label("u", "res-8", "res-8@91", "2000-01-01T00:00:00Z").unwrap());
     assert!(
         state.open_run("u", "res-8@91", Epoch::At(6), false, 100).unwrap().over,
         "finished stays finished"
     );
     let ended = state.open_run("u", "res-9", Epoch::At(5), false, 100).unwrap();
     state.end_run(ended.id).unwrap();
-    assert!(!state.adopt_label("u", "res-9", "res-9@92").unwrap());
+    assert!(!state.adopt_label("u", "res-9", "res-9@92", "2000-01-01T00:00:00Z").unwrap());
     assert!(!state.open_run("u", "res-9@92", Epoch::At(6), false, 100).unwrap().resumed);
+    // A run that started before the resource was added (an earlier add under the same id,
+    // never ended) is not taken up.
+    let earlier = state.open_run("u", "res-10", Epoch::At(5), false, 100).unwrap();
+    assert!(!state.adopt_label("u", "res-10", "res-10@93", "2999-01-01T00:00:00Z").unwrap());
+    assert!(!state.open_run("u", "res-10@93", Epoch::At(6), false, 100).unwrap().resumed);
+    assert!(state.newest_run("u", "res-10").unwrap().is_some_and(|r| r.id == earlier.id));
 }
 
 #[test]

@@ -477,10 +477,11 @@ impl Runner {
         if rec.partitions.is_some() {
             return self.start_share(task, rec, state, left).await;
         }
-        let (name, label, legacy) = (rec.name.clone(), rec.instance(), rec.id.clone());
+        let (name, label, legacy, created) =
+            (rec.name.clone(), rec.instance(), rec.id.clone(), rec.creation_time);
         let window = task.queue_window(inner.fetcher.config().queue_window);
         let opened = tokio::task::spawn_blocking(move || {
-            adopt_legacy_run(&*state, &name, &legacy, &label)?;
+            adopt_legacy_run(&*state, &name, &legacy, &label, created)?;
             state.open_run(&name, &label, Epoch::At(revision), false, window)
         })
         .await
@@ -538,9 +539,9 @@ impl Runner {
         let opened = {
             let runner = self.clone();
             let (name, label, me, parts) = (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
-            let legacy = rec.id.clone();
+            let (legacy, created) = (rec.id.clone(), rec.creation_time);
             tokio::task::spawn_blocking(move || {
-                adopt_legacy_run(&*state, &name, &legacy, &label)?;
+                adopt_legacy_run(&*state, &name, &legacy, &label, created)?;
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
             .await
@@ -751,8 +752,12 @@ fn adopt_legacy_run(
     task: &str,
     legacy: &str,
     label: &str,
+    created_ms: i64,
 ) -> Result<(), crawler_engine::SinkError> {
-    if legacy != "standalone" && state.adopt_label(task, legacy, label)? {
+    // Runs of this add only: started after it was made (a minute's allowance for clocks).
+    let created = std::time::UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
+    let not_before = rfc3339(created.checked_sub(Duration::from_secs(60)).unwrap_or(std::time::UNIX_EPOCH));
+    if legacy != "standalone" && state.adopt_label(task, legacy, label, &not_before)? {
         tracing::info!(resource = %task, from = %legacy, to = %label, "a run stored under the resource id alone is taken up");
     }
     Ok(())
@@ -924,7 +929,7 @@ mod tests {
             Ok(None)
         }
 
-        fn adopt_label(&self, _: &str, _: &str, _: &str) -> Result<bool, crawler_engine::SinkError> {
+        fn adopt_label(&self, _: &str, _: &str, _: &str, _: &str) -> Result<bool, crawler_engine::SinkError> {
             Ok(false)
         }
 

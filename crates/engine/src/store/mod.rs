@@ -480,11 +480,13 @@ pub trait StateStore: Send + Sync {
     /// The newest run of `task` under `label`, as `crawler_runs` has it.
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError>;
 
-    /// Moves the newest run of `task` under `legacy` that was not ended to `label`, unless
-    /// `label` has a run already: a run stored under an earlier label of the same thing (a
-    /// cluster run labelled with its resource id alone, by versions before the label named
-    /// the add) is found under the new one. Whether a run moved.
-    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError>;
+    /// Moves the newest run of `task` under `legacy` that was not ended and started at
+    /// `not_before` (RFC 3339) or later to `label`, unless `label` has a run already: a run
+    /// stored under an earlier label of the same thing (a cluster run labelled with its
+    /// resource id alone, by versions before the label named the add) is found under the new
+    /// one, and a run of an earlier add under the same id is not. Whether a run moved.
+    fn adopt_label(&self, task: &str, legacy: &str, label: &str, not_before: &str)
+        -> Result<bool, SinkError>;
 
     /// Opens `parts` (partition, epoch) of the split run of `task` under `label` for `owner`,
     /// creating the run if it is new: each partition is taken when it is new, released, held

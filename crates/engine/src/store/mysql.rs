@@ -1072,30 +1072,61 @@ impl StateStore for MysqlState {
         tx.commit().map_err(err)
     }
 
-    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError> {
+    fn adopt_label(
+        &self,
+        task: &str,
+        legacy: &str,
+        label: &str,
+        not_before: &str,
+    ) -> Result<bool, SinkError> {
         let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
-        let mut tx = conn.start_transaction(TxOpts::default()).map_err(err)?;
-        let taken: Option<i64> = tx
-            .exec_first(
-                "SELECT id FROM crawler_runs WHERE task = ? AND label = ? LIMIT 1 FOR UPDATE",
+        // A plain read first, which locks nothing: nearly always there is nothing to take up
+        // (the label has its run), and every share start and retry asks.
+        let candidate = |conn: &mut Conn| -> Result<Option<i64>, mysql::Error> {
+            let taken: Option<i64> = conn.exec_first(
+                "SELECT id FROM crawler_runs WHERE task = ? AND label = ? LIMIT 1",
                 (task, label),
+            )?;
+            if taken.is_some() {
+                return Ok(None);
+            }
+            conn.exec_first(
+                "SELECT id FROM crawler_runs WHERE task = ? AND label = ? AND state <> 'ended' AND started_at >= ? \
+                 ORDER BY id DESC LIMIT 1",
+                (task, legacy, not_before),
             )
-            .map_err(err)?;
-        let old: Option<i64> = match taken {
-            Some(_) => None,
-            None => tx
-                .exec_first(
-                    "SELECT id FROM crawler_runs WHERE task = ? AND label = ? AND state <> 'ended' \
-                     ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                    (task, legacy),
-                )
-                .map_err(err)?,
         };
-        if let Some(id) = old {
-            tx.exec_drop("UPDATE crawler_runs SET label = ? WHERE id = ?", (label, id)).map_err(err)?;
+        if candidate(&mut conn).map_err(err)?.is_none() {
+            return Ok(false);
         }
-        tx.commit().map_err(err)?;
-        Ok(old.is_some())
+        // Taken up under locks; two owners doing it at once deadlock, and one tries again.
+        for tries in 0.. {
+            let attempt = (|| -> Result<bool, mysql::Error> {
+                let mut tx = conn.start_transaction(TxOpts::default())?;
+                let taken: Option<i64> = tx.exec_first(
+                    "SELECT id FROM crawler_runs WHERE task = ? AND label = ? LIMIT 1 FOR UPDATE",
+                    (task, label),
+                )?;
+                let old: Option<i64> = match taken {
+                    Some(_) => None,
+                    None => tx.exec_first(
+                        "SELECT id FROM crawler_runs WHERE task = ? AND label = ? AND state <> 'ended' \
+                         AND started_at >= ? ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                        (task, legacy, not_before),
+                    )?,
+                };
+                if let Some(id) = old {
+                    tx.exec_drop("UPDATE crawler_runs SET label = ? WHERE id = ?", (label, id))?;
+                }
+                tx.commit()?;
+                Ok(old.is_some())
+            })();
+            match attempt {
+                Err(mysql::Error::MySqlError(e)) if e.code == 1213 && tries < 5 => continue,
+                other => return other.map_err(err),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError> {

@@ -378,11 +378,17 @@ impl StateStore for SqliteState {
         tx.commit().map_err(sqlite_err)
     }
 
-    fn adopt_label(&self, task: &str, legacy: &str, label: &str) -> Result<bool, SinkError> {
+    fn adopt_label(
+        &self,
+        task: &str,
+        legacy: &str,
+        label: &str,
+        not_before: &str,
+    ) -> Result<bool, SinkError> {
         let mut conn = connect(&self.path)?;
         let tx =
             conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
-        let adopted = adopt_in(&tx, task, legacy, label).map_err(sqlite_err)?;
+        let adopted = adopt_in(&tx, task, legacy, label, not_before).map_err(sqlite_err)?;
         tx.commit().map_err(sqlite_err)?;
         Ok(adopted)
     }
@@ -401,7 +407,13 @@ impl StateStore for SqliteState {
 const STORED_RUN: &str = "SELECT id, state, started_at, finished_at FROM crawler_runs \
      WHERE task = ?1 AND label = ?2 ORDER BY id DESC LIMIT 1";
 
-fn adopt_in(tx: &Transaction, task: &str, legacy: &str, label: &str) -> rusqlite::Result<bool> {
+fn adopt_in(
+    tx: &Transaction,
+    task: &str,
+    legacy: &str,
+    label: &str,
+    not_before: &str,
+) -> rusqlite::Result<bool> {
     let taken = tx
         .query_row("SELECT 1 FROM crawler_runs WHERE task = ?1 AND label = ?2 LIMIT 1", [task, label], |_| {
             Ok(())
@@ -413,8 +425,9 @@ fn adopt_in(tx: &Transaction, task: &str, legacy: &str, label: &str) -> rusqlite
     }
     let old: Option<i64> = tx
         .query_row(
-            "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2 AND state <> 'ended' ORDER BY id DESC LIMIT 1",
-            [task, legacy],
+            "SELECT id FROM crawler_runs WHERE task = ?1 AND label = ?2 AND state <> 'ended' AND started_at >= ?3 \
+             ORDER BY id DESC LIMIT 1",
+            [task, legacy, not_before],
             |r| r.get(0),
         )
         .optional()?;
