@@ -92,10 +92,23 @@ impl ResourceRecord {
         format!("{}@{}", self.id, self.create_revision)
     }
 
-    /// Decodes a stored record.
+    /// Decodes a stored record. A split record whose partitions do not hold together (no
+    /// partition, an epoch or the home partition missing) cannot be read: planned on, it
+    /// would index past its lists.
     pub fn decode(key: &str, value: &[u8]) -> Result<ResourceRecord, CoordError> {
-        serde_json::from_slice(value)
-            .map_err(|e| CoordError::BadValue { key: key.to_owned(), problem: e.to_string() })
+        let bad = |problem: String| CoordError::BadValue { key: key.to_owned(), problem };
+        let rec: ResourceRecord = serde_json::from_slice(value).map_err(|e| bad(e.to_string()))?;
+        if let Some(p) = &rec.partitions {
+            if p.owners.is_empty() || p.owners.len() != p.epochs.len() || p.home as usize >= p.owners.len() {
+                return Err(bad(format!(
+                    "partitions: {} owners, {} epochs, home {}: every partition needs an owner and an epoch, and home one of them",
+                    p.owners.len(),
+                    p.epochs.len(),
+                    p.home
+                )));
+            }
+        }
+        Ok(rec)
     }
 
     fn encode(&self) -> String {
@@ -230,4 +243,25 @@ pub async fn update(
         return Err(CoordError::NotLeader);
     }
     Ok(matches!(resp.op_responses().first(), Some(TxnOpResponse::Txn(t)) if t.succeeded()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_record_whose_partitions_do_not_hold_together_cannot_be_read() {
+        let record = |parts: &str| {
+            format!(r#"{{"id":"i","name":"x","assigned_node":"w","creation_time":1,"partitions":{parts}}}"#)
+        };
+        let good = record(r#"{"home":1,"owners":["w","v"],"epochs":[1,1]}"#);
+        assert_eq!(ResourceRecord::decode("x", good.as_bytes()).unwrap().partitions.unwrap().count(), 2);
+        for bad in [
+            r#"{"home":0,"owners":["gone"],"epochs":[]}"#,
+            r#"{"home":2,"owners":["w","v"],"epochs":[1,1]}"#,
+            r#"{"home":0,"owners":[],"epochs":[]}"#,
+        ] {
+            assert!(ResourceRecord::decode("x", record(bad).as_bytes()).is_err(), "{bad}");
+        }
+    }
 }

@@ -775,3 +775,29 @@ async fn a_client_cannot_pass_for_a_forwarding_master() {
         assert_eq!(s, 200, "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_record_that_does_not_hold_together_leaves_the_leader_leading() {
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let ms = [start_master("m1", &eps, "", 1000.0).await, start_master("m2", &eps, "", 1000.0).await];
+    agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await;
+    let _w1 = register_worker(&etcd, "w1").await;
+    // An operator's `etcdctl put` of a split record with an epoch missing, owned by a worker
+    // that is gone: planning a move on it indexed past its epochs and panicked every leader.
+    let key = crawler_coord::keys::resource("x");
+    let value = r#"{"id":"i","name":"x","assigned_node":"gone","creation_time":1,"partitions":{"home":0,"owners":["gone"],"epochs":[]}}"#;
+    etcd.call("put", |mut c| {
+        let key = key.clone();
+        async move { c.put(key, value, None).await }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = agreed_leader(&ms.iter().collect::<Vec<_>>(), Duration::from_secs(5)).await;
+    let m = ms.iter().find(|m| m.id == leader).unwrap();
+    let (s, v) =
+        call(reqwest::Method::POST, m.http, "/crawler/resource", Some(json!({"name": "books"})), None).await;
+    assert_eq!(s, 200, "{v}");
+}
