@@ -20,7 +20,7 @@ pub use election::{Fence, Leadership};
 pub use resources::{CreateOutcome, Partitions, ResourceRecord};
 pub use retry::Backoff;
 pub use session::Session;
-pub use watcher::{Entry, PrefixWatch, Snapshot};
+pub use watcher::{read_prefix, Entry, PrefixWatch, Snapshot};
 
 /// Stores `value` as JSON under `key`, attached to the session's lease (deleted with it).
 pub async fn put_leased(

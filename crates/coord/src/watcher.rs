@@ -73,6 +73,22 @@ impl PrefixWatch {
     }
 }
 
+/// The keys under `prefix` as etcd has them now (one read; no watch).
+pub async fn read_prefix(etcd: &Etcd, prefix: &str) -> Result<Snapshot, crate::CoordError> {
+    let p = prefix.to_owned();
+    let resp = etcd
+        .call("read prefix", |mut c| {
+            let p = p.clone();
+            async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+    let mut snap = Snapshot { revision: resp.header().map_or(0, |h| h.revision()), entries: BTreeMap::new() };
+    for kv in resp.kvs() {
+        snap.entries.insert(strip(prefix, kv.key()), entry(kv));
+    }
+    Ok(snap)
+}
+
 async fn run(etcd: Etcd, prefix: String, tx: watch::Sender<Option<Arc<Snapshot>>>, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {

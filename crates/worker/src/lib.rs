@@ -329,8 +329,21 @@ async fn follow(
             );
             tokio::pin!(keep);
             let mut kept = false;
+            // The resources as of now: after a lost lease the watch may still show them as
+            // they were before (its reload can lag), and a task the masters moved away
+            // meanwhile must not start here again. Used until the watch has caught up with it.
+            let mut fresh =
+                crawler_coord::read_prefix(etcd, keys::RESOURCES).await.ok().map(std::sync::Arc::new);
             loop {
-                if let Some(snap) = resources.current() {
+                let snap = match (resources.current(), fresh.clone()) {
+                    (Some(w), Some(f)) if w.revision < f.revision => Some(f),
+                    (None, Some(f)) => Some(f),
+                    (w, _) => {
+                        fresh = None;
+                        w
+                    }
+                };
+                if let Some(snap) = snap {
                     runner.reconcile(&snap).await;
                 }
                 tokio::select! {
