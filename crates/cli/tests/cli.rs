@@ -543,7 +543,21 @@ async fn pprof_serves_cpu_profiles_while_crawling() {
         .timeout(Duration::from_millis(300))
         .send();
     assert!(gone.await.is_err(), "the 5 s profile answered within 300 ms");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the server has seen the client go, the profiler is free, well before the 5 s are
+    // over (409 while busy; a profile of one second once free).
+    let freed = std::time::Instant::now();
+    loop {
+        let next = client.get(format!("{base}/debug/pprof/profile?seconds=1")).send().await.unwrap();
+        if next.status() != 409 {
+            assert_eq!(next.status(), 200);
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(3),
+            "the profiler stayed busy after its client went away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The sampler counts CPU time and skips samples taken inside libc (where a busy loopback
     // crawl spends much of it), so one second may hold few samples: up to five profiles are
     // taken, and one of them must hold samples.

@@ -18,6 +18,9 @@ use url::Url;
 use crate::scope::normalize;
 use crate::units::HumanDuration;
 
+/// The crawl state's tables, which no rule's items may go into.
+const STATE_TABLES: [&str; 4] = ["crawler_runs", "crawler_frontier", "crawler_parts", "crawler_inbox"];
+
 /// An `allow_hosts` entry as URLs spell their host: an international name in its ASCII form
 /// (`bücher.example` is `xn--bcher-kva.example`), IPv6 in brackets, lower case; a port is
 /// dropped (hosts are allowed on every port). `None` for what is not a host name.
@@ -361,10 +364,10 @@ impl Task {
                         format!("{t:?} must be letters, digits and '_', not starting with a digit"),
                     ))
                 }
-                Some(t) if t.to_ascii_lowercase().starts_with("crawler_") => {
+                Some(t) if STATE_TABLES.contains(&t.to_ascii_lowercase().as_str()) => {
                     return Err(err(
                         format!("{key}.table"),
-                        format!("{t:?}: crawler_ names the crawl state's tables"),
+                        format!("{t:?} is one of the crawl state's tables"),
                     ))
                 }
                 Some(t) => Some(Arc::<str>::from(t.as_str())),
@@ -578,6 +581,8 @@ mod tests {
             "task[t].rule[i].fields.title"
         );
         assert_eq!(rule(r#"{"name":"i","table":"b","fields":{"URL":"h1"}}"#), "task[t].rule[i].fields.URL");
+        let other = r#"{"name":"t","seeds":["http://h/"],"rule":[{"name":"i","table":"crawler_items","fields":{"a":"h1"}}]}"#;
+        assert!(Task::compile(serde_json::from_str(other).unwrap()).is_ok(), "only the state's own tables");
     }
 
     #[test]

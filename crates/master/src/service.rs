@@ -505,7 +505,8 @@ impl Master {
                 // shows no event of its own.
                 let mut view = self.0.views.resources.clone();
                 let gone = |s: &crawler_coord::Snapshot| {
-                    s.entries.get(name).is_none_or(|e| e.create_revision != deleted.created)
+                    s.revision >= deleted.created
+                        && s.entries.get(name).is_none_or(|e| e.create_revision != deleted.created)
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), view.wait_for(gone)).await;
                 tracing::info!(resource = %name, "resource deleted");

@@ -454,6 +454,15 @@ impl Runner {
             running
                 .insert(name, Running { resource_id: rec.instance(), crawl, run, parts, share: shared_by });
         }
+        self.relist(&running);
+    }
+
+    /// Notes the crawls as they are now for `/tasks` (see [`Runner::listed`]).
+    fn relist(&self, running: &BTreeMap<String, Running>) {
+        *self.0.listed.lock().unwrap_or_else(|p| p.into_inner()) = running
+            .iter()
+            .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name.clone(), c.clone(), r.parts.clone())))
+            .collect();
     }
 
     /// Starts a resource's crawl: its stored run (resumed if the task moved here) or, without
@@ -664,14 +673,10 @@ impl Runner {
     /// seconds, more with the database down), as of the last look (their figures are live
     /// either way), so `/tasks` and `/metrics` answer at once.
     fn listed(&self) -> Vec<Listed> {
-        let mut last = self.0.listed.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(running) = self.0.running.try_lock() {
-            *last = running
-                .iter()
-                .filter_map(|(name, r)| r.crawl.as_ref().map(|c| (name.clone(), c.clone(), r.parts.clone())))
-                .collect();
+            self.relist(&running);
         }
-        last.clone()
+        self.0.listed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -19,14 +19,18 @@ pub fn parse_listen(flag: &str, value: &str) -> Result<SocketAddr, ConfigError> 
     if let Ok(addr) = v.parse() {
         return Ok(addr);
     }
-    v.to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(bad)
+    // IPv4 first, as Go programs take `localhost`.
+    let addrs: Vec<SocketAddr> = v.to_socket_addrs().map_err(|_| bad())?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(bad)
 }
 
 /// Checks an `--advertise` value: `host:port`, as others will dial it (a host, and a port
 /// other than 0).
 pub fn check_advertise(value: &str) -> Result<(), ConfigError> {
+    // An IPv6 host comes in brackets (`[::1]:7101`): a bare one has colons of its own.
     let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.trim_matches(['[', ']']).is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        let bare_v6 = !host.starts_with('[') && host.contains(':');
+        !host.trim_matches(['[', ']']).is_empty() && !bare_v6 && port.parse::<u16>().is_ok_and(|p| p != 0)
     });
     match ok {
         true => Ok(()),
@@ -148,7 +152,8 @@ mod tests {
         for good in ["10.0.0.5:7101", "w1.example:7101", "[::1]:7101"] {
             assert!(check_advertise(good).is_ok(), "{good}");
         }
-        for bad in ["", ":7101", "w1.example", "w1.example:0", "w1.example:x"] {
+        assert!(parse_listen("--pprof", "localhost:6060").unwrap().is_ipv4());
+        for bad in ["", ":7101", "w1.example", "w1.example:0", "w1.example:x", "::1", "::1:7101"] {
             assert!(check_advertise(bad).unwrap_err().to_string().starts_with("--advertise:"), "{bad}");
         }
     }

@@ -47,6 +47,8 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         // A drain does not wait for a robots.txt to be read again later (30 s by default): the
         // request is left to the run's next owner.
         true => tokio::select! {
+            // A robots.txt already read goes first: its request is not left for later.
+            biased;
             robots = ctx.polite.robots_for(&req.url, Some(req.host)) => Some(robots?),
             _ = ctx.drain.cancelled(), if ctx.run.is_some() => return left_for_later(&ctx),
         },
@@ -75,6 +77,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         sends: ctx.sends.as_ref(),
         sent: ctx.run.is_some().then_some((seq, &ctx.sent)),
         marked: std::sync::atomic::AtomicBool::new(false),
+        held_by_host: std::sync::atomic::AtomicBool::new(false),
         drain: ctx.run.is_some().then_some(&ctx.drain),
     };
     let interval = ctx.polite.pace_interval(host, floor);

@@ -83,19 +83,33 @@ impl Politeness {
 
     /// Holds every try to `host` back until `until` (kept if later than one already set).
     fn hold(&self, host: HostId, until: Instant) {
-        self.any_hold.store(true, Relaxed);
         let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        holds.retain(|_, at| *at > now);
         let at = holds.entry(host).or_insert(until);
         *at = (*at).max(until);
+        self.any_hold.store(true, Relaxed);
     }
 
-    /// Until when `host` asked to wait, if it still does.
+    /// Until when `host` asked to wait, if it still does. Holds that are over are dropped, and
+    /// once none is left the per-try check takes no lock again.
     fn held(&self, host: HostId, now: Instant) -> Option<Instant> {
         if !self.any_hold.load(Relaxed) {
             return None;
         }
-        let holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-        holds.get(&host).copied().filter(|at| *at > now)
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let at = holds.get(&host).copied();
+        match at {
+            Some(at) if at > now => Some(at),
+            Some(_) => {
+                holds.remove(&host);
+                if holds.is_empty() {
+                    self.any_hold.store(false, Relaxed);
+                }
+                None
+            }
+            None => None,
+        }
     }
 
     /// Counts the caller as a job waiting on its host until the guard drops, and tells the
@@ -294,9 +308,9 @@ impl Politeness {
         host: HostId,
         interval: Duration,
         sends: Option<&Mutex<RateLimiter>>,
-    ) -> Result<(), Instant> {
+    ) -> Result<(), (Instant, Wait)> {
         if let Some(until) = self.held(host, Instant::now()) {
-            return Err(until);
+            return Err((until, Wait::Host));
         }
         let mut paced = (!interval.is_zero()).then(|| self.pacing());
         let mut limits = sends.map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
@@ -304,11 +318,11 @@ impl Politeness {
         let now = Instant::now();
         if let Some(sent) = paced.as_ref().and_then(|p| p.get(&host)).and_then(|p| p.sent) {
             if sent + interval > now {
-                return Err(sent + interval);
+                return Err((sent + interval, Wait::Host));
             }
         }
         if let Some(limits) = limits.as_mut() {
-            limits.try_reserve(now)?;
+            limits.try_reserve(now).map_err(|at| (at, Wait::Limits))?;
         }
         if let Some(paced) = paced.as_mut() {
             let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
@@ -412,6 +426,13 @@ impl Pace {
     }
 }
 
+/// What held a try back: its host (its `Retry-After`, its pace) or the task's rate limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    Host,
+    Limits,
+}
+
 /// How long a learned interval holds after the host's last 429.
 const PACE_HOLD: Duration = Duration::from_secs(30);
 
@@ -426,6 +447,8 @@ pub(super) struct HostThrottle<'a> {
     /// A stored request: its number, noted as sent (once) when its first try goes.
     pub(super) sent: Option<(u64, &'a Mutex<Vec<u64>>)>,
     pub(super) marked: AtomicBool,
+    /// Whether the last try held back was held by its host (not the task's limits).
+    pub(super) held_by_host: AtomicBool,
     /// A stored request: fired when the crawl drains, so a retry still to come is left to the
     /// run's next owner (its row still waits) instead of drawing out the drain.
     pub(super) drain: Option<&'a tokio_util::sync::CancellationToken>,
@@ -439,8 +462,11 @@ impl Throttled for HostThrottle<'_> {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             self.hold_back(retry_after, backoff);
-            let _waiting = self.polite.waiting_on_host();
-            tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
+            {
+                let _waiting = self.polite.waiting_on_host();
+                tokio::time::sleep(retry_after.unwrap_or(backoff)).await;
+            }
+            // (Counted as waiting in there when it sleeps, once.)
             let interval = self.polite.pace_interval(self.host, self.floor);
             if !interval.is_zero() {
                 self.polite.wait_turn(self.host, interval).await;
@@ -460,8 +486,9 @@ impl Throttled for HostThrottle<'_> {
         at: Instant,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
-            // Held back a while (the host's Retry-After, its pace, the task's limits): no slot.
-            let _waiting = self.polite.waiting_on_host();
+            // Held back by its host (its Retry-After, its pace): no slot meanwhile. Held back by
+            // the task's limits it keeps its slot: another request would wait for them too.
+            let _waiting = self.held_by_host.load(Relaxed).then(|| self.polite.waiting_on_host());
             tokio::time::sleep_until(at.into()).await;
         })
     }
@@ -475,7 +502,10 @@ impl Throttled for HostThrottle<'_> {
 
     fn clear_to_send(&self) -> Result<(), Instant> {
         let interval = self.polite.pace_interval(self.host, self.floor);
-        self.polite.clear_to_send(self.host, interval, self.sends)?;
+        self.polite.clear_to_send(self.host, interval, self.sends).map_err(|(at, wait)| {
+            self.held_by_host.store(wait == Wait::Host, Relaxed);
+            at
+        })?;
         if let Some((seq, sent)) = self.sent.filter(|_| !self.marked.swap(true, Relaxed)) {
             sent.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
         }

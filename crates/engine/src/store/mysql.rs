@@ -1041,16 +1041,13 @@ impl StateStore for MysqlState {
         force: bool,
         window: usize,
     ) -> Result<PartsOpen, SinkError> {
-        // Two workers creating the run at once: one of them deadlocks (1213) and tries again;
-        // a lock wait that timed out (1205) is tried once more.
+        // Two workers creating the run at once: one of them deadlocks (1213) and tries again.
+        // (A lock wait that timed out is left to the worker's next reconcile, which tries again
+        // after a backoff, rather than doubling the wait here.)
         let mut tries = 0;
         loop {
             match self.open_parts_once(task, label, owner, parts, gone, force, window) {
-                Err(OpenError::Sql(mysql::Error::MySqlError(e)))
-                    if (e.code == 1213 && tries < 5) || (e.code == 1205 && tries < 1) =>
-                {
-                    tries += 1
-                }
+                Err(OpenError::Sql(mysql::Error::MySqlError(e))) if e.code == 1213 && tries < 5 => tries += 1,
                 Err(OpenError::Sql(e)) => return Err(err(e)),
                 Err(OpenError::Sink(e)) => return Err(e),
                 Ok(r) => return Ok(r),
