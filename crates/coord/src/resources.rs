@@ -119,8 +119,9 @@ impl ResourceRecord {
 /// The result of a create.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CreateOutcome {
-    /// Stored, at this etcd revision.
-    Created(i64),
+    /// Stored, at this etcd revision (by this call, or by an earlier try of the same add: then
+    /// the record stored, whose choices stand).
+    Created(i64, Option<Box<ResourceRecord>>),
     /// A resource of that name already exists (this one).
     Exists(Box<ResourceRecord>),
 }
@@ -149,7 +150,7 @@ pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<
     }
     let revision = resp.header().map_or(0, |h| h.revision());
     match resp.op_responses().into_iter().next() {
-        Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => Ok(CreateOutcome::Created(revision)),
+        Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => Ok(CreateOutcome::Created(revision, None)),
         Some(TxnOpResponse::Txn(inner)) => {
             let existing = match inner.op_responses().into_iter().next() {
                 Some(TxnOpResponse::Get(g)) => {
@@ -158,7 +159,7 @@ pub async fn create(etcd: &Etcd, fence: &Fence, rec: &ResourceRecord) -> Result<
                 _ => None,
             };
             match existing {
-                Some(e) if e.id == rec.id => Ok(CreateOutcome::Created(revision)),
+                Some(e) if e.id == rec.id => Ok(CreateOutcome::Created(revision, Some(Box::new(e)))),
                 Some(e) => Ok(CreateOutcome::Exists(Box::new(e))),
                 None => Err(CoordError::Etcd("create: conflicting key vanished".into())),
             }

@@ -45,8 +45,14 @@ async fn a_delete_tried_again_after_a_lost_answer_still_succeeds() {
     let fence = fence(&etcd).await;
     assert!(matches!(
         resources::create(&etcd, &fence, &record("books", "a")).await.unwrap(),
-        CreateOutcome::Created(_)
+        CreateOutcome::Created(_, None)
     ));
+    // The same add tried again (its answer lost) finds its own record, and says which.
+    let retried = ResourceRecord { assigned_node: "w9".into(), ..record("books", "a") };
+    match resources::create(&etcd, &fence, &retried).await.unwrap() {
+        CreateOutcome::Created(_, Some(stored)) => assert_eq!(stored.assigned_node, "w1"),
+        other => panic!("{other:?}"),
+    }
     let created = created_at(&etcd, "books").await.unwrap();
 
     // The first try applies; its answer is lost; the same try is sent again.

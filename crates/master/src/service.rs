@@ -478,13 +478,16 @@ impl Master {
             create_revision: 0,
         };
         match resources::create(&self.0.etcd, &lead.fence, &rec).await {
-            Ok(CreateOutcome::Created(rev)) => {
+            Ok(CreateOutcome::Created(rev, stored)) => {
                 // Keep the lock until our own view has the write, so the next decision sees it.
                 let mut view = self.0.views.resources.clone();
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), view.wait_for(|s| s.revision >= rev)).await;
+                // An earlier try of this add stored it: its worker stands, not this try's choice.
+                let worker = stored.map_or(worker, |r| r.assigned_node);
                 tracing::info!(resource = %rec.name, worker = %worker, "resource added");
-                Ok(NodeSpec { address: workers[&worker].address.clone(), id: worker })
+                let address = workers.get(&worker).map(|w| w.address.clone()).unwrap_or_default();
+                Ok(NodeSpec { address, id: worker })
             }
             Ok(CreateOutcome::Exists(_)) => {
                 Err(ApiError::AlreadyExists(format!("resource {:?} exists", req.name)))
