@@ -224,12 +224,8 @@ impl MysqlSink {
         // Field columns hold up to the 1 MiB a field may have: MEDIUMTEXT (16 MiB). Columns
         // made TEXT (64 KiB) by earlier versions are widened once, or a longer field would
         // be refused for ever (strict mode), and with it the batch and the writer.
-        for (column, kind) in &existing {
-            if kind.eq_ignore_ascii_case("text") && item.fields.iter().any(|(f, _)| **f == **column) {
-                self.conn
-                    .query_drop(format!("ALTER TABLE `{table}` MODIFY COLUMN `{column}` MEDIUMTEXT"))
-                    .map_err(err)?;
-            }
+        if existing.iter().any(|(_, kind)| kind.eq_ignore_ascii_case("text")) {
+            self.widen(table)?;
         }
         let mut existing: HashSet<String> = existing.into_iter().map(|(c, _)| c).collect();
         for (f, _) in &item.fields {
@@ -246,6 +242,30 @@ impl MysqlSink {
         }
         self.columns.insert(table.clone(), existing);
         Ok(())
+    }
+
+    /// Widens a table's TEXT columns to MEDIUMTEXT in one `ALTER` (a table rebuild), under a
+    /// named lock so that of the workers finding them narrow, one widens and the others find
+    /// them wide.
+    fn widen(&mut self, table: &str) -> Result<(), SinkError> {
+        let lock = format!("crawler_widen_{table}");
+        self.conn.exec_drop("SELECT GET_LOCK(?, 120)", (&lock,)).map_err(err)?;
+        let widened = (|| -> Result<(), mysql::Error> {
+            let narrow: Vec<String> = self.conn.exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND DATA_TYPE = 'text'",
+                (table,),
+            )?;
+            if narrow.is_empty() {
+                return Ok(());
+            }
+            let columns: Vec<String> =
+                narrow.iter().map(|c| format!("MODIFY COLUMN `{c}` MEDIUMTEXT")).collect();
+            tracing::info!(table, columns = narrow.len(), "widening field columns to MEDIUMTEXT");
+            self.conn.query_drop(format!("ALTER TABLE `{table}` {}", columns.join(", ")))
+        })();
+        let _ = self.conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,));
+        widened.map_err(err)
     }
 
     fn write_once(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
