@@ -464,13 +464,25 @@ async fn a_worker_answers_tasks_and_metrics_while_a_reconcile_waits_for_the_data
     let (_, follower) = sb.leader_and_follower().await;
     let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "books"})).await;
     assert_eq!(s, 200, "{v}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Meanwhile every worker answers at once (they waited for the reconcile before).
+    // Each worker's reconcile has stopped its share and could not end the run: it goes on to
+    // flush, which waits for the database.
+    crawler_fixture::wait::until("the reconciles to reach the database", Duration::from_secs(15), || async {
+        sb.workers.iter().all(|w| sb.log(&w.id).contains("cannot end the run"))
+    })
+    .await;
+    // Meanwhile every worker answers at once (they waited for the reconcile before), and no
+    // longer lists the deleted task.
     let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
     for w in &sb.workers {
         for path in ["/tasks", "/metrics"] {
             let resp = client.get(format!("http://{}{path}", w.http)).send().await;
-            assert!(resp.is_ok_and(|r| r.status() == 200), "{}{path} did not answer within 1 s", w.id);
+            let text = match resp {
+                Ok(r) if r.status() == 200 => r.text().await.unwrap(),
+                other => panic!("{}{path} did not answer within 1 s: {other:?}", w.id),
+            };
+            if path == "/tasks" {
+                assert!(!text.contains("\"books\""), "{}: the deleted task still listed: {text}", w.id);
+            }
         }
     }
     sb.restart_db();

@@ -386,6 +386,8 @@ impl Runner {
                 });
             }
         }
+        // `/tasks` no longer lists what stops (a deleted task, one moved away) while it does.
+        self.relist(&running);
         while let Some(done) = stops.join_next().await {
             let (name, ended, run, leaves) = match done {
                 Ok(stopped) => stopped,
@@ -643,6 +645,7 @@ impl Runner {
                 stop(&name, r, how).await;
             });
         }
+        self.relist(&running);
         while stops.join_next().await.is_some() {}
     }
 

@@ -45,9 +45,21 @@ pub(super) struct Politeness {
     /// Hosts that asked to wait (`Retry-After`, a 429): no try goes to them before then, also
     /// from requests already taken by the dispatcher (a pause in the frontier holds back only
     /// those still queued).
-    holds: Mutex<HashMap<HostId, Instant>>,
+    holds: Mutex<Holds>,
     /// Whether `holds` has any host: until then the per-try check takes no lock.
     any_hold: AtomicBool,
+}
+
+/// Hosts held back, and until when the last of them is.
+struct Holds {
+    by_host: HashMap<HostId, Instant>,
+    last: Instant,
+}
+
+impl Default for Holds {
+    fn default() -> Holds {
+        Holds { by_host: HashMap::new(), last: Instant::now() }
+    }
 }
 
 /// A job counted as waiting on its host while this lives (see [`Politeness::waiting_on_host`]).
@@ -76,7 +88,7 @@ impl Politeness {
             any_paced: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
-            holds: Mutex::new(HashMap::new()),
+            holds: Mutex::new(Holds::default()),
             any_hold: AtomicBool::new(false),
         }
     }
@@ -85,31 +97,26 @@ impl Politeness {
     fn hold(&self, host: HostId, until: Instant) {
         let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        holds.retain(|_, at| *at > now);
-        let at = holds.entry(host).or_insert(until);
+        holds.by_host.retain(|_, at| *at > now);
+        let at = holds.by_host.entry(host).or_insert(until);
         *at = (*at).max(until);
+        holds.last = holds.last.max(until);
         self.any_hold.store(true, Relaxed);
     }
 
-    /// Until when `host` asked to wait, if it still does. Holds that are over are dropped, and
-    /// once none is left the per-try check takes no lock again.
+    /// Until when `host` asked to wait, if it still does. Once every hold is over they are
+    /// dropped, and the per-try check takes no lock again.
     fn held(&self, host: HostId, now: Instant) -> Option<Instant> {
         if !self.any_hold.load(Relaxed) {
             return None;
         }
         let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-        let at = holds.get(&host).copied();
-        match at {
-            Some(at) if at > now => Some(at),
-            Some(_) => {
-                holds.remove(&host);
-                if holds.is_empty() {
-                    self.any_hold.store(false, Relaxed);
-                }
-                None
-            }
-            None => None,
+        if holds.last <= now {
+            holds.by_host.clear();
+            self.any_hold.store(false, Relaxed);
+            return None;
         }
+        holds.by_host.get(&host).copied().filter(|at| *at > now)
     }
 
     /// Counts the caller as a job waiting on its host until the guard drops, and tells the

@@ -224,8 +224,15 @@ impl MysqlSink {
         // Field columns hold up to the 1 MiB a field may have: MEDIUMTEXT (16 MiB). Columns
         // made TEXT (64 KiB) by earlier versions are widened once, or a longer field would
         // be refused for ever (strict mode), and with it the batch and the writer.
-        if existing.iter().any(|(_, kind)| kind.eq_ignore_ascii_case("text")) {
-            self.widen(table)?;
+        let narrow: Vec<&str> = existing
+            .iter()
+            .filter(|(column, kind)| {
+                kind.eq_ignore_ascii_case("text") && item.fields.iter().any(|(f, _)| **f == **column)
+            })
+            .map(|(column, _)| column.as_str())
+            .collect();
+        if !narrow.is_empty() {
+            self.widen(table, &narrow)?;
         }
         let mut existing: HashSet<String> = existing.into_iter().map(|(c, _)| c).collect();
         for (f, _) in &item.fields {
@@ -244,27 +251,40 @@ impl MysqlSink {
         Ok(())
     }
 
-    /// Widens a table's TEXT columns to MEDIUMTEXT in one `ALTER` (a table rebuild), under a
-    /// named lock so that of the workers finding them narrow, one widens and the others find
-    /// them wide.
-    fn widen(&mut self, table: &str) -> Result<(), SinkError> {
-        let lock = format!("crawler_widen_{table}");
-        self.conn.exec_drop("SELECT GET_LOCK(?, 120)", (&lock,)).map_err(err)?;
+    /// Widens a table's field columns `fields` that are TEXT to MEDIUMTEXT in one `ALTER` (a
+    /// table rebuild), under a named lock (the session's: a dropped connection lets it go) so
+    /// that of the workers finding them narrow, one widens and the others then find them wide.
+    fn widen(&mut self, table: &str, fields: &[&str]) -> Result<(), SinkError> {
+        // Lock names are at most 64 characters, and a table's name may be as long.
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(table, &mut h);
+        let lock = format!("crawler_widen_{:016x}", std::hash::Hasher::finish(&h));
+        let got: Option<Option<i64>> =
+            self.conn.exec_first("SELECT GET_LOCK(?, 120)", (&lock,)).map_err(err)?;
+        if got.flatten() != Some(1) {
+            return Err(SinkError {
+                sink: "mysql",
+                message: format!("another worker is still widening the columns of {table}"),
+            });
+        }
         let widened = (|| -> Result<(), mysql::Error> {
             let narrow: Vec<String> = self.conn.exec(
                 "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND DATA_TYPE = 'text'",
                 (table,),
             )?;
-            if narrow.is_empty() {
+            let columns: Vec<String> = narrow
+                .iter()
+                .filter(|c| fields.contains(&c.as_str()))
+                .map(|c| format!("MODIFY COLUMN `{c}` MEDIUMTEXT"))
+                .collect();
+            if columns.is_empty() {
                 return Ok(());
             }
-            let columns: Vec<String> =
-                narrow.iter().map(|c| format!("MODIFY COLUMN `{c}` MEDIUMTEXT")).collect();
-            tracing::info!(table, columns = narrow.len(), "widening field columns to MEDIUMTEXT");
+            tracing::info!(table, columns = columns.len(), "widening field columns to MEDIUMTEXT");
             self.conn.query_drop(format!("ALTER TABLE `{table}` {}", columns.join(", ")))
         })();
-        let _ = self.conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,));
+        self.conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,)).map_err(err)?;
         widened.map_err(err)
     }
 
