@@ -54,6 +54,18 @@ max_depth = 5
     path
 }
 
+/// A site of 3,000 books at 5 ms a page (a crawl of a few seconds), and a config (see
+/// [`config`], with `extra_task`) that crawls all of it; the fixture comes first so that a task
+/// may name its URLs.
+async fn long_crawl(dir: &Path, extra_task: impl FnOnce(&Fixture) -> String) -> (Fixture, PathBuf) {
+    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
+    let fx = Fixture::start(site).await.unwrap();
+    let cfg = config(&fx, dir, &extra_task(&fx));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
+    std::fs::write(&cfg, text).unwrap();
+    (fx, cfg)
+}
+
 async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
 }
@@ -238,14 +250,9 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
-    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
-    let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&fx, dir.path(), "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_depth = 5", "max_depth = 500")
-        .replace("batch = 7", "batch = 1000");
+    let (fx, cfg) = long_crawl(dir.path(), |_| String::new()).await;
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("batch = 7", "batch = 1000");
     std::fs::write(&cfg, text).unwrap();
     let child = crawler()
         .arg("crawl")
@@ -285,12 +292,8 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crawl_whose_run_another_crawl_takes_over_exits_1_saying_so() {
-    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
-    let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&fx, dir.path(), "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
-    std::fs::write(&cfg, text).unwrap();
+    let (fx, cfg) = long_crawl(dir.path(), |_| String::new()).await;
     let spawn = || {
         crawler()
             .arg("crawl")
@@ -323,17 +326,15 @@ async fn a_crawl_whose_run_another_crawl_takes_over_exits_1_saying_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_finished_before_an_interrupt_is_not_crawled_again_on_resume() {
-    let site = Site { books: 3000, tags: 1, per_page: 30, latency: Duration::from_millis(5) };
-    let fx = Fixture::start(site).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let small = format!(
-        "[[task]]\nname = \"small\"\nseeds = [\"{}\"]\nmax_depth = 0\n\n  [[task.rule]]\n  name = \"one\"\n  \
-         table = \"small\"\n  fields = {{ title = \"h1.title\" }}\n",
-        fx.url("/book/1.html")
-    );
-    let cfg = config(&fx, dir.path(), &small);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("max_depth = 5", "max_depth = 500");
-    std::fs::write(&cfg, text).unwrap();
+    let (fx, cfg) = long_crawl(dir.path(), |fx| {
+        format!(
+            "[[task]]\nname = \"small\"\nseeds = [\"{}\"]\nmax_depth = 0\n\n  [[task.rule]]\n  name = \"one\"\n  \
+             table = \"small\"\n  fields = {{ title = \"h1.title\" }}\n",
+            fx.url("/book/1.html")
+        )
+    })
+    .await;
     let jsonl = dir.path().join("items.jsonl");
     let crawl = |extra: &[&str]| {
         let mut cmd = crawler();
