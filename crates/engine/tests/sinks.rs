@@ -288,6 +288,57 @@ fn sqlite_store_conforms() {
     });
 }
 
+#[test]
+fn two_processes_writing_one_sqlite_file_wait_for_each_other() {
+    // Another process on the same file (a second `crawler crawl` of it, a worker sharing it)
+    // writes in long transactions meanwhile: every batch of this sink still goes in (a batch
+    // that read its run before the other's commit and wrote after it failed at once with
+    // "database is locked" before, and the writer with it).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.db");
+    let state = SqliteState::open(&path).unwrap();
+    let run = state.open_run("a", "standalone", Epoch::Next, false, 100).unwrap();
+    let other = state.open_run("b", "standalone", Epoch::Next, false, 100).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let busy = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let _ = started_tx.send(());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                conn.execute("UPDATE crawler_runs SET epoch = epoch WHERE id = ?1", [other.id]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                conn.execute_batch("COMMIT").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+    };
+    let mut sink = SqliteSink::open(&path).unwrap();
+    let h = handle(&run);
+    started.recv().unwrap();
+    for i in 0..40u64 {
+        // Batches every few milliseconds, in and between the other's transactions.
+        std::thread::sleep(std::time::Duration::from_millis(7));
+        let commit = Commit {
+            run: Some(h.clone()),
+            item: Some(item("t", &format!("http://h/{i}"), &[("title", Some("x"))])),
+            queued: vec![queued(i + 1, 1_000 + i, 1)],
+            ..Commit::default()
+        };
+        let written = sink.write(&[commit]);
+        if written.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        written.unwrap_or_else(|e| panic!("batch {i}: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
+    assert!(!h.is_fenced());
+}
+
 /// The timers of this machine's established TCP connections to `port` on loopback, from
 /// `/proc/net/tcp`: (timer kind, ticks until it fires). Kind 2 is the keepalive timer; an idle
 /// connection without keepalive has none (0).

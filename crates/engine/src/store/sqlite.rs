@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::{
     key_col, Commit, Epoch, OpenedRun, PageStatus, QueuedUrl, RunHandle, RunLoader, Sink, SinkError,
@@ -112,16 +112,17 @@ impl SqliteSink {
             }
         }
         let table = &item.table;
-        self.conn
-            .execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{table}\" (task TEXT NOT NULL, url TEXT NOT NULL, \
-                 crawled_at TEXT NOT NULL, PRIMARY KEY (task, url))"
-            ))
-            .map_err(sqlite_err)?;
+        // Under the write lock from the start (see `write`): another process's commit between
+        // this connection's read and its write fails the statement at once otherwise.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS \"{table}\" (task TEXT NOT NULL, url TEXT NOT NULL, \
+             crawled_at TEXT NOT NULL, PRIMARY KEY (task, url))"
+        ))
+        .map_err(sqlite_err)?;
         let mut existing = HashSet::new();
         {
-            let mut stmt =
-                self.conn.prepare(&format!("PRAGMA table_info(\"{table}\")")).map_err(sqlite_err)?;
+            let mut stmt = tx.prepare(&format!("PRAGMA table_info(\"{table}\")")).map_err(sqlite_err)?;
             let names = stmt.query_map([], |r| r.get::<_, String>(1)).map_err(sqlite_err)?;
             for n in names {
                 existing.insert(Arc::<str>::from(n.map_err(sqlite_err)?.as_str()));
@@ -129,12 +130,12 @@ impl SqliteSink {
         }
         for (f, _) in &item.fields {
             if !existing.contains(f) {
-                self.conn
-                    .execute_batch(&format!("ALTER TABLE \"{table}\" ADD COLUMN \"{f}\" TEXT"))
+                tx.execute_batch(&format!("ALTER TABLE \"{table}\" ADD COLUMN \"{f}\" TEXT"))
                     .map_err(sqlite_err)?;
                 existing.insert(f.clone());
             }
         }
+        tx.commit().map_err(sqlite_err)?;
         self.columns.insert(table.clone(), existing);
         Ok(())
     }
@@ -247,7 +248,11 @@ impl Sink for SqliteSink {
                 None => None,
             });
         }
-        let tx = self.conn.transaction().map_err(sqlite_err)?;
+        // Immediate: the write lock is taken (waiting up to the busy timeout) before the run
+        // is checked. A deferred transaction that read first and wrote after another process
+        // had written failed at once with "database is locked" (a stale read snapshot cannot
+        // be upgraded), and the writer with it.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
         // Whether each run's owner still holds it, checked once per batch inside the transaction
         // (SQLite has one writer at a time, so no other owner can slip in before the commit).
         // Per handle: an old and a new owner of one run in one batch are checked each.
@@ -304,7 +309,7 @@ fn refill(
     host: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<QueuedUrl>> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if !holds_run(&tx, run)? {
         run.fence();
         return Ok(Vec::new());
@@ -353,8 +358,7 @@ impl StateStore for SqliteState {
         window: usize,
     ) -> Result<OpenedRun, SinkError> {
         let mut conn = connect(&self.path)?;
-        let tx =
-            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
         let run = open_in(&tx, task, label, epoch, fresh, window).map_err(|e| match e {
             OpenError::Db(e) => sqlite_err(e),
             OpenError::Stale { current } => SinkError {
@@ -368,7 +372,7 @@ impl StateStore for SqliteState {
 
     fn end_run(&self, id: i64) -> Result<(), SinkError> {
         let mut conn = connect(&self.path)?;
-        let tx = conn.transaction().map_err(sqlite_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
         tx.execute(
             "UPDATE crawler_runs SET state = 'ended', finished_at = ?1 WHERE id = ?2",
             params![rfc3339(std::time::SystemTime::now()), id],
@@ -386,8 +390,7 @@ impl StateStore for SqliteState {
         not_before: &str,
     ) -> Result<bool, SinkError> {
         let mut conn = connect(&self.path)?;
-        let tx =
-            conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sqlite_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
         let adopted = adopt_in(&tx, task, legacy, label, not_before).map_err(sqlite_err)?;
         tx.commit().map_err(sqlite_err)?;
         Ok(adopted)
