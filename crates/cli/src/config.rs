@@ -45,7 +45,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: "sqlite://crawl.db".into(),
             batch: 100,
-            outage: HumanDuration(std::time::Duration::from_secs(120)),
+            outage: HumanDuration(crawler_engine::DEFAULT_OUTAGE),
         }
     }
 }

@@ -66,6 +66,28 @@ async fn long_crawl(dir: &Path, extra_task: impl FnOnce(&Fixture) -> String) -> 
     (fx, cfg)
 }
 
+/// Starts `crawler crawl --config CFG` with its output piped.
+fn spawn_crawl(cfg: &Path, extra: &[&str]) -> std::process::Child {
+    crawler()
+        .arg("crawl")
+        .arg("--config")
+        .arg(cfg)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the site has had `n` book requests.
+async fn wait_books(fx: &Fixture, n: usize) {
+    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
+    crawler_fixture::wait::until(&format!("{n} book pages fetched"), Duration::from_secs(60), || async {
+        books() >= n
+    })
+    .await;
+}
+
 async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
 }
@@ -254,19 +276,8 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
     let (fx, cfg) = long_crawl(dir.path(), |_| String::new()).await;
     let text = std::fs::read_to_string(&cfg).unwrap().replace("batch = 7", "batch = 1000");
     std::fs::write(&cfg, text).unwrap();
-    let child = crawler()
-        .arg("crawl")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
-    crawler_fixture::wait::until("100 book pages fetched", Duration::from_secs(60), || async {
-        books() >= 100
-    })
-    .await;
+    let child = spawn_crawl(&cfg, &[]);
+    wait_books(&fx, 100).await;
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
@@ -294,24 +305,10 @@ async fn sigint_stops_cleanly_and_keeps_what_was_crawled() {
 async fn a_crawl_whose_run_another_crawl_takes_over_exits_1_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let (fx, cfg) = long_crawl(dir.path(), |_| String::new()).await;
-    let spawn = || {
-        crawler()
-            .arg("crawl")
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let first = spawn();
-    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
-    crawler_fixture::wait::until("50 book pages fetched", Duration::from_secs(60), || async {
-        books() >= 50
-    })
-    .await;
+    let first = spawn_crawl(&cfg, &[]);
+    wait_books(&fx, 50).await;
     // The same command again on the same database: the second takes the run over.
-    let second = spawn();
+    let second = spawn_crawl(&cfg, &[]);
     let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert_eq!(first.status.code(), Some(1), "stderr: {stderr}");
@@ -341,12 +338,8 @@ async fn a_task_that_finished_before_an_interrupt_is_not_crawled_again_on_resume
         cmd.arg("crawl").arg("--config").arg(&cfg).arg("--output").arg(&jsonl).args(extra);
         cmd
     };
-    let child = crawl(&[]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let books = || fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count();
-    crawler_fixture::wait::until("100 book pages fetched", Duration::from_secs(60), || async {
-        books() >= 100
-    })
-    .await;
+    let child = spawn_crawl(&cfg, &["--output", jsonl.to_str().unwrap()]);
+    wait_books(&fx, 100).await;
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));

@@ -95,27 +95,18 @@ async fn run(etcd: Etcd, prefix: String, tx: watch::Sender<Option<Arc<Snapshot>>
         if stop.is_cancelled() {
             return;
         }
-        let p = prefix.clone();
         let loaded = tokio::select! {
             _ = stop.cancelled() => return,
-            r = etcd.call("load prefix", |mut c| {
-                let p = p.clone();
-                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
-            }) => r,
+            r = read_prefix(&etcd, &prefix) => r,
         };
-        let resp = match loaded {
-            Ok(r) => r,
+        let mut snap = match loaded {
+            Ok(snap) => snap,
             Err(e) => {
                 tracing::warn!(prefix, error = %e, "load failed; retrying");
                 backoff.wait().await;
                 continue;
             }
         };
-        let mut snap =
-            Snapshot { revision: resp.header().map_or(0, |h| h.revision()), entries: BTreeMap::new() };
-        for kv in resp.kvs() {
-            snap.entries.insert(strip(&prefix, kv.key()), entry(kv));
-        }
         let _ = tx.send(Some(Arc::new(snap.clone())));
         let mut client = etcd.client();
         let options =

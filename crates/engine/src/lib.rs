@@ -50,6 +50,6 @@ pub use spec::{FieldSpec, FollowSpec, LimitSpec, RuleSpec, SpecError, Task, Task
 pub use store::{
     mysql_url_problem, Commit, CommitSender, Epoch, JsonlSink, MysqlSink, MysqlState, OpenedRun, PageStatus,
     PartsOpen, Polled, QueuedUrl, RunHandle, Sink, SinkError, SinkWriter, SqliteSink, SqliteState,
-    StateStore, StoredRun,
+    StateStore, StoredRun, DEFAULT_OUTAGE, STANDALONE,
 };
 pub use units::{ByteSize, HumanDuration};

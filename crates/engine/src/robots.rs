@@ -16,6 +16,8 @@
 
 use std::time::Duration;
 
+use crate::scope::{hex, push_escaped};
+
 /// Bytes of a robots.txt that are parsed; the rest is ignored (RFC 9309 asks for at least
 /// 500 KiB).
 pub const MAX_ROBOTS_BYTES: usize = 500 * 1024;
@@ -225,17 +227,6 @@ fn normalize(s: &str) -> String {
         i += 1;
     }
     out
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-fn push_escaped(out: &mut String, v: u8) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.push('%');
-    out.push(HEX[usize::from(v >> 4)] as char);
-    out.push(HEX[usize::from(v & 15)] as char);
 }
 
 /// Matches a robots.txt path pattern (`*` any run, trailing `$` end) against a path prefix.

@@ -28,14 +28,14 @@ pub fn normalize(mut url: Url) -> Url {
 /// borrowed when nothing changes.
 fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
     let b = text.as_bytes();
-    let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
+    let at = |i: usize| b.get(i).and_then(|c| hex(*c));
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while let Some(p) = text[i..].find('%').map(|p| i + p) {
         out.push_str(&text[i..p]);
-        match (hex(p + 1), hex(p + 2)) {
+        match (at(p + 1), at(p + 2)) {
             (Some(h), Some(l)) => {
-                let c = (h * 16 + l) as u8;
+                let c = h * 16 + l;
                 // Not decoded where it would complete an escape with a `%` before it (`%%41B`
                 // must not become `%AB`).
                 let after_percent = out.ends_with('%')
@@ -45,9 +45,7 @@ fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
                 if (c.is_ascii_alphanumeric() || b"-._~".contains(&c)) && !after_percent {
                     out.push(c as char);
                 } else {
-                    out.push('%');
-                    out.push(b[p + 1].to_ascii_uppercase() as char);
-                    out.push(b[p + 2].to_ascii_uppercase() as char);
+                    push_escaped(&mut out, c);
                 }
                 i = p + 3;
             }
@@ -62,6 +60,19 @@ fn percent_normal(text: &str) -> std::borrow::Cow<'_, str> {
         true => std::borrow::Cow::Borrowed(text),
         false => std::borrow::Cow::Owned(out),
     }
+}
+
+/// The value of a hex digit.
+pub(crate) fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Appends `v` percent-escaped, upper-case hex (`%7E`).
+pub(crate) fn push_escaped(out: &mut String, v: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(v >> 4)] as char);
+    out.push(HEX[usize::from(v & 15)] as char);
 }
 
 /// The longest URL followed (as Scrapy's `URLLENGTH_LIMIT`; browsers and servers commonly cap

@@ -644,9 +644,7 @@ async fn a_slow_host_never_holds_the_slots_of_the_others() {
 
 /// A fixture on `ip` (a loopback address) with some paths scripted.
 async fn scripted_on(ip: &str, site: Site, script: Vec<(&str, Vec<Page>)>) -> Fixture {
-    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let script: Script = script.into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
-    Fixture::start_scripted(site, listener, script).await.unwrap()
+    start_scripted(site, tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap(), script).await
 }
 
 /// A 429 asking to wait `secs`.
@@ -708,7 +706,7 @@ async fn requests_waiting_their_crawl_delay_turn_hold_no_slot_of_other_hosts() {
     let delayed = scripted_on(
         "127.0.1.10",
         Site::default(),
-        vec![("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nCrawl-delay: 1\n")])],
+        vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 1\n")])],
     )
     .await;
     let busy = Fixture::start_on(
@@ -743,14 +741,12 @@ async fn requests_waiting_their_crawl_delay_turn_hold_no_slot_of_other_hosts() {
 async fn retry_after_holds_back_requests_already_taken_for_the_host() {
     // One request a third of a second (Crawl-delay): the first answers a 429 asking for 2 s
     // while three more of the host's requests are already taken, waiting their turns.
-    let fx = scripted_on(
-        "127.0.0.1",
-        Site::default(),
+    let fx = scripted(|_| {
         vec![
-            ("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nCrawl-delay: 0.3\n")]),
+            ("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 0.3\n")]),
             ("/slow.html", vec![too_many(2), Page::html("<p>fine</p>".into())]),
-        ],
-    )
+        ]
+    })
     .await;
     let mut spec = task(&fx);
     spec.seeds = std::iter::once(fx.url("/slow.html"))
@@ -777,12 +773,7 @@ async fn retry_after_holds_back_requests_already_taken_for_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_robots_txt_disallows_spend_no_page_of_max_pages() {
-    let fx = scripted_on(
-        "127.0.0.1",
-        Site::default(),
-        vec![("/robots.txt", vec![Page::body("text/plain", "User-agent: *\nDisallow: /private/\n")])],
-    )
-    .await;
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots("User-agent: *\nDisallow: /private/\n")])]).await;
     let mut spec = task(&fx);
     // Ten disallowed pages first, then ten books; a budget of ten pages.
     spec.seeds = (0..10)
@@ -803,7 +794,7 @@ async fn requests_robots_txt_disallows_spend_no_page_of_max_pages() {
 async fn retry_after_on_the_last_try_still_holds_back_the_host() {
     // No retries: the 429 ends its request, and the host's other requests wait out its
     // Retry-After all the same.
-    let fx = scripted_on("127.0.0.1", Site::default(), vec![("/slow.html", vec![too_many(1)])]).await;
+    let fx = scripted(|_| vec![("/slow.html", vec![too_many(1)])]).await;
     let mut spec = task(&fx);
     spec.seeds = std::iter::once(fx.url("/slow.html"))
         .chain((0..5).map(|i| fx.url(&format!("/book/{i}.html"))))
@@ -947,7 +938,16 @@ async fn scripted(script: impl FnOnce(&str) -> Vec<(&'static str, Vec<Page>)>) -
 async fn scripted_site(site: Site, script: impl FnOnce(&str) -> Vec<(&'static str, Vec<Page>)>) -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let script: Script = script(&base).into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
+    start_scripted(site, listener, script(&base)).await
+}
+
+/// The fixture on `listener` with the paths of `script` scripted.
+async fn start_scripted(
+    site: Site,
+    listener: tokio::net::TcpListener,
+    script: Vec<(&str, Vec<Page>)>,
+) -> Fixture {
+    let script: Script = script.into_iter().map(|(p, pages)| (p.to_owned(), pages)).collect();
     Fixture::start_scripted(site, listener, script).await.unwrap()
 }
 

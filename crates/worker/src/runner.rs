@@ -135,6 +135,9 @@ struct Inner {
     /// open, and a worker with nothing to write would not find out otherwise).
     probe: tokio::sync::Notify,
     parent: CancellationToken,
+    /// Labels whose runs stored under the resource id alone were looked for already (see
+    /// `Runner::take_up_legacy_run`).
+    taken_up: std::sync::Mutex<HashSet<String>>,
     /// The crawls as `/tasks` last saw them (see `Runner::listed`).
     listed: std::sync::Mutex<Vec<Listed>>,
     /// The worker registry, to tell a gone partition owner from a live one.
@@ -177,6 +180,7 @@ impl Runner {
             parent: CancellationToken::new(),
             registry: std::sync::Mutex::new(None),
             listed: std::sync::Mutex::new(Vec::new()),
+            taken_up: std::sync::Mutex::new(HashSet::new()),
             waiting: std::sync::Mutex::new(HashMap::new()),
             restarts: Backoffs::new(Duration::from_secs(2), Duration::from_secs(60)),
             open_failures: Backoffs::new(Duration::from_millis(500), Duration::from_secs(10)),
@@ -459,6 +463,34 @@ impl Runner {
         self.relist(&running);
     }
 
+    /// A run stored by a version that labelled cluster runs with the resource id alone is found
+    /// under the instance's label (a crawl under way across an upgrade goes on, a finished one
+    /// stays finished). Looked for once per label (a waiting share opens every 100 ms).
+    /// `standalone` is the standalone crawls' label, never a resource's.
+    fn take_up_legacy_run(
+        &self,
+        state: &dyn StateStore,
+        task: &str,
+        legacy: &str,
+        label: &str,
+        created_ms: i64,
+    ) -> Result<(), crawler_engine::SinkError> {
+        if legacy == crawler_engine::STANDALONE
+            || self.0.taken_up.lock().unwrap_or_else(|p| p.into_inner()).contains(label)
+        {
+            return Ok(());
+        }
+        // Runs of this add only: started after it was made (a minute's allowance for clocks).
+        let created = std::time::UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
+        let not_before =
+            rfc3339(created.checked_sub(Duration::from_secs(60)).unwrap_or(std::time::UNIX_EPOCH));
+        if state.adopt_label(task, legacy, label, &not_before)? {
+            tracing::info!(resource = %task, from = %legacy, to = %label, "a run stored under the resource id alone is taken up");
+        }
+        self.0.taken_up.lock().unwrap_or_else(|p| p.into_inner()).insert(label.to_owned());
+        Ok(())
+    }
+
     /// Notes the crawls as they are now for `/tasks` (see [`Runner::listed`]).
     fn relist(&self, running: &BTreeMap<String, Running>) {
         *self.0.listed.lock().unwrap_or_else(|p| p.into_inner()) = running
@@ -491,8 +523,9 @@ impl Runner {
         let (name, label, legacy, created) =
             (rec.name.clone(), rec.instance(), rec.id.clone(), rec.creation_time);
         let window = task.queue_window(inner.fetcher.config().queue_window);
+        let runner = self.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            adopt_legacy_run(&*state, &name, &legacy, &label, created)?;
+            runner.take_up_legacy_run(&*state, &name, &legacy, &label, created)?;
             state.open_run(&name, &label, Epoch::At(revision), false, window)
         })
         .await
@@ -552,7 +585,7 @@ impl Runner {
             let (name, label, me, parts) = (rec.name.clone(), rec.instance(), self.owner(), parts.clone());
             let (legacy, created) = (rec.id.clone(), rec.creation_time);
             tokio::task::spawn_blocking(move || {
-                adopt_legacy_run(&*state, &name, &legacy, &label, created)?;
+                runner.take_up_legacy_run(&*state, &name, &legacy, &label, created)?;
                 state.open_parts(&name, &label, &me, &parts, &|w| runner.gone(w), force, window)
             })
             .await
@@ -750,25 +783,6 @@ impl Backoffs {
     fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.tries().retain(|name, _| keep(name));
     }
-}
-
-/// A run stored by a version that labelled cluster runs with the resource id alone is found
-/// under the instance's label (a crawl under way across an upgrade goes on, a finished one
-/// stays finished). `standalone` is the standalone crawls' label, never a resource's.
-fn adopt_legacy_run(
-    state: &dyn StateStore,
-    task: &str,
-    legacy: &str,
-    label: &str,
-    created_ms: i64,
-) -> Result<(), crawler_engine::SinkError> {
-    // Runs of this add only: started after it was made (a minute's allowance for clocks).
-    let created = std::time::UNIX_EPOCH + Duration::from_millis(created_ms.max(0) as u64);
-    let not_before = rfc3339(created.checked_sub(Duration::from_secs(60)).unwrap_or(std::time::UNIX_EPOCH));
-    if legacy != "standalone" && state.adopt_label(task, legacy, label, &not_before)? {
-        tracing::info!(resource = %task, from = %legacy, to = %label, "a run stored under the resource id alone is taken up");
-    }
-    Ok(())
 }
 
 /// Whether the partition owner `owner` (`ID#LEASE` with the lease in hex, or `ID` alone as

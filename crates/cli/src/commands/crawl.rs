@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crawler_engine::{
     Crawl, CrawlStats, Epoch, Fetcher, JsonlSink, MysqlSink, MysqlState, OpenedRun, Sink, SinkError,
-    SinkWriter, SqliteSink, SqliteState, StateStore, StoredRun, Task,
+    SinkWriter, SqliteSink, SqliteState, StateStore, StoredRun, Task, STANDALONE,
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,6 @@ pub struct Summary {
     /// Requests skipped because robots.txt disallows them.
     pub robots_blocked: u64,
 }
-
-/// The run label of standalone crawls in the state tables (cluster runs use resource ids).
-pub const STANDALONE: &str = "standalone";
 
 /// Why a standalone run failed.
 #[derive(Debug, thiserror::Error)]

@@ -77,7 +77,6 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         sends: ctx.sends.as_ref(),
         sent: ctx.run.is_some().then_some((seq, &ctx.sent)),
         marked: std::sync::atomic::AtomicBool::new(false),
-        held_by_host: std::sync::atomic::AtomicBool::new(false),
         drain: ctx.run.is_some().then_some(&ctx.drain),
     };
     let interval = ctx.polite.pace_interval(host, floor);

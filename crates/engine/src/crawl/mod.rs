@@ -386,9 +386,7 @@ async fn run_crawl(
     let mut next_mark = Instant::now() + MARK_EVERY;
     loop {
         while let Some(done) = jobs.set.try_join_next_with_id() {
-            if settle(&ctx, &mut frontier, &mut jobs, done).await {
-                budget.refund(1);
-            }
+            settle(&ctx, &mut frontier, &mut jobs, &mut budget, done).await;
         }
         if record && Instant::now() >= next_mark {
             // Slow pages: what was sent is marked without waiting for one of them to end.
@@ -485,9 +483,7 @@ async fn run_crawl(
             }
             _ = sleep_until_some(poll_at) => {}
             Some(done) = jobs.set.join_next_with_id() => {
-                if settle(&ctx, &mut frontier, &mut jobs, done).await {
-                    budget.refund(1);
-                }
+                settle(&ctx, &mut frontier, &mut jobs, &mut budget, done).await
             }
             Some((host, until)) = paused.recv() => frontier.pause(host, until),
             Some(done) = refills.join_next() => refilled(&ctx, &mut frontier, done).await,
@@ -509,9 +505,7 @@ async fn run_crawl(
     // queued in the stored run.
     jobs.set.abort_all();
     while let Some(done) = jobs.set.join_next_with_id().await {
-        if settle(&ctx, &mut frontier, &mut jobs, done).await {
-            budget.refund(1);
-        }
+        settle(&ctx, &mut frontier, &mut jobs, &mut budget, done).await;
     }
     // A split run is finished by its seeds' owner only (the others end when it is over); a
     // share that stops before lets its partitions go.
@@ -783,9 +777,9 @@ fn stopped_by(ctx: &Ctx, why: String) {
     ctx.stopped_by.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
 }
 
-/// Applies a finished job's outcome to the frontier and commits it; true when its request was
-/// never sent (robots.txt disallows it): its page of the budget is given back.
-async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobResult) -> bool {
+/// Applies a finished job's outcome to the frontier and commits it. A request never sent
+/// (robots.txt disallows it) gives its page of the budget back.
+async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, budget: &mut Budget, done: JobResult) {
     let id = match &done {
         Ok((id, _)) => *id,
         Err(e) => e.id(),
@@ -801,7 +795,7 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
         Ok(Some(Handled { seq, depth, status, item, links, redirect, unsent })) => {
             (seq, depth, status, item, links, redirect, unsent)
         }
-        Ok(None) => return false,
+        Ok(None) => return,
         Err(e) => {
             if e.is_panic() {
                 ctx.counters.errors.fetch_add(1, Relaxed);
@@ -817,9 +811,12 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
                     send_commit(ctx, failed).await;
                 }
             }
-            return false;
+            return;
         }
     };
+    if unsent {
+        budget.refund(1);
+    }
     let mut commit = Commit {
         run: ctx.run.clone(),
         page: record.then_some((seq, status)),
@@ -859,12 +856,11 @@ async fn settle(ctx: &Ctx, frontier: &mut Frontier, jobs: &mut Jobs, done: JobRe
     }
     commit.item = item;
     if commit.page.is_none() && commit.item.is_none() && commit.queued.is_empty() {
-        return unsent;
+        return;
     }
     if send_commit(ctx, commit).await && has_item {
         ctx.counters.items.fetch_add(1, Relaxed);
     }
-    unsent
 }
 
 #[cfg(test)]

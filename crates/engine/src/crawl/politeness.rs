@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::fetch::{FetchError, Fetched, Fetcher, Throttled, Want};
+use crate::fetch::{FetchError, Fetched, Fetcher, HeldBy, Throttled, Want};
 use crate::frontier::HostId;
 use crate::limiter::RateLimiter;
 use crate::robots::{Robots, MAX_ROBOTS_BYTES};
@@ -315,9 +315,9 @@ impl Politeness {
         host: HostId,
         interval: Duration,
         sends: Option<&Mutex<RateLimiter>>,
-    ) -> Result<(), (Instant, Wait)> {
+    ) -> Result<(), (Instant, HeldBy)> {
         if let Some(until) = self.held(host, Instant::now()) {
-            return Err((until, Wait::Host));
+            return Err((until, HeldBy::Host));
         }
         let mut paced = (!interval.is_zero()).then(|| self.pacing());
         let mut limits = sends.map(|s| s.lock().unwrap_or_else(|p| p.into_inner()));
@@ -325,11 +325,11 @@ impl Politeness {
         let now = Instant::now();
         if let Some(sent) = paced.as_ref().and_then(|p| p.get(&host)).and_then(|p| p.sent) {
             if sent + interval > now {
-                return Err((sent + interval, Wait::Host));
+                return Err((sent + interval, HeldBy::Host));
             }
         }
         if let Some(limits) = limits.as_mut() {
-            limits.try_reserve(now).map_err(|at| (at, Wait::Limits))?;
+            limits.try_reserve(now).map_err(|at| (at, HeldBy::Limits))?;
         }
         if let Some(paced) = paced.as_mut() {
             let pace = paced.entry(host).or_insert_with(|| Pace::new(now));
@@ -433,13 +433,6 @@ impl Pace {
     }
 }
 
-/// What held a try back: its host (its `Retry-After`, its pace) or the task's rate limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Wait {
-    Host,
-    Limits,
-}
-
 /// How long a learned interval holds after the host's last 429.
 const PACE_HOLD: Duration = Duration::from_secs(30);
 
@@ -454,8 +447,6 @@ pub(super) struct HostThrottle<'a> {
     /// A stored request: its number, noted as sent (once) when its first try goes.
     pub(super) sent: Option<(u64, &'a Mutex<Vec<u64>>)>,
     pub(super) marked: AtomicBool,
-    /// Whether the last try held back was held by its host (not the task's limits).
-    pub(super) held_by_host: AtomicBool,
     /// A stored request: fired when the crawl drains, so a retry still to come is left to the
     /// run's next owner (its row still waits) instead of drawing out the drain.
     pub(super) drain: Option<&'a tokio_util::sync::CancellationToken>,
@@ -491,11 +482,12 @@ impl Throttled for HostThrottle<'_> {
     fn held_until(
         &self,
         at: Instant,
+        by: HeldBy,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             // Held back by its host (its Retry-After, its pace): no slot meanwhile. Held back by
             // the task's limits it keeps its slot: another request would wait for them too.
-            let _waiting = self.held_by_host.load(Relaxed).then(|| self.polite.waiting_on_host());
+            let _waiting = (by == HeldBy::Host).then(|| self.polite.waiting_on_host());
             tokio::time::sleep_until(at.into()).await;
         })
     }
@@ -507,12 +499,9 @@ impl Throttled for HostThrottle<'_> {
         }
     }
 
-    fn clear_to_send(&self) -> Result<(), Instant> {
+    fn clear_to_send(&self) -> Result<(), (Instant, HeldBy)> {
         let interval = self.polite.pace_interval(self.host, self.floor);
-        self.polite.clear_to_send(self.host, interval, self.sends).map_err(|(at, wait)| {
-            self.held_by_host.store(wait == Wait::Host, Relaxed);
-            at
-        })?;
+        self.polite.clear_to_send(self.host, interval, self.sends)?;
         if let Some((seq, sent)) = self.sent.filter(|_| !self.marked.swap(true, Relaxed)) {
             sent.lock().unwrap_or_else(|p| p.into_inner()).push(seq);
         }

@@ -109,18 +109,27 @@ pub trait Throttled: Send + Sync {
         Box::pin(std::future::pending())
     }
 
-    /// Asked with the connection slots held, just before each try is sent: `Err(at)` holds it
-    /// back until `at` (the slots are let go meanwhile). The caller's own limits on what reaches
-    /// a site (a task's rate limits, a host's pace, its `Retry-After`), checked as late as
-    /// possible.
-    fn clear_to_send(&self) -> Result<(), Instant> {
+    /// Asked with the connection slots held, just before each try is sent: `Err((at, by))`
+    /// holds it back until `at` (the slots are let go meanwhile). The caller's own limits on
+    /// what reaches a site (a task's rate limits, a host's pace, its `Retry-After`), checked as
+    /// late as possible.
+    fn clear_to_send(&self) -> Result<(), (Instant, HeldBy)> {
         Ok(())
     }
 
     /// Waits until `at`, when [`Throttled::clear_to_send`] held a try back.
-    fn held_until(&self, at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    fn held_until(&self, at: Instant, _by: HeldBy) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(tokio::time::sleep_until(at.into()))
     }
+}
+
+/// What held a try back (see [`Throttled::clear_to_send`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// Its host: its `Retry-After`, its pace.
+    Host,
+    /// The task's rate limits.
+    Limits,
 }
 
 /// Sleeps `Retry-After`, else the backoff.
@@ -303,11 +312,11 @@ impl Fetcher {
             let permits = self.permits(&host).await;
             match throttled.clear_to_send() {
                 Ok(()) => break permits,
-                Err(at) => {
+                Err((at, by)) => {
                     drop(permits);
                     tokio::select! {
                         _ = throttled.left_for_later() => return Attempt::Fail(FetchError::Cancelled),
-                        _ = throttled.held_until(at) => {}
+                        _ = throttled.held_until(at, by) => {}
                     }
                 }
             }
@@ -354,10 +363,9 @@ impl Fetcher {
             // bytes are kept as they are.
             let location = resp.headers().get(LOCATION).map(|v| {
                 v.as_bytes().iter().fold(String::new(), |mut out, b| {
-                    if b.is_ascii() {
-                        out.push(*b as char);
-                    } else {
-                        out.push_str(&format!("%{b:02X}"));
+                    match b.is_ascii() {
+                        true => out.push(*b as char),
+                        false => crate::scope::push_escaped(&mut out, *b),
                     }
                     out
                 })

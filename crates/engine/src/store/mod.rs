@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::item::Item;
 
 pub use jsonl::JsonlSink;
-pub use mysql::{mysql_url_problem, MysqlSink, MysqlState};
+pub use mysql::{mysql_url_problem, MysqlSink, MysqlState, DEFAULT_OUTAGE};
 pub use sqlite::{SqliteSink, SqliteState};
 pub use writer::{CommitSender, PollReply, RefillReply, SinkWriter, TakeReply};
 
@@ -320,15 +320,12 @@ pub(crate) struct RunLoader {
     in_host: usize,
     last: Option<Arc<str>>,
     beyond: u64,
-    /// Rows met in the first pass.
-    rows: u64,
 }
 
 impl RunLoader {
     pub(crate) fn new(id: i64, epoch: i64, window: usize) -> RunLoader {
         RunLoader {
             run: OpenedRun { id, epoch, ..OpenedRun::default() },
-            rows: 0,
             window: window.max(1),
             handled: Default::default(),
             loaded: Default::default(),
@@ -343,7 +340,6 @@ impl RunLoader {
 
     /// First pass: any row (held rows already turned back into queued).
     pub(crate) fn status(&mut self, key: u64, seq: u64, status: u8) {
-        self.rows += 1;
         let last = self.last_seqs.entry(part_of_seq(seq)).or_insert(0);
         *last = (*last).max(seq);
         if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
@@ -397,7 +393,8 @@ impl RunLoader {
     /// seeds', never landed is started from its seeds).
     pub(crate) fn finish(mut self) -> OpenedRun {
         self.end_host();
-        self.run.resumed = self.rows > 0;
+        // Every row noted a last number of its partition: none means no row.
+        self.run.resumed = !self.last_seqs.is_empty();
         self.run.handled = self.handled.len() as u64;
         self.run.seen.extend(self.handled);
         self.run.last_seqs = self.last_seqs.into_values().collect();
@@ -510,6 +507,9 @@ pub trait StateStore: Send + Sync {
         })
     }
 }
+
+/// The label of standalone crawls' runs (`crawler crawl`); a cluster run's is its resource's.
+pub const STANDALONE: &str = "standalone";
 
 /// The `crawler_runs.state` values.
 pub(crate) const RUNNING: &str = "running";

@@ -133,7 +133,7 @@ fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
 /// How long a failed write waits for its server to come back (a restart, a failover) before
 /// the writer gives up, unless [`MysqlSink::waiting_for`] says otherwise. Meanwhile the crawls
 /// wait for the writer; nothing they handed it is lost.
-const OUTAGE: std::time::Duration = std::time::Duration::from_secs(120);
+pub const DEFAULT_OUTAGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Whether a failure says that the server could not be reached, or is starting, stopping or
 /// full of connections, rather than that it refused what was asked (or that the URL is wrong).
@@ -189,7 +189,7 @@ impl MysqlSink {
     pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
         let opts = opts(url)?;
         let conn = connect(&opts)?;
-        Ok(MysqlSink { opts, conn, columns: HashMap::new(), outage: OUTAGE })
+        Ok(MysqlSink { opts, conn, columns: HashMap::new(), outage: DEFAULT_OUTAGE })
     }
 
     /// How long a failed write waits for a server that cannot be reached (a restart, a
