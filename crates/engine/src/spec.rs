@@ -18,12 +18,23 @@ use url::Url;
 use crate::scope::normalize;
 use crate::units::HumanDuration;
 
-/// The crawl state's tables, which no rule's items may go into.
-const STATE_TABLES: [&str; 4] = ["crawler_runs", "crawler_frontier", "crawler_parts", "crawler_inbox"];
+/// The crawl state's tables, and its SQLite indexes (whose names SQLite shares with tables),
+/// which no rule's items may go into; nor may they go into a `sqlite_*` table, which SQLite
+/// keeps for itself. Compared in lower case.
+const STATE_TABLES: [&str; 6] = [
+    "crawler_runs",
+    "crawler_frontier",
+    "crawler_parts",
+    "crawler_inbox",
+    "crawler_runs_by_task",
+    "crawler_frontier_spilled",
+];
 
 /// An `allow_hosts` entry as URLs spell their host: an international name in its ASCII form
 /// (`bücher.example` is `xn--bcher-kva.example`), IPv6 in brackets, lower case; a port is
-/// dropped (hosts are allowed on every port). `None` for what is not a host name.
+/// dropped (hosts are allowed on every port). `None` for what is not a host name: a name is
+/// letters, digits, `-` and `_` in dot-separated labels (the URL parser would take `*.example`
+/// or `.example` as a name no link ever has).
 fn allowed_host(entry: &str) -> Option<String> {
     let entry = entry.trim();
     let entry = match entry.matches(':').count() > 1 && !entry.starts_with('[') {
@@ -33,7 +44,18 @@ fn allowed_host(entry: &str) -> Option<String> {
     let url = Url::parse(&format!("http://{entry}/")).ok()?;
     let bare =
         url.path() == "/" && url.query().is_none() && url.username().is_empty() && url.password().is_none();
-    url.host_str().filter(|h| bare && !h.is_empty()).map(str::to_owned)
+    let name_like = |h: &str| {
+        h.split('.').enumerate().all(|(i, label)| {
+            let last = i > 0 && label.is_empty() && h.ends_with('.');
+            last || (!label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        })
+    };
+    match url.host()? {
+        url::Host::Domain(h) if !bare || !name_like(h) => None,
+        _ if !bare => None,
+        _ => url.host_str().map(str::to_owned),
+    }
 }
 
 /// A crawl task as written by a user.
@@ -295,7 +317,11 @@ impl Task {
         let mut allow_hosts = HashSet::new();
         for (i, h) in spec.allow_hosts.iter().enumerate() {
             let host = allowed_host(h).ok_or_else(|| {
-                err(format!("{base}.allow_hosts[{i}]"), format!("{h:?} is not a host name"))
+                let hint = match h.contains('*') {
+                    true => " (wildcards are not supported: list each host)",
+                    false => "",
+                };
+                err(format!("{base}.allow_hosts[{i}]"), format!("{h:?} is not a host name{hint}"))
             })?;
             allow_hosts.insert(host);
         }
@@ -365,9 +391,12 @@ impl Task {
                     ))
                 }
                 Some(t) if STATE_TABLES.contains(&t.to_ascii_lowercase().as_str()) => {
+                    return Err(err(format!("{key}.table"), format!("{t:?} is a name of the crawl state's")))
+                }
+                Some(t) if t.to_ascii_lowercase().starts_with("sqlite_") => {
                     return Err(err(
                         format!("{key}.table"),
-                        format!("{t:?} is one of the crawl state's tables"),
+                        format!("{t:?}: names sqlite_* are SQLite's own"),
                     ))
                 }
                 Some(t) => Some(Arc::<str>::from(t.as_str())),
@@ -453,26 +482,6 @@ impl Task {
         let first = self.0.seeds.first().or(self.0.sitemaps.first());
         first.map_or(0, |u| crate::frontier::partition_of(crate::frontier::host_name(u), count))
     }
-
-    /// The tables this task writes into, with their field names, in rule order.
-    pub fn tables(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
-        let mut out: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
-        for r in &self.0.rules {
-            let Some(t) = &r.table else { continue };
-            let names = r.fields.iter().map(|f| f.name.clone());
-            match out.iter_mut().find(|(name, _)| name == t) {
-                Some((_, cols)) => {
-                    for n in names {
-                        if !cols.contains(&n) {
-                            cols.push(n);
-                        }
-                    }
-                }
-                None => out.push((t.clone(), names.collect())),
-            }
-        }
-        out
-    }
 }
 
 fn parse_selector(s: &str, key: &str) -> Result<Selector, SpecError> {
@@ -521,9 +530,7 @@ mod tests {
         assert_eq!(t.name(), "t");
         assert_eq!(t.0.rules[0].follows[0].rule, 1);
         assert_eq!(t.0.allow_hosts, HashSet::from(["127.0.0.1".to_owned()]));
-        let tables = t.tables();
-        assert_eq!(tables.len(), 1);
-        assert_eq!(tables[0].1.len(), 3);
+        assert_eq!(t.0.rules[1].fields.len(), 3);
     }
 
     #[test]
@@ -581,6 +588,14 @@ mod tests {
             "task[t].rule[i].fields.title"
         );
         assert_eq!(rule(r#"{"name":"i","table":"b","fields":{"URL":"h1"}}"#), "task[t].rule[i].fields.URL");
+        // SQLite's names of indexes and tables are one namespace: the state's indexes too, and
+        // SQLite's own prefix (every write failed on them).
+        for t in ["crawler_frontier_spilled", "CRAWLER_RUNS_BY_TASK", "sqlite_stat1", "SQLite_x"] {
+            assert_eq!(
+                rule(&format!(r#"{{"name":"i","table":"{t}","fields":{{"a":"h1"}}}}"#)),
+                "task[t].rule[i].table"
+            );
+        }
         let other = r#"{"name":"t","seeds":["http://h/"],"rule":[{"name":"i","table":"crawler_items","fields":{"a":"h1"}}]}"#;
         assert!(Task::compile(serde_json::from_str(other).unwrap()).is_ok(), "only the state's own tables");
     }
@@ -607,12 +622,23 @@ mod tests {
         assert!(allowed("http://127.0.0.1:18080/") && allowed("http://127.0.0.1:9/"), "every port");
         assert!(allowed("http://[::1]/") && allowed("http://[::2]:8/") && allowed("https://plain.example/"));
         assert!(!allowed("http://www.plain.example/") && !allowed("http://127.0.0.2:18080/"));
-        for (bad, i) in
-            [(r#"["ok.example", ""]"#, 1), (r#"["a/b"]"#, 0), (r#"["u@h"]"#, 0), (r#"["h?q"]"#, 0)]
-        {
+        for (bad, i) in [
+            (r#"["ok.example", ""]"#, 1),
+            (r#"["a/b"]"#, 0),
+            (r#"["u@h"]"#, 0),
+            (r#"["h?q"]"#, 0),
+            // The URL parser takes these for names, which no link's host ever is.
+            (r#"["*.example.com"]"#, 0),
+            (r#"["ok.example", ".example.com"]"#, 1),
+            (r#"["a..example"]"#, 0),
+            (r#"["a$b.example"]"#, 0),
+        ] {
             let e = task(bad).unwrap_err();
             assert_eq!(e.key, format!("task[t].allow_hosts[{i}]"), "{bad}: {}", e.problem);
         }
+        assert!(task(r#"["*.example.com"]"#).unwrap_err().problem.contains("wildcards are not supported"));
+        let t = task(r#"["trailing.example.", "under_score.example"]"#).unwrap();
+        assert_eq!(t.0.allow_hosts.len(), 2);
     }
 
     #[test]

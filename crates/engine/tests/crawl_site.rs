@@ -988,6 +988,32 @@ fn starts(fx: &Fixture, prefix: &str) -> Vec<std::time::Instant> {
 }
 
 #[tokio::test]
+async fn a_seed_redirected_out_of_scope_is_the_crawls_first_problem() {
+    // `http://example.com/` moving to `https://www.example.com/` left a crawl of one answer and
+    // a debug line: it now names the host to allow.
+    let fx = scripted(|base| {
+        let port = base.rsplit(':').next().unwrap().to_owned();
+        vec![("/start", vec![Page::redirect(301, &format!("http://localhost:{port}/index.html"))])]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let mut spec = task(&fx);
+    spec.seeds = vec![fx.url("/start")];
+    let task = Task::compile(spec).unwrap();
+    let run = SqliteState::open(&db).unwrap().open_run(task.name(), "test", Epoch::Next, false, 100).unwrap();
+    let (crawl, writer) =
+        resume_stored(engine(), task, run, &db, (10, Duration::from_millis(50)), &CancellationToken::new());
+    let stats = crawl.join().await;
+    let problem = crawl.first_problem().unwrap_or_default();
+    drop(crawl);
+    writer.close().await.unwrap();
+    assert_eq!((stats.pages, stats.items), (1, 0));
+    assert!(problem.contains("not in allow_hosts") && problem.contains("\"localhost\""), "{problem}");
+    assert_eq!(fx.count("/index.html"), 0);
+}
+
+#[tokio::test]
 async fn sitemaps_from_an_index_through_gzip_and_from_robots_txt() {
     let fx = scripted(|base| {
         let urls: String = (0..10)
@@ -1002,18 +1028,22 @@ async fn sitemaps_from_an_index_through_gzip_and_from_robots_txt() {
         std::io::Write::write_all(&mut gz, urlset.as_bytes()).unwrap();
         let index = format!(
             "<sitemapindex><sitemap><loc>{base}/maps/books.xml.gz</loc></sitemap>\
-             <sitemap><loc>{base}/maps/missing.xml</loc></sitemap></sitemapindex>"
+             <sitemap><loc>{base}/maps/missing.xml</loc></sitemap>\
+             <sitemap><loc>{base}/maps/more.txt</loc></sitemap></sitemapindex>"
         );
+        // The protocol's text form: one URL per line.
+        let text = format!("{base}/book/10.html\n\n{base}/book/11.html\n");
         vec![
             ("/robots.txt", vec![robots("User-agent: *\nDisallow: /private/\nSitemap: /maps/index.xml\n")]),
             ("/maps/index.xml", vec![Page::body("application/xml", index)]),
             ("/maps/books.xml.gz", vec![Page::body("application/octet-stream", gz.finish().unwrap())]),
+            ("/maps/more.txt", vec![Page::body("text/plain", text)]),
         ]
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
 
-    // Sitemaps only, under a named rule: the ten books and nothing else.
+    // Sitemaps only, under a named rule: the twelve books and nothing else.
     let mut spec = task(&fx);
     spec.seeds.clear();
     spec.sitemaps = vec![fx.url("/maps/index.xml")];
@@ -1021,8 +1051,8 @@ async fn sitemaps_from_an_index_through_gzip_and_from_robots_txt() {
     spec.max_depth = 0;
     let stats = crawl(engine(), spec, &dir.path().join("a.db")).await;
     let rows = rows(&dir.path().join("a.db"));
-    assert_eq!(rows.len(), 10, "{:?}", rows.keys().collect::<Vec<_>>());
-    for i in 0..10 {
+    assert_eq!(rows.len(), 12, "{:?}", rows.keys().collect::<Vec<_>>());
+    for i in 0..12 {
         assert_eq!(rows[&fx.url(&format!("/book/{i}.html"))].1, Some(book_title(i)));
         assert_eq!(fx.count(&format!("/book/{i}.html")), 1);
     }

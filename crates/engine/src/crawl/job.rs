@@ -139,6 +139,17 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
                         unsent: false,
                     })
                 }
+                Some(url) if req.depth == 0 => {
+                    // A seed that moved (`http://example.com/` to `https://www.example.com/`)
+                    // would leave the crawl with nothing but this answer: say so, and how.
+                    let host = url.host_str().unwrap_or_default();
+                    let problem = format!(
+                        "redirected to {url}, whose host is not in allow_hosts (add {host:?} to allow_hosts, or seed it)"
+                    );
+                    note_problem(&ctx, &req.url, &problem);
+                    tracing::warn!(task = %ctx.task.name(), url = %req.url, "seed {problem}");
+                    ended(PageStatus::Skipped)
+                }
                 Some(url) => {
                     tracing::debug!(from = %req.url, to = %url, "redirect out of scope");
                     ended(PageStatus::Skipped)

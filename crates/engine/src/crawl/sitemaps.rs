@@ -24,7 +24,7 @@ pub(super) async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) 
                 continue;
             }
             let Some(robots) = ctx.polite.robots_for(seed, None).await else { return };
-            queue.extend(robots.sitemaps().iter().filter_map(|s| seed.join(s).ok()));
+            queue.extend(robots.sitemaps().iter().filter_map(|s| resolve_link(seed, s)));
         }
     }
     let mut read = HashSet::new();
@@ -61,7 +61,9 @@ pub(super) async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) 
         };
         match sitemap::parse(&body) {
             Ok(Sitemap::Index(locs)) => queue.extend(
-                locs.iter().filter_map(|l| url.join(l).ok()).filter(|u| host_allowed(u, &inner.allow_hosts)),
+                locs.iter()
+                    .filter_map(|l| resolve_link(&url, l))
+                    .filter(|u| host_allowed(u, &inner.allow_hosts)),
             ),
             Ok(Sitemap::Pages(locs)) => {
                 let urls: Vec<Url> = locs

@@ -227,7 +227,8 @@ impl MysqlSink {
         let narrow: Vec<&str> = existing
             .iter()
             .filter(|(column, kind)| {
-                kind.eq_ignore_ascii_case("text") && item.fields.iter().any(|(f, _)| **f == **column)
+                kind.eq_ignore_ascii_case("text")
+                    && item.fields.iter().any(|(f, _)| f.eq_ignore_ascii_case(column))
             })
             .map(|(column, _)| column.as_str())
             .collect();

@@ -120,23 +120,25 @@ impl SqliteSink {
              crawled_at TEXT NOT NULL, PRIMARY KEY (task, url))"
         ))
         .map_err(sqlite_err)?;
+        // Column names are compared as SQLite compares them, ignoring ASCII case: a field
+        // `title` goes into a column `Title` (another rule's, or an earlier run's spelling).
         let mut existing = HashSet::new();
         {
             let mut stmt = tx.prepare(&format!("PRAGMA table_info(\"{table}\")")).map_err(sqlite_err)?;
             let names = stmt.query_map([], |r| r.get::<_, String>(1)).map_err(sqlite_err)?;
             for n in names {
-                existing.insert(Arc::<str>::from(n.map_err(sqlite_err)?.as_str()));
+                existing.insert(n.map_err(sqlite_err)?.to_ascii_lowercase());
             }
         }
         for (f, _) in &item.fields {
-            if !existing.contains(f) {
+            if existing.insert(f.to_ascii_lowercase()) {
                 tx.execute_batch(&format!("ALTER TABLE \"{table}\" ADD COLUMN \"{f}\" TEXT"))
                     .map_err(sqlite_err)?;
-                existing.insert(f.clone());
             }
         }
         tx.commit().map_err(sqlite_err)?;
-        self.columns.insert(table.clone(), existing);
+        // The spellings items use, which the check above finds without a query.
+        self.columns.entry(table.clone()).or_default().extend(item.fields.iter().map(|(f, _)| f.clone()));
         Ok(())
     }
 
