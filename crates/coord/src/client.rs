@@ -77,7 +77,12 @@ impl Etcd {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from the others' leader keeps serving its clients' watches, which
+            // then go quiet while the cluster moves on (a dead worker's record deleted, a leader's
+            // key gone: never seen). Asked for a leader, it ends them and refuses calls with
+            // "no leader" (Unavailable), and the client moves to the next endpoint.
+            .with_require_leader(true);
         let mut clients = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             let c = Client::connect([e.as_str()], Some(options.clone()))

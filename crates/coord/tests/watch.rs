@@ -74,3 +74,31 @@ async fn the_view_converges_through_member_loss_and_compaction() {
     assert_eq!(got, want);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_member_without_a_leader_ends_instead_of_going_quiet() {
+    // A member cut off from the others (here: the others gone, the same state for it) kept its
+    // clients' watches open and silent: a master's view froze while the rest of the cluster went
+    // on. Our client asks for a leader, so the member ends the watch and the view reloads from
+    // another endpoint.
+    let mut cluster = EtcdCluster::start(3);
+    let endpoint = [cluster.members[0].client_url.clone()];
+    let etcd = Etcd::connect(&endpoint, Duration::from_secs(5)).await.unwrap();
+    let mut stream =
+        etcd.client().watch("/t/", Some(etcd_client::WatchOptions::new().with_prefix())).await.unwrap();
+    cluster.members[1].kill();
+    cluster.members[2].kill();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) if resp.canceled() => return format!("cancelled: {}", resp.cancel_reason()),
+                Ok(Some(_)) => continue,
+                Ok(None) => return "closed".to_owned(),
+                Err(e) => return format!("error: {e}"),
+            }
+        }
+    })
+    .await;
+    let ended = ended.expect("the watch went on, silent, on a member without a leader");
+    assert!(ended.contains("leader"), "{ended}");
+}
