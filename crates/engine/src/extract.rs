@@ -11,7 +11,7 @@ use lol_html::html_content::{Element, EndTag, TextChunk};
 use lol_html::{ElementContentHandlers, HtmlRewriter, MemorySettings, Selector, Settings};
 use url::Url;
 
-use crate::nesting::too_deep_at;
+use crate::nesting::prepare;
 use crate::scope::{host_allowed, resolve_link_in};
 use crate::spec::Rule;
 use htmlize::{unescape, unescape_attribute};
@@ -93,14 +93,14 @@ pub(crate) fn extract_in(
         fields: rule.fields.iter().map(|_| Capture::Pending).collect(),
         ..State::default()
     }));
-    let cut_at = too_deep_at(html.as_bytes(), MAX_DEPTH);
+    // With the end tags HTML implies written out, as a browser reads the page.
+    let prepared = prepare(html, MAX_DEPTH);
+    let cut_at = prepared.cut_at;
     let html = &html[..cut_at.unwrap_or(html.len())];
     let noscript = Rc::new(RefCell::new(String::new()));
-    pass(rule, html, &state, has_noscript(html).then_some(&noscript))?;
-    let mut noscript = std::mem::take(&mut *noscript.borrow_mut());
-    if let Some(at) = too_deep_at(noscript.as_bytes(), MAX_DEPTH) {
-        noscript.truncate(at);
-    }
+    pass(rule, &prepared.html, &state, has_noscript(html).then_some(&noscript))?;
+    let noscript = std::mem::take(&mut *noscript.borrow_mut());
+    let noscript = prepare(&noscript, MAX_DEPTH).html;
     if !noscript.is_empty() {
         pass(rule, &noscript, &state, None)?;
     }
@@ -428,6 +428,28 @@ mod tests {
         let got = extract(&t.0.rules[0], &attr, &page, &t.0.allow_hosts).unwrap();
         assert_eq!(got.links.len(), 1);
         assert_eq!(got.links[0].0.path(), "/ok");
+    }
+
+    #[test]
+    fn elements_whose_end_tags_are_left_out_end_where_a_browser_ends_them() {
+        let t = task(
+            r#"[{"name":"i","table":"t",
+                "fields":{"first":"li.x","price":"p.price","cell":"td.c"},
+                "follow":[{"select":"ul > li > a","rule":"i"},{"select":"tr > td > a.row","rule":"i"}]}]"#,
+        );
+        let html = "<ul><li class=x>First<li class=x><a href=/2>Second</a><li><a href=/3>3</a></ul>\
+                    <div><p class=price>£10<p>Other</div>\
+                    <table><tr><td class=c>one<td>two<tr><td><a class=row href=/r2>r2</a></table>";
+        let got = run(&t, 0, html);
+        let fields: Vec<(String, String)> =
+            got.fields.unwrap().into_iter().map(|(k, v)| (k.to_string(), v.unwrap_or_default())).collect();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // Each value ends at the next item, paragraph or cell (it ran on: "FirstSecond3").
+        assert_eq!(fields, [("cell", "one"), ("first", "First"), ("price", "£10")]);
+        // Every item is a child of the list, every row's cell of its row (the second item was
+        // taken for a child of the first, and its link missed).
+        let links: Vec<&str> = got.links.iter().map(|(u, _)| u.path()).collect();
+        assert_eq!(links, ["/2", "/3", "/r2"]);
     }
 
     #[test]

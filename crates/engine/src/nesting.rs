@@ -1,37 +1,266 @@
-//! How deep a page nests, as the extractor's parser sees it.
+//! The elements a page opens and closes, as the extractor's parser should see them.
 //!
-//! lol_html keeps a stack of open elements (it closes an element only at a matching end tag,
-//! never implicitly), and each descendant selector walks that stack for every element: a page
-//! nested 100,000 deep costs billions of steps. This scan mirrors that stack cheaply (one
-//! `memchr` pass, no allocation per tag) and says where a page first goes deeper than a limit,
-//! so the extractor can stop there.
+//! lol_html keeps a stack of open elements and closes an element only at a matching end tag,
+//! never implicitly. Browsers (and lxml, under Scrapy) close many by the rules of HTML: a
+//! `<li>` ends the `<li>` before it, a `<div>` ends an open `<p>`, a `<td>` the cell before
+//! it. Without those, `<li>One<li>Two` reads as one item holding both, `ul > li` misses every
+//! item after the first, and a long list of unclosed items nests thousands deep. This scan
+//! mirrors the parser's stack cheaply (one `memchr` pass, no allocation per tag), writes out
+//! the end tags HTML implies where a page leaves them out (a copy of the page only when it
+//! does), and says where a page first goes deeper than a limit, so the extractor stops there
+//! (each descendant selector walks that stack for every element: a page nested 100,000 deep
+//! costs billions of steps).
 
-/// Elements that never have content.
-const VOID: &[&[u8]] = &[
-    b"area", b"base", b"br", b"col", b"embed", b"hr", b"img", b"input", b"link", b"meta", b"source",
-    b"track", b"wbr", b"param", b"keygen",
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+/// What the implied-end rules need to know of an element.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum Kind {
+    Li,
+    /// `dd`, `dt`.
+    Definition,
+    P,
+    /// `h1`-`h6`.
+    Heading,
+    /// `td`, `th`.
+    Cell,
+    Tr,
+    /// `tbody`, `thead`, `tfoot`.
+    Section,
+    Option,
+    Optgroup,
+    /// Another element of HTML's "special" category: it ends the search for an `li` or a
+    /// `dd`/`dt` to close (except `address`, `div` and `p`).
+    Special,
+    /// `address`, `div`: special, but searched through.
+    SpecialPassable,
+    Other,
+}
+
+/// Open elements per [`Kind`]: the searches for an element to close skip a page without one.
+type Counts = [usize; Kind::Other as usize + 1];
+
+/// `Kind` and flags of a start tag's (lower-cased) name.
+#[derive(Clone, Copy)]
+struct Class {
+    kind: Kind,
+    /// Its start tag closes an open `p` (in button scope).
+    closes_p: bool,
+    /// It bounds button scope (a `p` below it is not closed by a start tag above it).
+    button_scope: bool,
+    /// It bounds table scope (`html`, `table`, `template`).
+    table_scope: bool,
+    /// It never has content (`br`, `img`, ...).
+    void: bool,
+    /// Its content is text up to its end tag, to a parser that runs scripts (`script`,
+    /// `style`, `title`, `noscript`, ...).
+    raw: bool,
+}
+
+/// Every name [`class`] knows.
+const NAMES: &[&[u8]] = &[
+    b"li",
+    b"dd",
+    b"dt",
+    b"p",
+    b"h1",
+    b"h2",
+    b"h3",
+    b"h4",
+    b"h5",
+    b"h6",
+    b"td",
+    b"th",
+    b"tr",
+    b"tbody",
+    b"thead",
+    b"tfoot",
+    b"option",
+    b"optgroup",
+    b"address",
+    b"div",
+    b"article",
+    b"aside",
+    b"blockquote",
+    b"center",
+    b"details",
+    b"dialog",
+    b"dir",
+    b"dl",
+    b"fieldset",
+    b"figcaption",
+    b"figure",
+    b"footer",
+    b"header",
+    b"hgroup",
+    b"main",
+    b"menu",
+    b"nav",
+    b"ol",
+    b"search",
+    b"section",
+    b"summary",
+    b"ul",
+    b"pre",
+    b"listing",
+    b"form",
+    b"plaintext",
+    b"table",
+    b"html",
+    b"template",
+    b"applet",
+    b"caption",
+    b"marquee",
+    b"object",
+    b"button",
+    b"body",
+    b"colgroup",
+    b"frameset",
+    b"head",
+    b"select",
+    b"hr",
+    b"area",
+    b"base",
+    b"br",
+    b"col",
+    b"embed",
+    b"img",
+    b"input",
+    b"link",
+    b"meta",
+    b"source",
+    b"track",
+    b"wbr",
+    b"param",
+    b"keygen",
+    b"xmp",
+    b"script",
+    b"style",
+    b"textarea",
+    b"title",
+    b"iframe",
+    b"noembed",
+    b"noframes",
+    b"noscript",
 ];
 
-/// Elements whose content is text up to their end tag (to a parser that runs scripts).
-const RAW: &[&[u8]] =
-    &[b"script", b"style", b"textarea", b"title", b"xmp", b"iframe", b"noembed", b"noframes", b"noscript"];
+const SVG: (usize, u64) = (3, u64::from_le_bytes(*b"svg\0\0\0\0\0"));
+const MATH: (usize, u64) = (4, u64::from_le_bytes(*b"math\0\0\0\0"));
 
-/// The byte offset of the start tag that first opens element number `max + 1` on the stack of
-/// open elements, if the page gets that deep. The offset is at a `<`, so it is a `str` boundary.
-pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
-    // Every open element takes at least three bytes (`<a>`): a short page cannot be too deep.
-    if html.len() / 3 <= max {
-        return None;
+/// The class of the name whose end-tag key is `key`, from a small hash table of [`NAMES`] (one
+/// match over eighty byte strings per tag, or a binary search, cost a few percent of a
+/// crawl's CPU). Names past 8 bytes are told apart by their first 8 and their length, which is
+/// exact for these.
+fn class_of(key: (usize, u64)) -> Class {
+    const SLOTS: usize = 256;
+    fn slot(key: (usize, u64)) -> usize {
+        ((key.1 ^ key.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
     }
-    // Names of the open elements, as (length, first 8 bytes lower-cased): exact enough to
-    // mirror end-tag matching, and no allocation per tag; and whether each starts foreign
-    // content (svg, math), where `<x/>` closes itself and nothing is raw text.
-    let mut stack: Vec<(usize, u64, bool)> = Vec::new();
+    type Slot = Option<((usize, u64), Class)>;
+    static TABLE: OnceLock<Vec<Slot>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = vec![None; SLOTS];
+        for n in NAMES {
+            let key = (n.len(), key_of(n));
+            let mut i = slot(key);
+            while t[i].is_some() {
+                i = (i + 1) % SLOTS;
+            }
+            t[i] = Some((key, class(n)));
+        }
+        t
+    });
+    let mut i = slot(key);
+    loop {
+        match &table[i] {
+            Some((k, c)) if *k == key => return *c,
+            Some(_) => i = (i + 1) % SLOTS,
+            None => return OTHER,
+        }
+    }
+}
+
+/// The class of a name [`class`] does not know.
+const OTHER: Class = Class {
+    kind: Kind::Other,
+    closes_p: false,
+    button_scope: false,
+    table_scope: false,
+    void: false,
+    raw: false,
+};
+
+fn class(name: &[u8]) -> Class {
+    let plain = |kind, closes_p| Class { kind, closes_p, ..OTHER };
+    match name {
+        b"li" => plain(Kind::Li, true),
+        b"dd" | b"dt" => plain(Kind::Definition, true),
+        b"p" => plain(Kind::P, true),
+        b"h1" | b"h2" | b"h3" | b"h4" | b"h5" | b"h6" => plain(Kind::Heading, true),
+        b"td" | b"th" => Class { button_scope: true, ..plain(Kind::Cell, false) },
+        b"tr" => plain(Kind::Tr, false),
+        b"tbody" | b"thead" | b"tfoot" => plain(Kind::Section, false),
+        b"option" => plain(Kind::Option, false),
+        b"optgroup" => plain(Kind::Optgroup, false),
+        b"address" | b"div" => plain(Kind::SpecialPassable, true),
+        b"article" | b"aside" | b"blockquote" | b"center" | b"details" | b"dialog" | b"dir" | b"dl"
+        | b"fieldset" | b"figcaption" | b"figure" | b"footer" | b"header" | b"hgroup" | b"main" | b"menu"
+        | b"nav" | b"ol" | b"search" | b"section" | b"summary" | b"ul" | b"pre" | b"listing" | b"form"
+        | b"plaintext" => plain(Kind::Special, true),
+        b"table" => Class { button_scope: true, table_scope: true, ..plain(Kind::Special, true) },
+        b"html" | b"template" => {
+            Class { button_scope: true, table_scope: true, ..plain(Kind::Special, false) }
+        }
+        b"applet" | b"caption" | b"marquee" | b"object" | b"button" => {
+            Class { button_scope: true, ..plain(Kind::Special, false) }
+        }
+        b"body" | b"colgroup" | b"frameset" | b"head" | b"select" => plain(Kind::Special, false),
+        b"hr" => Class { void: true, ..plain(Kind::Special, true) },
+        b"area" | b"base" | b"br" | b"col" | b"embed" | b"img" | b"input" | b"link" | b"meta" | b"source"
+        | b"track" | b"wbr" | b"param" | b"keygen" => Class { void: true, ..plain(Kind::Other, false) },
+        b"xmp" => Class { raw: true, ..plain(Kind::Special, true) },
+        b"script" | b"style" | b"textarea" | b"title" | b"iframe" | b"noembed" | b"noframes"
+        | b"noscript" => Class { raw: true, ..plain(Kind::Special, false) },
+        _ => OTHER,
+    }
+}
+
+/// An open element: where its name is in the page, its end-tag key, what it is, and whether it
+/// starts foreign content (svg, math).
+struct Open {
+    name_at: usize,
+    key: (usize, u64),
+    kind: Kind,
+    button_scope: bool,
+    table_scope: bool,
+    foreign: bool,
+}
+
+/// A page ready for the extractor's parser: with the end tags HTML implies written out, and cut
+/// where it first nests too deep.
+pub struct Prepared<'a> {
+    pub html: Cow<'a, str>,
+    /// The byte offset in the page (as given) of the start tag that first opened element
+    /// number `max + 1` on the stack of open elements, if the page gets that deep.
+    pub cut_at: Option<usize>,
+}
+
+/// Scans `html` as the parser will read it; see [`Prepared`].
+pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
+    let bytes = html.as_bytes();
+    let mut stack: Vec<Open> = Vec::new();
+    let mut counts: Counts = [0; Kind::Other as usize + 1];
     let mut foreign = 0usize;
+    // The page with the implied end tags, once one is needed, and how much of the page is in it.
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut cut_at = None;
     let mut i = 0;
-    while let Some(off) = memchr::memchr(b'<', &html[i..]) {
+    while let Some(off) = memchr::memchr(b'<', &bytes[i..]) {
         let at = i + off;
-        let rest = &html[at + 1..];
+        let rest = &bytes[at + 1..];
         if rest.starts_with(b"!--") {
             // `<!-->` and `<!--->` are whole (empty) comments to an HTML parser.
             i = if rest[3..].starts_with(b">") {
@@ -39,47 +268,171 @@ pub fn too_deep_at(html: &[u8], max: usize) -> Option<usize> {
             } else if rest[3..].starts_with(b"->") {
                 at + 6
             } else {
-                find(html, at + 4, b"-->").map_or(html.len(), |e| e + 3)
+                find(bytes, at + 4, b"-->").map_or(bytes.len(), |e| e + 3)
             };
             continue;
         }
         if rest.first().is_some_and(|c| *c == b'!' || *c == b'?') {
-            i = memchr::memchr(b'>', rest).map_or(html.len(), |e| at + 1 + e + 1);
+            i = memchr::memchr(b'>', rest).map_or(bytes.len(), |e| at + 1 + e + 1);
             continue;
         }
         let closing = rest.first() == Some(&b'/');
         let name_at = at + 1 + usize::from(closing);
-        let len = html[name_at..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-').count();
-        if len == 0 || !html[name_at].is_ascii_alphabetic() {
+        let len = bytes[name_at..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-').count();
+        if len == 0 || !bytes[name_at].is_ascii_alphabetic() {
             i = at + 1;
             continue;
         }
-        let name = &html[name_at..name_at + len];
-        let end = tag_end(html, name_at + len);
+        let name = &bytes[name_at..name_at + len];
+        let end = tag_end(bytes, name_at + len);
         let key = (len, key_of(name));
-        let starts_foreign = name.eq_ignore_ascii_case(b"svg") || name.eq_ignore_ascii_case(b"math");
-        let self_closing = end >= 2 && html[end - 2] == b'/' && html[end - 1] == b'>';
         if closing {
-            if let Some(p) = stack.iter().rposition(|(l, k, _)| (*l, *k) == key) {
-                foreign -= stack[p..].iter().filter(|e| e.2).count();
-                stack.truncate(p);
+            if let Some(p) = stack.iter().rposition(|o| o.key == key) {
+                foreign -= stack[p..].iter().filter(|o| o.foreign).count();
+                close(&mut stack, p, &mut counts);
             }
-        } else if foreign == 0 && RAW.iter().any(|r| r.eq_ignore_ascii_case(name)) {
-            // Skip the text up to the matching end tag.
-            i = end_tag(html, end, name).unwrap_or(html.len());
+            i = end;
             continue;
-        } else if (foreign > 0 || starts_foreign) && self_closing {
+        }
+        let starts_foreign = key == SVG || key == MATH;
+        let self_closing = end >= 2 && bytes[end - 2] == b'/' && bytes[end - 1] == b'>';
+        let c = class_of(key);
+        if foreign == 0 && c.raw {
+            // Skip the text up to the matching end tag.
+            i = end_tag(bytes, end, name).unwrap_or(bytes.len());
+            continue;
+        }
+        if foreign == 0 {
+            let close_from = implied_end(&stack, &counts, &c);
+            if close_from < stack.len() {
+                let out = out.get_or_insert_with(|| String::with_capacity(html.len() + 64));
+                out.push_str(&html[copied..at]);
+                for o in stack[close_from..].iter().rev() {
+                    out.push_str("</");
+                    out.push_str(&html[o.name_at..o.name_at + o.key.0]);
+                    out.push('>');
+                }
+                copied = at;
+                close(&mut stack, close_from, &mut counts);
+            }
+        }
+        if (foreign > 0 || starts_foreign) && self_closing {
             // A foreign element closes itself.
-        } else if !VOID.iter().any(|v| v.eq_ignore_ascii_case(name)) {
-            stack.push((key.0, key.1, starts_foreign));
+        } else if !c.void {
+            stack.push(Open {
+                name_at,
+                key,
+                kind: c.kind,
+                button_scope: c.button_scope,
+                table_scope: c.table_scope,
+                foreign: starts_foreign,
+            });
+            counts[c.kind as usize] += 1;
             foreign += usize::from(starts_foreign);
             if stack.len() > max {
-                return Some(at);
+                cut_at = Some(at);
+                break;
             }
         }
         i = end;
     }
-    None
+    let upto = cut_at.unwrap_or(html.len());
+    let html = match out {
+        Some(mut out) => {
+            out.push_str(&html[copied..upto]);
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(&html[..upto]),
+    };
+    Prepared { html, cut_at }
+}
+
+/// Closes the elements of `stack` from `from` up.
+fn close(stack: &mut Vec<Open>, from: usize, counts: &mut Counts) {
+    for o in &stack[from..] {
+        counts[o.kind as usize] -= 1;
+    }
+    stack.truncate(from);
+}
+
+/// Where on `stack` the elements a start tag of class `c` closes begin (`stack.len()` when
+/// it closes none), by HTML's tree-building rules for the body: an `li` closes the `li` it
+/// meets first (searching down through elements that are not special, and `address`, `div`
+/// and `p`), `dd`/`dt` likewise; a block (`div`, `ul`, `h2`, ...) closes a `p` in button scope,
+/// a heading a heading that is the current element; a cell closes a cell in table scope, a
+/// row a cell and a row, a table section those and a section; an `option` an `option` that is
+/// the current element, an `optgroup` also an `optgroup`. Everything above a closed element
+/// closes with it.
+fn implied_end(stack: &[Open], counts: &Counts, c: &Class) -> usize {
+    let open = |k: Kind| counts[k as usize] > 0;
+    let mut from = stack.len();
+    let search = |stack: &[Open], target: &dyn Fn(Kind) -> bool, stop: &dyn Fn(&Open) -> bool| {
+        for (p, o) in stack.iter().enumerate().rev() {
+            if target(o.kind) {
+                return Some(p);
+            }
+            if stop(o) {
+                return None;
+            }
+        }
+        None
+    };
+    // The search for an `li` or a `dd`/`dt` ends at a special element other than `address`,
+    // `div` and `p` (`li`, `dd`, `dt`, headings and table parts are special too).
+    let list_stop = |o: &Open| {
+        !matches!(o.kind, Kind::Other | Kind::P | Kind::SpecialPassable | Kind::Option | Kind::Optgroup)
+    };
+    match c.kind {
+        Kind::Li if open(Kind::Li) => {
+            if let Some(p) = search(stack, &|k| k == Kind::Li, &list_stop) {
+                from = p;
+            }
+        }
+        Kind::Definition if open(Kind::Definition) => {
+            if let Some(p) = search(stack, &|k| k == Kind::Definition, &list_stop) {
+                from = p;
+            }
+        }
+        Kind::Cell | Kind::Tr | Kind::Section
+            if open(Kind::Cell) || open(Kind::Tr) || open(Kind::Section) =>
+        {
+            let targets = |k: Kind| match c.kind {
+                Kind::Cell => k == Kind::Cell,
+                Kind::Tr => matches!(k, Kind::Cell | Kind::Tr),
+                _ => matches!(k, Kind::Cell | Kind::Tr | Kind::Section),
+            };
+            // The lowest of them in table scope: everything from there up closes.
+            for (p, o) in stack.iter().enumerate().rev() {
+                if o.table_scope {
+                    break;
+                }
+                if targets(o.kind) {
+                    from = p;
+                }
+            }
+        }
+        Kind::Option | Kind::Optgroup => {
+            let mut top = stack.len();
+            if top > 0 && stack[top - 1].kind == Kind::Option {
+                top -= 1;
+            }
+            if c.kind == Kind::Optgroup && top > 0 && stack[top - 1].kind == Kind::Optgroup {
+                top -= 1;
+            }
+            from = top;
+        }
+        _ => {}
+    }
+    if c.closes_p && open(Kind::P) {
+        if let Some(p) = search(&stack[..from], &|k| k == Kind::P, &|o| o.button_scope) {
+            from = p;
+        }
+    }
+    if c.kind == Kind::Heading && from == stack.len() && stack.last().is_some_and(|o| o.kind == Kind::Heading)
+    {
+        from -= 1;
+    }
+    from
 }
 
 fn key_of(name: &[u8]) -> u64 {
@@ -93,6 +446,17 @@ fn key_of(name: &[u8]) -> u64 {
 /// The offset just past the `>` that ends a tag whose attributes start at `from` (quoted
 /// attribute values may hold `>`).
 fn tag_end(html: &[u8], from: usize) -> usize {
+    // Most tags: no quote before the first `>`, or quotes that pair up (`class="a" id='b'`,
+    // no `'` inside `"..."`): that `>` ends the tag. Counting them is cheaper than a search per
+    // quote.
+    if let Some(gt) = memchr::memchr(b'>', &html[from..]) {
+        let attrs = &html[from..from + gt];
+        let count = |q: u8| attrs.iter().filter(|b| **b == q).count();
+        let (double, single) = (count(b'"'), count(b'\''));
+        if single == 0 && double % 2 == 0 || double == 0 && single % 2 == 0 {
+            return from + gt + 1;
+        }
+    }
     let mut i = from;
     while let Some(off) = memchr::memchr3(b'>', b'"', b'\'', &html[i..]) {
         let at = i + off;
@@ -130,37 +494,106 @@ mod tests {
 
     #[test]
     fn depth_mirrors_the_parser_stack() {
-        // Padded past the short-page shortcut.
         let deep = |n: usize| format!("<html><body>{}<a href=x>y</a>{}", "<div>".repeat(n), " ".repeat(64));
         // html, body, the divs and the a.
-        assert_eq!(too_deep_at(deep(9).as_bytes(), 12), None);
+        assert_eq!(prepare(&deep(9), 12).cut_at, None);
         let page = deep(10);
-        let at = too_deep_at(page.as_bytes(), 12).unwrap();
+        let at = prepare(&page, 12).cut_at.unwrap();
         assert_eq!(&page[at..at + 15], "<a href=x>y</a>");
         // Closed elements, void elements, comments, doctypes and raw text do not count.
         let flat = "<!DOCTYPE html><p>a</p><p>b</p><br><img src='>'><!-- <div><div><div> -->\
                     <script>if (a<b) document.write('<div><div><div>')</script><DIV></div>";
-        assert_eq!(too_deep_at(flat.as_bytes(), 1), None);
+        assert_eq!(prepare(flat, 1).cut_at, None);
         // An end tag closes everything opened inside it, as in the parser.
         let nested = "<div><span><b><i></div><div><span>";
-        assert_eq!(too_deep_at(nested.as_bytes(), 4), None);
-        assert_eq!(too_deep_at(nested.as_bytes(), 3), Some(nested.find("<i>").unwrap()));
-        // Unclosed paragraphs stay open for the parser, so they count.
-        assert!(too_deep_at("<p>a<p>b<p>c".as_bytes(), 2).is_some());
+        assert_eq!(prepare(nested, 4).cut_at, None);
+        assert_eq!(prepare(nested, 3).cut_at, Some(nested.find("<i>").unwrap()));
+        // A paragraph ends at the next one, as in a browser: unclosed ones do not nest.
+        assert_eq!(prepare("<p>a<p>b<p>c", 2).cut_at, None);
         // Empty comments end at once; in svg, `<x/>` closes itself and <title> is markup.
         let comment = format!("<!--><p>a</p>{}", "<div>".repeat(3));
-        assert!(too_deep_at(comment.as_bytes(), 2).is_some());
+        assert!(prepare(&comment, 2).cut_at.is_some());
         let comment = format!("<!---><p>a</p>{}", "<div>".repeat(3));
-        assert!(too_deep_at(comment.as_bytes(), 2).is_some());
+        assert!(prepare(&comment, 2).cut_at.is_some());
         let svg = format!("<svg>{}</svg><div><div>", "<path d='M0 0'/>".repeat(50));
-        assert_eq!(too_deep_at(svg.as_bytes(), 3), None);
+        assert_eq!(prepare(&svg, 3).cut_at, None);
         let svg = format!("<svg><title>{}", "<g>".repeat(10));
-        assert!(too_deep_at(svg.as_bytes(), 5).is_some());
+        assert!(prepare(&svg, 5).cut_at.is_some());
         // Outside foreign content `<div/>` opens a div, as for the parser.
-        assert!(too_deep_at("<div/><div/><div/><div/>".as_bytes(), 3).is_some());
+        assert!(prepare("<div/><div/><div/><div/>", 3).cut_at.is_some());
         // Junk does not panic.
-        for junk in ["<", "</", "<a", "<a '", "<!--", "<script>", "<1>", "< div>", "<ä>"] {
-            let _ = too_deep_at(junk.as_bytes(), 0);
+        for junk in
+            ["<", "</", "<a", "<a '", "<!--", "<script>", "<1>", "< div>", "<ä>", "<li><li", "<p><div"]
+        {
+            let _ = prepare(junk, 0).cut_at;
+            let _ = prepare(junk, 10).html;
         }
+    }
+
+    #[test]
+    fn every_known_name_has_its_own_key_and_class() {
+        let mut keys: Vec<_> = NAMES.iter().map(|n| (n.len(), key_of(n))).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), NAMES.len(), "two names share a key");
+        for n in NAMES {
+            let c = class_of((n.len(), key_of(n)));
+            let known = c.kind != Kind::Other || c.void || c.raw;
+            assert!(known, "{} is in NAMES but class() does not know it", String::from_utf8_lossy(n));
+        }
+        assert!(class_of((3, key_of(b"DIV"))).kind == Kind::SpecialPassable);
+        assert!(class_of((4, key_of(b"span"))).kind == Kind::Other);
+    }
+
+    /// The page as the extractor's parser gets it.
+    fn written(html: &str) -> String {
+        prepare(html, 100).html.into_owned()
+    }
+
+    #[test]
+    fn end_tags_html_implies_are_written_out() {
+        // Nothing to add: the page itself, not a copy.
+        let closed = "<ul><li>a</li><li>b</li></ul><p>x</p><div>y</div>";
+        assert!(matches!(prepare(closed, 100).html, Cow::Borrowed(_)));
+        // List items, and what is open inside them.
+        assert_eq!(written("<ul><li>a<li><b>b<LI>c</ul>"), "<ul><li>a</li><li><b>b</b></li><LI>c</ul>");
+        // A nested list's items are its own; a div is searched through.
+        assert_eq!(
+            written("<ul><li>a<ul><li>b<li>c</ul><li>d</ul>"),
+            "<ul><li>a<ul><li>b</li><li>c</ul></li><li>d</ul>"
+        );
+        assert_eq!(written("<ul><li><div>a<li>b</ul>"), "<ul><li><div>a</div></li><li>b</ul>");
+        // Definitions.
+        assert_eq!(written("<dl><dt>t<dd>d<dt>u</dl>"), "<dl><dt>t</dt><dd>d</dd><dt>u</dl>");
+        // Paragraphs end at a block, a list, a heading or another paragraph; not inside a
+        // button or a cell (button scope), nor at an inline element.
+        assert_eq!(written("<p>a<p>b<div>c</div>"), "<p>a</p><p>b</p><div>c</div>");
+        assert_eq!(written("<p>a<span>b<ul><li>c</ul>"), "<p>a<span>b</span></p><ul><li>c</ul>");
+        assert_eq!(written("<p>a<table><tr><td><div>b"), "<p>a</p><table><tr><td><div>b");
+        assert_eq!(written("<p>a<button><div>b</div></button>"), "<p>a<button><div>b</div></button>");
+        assert_eq!(written("<h1>a<h2>b</h2>"), "<h1>a</h1><h2>b</h2>");
+        // Table cells and rows, in their own table only.
+        assert_eq!(
+            written("<table><tr><td>1<td>2<tr><th>3<tbody><tr><td>4</table>"),
+            "<table><tr><td>1</td><td>2</td></tr><tr><th>3</th></tr><tbody><tr><td>4</table>"
+        );
+        assert_eq!(
+            written("<table><tr><td><table><tr><td>in<td>in2</table><td>out</table>"),
+            "<table><tr><td><table><tr><td>in</td><td>in2</table></td><td>out</table>"
+        );
+        // Options.
+        assert_eq!(
+            written("<select><option>a<option>b<optgroup><option>c<optgroup>d</select>"),
+            "<select><option>a</option><option>b</option><optgroup><option>c</option></optgroup><optgroup>d</select>"
+        );
+        // Not in svg, nor in raw text or comments.
+        assert_eq!(written("<svg><p>a<p>b</svg>"), "<svg><p>a<p>b</svg>");
+        assert_eq!(
+            written("<script>'<li>a<li>'</script><!-- <p><p> -->"),
+            "<script>'<li>a<li>'</script><!-- <p><p> -->"
+        );
+        // A thousand unclosed items are a thousand siblings, not a thousand levels.
+        let items = format!("<ul>{}</ul>", "<li>x".repeat(1000));
+        assert_eq!(prepare(&items, 10).cut_at, None);
     }
 }
