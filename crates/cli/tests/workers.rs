@@ -437,6 +437,32 @@ async fn a_re_add_under_the_client_s_own_id_crawls_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_deleted_while_no_worker_runs_it_has_its_run_ended_by_the_next_worker() {
+    // MariaDB: one run in the shared database. Every worker dies mid-crawl, the task is
+    // deleted meanwhile: its run stayed `running`, with its frontier, for good.
+    let mut sb = Sandbox::start(bin(), slow_site(), true).await;
+    sb.add_books().await;
+    sb.wait_requests("/book/", 5, Duration::from_secs(10)).await;
+    for w in &mut sb.workers {
+        w.kill();
+    }
+    let (_, follower) = sb.leader_and_follower().await;
+    let (s, v) = sb.send(reqwest::Method::DELETE, &follower, json!({"name": "books"})).await;
+    assert_eq!(s, 200, "{v}");
+    let state = "SELECT state FROM crawler_runs WHERE task = 'books'";
+    let frontier = "SELECT COUNT(*) FROM crawler_frontier";
+    assert_eq!(sb.query(state).trim(), "running");
+    assert_ne!(sb.query(frontier).trim(), "0");
+    // The next worker to register ends it.
+    sb.add_worker("w3");
+    crawler_fixture::wait::until("the run to be ended", Duration::from_secs(10), || async {
+        sb.query(state).trim() == "ended" && sb.query(frontier).trim() == "0"
+    })
+    .await;
+    assert!(sb.log("w3").contains("run of a deleted resource ended"), "{}", sb.log("w3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_config_lacks_the_task_runs_it_from_the_master_s_spec() {
     let books = 30;
     let site = Site { books, tags: 2, per_page: 5, latency: Duration::from_millis(5) };

@@ -207,8 +207,16 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     );
     // Another label (a re-added resource) is another run.
     assert!(!state.open_run("c", "res-2", Epoch::At(30), false, 100).unwrap().resumed);
+    // The runs still running, for the look for deleted resources' runs.
+    let running = |task: &str| -> Vec<(i64, String)> {
+        let all = state.running_runs().unwrap();
+        all.into_iter().filter(|(_, t, _)| t == task).map(|(id, _, label)| (id, label)).collect()
+    };
+    let res2 = running("c").into_iter().find(|(_, l)| l == "res-2").unwrap().0;
+    assert_eq!(running("c"), [(w2.id, "res-1".to_owned()), (res2, "res-2".to_owned())]);
     // Ended (the resource was deleted): nothing to resume.
     state.end_run(w2.id).unwrap();
+    assert_eq!(running("c"), [(res2, "res-2".to_owned())]);
     assert!(!state.open_run("c", "res-1", Epoch::At(40), false, 100).unwrap().resumed);
 
     // --fresh: the unfinished run is discarded.

@@ -103,6 +103,10 @@ const LINGER: Duration = Duration::from_millis(250);
 /// little; the worker is out of the cluster meanwhile).
 const REOPEN_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a registered worker looks for stored runs whose resource is gone (and first
+/// once it registers).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Opens a worker's stores anew (for a new writer).
 pub type Reopen = Arc<dyn Fn() -> Result<Vec<Box<dyn Sink>>, crawler_engine::SinkError> + Send + Sync>;
 
@@ -334,6 +338,9 @@ async fn follow(
             // meanwhile must not start here again. Used until the watch has caught up with it.
             let mut fresh =
                 crawler_coord::read_prefix(etcd, keys::RESOURCES).await.ok().map(std::sync::Arc::new);
+            // The look for runs of deleted resources, in the background (ending a run deletes
+            // its frontier, which may be large), one at a time.
+            let mut sweep: Option<(std::time::Instant, tokio::task::JoinHandle<usize>)> = None;
             loop {
                 let snap = match (resources.current(), fresh.clone()) {
                     (Some(w), Some(f)) if w.revision < f.revision => Some(f),
@@ -345,6 +352,13 @@ async fn follow(
                 };
                 if let Some(snap) = snap {
                     runner.reconcile(&snap).await;
+                    let due =
+                        sweep.as_ref().is_none_or(|(at, h)| h.is_finished() && at.elapsed() >= SWEEP_EVERY);
+                    if due {
+                        let runner = runner.clone();
+                        let look = tokio::spawn(async move { runner.end_runs_of_deleted(&snap).await });
+                        sweep = Some((std::time::Instant::now(), look));
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

@@ -333,6 +333,51 @@ impl Runner {
         (out, unreadable)
     }
 
+    /// Ends the stored runs whose resource is gone: a task deleted while no worker ran it (all
+    /// down, or its worker cut off) left its run `running`, with its frontier, for good. A run
+    /// is judged only when its label names a resource instance (`ID@REV`) created at or before
+    /// the snapshot, which then lists every live one; unreadable records' tasks are left alone.
+    /// How many runs were ended.
+    pub async fn end_runs_of_deleted(&self, snap: &Snapshot) -> usize {
+        let Some(state) = self.0.state.clone() else { return 0 };
+        let (records, unreadable) = self.decode(snap);
+        let live: HashSet<String> = records.iter().map(|(_, r, _)| r.instance()).collect();
+        let revision = snap.revision;
+        let ended = tokio::task::spawn_blocking(
+            move || -> Result<Vec<(String, String)>, crawler_engine::SinkError> {
+                let mut ended = Vec::new();
+                for (id, task, label) in state.running_runs()? {
+                    let created = label.rsplit_once('@').and_then(|(_, rev)| rev.parse::<i64>().ok());
+                    let gone = created.is_some_and(|rev| rev <= revision)
+                        && !live.contains(&label)
+                        && !unreadable.contains(&task);
+                    if gone {
+                        state.end_run(id)?;
+                        ended.push((task, label));
+                    }
+                }
+                Ok(ended)
+            },
+        )
+        .await;
+        match ended {
+            Ok(Ok(ended)) => {
+                for (task, label) in &ended {
+                    tracing::info!(resource = %task, run = %label, "run of a deleted resource ended");
+                }
+                ended.len()
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot look for runs of deleted resources");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for runs of deleted resources");
+                0
+            }
+        }
+    }
+
     /// Makes the running crawls match the resources assigned to this worker.
     pub async fn reconcile(&self, snap: &Snapshot) {
         let mut desired: BTreeMap<String, (ResourceRecord, i64)> = BTreeMap::new();
@@ -953,6 +998,10 @@ mod tests {
 
         fn adopt_label(&self, _: &str, _: &str, _: &str, _: &str) -> Result<bool, crawler_engine::SinkError> {
             Ok(false)
+        }
+
+        fn running_runs(&self) -> Result<Vec<(i64, String, String)>, crawler_engine::SinkError> {
+            Ok(Vec::new())
         }
 
         fn open_parts(

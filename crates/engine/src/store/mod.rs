@@ -477,6 +477,10 @@ pub trait StateStore: Send + Sync {
     /// The newest run of `task` under `label`, as `crawler_runs` has it.
     fn newest_run(&self, task: &str, label: &str) -> Result<Option<StoredRun>, SinkError>;
 
+    /// The runs not finished nor ended, as `(id, task, label)`: a cluster's worker looks for
+    /// those whose resource is gone (deleted while no worker ran it), to end them.
+    fn running_runs(&self) -> Result<Vec<(i64, String, String)>, SinkError>;
+
     /// Moves the newest run of `task` under `legacy` that was not ended and started at
     /// `not_before` (RFC 3339) or later to `label`, unless `label` has a run already: a run
     /// stored under an earlier label of the same thing (a cluster run labelled with its

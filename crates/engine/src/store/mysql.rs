@@ -1178,6 +1178,12 @@ impl StateStore for MysqlState {
             .map_err(err)?;
         Ok(row.map(|(id, state, started_at, finished_at)| StoredRun { id, state, started_at, finished_at }))
     }
+
+    fn running_runs(&self) -> Result<Vec<(i64, String, String)>, SinkError> {
+        let mut conn = Conn::new(self.opts.clone()).map_err(err)?;
+        conn.exec("SELECT id, task, label FROM crawler_runs WHERE state = ? ORDER BY id", (RUNNING,))
+            .map_err(err)
+    }
 }
 
 #[cfg(test)]

@@ -406,6 +406,16 @@ impl StateStore for SqliteState {
         .optional()
         .map_err(sqlite_err)
     }
+
+    fn running_runs(&self) -> Result<Vec<(i64, String, String)>, SinkError> {
+        let conn = connect(&self.path)?;
+        let mut stmt = conn
+            .prepare("SELECT id, task, label FROM crawler_runs WHERE state = ?1 ORDER BY id")
+            .map_err(sqlite_err)?;
+        let rows =
+            stmt.query_map([RUNNING], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(sqlite_err)?;
+        rows.collect::<Result<_, _>>().map_err(sqlite_err)
+    }
 }
 
 /// The columns of a [`StoredRun`], in its order.
