@@ -72,17 +72,44 @@ impl Drop for Session {
     }
 }
 
+/// Keeps the lease alive until `done` fires or the lease is lost, and fires `done` then. The
+/// deadline (the last renewal's send time plus the TTL etcd granted, so never later than etcd's
+/// own) is watched beside the renewals: a renewal or a reconnect that hangs does not make the
+/// loss noticed late (up to a third of the TTL late before, while etcd had already deleted the
+/// session's keys).
 async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, done: CancellationToken) {
+    let (renewed, mut deadline) = tokio::sync::watch::channel(Instant::now() + ttl);
+    let renewing = renew(etcd, lease, ttl, done.clone(), renewed);
+    tokio::pin!(renewing);
+    loop {
+        let expires = *deadline.borrow_and_update();
+        tokio::select! {
+            biased;
+            () = &mut renewing => return,
+            _ = done.cancelled() => return,
+            Ok(()) = deadline.changed() => {}
+            _ = tokio::time::sleep_until(expires.into()) => {
+                tracing::warn!(lease, "session lost: lease not renewed within its ttl");
+                done.cancel();
+                return;
+            }
+        }
+    }
+}
+
+/// The renewals: each success sends the new deadline. Returns when etcd says the lease is gone
+/// (or `done` fires).
+async fn renew(
+    etcd: Etcd,
+    lease: i64,
+    ttl: Duration,
+    done: CancellationToken,
+    renewed: tokio::sync::watch::Sender<Instant>,
+) {
     let every = (ttl / 3).max(Duration::from_millis(500));
-    let mut expires = Instant::now() + ttl;
     let mut backoff = Backoff::new(Duration::from_millis(100), every);
     'reconnect: loop {
         if done.is_cancelled() {
-            return;
-        }
-        if Instant::now() >= expires {
-            tracing::warn!(lease, "session lost: lease not renewed within its ttl");
-            done.cancel();
             return;
         }
         let mut client = etcd.client();
@@ -98,14 +125,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, done: CancellationTok
         backoff.reset();
         loop {
             let sent = Instant::now();
-            let renewed = tokio::time::timeout(every, async {
+            let answer = tokio::time::timeout(every, async {
                 keeper.keep_alive().await?;
                 stream.message().await
             })
             .await;
-            match renewed {
+            match answer {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    expires = sent + Duration::from_secs(resp.ttl() as u64)
+                    let _ = renewed.send(sent + Duration::from_secs(resp.ttl() as u64));
                 }
                 Ok(Ok(Some(_))) => {
                     tracing::warn!(lease, "session lost: lease expired");

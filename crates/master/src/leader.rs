@@ -27,7 +27,22 @@ pub(crate) async fn coordinate(
         grpc: cfg.grpc_advertise.clone(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    // The lease of the last session taken for lost, until etcd says it is gone.
+    let mut lost: Option<i64> = None;
     while !stop.is_cancelled() {
+        if let Some(lease) = lost {
+            // It may live on in etcd (renewals failed before it expired, or a restarted etcd
+            // gave every lease a new TTL): its election key would hold every new candidacy,
+            // ours and the others', back until it expires. Revoked first.
+            match etcd.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await {
+                Err(CoordError::Unavailable(e)) => {
+                    tracing::warn!(lease, error = %e, "cannot revoke the lost session's lease yet; retrying");
+                    tokio::select! { _ = stop.cancelled() => return, _ = backoff.wait() => continue }
+                }
+                // Revoked, or not found: expired already.
+                _ => lost = None,
+            }
+        }
         let session = match Session::start(&etcd, cfg.lease_ttl).await {
             Ok(s) => s,
             Err(e) => {
@@ -66,6 +81,7 @@ pub(crate) async fn coordinate(
             return;
         }
         tracing::warn!(id = %cfg.id, "session lost; starting a new one");
+        lost = Some(session.lease());
     }
 }
 

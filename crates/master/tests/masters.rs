@@ -20,6 +20,10 @@ struct MasterProc {
 }
 
 async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> MasterProc {
+    start_master_with(id, etcd, token, rate, Duration::from_secs(2)).await
+}
+
+async fn start_master_with(id: &str, etcd: &[String], token: &str, rate: f64, ttl: Duration) -> MasterProc {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -28,7 +32,7 @@ async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> Mast
         http_advertise: h.to_string(),
         grpc_advertise: g.to_string(),
         etcd: etcd.to_vec(),
-        lease_ttl: Duration::from_secs(2),
+        lease_ttl: ttl,
         tasks: vec![serde_json::from_value(
             json!({"name": "books", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
         )
@@ -391,6 +395,48 @@ async fn a_leader_whose_lease_is_revoked_steps_down_and_the_cluster_recovers() {
         let (s, v) = call(reqwest::Method::POST, m.http, "/crawler/resource", Some(body), None).await;
         assert_eq!(s, 200, "{v}");
     }
+    for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_back_after_its_ttl_a_leader_is_agreed_without_waiting_out_the_old_leases() {
+    // A restarted etcd gives every lease a new TTL: the sessions the masters took for lost
+    // while it was down kept their election keys one TTL more, and every new candidacy waited
+    // behind them (no leader, writes 503). The masters revoke them first.
+    let ttl = Duration::from_secs(6);
+    let mut etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let ms = [
+        start_master_with("e1", &eps, "", 1000.0, ttl).await,
+        start_master_with("e2", &eps, "", 1000.0, ttl).await,
+    ];
+    let all: Vec<&MasterProc> = ms.iter().collect();
+    agreed_leader(&all, Duration::from_secs(10)).await;
+    etcd_srv.members[0].kill();
+    // Past the TTL: every master has taken its session for lost (at its deadline: its
+    // renewals' hanging does not hold that back), and the leader no longer leads.
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    for m in &ms {
+        assert!(!is_leader_metric(m).await, "{} still leads past its lease", m.id);
+    }
+    etcd_srv.members[0].restart();
+    etcd_srv.wait_healthy(Duration::from_secs(20));
+    let back = Instant::now();
+    loop {
+        let mut leading = 0;
+        for m in &ms {
+            leading += usize::from(is_leader_metric(m).await);
+        }
+        if leading == 1 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(20), "no leader after etcd came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back.elapsed() < ttl / 2, "a leader only {:?} after etcd was back", back.elapsed());
+    agreed_leader(&all, Duration::from_secs(10)).await;
     for m in &ms {
         m.stop.cancel();
     }
