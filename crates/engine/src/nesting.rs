@@ -135,6 +135,8 @@ const NAMES: &[&[u8]] = &[
     b"wbr",
     b"param",
     b"keygen",
+    b"basefont",
+    b"bgsound",
     b"xmp",
     b"script",
     b"style",
@@ -219,7 +221,9 @@ fn class(name: &[u8]) -> Class {
         b"body" | b"colgroup" | b"frameset" | b"head" | b"select" => plain(Kind::Special, false),
         b"hr" => Class { void: true, ..plain(Kind::Special, true) },
         b"area" | b"base" | b"br" | b"col" | b"embed" | b"img" | b"input" | b"link" | b"meta" | b"source"
-        | b"track" | b"wbr" | b"param" | b"keygen" => Class { void: true, ..plain(Kind::Other, false) },
+        | b"track" | b"wbr" | b"param" | b"keygen" | b"basefont" | b"bgsound" => {
+            Class { void: true, ..plain(Kind::Other, false) }
+        }
         b"xmp" => Class { raw: true, ..plain(Kind::Special, true) },
         b"script" | b"style" | b"textarea" | b"title" | b"iframe" | b"noembed" | b"noframes"
         | b"noscript" => Class { raw: true, ..plain(Kind::Special, false) },
@@ -287,7 +291,23 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
         let end = tag_end(bytes, name_at + len);
         let key = (len, key_of(name));
         if closing {
-            if let Some(p) = stack.iter().rposition(|o| o.key == key) {
+            // The same name (past its first 8 bytes too: `</custom-a2>` does not close a
+            // `custom-a1`).
+            let same =
+                |o: &Open| o.key == key && bytes[o.name_at..o.name_at + len].eq_ignore_ascii_case(name);
+            let mut at_end = stack.iter().rposition(same);
+            if at_end.is_none() && foreign == 0 && class_of(key).kind == Kind::Heading {
+                // `</h3>` ends whichever heading is open (`<h2>Title</h3>`); the parser would
+                // only end an `h3`, so the heading's own end tag is written before it.
+                at_end = stack
+                    .iter()
+                    .rposition(|o| o.kind == Kind::Heading)
+                    .filter(|&p| stack[p + 1..].iter().all(|o| !o.button_scope));
+                if let Some(p) = at_end {
+                    write_end_tags(&mut out, &mut copied, html, at, &stack[p..]);
+                }
+            }
+            if let Some(p) = at_end {
                 foreign -= stack[p..].iter().filter(|o| o.foreign).count();
                 close(&mut stack, p, &mut counts);
             }
@@ -305,14 +325,7 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
         if foreign == 0 {
             let close_from = implied_end(&stack, &counts, &c);
             if close_from < stack.len() {
-                let out = out.get_or_insert_with(|| String::with_capacity(html.len() + 64));
-                out.push_str(&html[copied..at]);
-                for o in stack[close_from..].iter().rev() {
-                    out.push_str("</");
-                    out.push_str(&html[o.name_at..o.name_at + o.key.0]);
-                    out.push('>');
-                }
-                copied = at;
+                write_end_tags(&mut out, &mut copied, html, at, &stack[close_from..]);
                 close(&mut stack, close_from, &mut counts);
             }
         }
@@ -345,6 +358,19 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
         None => Cow::Borrowed(&html[..upto]),
     };
     Prepared { html, cut_at }
+}
+
+/// Writes the end tags of `open` (innermost first) into `out` at offset `at` of the page,
+/// `out` holding the page up to `copied` (a copy of it begun now if none was).
+fn write_end_tags(out: &mut Option<String>, copied: &mut usize, html: &str, at: usize, open: &[Open]) {
+    let out = out.get_or_insert_with(|| String::with_capacity(html.len() + 64));
+    out.push_str(&html[*copied..at]);
+    for o in open.iter().rev() {
+        out.push_str("</");
+        out.push_str(&html[o.name_at..o.name_at + o.key.0]);
+        out.push('>');
+    }
+    *copied = at;
 }
 
 /// Closes the elements of `stack` from `from` up.
@@ -428,8 +454,8 @@ fn implied_end(stack: &[Open], counts: &Counts, c: &Class) -> usize {
             from = p;
         }
     }
-    if c.kind == Kind::Heading && from == stack.len() && stack.last().is_some_and(|o| o.kind == Kind::Heading)
-    {
+    // A heading ends a heading that is the current element (once a `p` it held is closed).
+    if c.kind == Kind::Heading && from > 0 && stack[from - 1].kind == Kind::Heading {
         from -= 1;
     }
     from
@@ -443,30 +469,24 @@ fn key_of(name: &[u8]) -> u64 {
     u64::from_le_bytes(k)
 }
 
-/// The offset just past the `>` that ends a tag whose attributes start at `from` (quoted
-/// attribute values may hold `>`).
+/// The offset just past the `>` that ends a tag whose attributes start at `from`. As the
+/// tokenizer reads it, a quote opens a quoted value (which may hold `>`) only right after `=`
+/// (and spaces): a stray one (`<div class="x"">`, `<img alt=Joe's>`) is text.
 fn tag_end(html: &[u8], from: usize) -> usize {
-    // Most tags: no quote before the first `>`, or quotes that pair up (`class="a" id='b'`,
-    // no `'` inside `"..."`): that `>` ends the tag. Counting them is cheaper than a search per
-    // quote.
-    if let Some(gt) = memchr::memchr(b'>', &html[from..]) {
-        let attrs = &html[from..from + gt];
-        let count = |q: u8| attrs.iter().filter(|b| **b == q).count();
-        let (double, single) = (count(b'"'), count(b'\''));
-        if single == 0 && double % 2 == 0 || double == 0 && single % 2 == 0 {
-            return from + gt + 1;
-        }
-    }
     let mut i = from;
-    while let Some(off) = memchr::memchr3(b'>', b'"', b'\'', &html[i..]) {
+    while let Some(off) = memchr::memchr2(b'>', b'=', &html[i..]) {
         let at = i + off;
-        match html[at] {
-            b'>' => return at + 1,
-            quote => match memchr::memchr(quote, &html[at + 1..]) {
-                Some(close) => i = at + 1 + close + 1,
+        if html[at] == b'>' {
+            return at + 1;
+        }
+        let value = at + 1 + html[at + 1..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        i = match html.get(value) {
+            Some(&quote @ (b'"' | b'\'')) => match memchr::memchr(quote, &html[value + 1..]) {
+                Some(close) => value + 1 + close + 1,
                 None => break,
             },
-        }
+            _ => value,
+        };
     }
     html.len()
 }
@@ -519,6 +539,11 @@ mod tests {
         assert_eq!(prepare(&svg, 3).cut_at, None);
         let svg = format!("<svg><title>{}", "<g>".repeat(10));
         assert!(prepare(&svg, 5).cut_at.is_some());
+        // End tags match whole names, past their first 8 bytes; a stray quote does not hide
+        // the tags after it; basefont and bgsound are void, as for the parser.
+        assert!(prepare(&"<custom-a1></custom-a2>".repeat(20), 10).cut_at.is_some());
+        assert!(prepare(&format!("<a x=y'>{}", "<div>".repeat(20)), 10).cut_at.is_some());
+        assert_eq!(prepare(&"<bgsound><basefont>".repeat(20), 5).cut_at, None);
         // Outside foreign content `<div/>` opens a div, as for the parser.
         assert!(prepare("<div/><div/><div/><div/>", 3).cut_at.is_some());
         // Junk does not panic.
@@ -591,6 +616,20 @@ mod tests {
         assert_eq!(
             written("<script>'<li>a<li>'</script><!-- <p><p> -->"),
             "<script>'<li>a<li>'</script><!-- <p><p> -->"
+        );
+        // A heading ends the heading it is in, after the paragraph it held; a heading's end
+        // tag of another level ends it too.
+        assert_eq!(written("<h1><p>a<h2>b</h2>"), "<h1><p>a</p></h1><h2>b</h2>");
+        assert_eq!(written("<h2>Title</h3><p>x"), "<h2>Title</h2></h3><p>x");
+        assert_eq!(written("<div><h2>T</div><p>x"), "<div><h2>T</div><p>x");
+        // Stray quotes are text: the tags after them are read (the items here were not).
+        assert_eq!(
+            written("<img alt=Joe's><div class=\"x\"\"><ul><li>a<li>b</ul>"),
+            "<img alt=Joe's><div class=\"x\"\"><ul><li>a</li><li>b</ul>"
+        );
+        assert_eq!(
+            written("<a title='x>y' href=\"/q?a=b\">l<li>m<li>n"),
+            "<a title='x>y' href=\"/q?a=b\">l<li>m</li><li>n"
         );
         // A thousand unclosed items are a thousand siblings, not a thousand levels.
         let items = format!("<ul>{}</ul>", "<li>x".repeat(1000));

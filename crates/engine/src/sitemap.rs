@@ -230,7 +230,10 @@ fn unescape_leniently(raw: &str) -> String {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
-        let entity = rest[1..].find(';').filter(|&end| end <= 10).map(|end| &rest[1..1 + end]);
+        // Only the next few bytes can close an escape (a text of many `&` and no `;` would
+        // otherwise be searched to its end at each).
+        let window = &rest.as_bytes()[1..rest.len().min(12)];
+        let entity = window.iter().position(|b| *b == b';').map(|end| &rest[1..1 + end]);
         let decoded = entity.and_then(|e| match e {
             "amp" => Some('&'),
             "lt" => Some('<'),

@@ -45,14 +45,16 @@ fn allowed_host(entry: &str) -> Option<String> {
     let bare =
         url.path() == "/" && url.query().is_none() && url.username().is_empty() && url.password().is_none();
     let name_like = |h: &str| {
-        h.split('.').enumerate().all(|(i, label)| {
-            let last = i > 0 && label.is_empty() && h.ends_with('.');
-            last || (!label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        h.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
     };
     match url.host()? {
-        url::Host::Domain(h) if !bare || !name_like(h) => None,
+        // A fully qualified `example.com.` allows `example.com`, as links spell it.
+        url::Host::Domain(h) => {
+            let h = h.strip_suffix('.').unwrap_or(h);
+            (bare && name_like(h)).then(|| h.to_owned())
+        }
         _ if !bare => None,
         _ => url.host_str().map(str::to_owned),
     }
@@ -637,8 +639,10 @@ mod tests {
             assert_eq!(e.key, format!("task[t].allow_hosts[{i}]"), "{bad}: {}", e.problem);
         }
         assert!(task(r#"["*.example.com"]"#).unwrap_err().problem.contains("wildcards are not supported"));
+        assert_eq!(task(r#"["a..example."]"#).unwrap_err().key, "task[t].allow_hosts[0]");
         let t = task(r#"["trailing.example.", "under_score.example"]"#).unwrap();
-        assert_eq!(t.0.allow_hosts.len(), 2);
+        let allowed = |url: &str| crate::scope::host_allowed(&Url::parse(url).unwrap(), &t.0.allow_hosts);
+        assert!(allowed("http://trailing.example/") && allowed("http://under_score.example/"));
     }
 
     #[test]

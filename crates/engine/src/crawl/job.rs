@@ -139,7 +139,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
                         unsent: false,
                     })
                 }
-                Some(url) if req.depth == 0 => {
+                Some(url) if req.depth == 0 && ctx.task.0.seeds.contains(&req.url) => {
                     // A seed that moved (`http://example.com/` to `https://www.example.com/`)
                     // would leave the crawl with nothing but this answer: say so, and how.
                     let host = url.host_str().unwrap_or_default();
