@@ -57,6 +57,9 @@ struct Class {
     /// Its content is text up to its end tag, to a parser that runs scripts (`script`,
     /// `style`, `title`, `noscript`, ...).
     raw: bool,
+    /// Its start tag inside svg or math content ends that content (`<svg><p>` is a `p` after
+    /// the svg).
+    breakout: bool,
 }
 
 /// Every name [`class`] knows.
@@ -146,6 +149,23 @@ const NAMES: &[&[u8]] = &[
     b"noembed",
     b"noframes",
     b"noscript",
+    b"b",
+    b"big",
+    b"code",
+    b"em",
+    b"i",
+    b"nobr",
+    b"ruby",
+    b"s",
+    b"small",
+    b"span",
+    b"strong",
+    b"strike",
+    b"sub",
+    b"sup",
+    b"tt",
+    b"u",
+    b"var",
 ];
 
 const SVG: (usize, u64) = (3, u64::from_le_bytes(*b"svg\0\0\0\0\0"));
@@ -192,11 +212,58 @@ const OTHER: Class = Class {
     table_scope: false,
     void: false,
     raw: false,
+    breakout: false,
 };
 
 fn class(name: &[u8]) -> Class {
     let plain = |kind, closes_p| Class { kind, closes_p, ..OTHER };
-    match name {
+    let breakout = matches!(
+        name,
+        b"b" | b"big"
+            | b"blockquote"
+            | b"body"
+            | b"br"
+            | b"center"
+            | b"code"
+            | b"dd"
+            | b"div"
+            | b"dl"
+            | b"dt"
+            | b"em"
+            | b"embed"
+            | b"h1"
+            | b"h2"
+            | b"h3"
+            | b"h4"
+            | b"h5"
+            | b"h6"
+            | b"head"
+            | b"hr"
+            | b"i"
+            | b"img"
+            | b"li"
+            | b"listing"
+            | b"menu"
+            | b"meta"
+            | b"nobr"
+            | b"ol"
+            | b"p"
+            | b"pre"
+            | b"ruby"
+            | b"s"
+            | b"small"
+            | b"span"
+            | b"strong"
+            | b"strike"
+            | b"sub"
+            | b"sup"
+            | b"table"
+            | b"tt"
+            | b"u"
+            | b"ul"
+            | b"var"
+    );
+    let class = match name {
         b"li" => plain(Kind::Li, true),
         b"dd" | b"dt" => plain(Kind::Definition, true),
         b"p" => plain(Kind::P, true),
@@ -228,18 +295,35 @@ fn class(name: &[u8]) -> Class {
         b"script" | b"style" | b"textarea" | b"title" | b"iframe" | b"noembed" | b"noframes"
         | b"noscript" => Class { raw: true, ..plain(Kind::Special, false) },
         _ => OTHER,
-    }
+    };
+    Class { breakout, ..class }
 }
 
-/// An open element: where its name is in the page, its end-tag key, what it is, and whether it
-/// starts foreign content (svg, math).
+/// Where an element is: in HTML, in svg or math content, or an svg or math element whose
+/// content is HTML again (`foreignObject`, `desc`, `title`; `mi`, `mo`, `mn`, `ms`, `mtext`,
+/// `annotation-xml`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ns {
+    Html,
+    Foreign,
+    Integration,
+}
+
+/// An open element: where its name is in the page, its end-tag key, what it is, and where.
 struct Open {
     name_at: usize,
     key: (usize, u64),
     kind: Kind,
     button_scope: bool,
     table_scope: bool,
-    foreign: bool,
+    ns: Ns,
+}
+
+/// Whether a foreign element's content is HTML again.
+fn integration_point(name: &[u8]) -> bool {
+    [&b"foreignobject"[..], b"desc", b"title", b"mi", b"mo", b"mn", b"ms", b"mtext", b"annotation-xml"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// A page ready for the extractor's parser: with the end tags HTML implies written out, and cut
@@ -256,7 +340,6 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
     let bytes = html.as_bytes();
     let mut stack: Vec<Open> = Vec::new();
     let mut counts: Counts = [0; Kind::Other as usize + 1];
-    let mut foreign = 0usize;
     // The page with the implied end tags, once one is needed, and how much of the page is in it.
     let mut out: Option<String> = None;
     let mut copied = 0;
@@ -296,7 +379,8 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
             let same =
                 |o: &Open| o.key == key && bytes[o.name_at..o.name_at + len].eq_ignore_ascii_case(name);
             let mut at_end = stack.iter().rposition(same);
-            if at_end.is_none() && foreign == 0 && class_of(key).kind == Kind::Heading {
+            let in_foreign = stack.last().is_some_and(|o| o.ns == Ns::Foreign);
+            if at_end.is_none() && !in_foreign && class_of(key).kind == Kind::Heading {
                 // `</h3>` ends whichever heading is open (`<h2>Title</h3>`); the parser would
                 // only end an `h3`, so the heading's own end tag is written before it.
                 at_end = stack
@@ -308,7 +392,6 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
                 }
             }
             if let Some(p) = at_end {
-                foreign -= stack[p..].iter().filter(|o| o.foreign).count();
                 close(&mut stack, p, &mut counts);
             }
             i = end;
@@ -316,20 +399,41 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
         }
         let starts_foreign = key == SVG || key == MATH;
         let self_closing = end >= 2 && bytes[end - 2] == b'/' && bytes[end - 1] == b'>';
-        let c = class_of(key);
-        if foreign == 0 && c.raw {
+        let mut c = class_of(key);
+        let mut in_foreign = stack.last().is_some_and(|o| o.ns == Ns::Foreign);
+        if in_foreign && c.breakout {
+            // `<svg><p>`: the svg content ends, the p is HTML after it.
+            let from = stack.iter().rposition(|o| o.ns != Ns::Foreign).map_or(0, |p| p + 1);
+            write_end_tags(&mut out, &mut copied, html, at, &stack[from..]);
+            close(&mut stack, from, &mut counts);
+            in_foreign = false;
+        }
+        let ns = match (in_foreign, starts_foreign) {
+            (true, _) if integration_point(name) => Ns::Integration,
+            (true, _) | (false, true) => Ns::Foreign,
+            (false, false) => Ns::Html,
+        };
+        if in_foreign {
+            // A foreign element: no HTML rule applies to it (an integration point bounds a
+            // search, as HTML's special elements do).
+            c = match ns {
+                Ns::Integration => Class { kind: Kind::Special, button_scope: true, ..OTHER },
+                _ => OTHER,
+            };
+        }
+        if !in_foreign && c.raw {
             // Skip the text up to the matching end tag.
             i = end_tag(bytes, end, name).unwrap_or(bytes.len());
             continue;
         }
-        if foreign == 0 {
+        if !in_foreign {
             let close_from = implied_end(&stack, &counts, &c);
             if close_from < stack.len() {
                 write_end_tags(&mut out, &mut copied, html, at, &stack[close_from..]);
                 close(&mut stack, close_from, &mut counts);
             }
         }
-        if (foreign > 0 || starts_foreign) && self_closing {
+        if (in_foreign || starts_foreign) && self_closing {
             // A foreign element closes itself.
         } else if !c.void {
             stack.push(Open {
@@ -338,10 +442,9 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
                 kind: c.kind,
                 button_scope: c.button_scope,
                 table_scope: c.table_scope,
-                foreign: starts_foreign,
+                ns,
             });
             counts[c.kind as usize] += 1;
-            foreign += usize::from(starts_foreign);
             if stack.len() > max {
                 cut_at = Some(at);
                 break;
@@ -542,6 +645,8 @@ mod tests {
         // End tags match whole names, past their first 8 bytes; a stray quote does not hide
         // the tags after it; basefont and bgsound are void, as for the parser.
         assert!(prepare(&"<custom-a1></custom-a2>".repeat(20), 10).cut_at.is_some());
+        // After a breakout, `<div/>` opens a div again.
+        assert!(prepare(&format!("<svg><p>{}", "<div/>".repeat(20)), 10).cut_at.is_some());
         assert!(prepare(&format!("<a x=y'>{}", "<div>".repeat(20)), 10).cut_at.is_some());
         assert_eq!(prepare(&"<bgsound><basefont>".repeat(20), 5).cut_at, None);
         // Outside foreign content `<div/>` opens a div, as for the parser.
@@ -563,7 +668,7 @@ mod tests {
         assert_eq!(keys.len(), NAMES.len(), "two names share a key");
         for n in NAMES {
             let c = class_of((n.len(), key_of(n)));
-            let known = c.kind != Kind::Other || c.void || c.raw;
+            let known = c.kind != Kind::Other || c.void || c.raw || c.breakout;
             assert!(known, "{} is in NAMES but class() does not know it", String::from_utf8_lossy(n));
         }
         assert!(class_of((3, key_of(b"DIV"))).kind == Kind::SpecialPassable);
@@ -612,7 +717,14 @@ mod tests {
             "<select><option>a</option><option>b</option><optgroup><option>c</option></optgroup><optgroup>d</select>"
         );
         // Not in svg, nor in raw text or comments.
-        assert_eq!(written("<svg><p>a<p>b</svg>"), "<svg><p>a<p>b</svg>");
+        assert_eq!(written("<svg><path d=x></svg><p>a"), "<svg><path d=x></svg><p>a");
+        // A breakout tag ends svg content (the ps were inside the svg, one in the other).
+        assert_eq!(written("<svg><g><p>a<p>b</svg>"), "<svg><g></g></svg><p>a</p><p>b</svg>");
+        // In an integration point the content is HTML, and the svg stays open around it.
+        assert_eq!(
+            written("<svg><foreignObject><p>a<div>b</div></foreignObject></svg>"),
+            "<svg><foreignObject><p>a</p><div>b</div></foreignObject></svg>"
+        );
         assert_eq!(
             written("<script>'<li>a<li>'</script><!-- <p><p> -->"),
             "<script>'<li>a<li>'</script><!-- <p><p> -->"
