@@ -344,6 +344,51 @@ async fn an_idle_worker_cut_off_from_the_database_leaves_once_its_tasks_cannot_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_answers_its_http_api_until_it_has_left() {
+    // Pages take 1.5 s: a SIGTERMed worker drains what is in flight before it revokes its
+    // lease. Its HTTP server stopped at the signal, so for the whole drain the masters found a
+    // registered worker that refused them (`/tasks`, the stats).
+    let site = Site { books: 40, tags: 2, per_page: 5, latency: Duration::from_millis(1500) };
+    let sb = Sandbox::start(bin(), site, false).await;
+    let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();
+    let first = sb.add_books().await["id"].as_str().unwrap().to_owned();
+    let w = sb.workers.iter().find(|w| w.id == first).unwrap();
+    sb.wait_requests("/index.html", 1, Duration::from_secs(10)).await;
+    w.signal("-TERM");
+    let key = crawler_coord::keys::worker(&w.id);
+    let registered = || async {
+        let k = key.clone();
+        let resp = etcd.call("get", |mut c| {
+            let k = k.clone();
+            async move { c.get(k, None).await }
+        });
+        !resp.await.unwrap().kvs().is_empty()
+    };
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut answered = 0;
+    loop {
+        let ok = client
+            .get(format!("http://{}/tasks", w.http))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        // Asked after the request: a record gone now was gone or going when it was refused.
+        let still = registered().await;
+        if !still {
+            break;
+        }
+        assert!(ok, "registered, but its HTTP API refused after {:?}", started.elapsed());
+        answered += 1;
+        assert!(started.elapsed() < Duration::from_secs(10), "the worker never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered > 0);
+    println!("answered {answered} times over {:?} of draining", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_record_is_deleted_registers_again_at_once() {
     let sb = Sandbox::start(bin(), slow_site(), false).await;
     let etcd = crawler_coord::Etcd::connect(&sb.etcd.endpoints(), Duration::from_secs(5)).await.unwrap();

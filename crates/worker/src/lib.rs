@@ -80,11 +80,15 @@ pub async fn run(
     let registry = PrefixWatch::spawn(etcd.clone(), keys::WORKERS, watchers.clone());
     runner.set_registry(registry.clone());
 
+    // The HTTP server stops last: while the crawls drain and their items are stored, the
+    // worker is still registered, and the masters still ask it for `/tasks`.
+    let server_stop = CancellationToken::new();
     let server = axum::serve(http, http::router(runner.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(server_stop.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await.map_err(|e| WorkerError::Server(e.to_string())) });
 
     follow(&cfg, &etcd, &runner, resources, registry, &shutdown).await;
+    server_stop.cancel();
 
     runner.stop_all(true).await;
     watchers.cancel();
