@@ -170,6 +170,8 @@ const NAMES: &[&[u8]] = &[
 
 const SVG: (usize, u64) = (3, u64::from_le_bytes(*b"svg\0\0\0\0\0"));
 const MATH: (usize, u64) = (4, u64::from_le_bytes(*b"math\0\0\0\0"));
+const P: (usize, u64) = (1, u64::from_le_bytes(*b"p\0\0\0\0\0\0\0"));
+const BR: (usize, u64) = (2, u64::from_le_bytes(*b"br\0\0\0\0\0\0"));
 
 /// The class of the name whose end-tag key is `key`, from a small hash table of [`NAMES`] (one
 /// match over eighty byte strings per tag, or a binary search, cost a few percent of a
@@ -300,13 +302,20 @@ fn class(name: &[u8]) -> Class {
 }
 
 /// Where an element is: in HTML, in svg or math content, or an svg or math element whose
-/// content is HTML again (`foreignObject`, `desc`, `title`; `mi`, `mo`, `mn`, `ms`, `mtext`,
-/// `annotation-xml`).
+/// content is HTML again (svg's `foreignObject`, `desc`, `title`; math's `mi`, `mo`, `mn`,
+/// `ms`, `mtext`, and `annotation-xml` with an HTML `encoding`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ns {
     Html,
-    Foreign,
+    Svg,
+    Math,
     Integration,
+}
+
+impl Ns {
+    fn foreign(self) -> bool {
+        matches!(self, Ns::Svg | Ns::Math)
+    }
 }
 
 /// An open element: where its name is in the page, its end-tag key, what it is, and where.
@@ -319,11 +328,16 @@ struct Open {
     ns: Ns,
 }
 
-/// Whether a foreign element's content is HTML again.
-fn integration_point(name: &[u8]) -> bool {
-    [&b"foreignobject"[..], b"desc", b"title", b"mi", b"mo", b"mn", b"ms", b"mtext", b"annotation-xml"]
-        .iter()
-        .any(|n| name.eq_ignore_ascii_case(n))
+/// Whether an element of namespace `ns` named `name` has HTML content again.
+fn integration_point(ns: Ns, name: &[u8], tag: &Tag) -> bool {
+    let any = |names: &[&[u8]]| names.iter().any(|n| name.eq_ignore_ascii_case(n));
+    match ns {
+        Ns::Svg => any(&[b"foreignobject", b"desc", b"title"]),
+        Ns::Math => {
+            any(&[b"mi", b"mo", b"mn", b"ms", b"mtext"]) || (any(&[b"annotation-xml"]) && tag.html_encoding)
+        }
+        _ => false,
+    }
 }
 
 /// A page ready for the extractor's parser: with the end tags HTML implies written out, and cut
@@ -365,21 +379,33 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
         }
         let closing = rest.first() == Some(&b'/');
         let name_at = at + 1 + usize::from(closing);
-        let len = bytes[name_at..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'-').count();
-        if len == 0 || !bytes[name_at].is_ascii_alphabetic() {
+        if !bytes.get(name_at).is_some_and(u8::is_ascii_alphabetic) {
             i = at + 1;
             continue;
         }
+        // A name runs to a space, `/` or `>`, as the tokenizer reads it (`x_1`, `svg:a`).
+        let len = bytes[name_at..]
+            .iter()
+            .take_while(|c| !c.is_ascii_whitespace() && !matches!(c, b'/' | b'>'))
+            .count();
         let name = &bytes[name_at..name_at + len];
-        let end = tag_end(bytes, name_at + len);
+        let tag = scan_tag(bytes, name_at + len);
+        let end = tag.end;
         let key = (len, key_of(name));
+        let in_foreign = stack.last().is_some_and(|o| o.ns.foreign());
         if closing {
             // The same name (past its first 8 bytes too: `</custom-a2>` does not close a
             // `custom-a1`).
             let same =
                 |o: &Open| o.key == key && bytes[o.name_at..o.name_at + len].eq_ignore_ascii_case(name);
+            if in_foreign && (key == P || key == BR) {
+                // `</p>` and `</br>` end svg or math content too.
+                let from = stack.iter().rposition(|o| !o.ns.foreign()).map_or(0, |p| p + 1);
+                write_end_tags(&mut out, &mut copied, html, at, &stack[from..]);
+                close(&mut stack, from, &mut counts);
+            }
             let mut at_end = stack.iter().rposition(same);
-            let in_foreign = stack.last().is_some_and(|o| o.ns == Ns::Foreign);
+            let in_foreign = stack.last().is_some_and(|o| o.ns.foreign());
             if at_end.is_none() && !in_foreign && class_of(key).kind == Kind::Heading {
                 // `</h3>` ends whichever heading is open (`<h2>Title</h3>`); the parser would
                 // only end an `h3`, so the heading's own end tag is written before it.
@@ -397,22 +423,26 @@ pub fn prepare(html: &str, max: usize) -> Prepared<'_> {
             i = end;
             continue;
         }
-        let starts_foreign = key == SVG || key == MATH;
-        let self_closing = end >= 2 && bytes[end - 2] == b'/' && bytes[end - 1] == b'>';
+        let self_closing = tag.self_closing;
         let mut c = class_of(key);
-        let mut in_foreign = stack.last().is_some_and(|o| o.ns == Ns::Foreign);
+        let mut in_foreign = in_foreign;
         if in_foreign && c.breakout {
             // `<svg><p>`: the svg content ends, the p is HTML after it.
-            let from = stack.iter().rposition(|o| o.ns != Ns::Foreign).map_or(0, |p| p + 1);
+            let from = stack.iter().rposition(|o| !o.ns.foreign()).map_or(0, |p| p + 1);
             write_end_tags(&mut out, &mut copied, html, at, &stack[from..]);
             close(&mut stack, from, &mut counts);
             in_foreign = false;
         }
-        let ns = match (in_foreign, starts_foreign) {
-            (true, _) if integration_point(name) => Ns::Integration,
-            (true, _) | (false, true) => Ns::Foreign,
-            (false, false) => Ns::Html,
+        // In svg or math content an element is of the content's namespace (a `<math>` in svg
+        // is an svg element); in HTML `svg` and `math` start such content.
+        let ns = match stack.last().map(|o| o.ns).filter(|_| in_foreign) {
+            Some(parent) if integration_point(parent, name, &tag) => Ns::Integration,
+            Some(parent) => parent,
+            None if key == SVG => Ns::Svg,
+            None if key == MATH => Ns::Math,
+            None => Ns::Html,
         };
+        let starts_foreign = !in_foreign && ns.foreign();
         if in_foreign {
             // A foreign element: no HTML rule applies to it (an integration point bounds a
             // search, as HTML's special elements do).
@@ -572,26 +602,85 @@ fn key_of(name: &[u8]) -> u64 {
     u64::from_le_bytes(k)
 }
 
-/// The offset just past the `>` that ends a tag whose attributes start at `from`. As the
-/// tokenizer reads it, a quote opens a quoted value (which may hold `>`) only right after `=`
-/// (and spaces): a stray one (`<div class="x"">`, `<img alt=Joe's>`) is text.
-fn tag_end(html: &[u8], from: usize) -> usize {
+/// A tag's end, as the tokenizer reads its attributes (from just past its name).
+struct Tag {
+    /// The offset just past its `>` (the page's length when it has none).
+    end: usize,
+    /// It ends with `/>` (a `/` in an unquoted value, `<g a=b/>`, does not count).
+    self_closing: bool,
+    /// It has `encoding="text/html"` or `"application/xhtml+xml"` (which makes a math
+    /// `annotation-xml` hold HTML).
+    html_encoding: bool,
+}
+
+/// Reads a tag's attributes as the tokenizer does: a name is its first byte (`=` included)
+/// and what follows up to a space, `/`, `>` or `=`; a value after `=` is quoted only when it
+/// starts with a quote (which may hold `>`), else it runs to a space or `>` (so a stray quote,
+/// `<div class="x"">` or `<img alt=Joe's>`, is text).
+fn scan_tag(html: &[u8], from: usize) -> Tag {
+    let n = html.len();
+    let space = |b: u8| matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ');
+    let mut tag = Tag { end: n, self_closing: false, html_encoding: false };
     let mut i = from;
-    while let Some(off) = memchr::memchr2(b'>', b'=', &html[i..]) {
-        let at = i + off;
-        if html[at] == b'>' {
-            return at + 1;
+    loop {
+        while i < n && space(html[i]) {
+            i += 1;
         }
-        let value = at + 1 + html[at + 1..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-        i = match html.get(value) {
-            Some(&quote @ (b'"' | b'\'')) => match memchr::memchr(quote, &html[value + 1..]) {
-                Some(close) => value + 1 + close + 1,
-                None => break,
+        match html.get(i) {
+            None => return tag,
+            Some(b'>') => {
+                tag.end = i + 1;
+                return tag;
+            }
+            Some(b'/') if html.get(i + 1) == Some(&b'>') => {
+                (tag.end, tag.self_closing) = (i + 2, true);
+                return tag;
+            }
+            Some(b'/') => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let name_at = i;
+        i += 1;
+        while i < n && !space(html[i]) && !matches!(html[i], b'/' | b'>' | b'=') {
+            i += 1;
+        }
+        let name = &html[name_at..i];
+        while i < n && space(html[i]) {
+            i += 1;
+        }
+        if html.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while i < n && space(html[i]) {
+            i += 1;
+        }
+        let value = match html.get(i) {
+            Some(&quote @ (b'"' | b'\'')) => match memchr::memchr(quote, &html[i + 1..]) {
+                Some(close) => {
+                    let value = i + 1..i + 1 + close;
+                    i = value.end + 1;
+                    value
+                }
+                None => return tag,
             },
-            _ => value,
+            _ => {
+                let at = i;
+                while i < n && !space(html[i]) && html[i] != b'>' {
+                    i += 1;
+                }
+                at..i
+            }
         };
+        if name.eq_ignore_ascii_case(b"encoding") {
+            let v = &html[value];
+            tag.html_encoding =
+                v.eq_ignore_ascii_case(b"text/html") || v.eq_ignore_ascii_case(b"application/xhtml+xml");
+        }
     }
-    html.len()
 }
 
 /// The offset just past `</name ...>` at or after `from`, case-insensitively.
@@ -600,7 +689,7 @@ fn end_tag(html: &[u8], from: usize, name: &[u8]) -> Option<usize> {
     while let Some(off) = find(html, i, b"</") {
         let n = off + 2;
         if html.len() >= n + name.len() && html[n..n + name.len()].eq_ignore_ascii_case(name) {
-            return Some(tag_end(html, n + name.len()));
+            return Some(scan_tag(html, n + name.len()).end);
         }
         i = off + 2;
     }
@@ -645,6 +734,20 @@ mod tests {
         // End tags match whole names, past their first 8 bytes; a stray quote does not hide
         // the tags after it; basefont and bgsound are void, as for the parser.
         assert!(prepare(&"<custom-a1></custom-a2>".repeat(20), 10).cut_at.is_some());
+        // Where the mirror and the parser could part, each a way past the cut before: names
+        // run to a space, `/` or `>`; a `/` in an unquoted value does not close a tag; a quote
+        // opens a value only at its start; `</p>` ends svg content; an integration point is one
+        // only in its own namespace (and annotation-xml only with an HTML encoding).
+        let deep = |page: String| prepare(&page, 10).cut_at.is_some();
+        assert!(deep("<x_1></x_2>".repeat(20)));
+        assert!(deep(format!("<svg>{}", "<g a=b/>".repeat(20))));
+        assert!(deep(format!("<a href=?q='>{}", "<div>".repeat(20))));
+        assert!(deep(format!("<div =\">{}", "<div>".repeat(20))));
+        assert!(deep(format!("<svg></p>{}", "<x/>".repeat(20))));
+        assert!(deep(format!("<svg><mi><textarea>{}", "<x>".repeat(20))));
+        assert!(deep(format!("<math><annotation-xml encoding='text/html'>{}", "<x/>".repeat(20))));
+        assert!(!deep(format!("<math><annotation-xml>{}</annotation-xml></math>", "<x/>".repeat(20))));
+        assert!(!deep(format!("<svg>{}</svg>", "<g a='b'/>".repeat(20))));
         // After a breakout, `<div/>` opens a div again.
         assert!(prepare(&format!("<svg><p>{}", "<div/>".repeat(20)), 10).cut_at.is_some());
         assert!(prepare(&format!("<a x=y'>{}", "<div>".repeat(20)), 10).cut_at.is_some());

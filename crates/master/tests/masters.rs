@@ -685,6 +685,10 @@ async fn a_deleted_master_record_is_put_back_and_forwarding_goes_on() {
     let all: Vec<&MasterProc> = ms.iter().collect();
     let leader = agreed_leader(&all, Duration::from_secs(10)).await;
     let _w = register_worker(&etcd, "w1").await;
+    // (The add below needs a worker the masters have seen: it raced their watch before.)
+    for m in &ms {
+        wait_workers(m, 1).await;
+    }
     // An operator deletes the leader's record (`etcdctl del /crawler/masters/<leader>`).
     let key = keys::master(&leader);
     let k = key.clone();

@@ -382,6 +382,11 @@ async fn follow(
                     }
                 }
             }
+            // A look still under way is not waited for (it holds the runner, and with it the
+            // writer a shutdown closes); the next registration looks again.
+            if let Some((_, look)) = sweep.take() {
+                look.abort();
+            }
         }
         runner.set_registered(false);
         if cut_off && !shutdown.is_cancelled() {
