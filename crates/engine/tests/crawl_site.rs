@@ -788,6 +788,16 @@ async fn requests_robots_txt_disallows_spend_no_page_of_max_pages() {
     assert_eq!(fx.requests().iter().filter(|r| r.path.starts_with("/private/")).count(), 0);
     assert_eq!(fx.requests().iter().filter(|r| r.path.starts_with("/book/")).count(), 10);
     assert_eq!(stats.robots_blocked, 10);
+    // Stored as blocked, so a resumed run does not count them as sent either.
+    let conn = rusqlite::Connection::open(dir.path().join("m.db")).unwrap();
+    let blocked: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM crawler_frontier WHERE url LIKE '%/private/%' AND status = ?1",
+            [PageStatus::Blocked as u8],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blocked, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

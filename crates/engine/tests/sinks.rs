@@ -279,6 +279,27 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     assert!(!state.adopt_label("u", "res-10", "res-10@93", "2999-01-01T00:00:00Z").unwrap());
     assert!(!state.open_run("u", "res-10@93", Epoch::At(6), false, 100).unwrap().resumed);
     assert!(state.newest_run("u", "res-10").unwrap().is_some_and(|r| r.id == earlier.id));
+
+    // A request robots.txt blocked is handled (never queued again) but was not sent: a resumed
+    // run does not count it against `max_pages` (as skipped, it did).
+    let b = state.open_run("b", "standalone", Epoch::Next, false, 100).unwrap();
+    let hb = handle(&b);
+    let at = |page: Option<(u64, PageStatus)>, queued: Vec<QueuedUrl>| Commit {
+        run: Some(hb.clone()),
+        page,
+        queued,
+        ..Commit::default()
+    };
+    sink.write(&[
+        at(None, vec![queued(1, 1, 0), queued(2, 2, 0), queued(3, 3, 0)]),
+        at(Some((1, PageStatus::Done)), Vec::new()),
+        at(Some((2, PageStatus::Blocked)), Vec::new()),
+    ])
+    .unwrap();
+    let again = state.open_run("b", "standalone", Epoch::Next, false, 100).unwrap();
+    assert!(again.resumed);
+    assert_eq!((again.handled, again.waiting), (1, 1));
+    assert_eq!(sorted(again.seen.clone()), [1, 2]);
 }
 
 #[test]

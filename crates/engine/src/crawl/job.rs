@@ -65,7 +65,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
         } else {
             tracing::debug!(url = %req.url, "disallowed by robots.txt");
         }
-        return ended(PageStatus::Skipped).map(|h| Handled { unsent: true, ..h });
+        return ended(PageStatus::Blocked).map(|h| Handled { unsent: true, ..h });
     }
     let crawl_delay = robots.as_ref().and_then(|r| r.crawl_delay()).filter(|_| cfg.obey_crawl_delay);
     let floor = crawl_delay.map_or(Duration::ZERO, |d| d.min(cfg.max_crawl_delay.0));

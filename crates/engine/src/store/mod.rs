@@ -64,7 +64,7 @@ pub enum PageStatus {
     Done = 1,
     /// Failed for good after its retries.
     Failed = 2,
-    /// Not fetched: robots.txt disallows it, or it redirects out of scope.
+    /// Not followed: it redirects out of scope (the request was sent).
     Skipped = 3,
     /// Replaced by a later row of the same URL closer to a seed.
     Superseded = 4,
@@ -74,6 +74,10 @@ pub enum PageStatus {
     /// Sent by the run's owner and not handled yet, as of its last commit. A resumed run turns
     /// these back into queued: what was in flight when a crawl died is fetched again.
     InFlight = 6,
+    /// Not sent: robots.txt disallows it (it spends no page of `max_pages`, also when a
+    /// resumed run counts what it handled; runs stored before this status mark such requests
+    /// skipped).
+    Blocked = 7,
 }
 
 /// A URL a page queued: a row of `crawler_frontier` with status queued.
@@ -282,7 +286,8 @@ pub struct OpenedRun {
     /// Per host with more waiting than the window: one of its URLs and how many more of its
     /// requests wait in the database.
     pub spilled: Vec<(Arc<str>, u64)>,
-    /// Requests handled so far (done, failed or skipped).
+    /// Requests handled so far and sent (done, failed or skipped; not those robots.txt
+    /// blocked).
     pub handled: u64,
     /// Requests waiting, in all.
     pub waiting: u64,
@@ -313,6 +318,8 @@ pub(crate) struct RunLoader {
     run: OpenedRun,
     window: usize,
     handled: std::collections::HashSet<u64>,
+    /// Keys of the handled requests robots.txt kept from being sent.
+    blocked: std::collections::HashSet<u64>,
     loaded: std::collections::HashSet<u64>,
     last_seqs: std::collections::HashMap<u32, u64>,
     stale: Vec<u64>,
@@ -328,6 +335,7 @@ impl RunLoader {
             run: OpenedRun { id, epoch, ..OpenedRun::default() },
             window: window.max(1),
             handled: Default::default(),
+            blocked: Default::default(),
             loaded: Default::default(),
             last_seqs: Default::default(),
             stale: Vec::new(),
@@ -344,6 +352,9 @@ impl RunLoader {
         *last = (*last).max(seq);
         if status != PageStatus::Queued as u8 && status != PageStatus::Superseded as u8 {
             self.handled.insert(key);
+        }
+        if status == PageStatus::Blocked as u8 {
+            self.blocked.insert(key);
         }
     }
 
@@ -395,7 +406,8 @@ impl RunLoader {
         self.end_host();
         // Every row noted a last number of its partition: none means no row.
         self.run.resumed = !self.last_seqs.is_empty();
-        self.run.handled = self.handled.len() as u64;
+        // Handled and sent: what counts against `max_pages`.
+        self.run.handled = (self.handled.len() - self.blocked.len()) as u64;
         self.run.seen.extend(self.handled);
         self.run.last_seqs = self.last_seqs.into_values().collect();
         self.run.queued.sort_unstable_by_key(|q| q.seq);
