@@ -155,7 +155,7 @@ impl Config {
             match inner.span() {
                 // A syntax error has no key path: name the line instead.
                 Some(span) if path == "." || path.is_empty() => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     ConfigError::Key { key: format!("line {line}"), problem }
                 }
                 _ => ConfigError::Key { key: path, problem },
@@ -260,6 +260,9 @@ mod tests {
         assert!(err("[storage]\nurl = \"postgres://x\"").starts_with("storage.url:"));
         assert!(err("[api]\nrate = \"fast\"").starts_with("api.rate:"));
         assert!(err("[cluster]\nlease_ttl = \"1s\"").starts_with("cluster.lease_ttl:"));
+        // A syntax error at the start of a line names that line (the one before, before).
+        let e = err("[engine]\nconcurrency = 1\n]");
+        assert!(e.starts_with("line 3:"), "{e}");
         assert!(err("[[task]]\nname = \"t\"\nseeds = [\"http://h/\"]\n[[task.rule]]\nname = \"a\"\nfollow = [{ select = \"a\", rule = \"b\" }]")
             .starts_with("task[t].rule[a].follow[0].rule: no rule named"));
         assert!(err("[[task]]\nname = \"t\"\nmax_depth = -1").starts_with("task[0].max_depth: invalid value"));

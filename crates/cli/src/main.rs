@@ -27,9 +27,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // One line: clap lists what is missing on the lines after its first (and ends
+            // with a usage hint, left out).
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            eprintln!("crawler: {first}");
+            let lines: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = lines.join(" ");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("crawler: {}", if line.is_empty() { "bad arguments" } else { line });
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -66,12 +75,14 @@ fn run_ctl(args: CtlArgs) -> ExitCode {
     let mut out = std::io::stdout();
     let result = runtime.block_on(async move {
         tokio::select! {
-            r = ctl::run(args, &mut out) => r,
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            r = ctl::run(args, &mut out) => r.map(|()| true),
+            // Interrupted: an add or delete may or may not have happened (130, as `crawl`).
+            _ = tokio::signal::ctrl_c() => Ok(false),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_INTERRUPTED),
         Err(e) => {
             eprintln!("crawler: ctl: {}", e.message.replace('\n', " "));
             ExitCode::from(e.code)
@@ -113,6 +124,19 @@ fn master(args: MasterArgs) -> ExitCode {
 fn worker(args: WorkerArgs) -> ExitCode {
     let prepared = Config::load(args.common.config.as_deref()).and_then(|config| {
         config.validate()?;
+        // Standalone flags: in a cluster the masters say what runs, and items and state go
+        // to `[storage]`.
+        let standalone_only = [
+            ("--task", !args.common.tasks.is_empty()),
+            ("--output", args.common.output.is_some()),
+            ("--fresh", args.common.fresh),
+        ];
+        if let Some((flag, _)) = standalone_only.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::Key {
+                key: (*flag).into(),
+                problem: "only with --cluster=false (in a cluster the masters assign the tasks)".into(),
+            });
+        }
         let id = args.id.clone().filter(|i| !i.trim().is_empty() && !i.contains('/')).ok_or_else(|| {
             ConfigError::Key {
                 key: "--id".into(),

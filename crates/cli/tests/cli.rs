@@ -257,6 +257,17 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
             vec!["worker", "--cluster", "--id", "w", "--etcd", "http://127.0.0.1:9", "--advertise", ":7101"],
             "crawler: config: --advertise:",
         ),
+        // Standalone flags a cluster worker would ignore (it started, and wrote no file).
+        (
+            vec!["worker", "--id", "w", "--etcd", "http://127.0.0.1:9", "--output", "items.jsonl"],
+            "crawler: config: --output: only with --cluster=false",
+        ),
+        (vec!["worker", "--id", "w", "--etcd", "http://127.0.0.1:9", "--fresh"], "crawler: config: --fresh:"),
+        // A missing required flag is named, on the one line (clap put it on the next).
+        (
+            vec!["master", "--http", ":0", "--grpc", ":0"],
+            "crawler: the following required arguments were not provided: --id",
+        ),
     ] {
         let mut cmd = crawler();
         cmd.args(&args).current_dir(dir.path());

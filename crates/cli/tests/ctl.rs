@@ -169,3 +169,24 @@ async fn every_subcommand_against_a_live_cluster() {
     assert_eq!(code, 1);
     assert!(err.contains("no master reachable"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_ctl_exits_130_not_0() {
+    // A master that takes the connection and never answers; Ctrl-C meanwhile. An add may or
+    // may not have happened: a script must not read success (exit 0 before).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let master = format!("http://{}", silent.local_addr().unwrap());
+    let mut child = std::process::Command::new(bin())
+        .args(["ctl", "--master", &master, "add", "books"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Accepted (so the call waits for an answer), then interrupted.
+    let (_held, _) = silent.accept().unwrap();
+    // (Its signal handler is set up beside the call; a moment for it.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(130));
+}

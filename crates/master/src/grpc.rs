@@ -13,7 +13,7 @@ use crate::service::Master;
 pub struct GrpcApi(pub Master);
 
 fn bearer<T>(req: &Request<T>) -> Option<String> {
-    req.metadata().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
+    crate::request::bearer_token(req.metadata().get("authorization")?.to_str().ok()?)
 }
 
 impl GrpcApi {

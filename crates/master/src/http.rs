@@ -52,9 +52,9 @@ struct AddBody {
     task: Option<Value>,
     #[serde(default)]
     id: Option<String>,
-    #[serde(default, rename = "assigned_node")]
+    #[serde(default, rename = "assigned_node", alias = "assignedNode")]
     _assigned_node: Option<Value>,
-    #[serde(default, rename = "creation_time")]
+    #[serde(default, rename = "creation_time", alias = "creationTime")]
     _creation_time: Option<Value>,
 }
 
@@ -65,9 +65,9 @@ struct DeleteBody {
     name: String,
     #[serde(default, rename = "id")]
     _id: Option<Value>,
-    #[serde(default, rename = "assigned_node")]
+    #[serde(default, rename = "assigned_node", alias = "assignedNode")]
     _assigned_node: Option<Value>,
-    #[serde(default, rename = "creation_time")]
+    #[serde(default, rename = "creation_time", alias = "creationTime")]
     _creation_time: Option<Value>,
 }
 
@@ -113,7 +113,7 @@ fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::to_owned)
+    crate::request::bearer_token(headers.get("authorization")?.to_str().ok()?)
 }
 
 fn reply(master: &Master, route: &str, result: Result<Value, ApiError>) -> Response {

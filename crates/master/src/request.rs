@@ -6,6 +6,13 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 
+/// The token of an `Authorization: Bearer T` value; the scheme is matched ignoring case, as
+/// RFC 7235 has it (`bearer T` too).
+pub fn bearer_token(value: &str) -> Option<String> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start().to_owned())
+}
+
 /// An add request.
 #[derive(Clone, Debug, Default)]
 pub struct AddRequest {

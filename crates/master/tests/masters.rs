@@ -323,6 +323,16 @@ async fn bearer_token_and_rate_limit() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // The scheme is matched ignoring case (RFC 7235): `bearer` is a bearer token too (401
+    // "missing bearer token" before). No worker: the add itself answers 503.
+    let lower = reqwest::Client::new()
+        .post(format!("http://{}/crawler/resource", m.http))
+        .header("authorization", "bearer s3cret")
+        .body(json!({"name": "books"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 503, "{}", lower.text().await.unwrap());
     // Reads need no token but count against the rate: 2/s with a burst of 2. Eight calls at
     // once (well within the half second a new token takes): two pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -603,6 +613,10 @@ async fn the_original_clients_work_unchanged_on_every_master() {
     assert_eq!(s, 200, "{first}");
     let full = json!({"id": "zjx", "name": "books", "assigned_node": "", "creation_time": 0});
     let (s, again) = call(M::POST, leader.http, "/crawler/resource", Some(full), None).await;
+    assert_eq!((s, &again), (200, &first));
+    // As the original's grpc-gateway spells the fields too (lower camel case; 400 before).
+    let camel = json!({"id": "zjx", "name": "books", "assignedNode": "", "creationTime": "0"});
+    let (s, again) = call(M::POST, follower.http, "/crawler/resource", Some(camel), None).await;
     assert_eq!((s, &again), (200, &first));
     for m in &ms {
         m.stop.cancel();
