@@ -149,8 +149,10 @@ impl Stats {
                     ..TaskFigures::default()
                 };
                 if !tasks.is_empty() {
-                    // A split task is finished once every share is.
-                    f.state = if tasks.iter().all(|t| t.finished) { "finished" } else { "running" }.into();
+                    // A split task is finished once every share says so: a holder that did not
+                    // answer, or does not list it yet (a share starting), may still be crawling.
+                    let every = tasks.len() == holders.len() && tasks.iter().all(|t| t.finished);
+                    f.state = if every { "finished" } else { "running" }.into();
                     for t in &tasks {
                         f.pages += t.pages;
                         f.items += t.items;
@@ -248,5 +250,58 @@ impl Stats {
             }
         }
         by_worker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's `/tasks` on 127.0.0.1 answering `body` to every request.
+    async fn worker(body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_split_task_is_finished_only_when_every_share_says_so() {
+        let done = r#"[{"name":"t","pages":5,"items":5,"errors":0,"queued":0,"started_at":"2026-01-01T00:00:00Z","finished":true}]"#;
+        let w1 = worker(done).await;
+        // w2's address refuses connections (a worker not answering, or its share starting).
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let w2 = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let workers = BTreeMap::from([("w1".to_owned(), w1), ("w2".to_owned(), w2)]);
+        let split = || Assigned {
+            name: "t".into(),
+            worker: "w1".into(),
+            shares: vec!["w1".into(), "w2".into()],
+            creation_time: 1,
+        };
+        let figures = Stats::default().figures(vec![split()], workers.clone()).await;
+        // One share reported finished, the other said nothing: still running (it said
+        // finished before, with the one share's figures).
+        assert_eq!(figures[0].state, "running");
+        assert_eq!(figures[0].pages, 5);
+        // Whole, on w1 alone: finished.
+        let whole = Assigned { shares: Vec::new(), ..split() };
+        let figures = Stats::default().figures(vec![whole], workers).await;
+        assert_eq!(figures[0].state, "finished");
     }
 }
