@@ -30,6 +30,9 @@ const STATE_TABLES: [&str; 6] = [
     "crawler_frontier_spilled",
 ];
 
+/// The most events a rate limit may count in its window.
+const MAX_LIMIT_EVENTS: u32 = 1_000_000;
+
 /// An `allow_hosts` entry as URLs spell their host: an international name in its ASCII form
 /// (`bücher.example` is `xn--bcher-kva.example`), IPv6 in brackets, lower case; a port is
 /// dropped (hosts are allowed on every port). `None` for what is not a host name: a name is
@@ -315,6 +318,14 @@ impl Task {
             Ok(urls)
         };
         let seeds = http_urls(&spec.seeds, "seeds")?;
+        // Sent as a header: a value one cannot be (a newline pasted with it) was dropped, and
+        // the crawl went on logged out without a word.
+        if !spec.cookie.is_empty() && http::HeaderValue::from_str(&spec.cookie).is_err() {
+            return Err(err(
+                format!("{base}.cookie"),
+                "is not a valid header value (control characters such as a newline?)".into(),
+            ));
+        }
         let sitemaps = http_urls(&spec.sitemaps, "sitemaps")?;
         let mut allow_hosts = HashSet::new();
         for (i, h) in spec.allow_hosts.iter().enumerate() {
@@ -340,6 +351,14 @@ impl Task {
                 return Err(err(
                     format!("{base}.limits[{i}]"),
                     "events and per must both be above zero".into(),
+                ));
+            }
+            // The limiter keeps a time per event of the window: a huge count ("no limit")
+            // asked for gigabytes at the start, and the process aborted.
+            if l.events > MAX_LIMIT_EVENTS {
+                return Err(err(
+                    format!("{base}.limits[{i}].events"),
+                    format!("{} is above {MAX_LIMIT_EVENTS} (leave the limit out for none)", l.events),
                 ));
             }
             limits.push((l.events, l.per.0));
@@ -600,6 +619,19 @@ mod tests {
         }
         let other = r#"{"name":"t","seeds":["http://h/"],"rule":[{"name":"i","table":"crawler_items","fields":{"a":"h1"}}]}"#;
         assert!(Task::compile(serde_json::from_str(other).unwrap()).is_ok(), "only the state's own tables");
+    }
+
+    #[test]
+    fn a_cookie_that_cannot_be_a_header_and_a_huge_limit_are_refused() {
+        let with = |extra: &str| {
+            let json = format!(r#"{{"name":"t","seeds":["http://h/"],{extra},"rule":[{{"name":"i"}}]}}"#);
+            Task::compile(serde_json::from_str(&json).unwrap())
+        };
+        assert_eq!(with(r#""cookie":"session=abc\n""#).unwrap_err().key, "task[t].cookie");
+        assert!(with(r#""cookie":"session=abc; theme=dark""#).is_ok());
+        let e = with(r#""limits":[{"events":4294967295,"per":"1s"}]"#).unwrap_err();
+        assert_eq!(e.key, "task[t].limits[0].events", "{}", e.problem);
+        assert!(with(r#""limits":[{"events":1000000,"per":"1h"}]"#).is_ok());
     }
 
     #[test]

@@ -243,6 +243,19 @@ async fn a_run_taken_over_in_a_cluster_keeps_the_limits_across_the_handover() {
     // Owner 1 (epoch 1) sends at 4 a second and stops; owner 2 (epoch 2, the next assignment)
     // takes the run over at once. Owner 1 may have spent the current window: owner 2 waits
     // one before it sends, so the site never sees more than 4 in a second.
+    limits_hold_across_a_restart("res-1", [Epoch::At(1), Epoch::At(2)], true).await;
+}
+
+#[tokio::test]
+async fn a_resumed_standalone_run_keeps_the_limits_across_the_restart() {
+    // The same with a standalone crawl stopped and started again at once: the resumed run
+    // went off with an empty window (the site saw up to twice the limit in a second).
+    limits_hold_across_a_restart("standalone", [Epoch::Next, Epoch::Next], false).await;
+}
+
+/// A run stopped after six pages at 4 a second and opened again at once under `epochs`: the
+/// site never sees more than 4 requests in a second.
+async fn limits_hold_across_a_restart(label: &str, epochs: [Epoch; 2], taken_over: bool) {
     let fx = Fixture::start(Site::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
@@ -252,13 +265,13 @@ async fn a_run_taken_over_in_a_cluster_keeps_the_limits_across_the_handover() {
     let state = SqliteState::open(&db).unwrap();
     let pages =
         || fx.requests().into_iter().filter(|r| r.path != "/robots.txt").map(|r| r.at).collect::<Vec<_>>();
-    for epoch in [1, 2] {
-        let run = state.open_run("books", "res-1", Epoch::At(epoch), false, WINDOW).unwrap();
-        assert_eq!((run.resumed, run.taken_over), (epoch == 2, epoch == 2));
+    for (i, epoch) in epochs.into_iter().enumerate() {
+        let run = state.open_run("books", label, epoch, false, WINDOW).unwrap();
+        assert_eq!((run.resumed, run.taken_over), (i == 1, i == 1 && taken_over));
         let stop = CancellationToken::new();
         let task = Task::compile(spec.clone()).unwrap();
         let (crawl, writer) = resume_stored(engine(), task, run, &db, (10, Duration::from_millis(50)), &stop);
-        if epoch == 1 {
+        if i == 0 {
             crawler_fixture::wait::until("six pages fetched", Duration::from_secs(20), || async {
                 pages().len() >= 6
             })
@@ -273,7 +286,7 @@ async fn a_run_taken_over_in_a_cluster_keeps_the_limits_across_the_handover() {
     assert!(times.len() >= 12, "{} requests", times.len());
     // As in the test above: 200 ms of the window left for arrival jitter.
     let inside = busiest(&times, Duration::from_millis(800));
-    assert!(inside <= 4, "{inside} requests within 800 ms, around the handover");
+    assert!(inside <= 4, "{inside} requests within 800 ms, around the restart");
 }
 
 #[tokio::test]

@@ -531,8 +531,9 @@ async fn run_crawl(
 /// A task's rate limits as this crawl keeps them: in a split run, its share of them. A share
 /// of a run under way counts what its previous share here sent, and goes no faster than that
 /// for one window: workers that left may have spent the rest of it (a share with no previous
-/// one waits a whole window). Likewise a whole run taken over from another owner in a cluster
-/// waits a whole window: that owner may have spent it just before it stopped.
+/// one waits a whole window). Likewise a whole run resumed (after a stop or a crash, or taken
+/// over from another owner in a cluster) waits a whole window: the crawl before may have spent
+/// it just before it stopped.
 ///
 /// Each window is kept 2 % longer (20 ms at most): a request reaches its site a little after
 /// its turn, by a varying amount, and the site must never see more than the limit.
@@ -551,7 +552,7 @@ fn task_limiter(task: &Task, split: Option<&Split>, run: Option<&OpenedRun>) -> 
         if resumed {
             limiter.fill(now);
         }
-    } else if run.is_some_and(|r| r.taken_over) {
+    } else if resumed {
         limiter.fill(Instant::now());
     }
     limiter
