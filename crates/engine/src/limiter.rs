@@ -37,6 +37,11 @@ impl RateLimiter {
         }
     }
 
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
     /// Reserves the earliest start time at or after `now` that every limit allows, and
     /// returns it. Reservations never go backwards in time.
     pub fn reserve(&mut self, now: Instant) -> Instant {

@@ -814,6 +814,43 @@ async fn requests_robots_txt_disallows_spend_no_page_of_max_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_robots_txt_disallows_take_no_turn_under_the_limits_nor_the_pace() {
+    // Books and disallowed pages alternate. Each disallowed one took a full interval of the
+    // host's Crawl-delay, or of the task's limit, with nothing sent: half the links blocked,
+    // half the speed.
+    let fx = scripted(|_| {
+        vec![("/robots.txt", vec![robots("User-agent: *\nCrawl-delay: 0.5\nDisallow: /private/\n")])]
+    })
+    .await;
+    let alternate = |fx: &Fixture| -> Vec<String> {
+        (0..5)
+            .flat_map(|i| [fx.url(&format!("/book/{i}.html")), fx.url(&format!("/private/{i}.html"))])
+            .collect()
+    };
+    let cfg = EngineConfig { concurrency: 1, per_host: 1, ..engine() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = task(&fx);
+    spec.seeds = alternate(&fx);
+    crawl(cfg.clone(), spec, &dir.path().join("a.db")).await;
+    let books = starts(&fx, "/book/");
+    assert_eq!(books.len(), 5);
+    // Four turns of 0.5 s between five books; nine before (the blocked ones' too).
+    let span = books[4].duration_since(books[0]);
+    assert!(span < Duration::from_millis(3300), "five books over {span:?}");
+
+    // The same under a limit of 2 a second, without a Crawl-delay.
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots("User-agent: *\nDisallow: /private/\n")])]).await;
+    let mut spec = task(&fx);
+    spec.seeds = alternate(&fx);
+    spec.limits = serde_json::from_str(r#"[{"events":2,"per":"1s"}]"#).unwrap();
+    crawl(cfg, spec, &dir.path().join("b.db")).await;
+    let books = starts(&fx, "/book/");
+    assert_eq!(books.len(), 5);
+    let span = books[4].duration_since(books[0]);
+    assert!(span < Duration::from_millis(3300), "five books over {span:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_the_last_try_still_holds_back_the_host() {
     // No retries: the 429 ends its request, and the host's other requests wait out its
     // Retry-After all the same.

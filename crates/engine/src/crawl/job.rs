@@ -192,7 +192,7 @@ pub(super) async fn handle(ctx: Arc<Ctx>, req: Request) -> Outcome {
 }
 
 /// The path and query of a URL, as robots.txt rules match them (a slice, no copy).
-fn path_and_query(url: &Url) -> &str {
+pub(super) fn path_and_query(url: &Url) -> &str {
     &url[url::Position::BeforePath..url::Position::AfterQuery]
 }
 

@@ -448,12 +448,17 @@ async fn run_crawl(
             // Only a request whose host can be served now: a busy or paused host never holds
             // a slot another host could use.
             if let Some(req) = frontier.pop(now) {
-                limiter.reserve(now);
-                budget.spend();
                 let host = req.host;
-                if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
-                    frontier.pause(host, until);
+                // A request robots.txt (read already) disallows is never sent: it takes no turn
+                // under the task's limits nor of its host's pace (each took a full interval).
+                let obeyed = ctx.fetcher.config().obey_robots;
+                if !(obeyed && ctx.polite.known_disallowed(&req.url, limiter.is_limited())) {
+                    limiter.reserve(now);
+                    if let Some(until) = ctx.polite.hold_after_pop(host, Instant::now()) {
+                        frontier.pause(host, until);
+                    }
                 }
+                budget.spend();
                 let seq = req.seq;
                 let job = jobs.set.spawn(handle(ctx.clone(), req));
                 jobs.hosts.insert(job.id(), (host, seq));

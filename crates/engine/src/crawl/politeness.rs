@@ -294,6 +294,18 @@ impl Politeness {
         }
     }
 
+    /// Whether `url` is disallowed by its origin's robots.txt, read already (`false` while
+    /// it is not: the request finds out when it asks). Looked at only where it matters: a host
+    /// paced, or `limited` (the task's rate limits).
+    pub(super) fn known_disallowed(&self, url: &Url, limited: bool) -> bool {
+        if !limited && !self.any_paced.load(Relaxed) {
+            return false;
+        }
+        let origin = url.origin().ascii_serialization();
+        let settled = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
+        settled.get(&origin).is_some_and(|r| !r.allowed(super::job::path_and_query(url)))
+    }
+
     /// When the dispatcher, having just taken a request of `host`, may take the next one: after
     /// the turn that request will get, for a paced host (so at most one request of a paced host
     /// waits for its turn holding a slot); `None` for a host without a pace.
