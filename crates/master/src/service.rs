@@ -328,8 +328,12 @@ impl Master {
         if forwarded {
             return Err(ApiError::Unavailable("not the leader".into()));
         }
-        // Reject what is certainly bad here rather than after a round trip.
-        self.task_for(&req)?;
+        // Reject what is certainly bad here rather than after a round trip: an inline spec. A
+        // task named alone is the leader's to know (masters' configs may differ for a while,
+        // as in a rolling change of them).
+        if req.task.is_some() {
+            self.task_for(&req)?;
+        }
         let node = self.via_leader(Write::Add(&req), bearer.as_deref()).await?;
         node.ok_or_else(|| ApiError::Internal("leader answered an add with nothing".into()))
     }

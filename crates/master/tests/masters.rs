@@ -24,6 +24,18 @@ async fn start_master(id: &str, etcd: &[String], token: &str, rate: f64) -> Mast
 }
 
 async fn start_master_with(id: &str, etcd: &[String], token: &str, rate: f64, ttl: Duration) -> MasterProc {
+    start_master_tasks(id, etcd, token, rate, ttl, &["books"]).await
+}
+
+/// A master whose config holds the tasks `names` (each the same small task).
+async fn start_master_tasks(
+    id: &str,
+    etcd: &[String],
+    token: &str,
+    rate: f64,
+    ttl: Duration,
+    names: &[&str],
+) -> MasterProc {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (h, g) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -33,10 +45,15 @@ async fn start_master_with(id: &str, etcd: &[String], token: &str, rate: f64, tt
         grpc_advertise: g.to_string(),
         etcd: etcd.to_vec(),
         lease_ttl: ttl,
-        tasks: vec![serde_json::from_value(
-            json!({"name": "books", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
-        )
-        .unwrap()],
+        tasks: names
+            .iter()
+            .map(|name| {
+                serde_json::from_value(
+                    json!({"name": name, "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
+                )
+                .unwrap()
+            })
+            .collect(),
         token: token.into(),
         rate_per_sec: rate,
         default_partitions: 1,
@@ -448,6 +465,35 @@ async fn etcd_back_after_its_ttl_a_leader_is_agreed_without_waiting_out_the_old_
     assert!(back.elapsed() < ttl / 2, "a leader only {:?} after etcd was back", back.elapsed());
     agreed_leader(&all, Duration::from_secs(10)).await;
     for m in &ms {
+        m.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_leaves_a_task_named_alone_to_the_leader_s_config() {
+    // A rolling change of the masters' configs: the leader knows `newtask`, a follower not yet.
+    // The follower answered 400 "unknown task" without asking the leader.
+    let etcd_srv = EtcdCluster::start(1);
+    let eps = etcd_srv.endpoints();
+    let etcd = Etcd::connect(&eps, Duration::from_secs(5)).await.unwrap();
+    let two = Duration::from_secs(2);
+    let leader = start_master_tasks("n1", &eps, "", 1000.0, two, &["books", "newtask"]).await;
+    assert_eq!(agreed_leader(&[&leader], Duration::from_secs(10)).await, "n1");
+    let follower = start_master_tasks("n2", &eps, "", 1000.0, two, &["books"]).await;
+    assert_eq!(agreed_leader(&[&leader, &follower], Duration::from_secs(10)).await, "n1");
+    let _w = register_worker(&etcd, "w1").await;
+    for m in [&leader, &follower] {
+        wait_workers(m, 1).await;
+    }
+    let body = json!({"name": "newtask"});
+    let (s, v) = call(reqwest::Method::POST, follower.http, "/crawler/resource", Some(body), None).await;
+    assert_eq!(s, 200, "{v}");
+    // A task neither knows is still refused, by the leader, with the same answer.
+    let body = json!({"name": "nosuch"});
+    let (s, v) = call(reqwest::Method::POST, follower.http, "/crawler/resource", Some(body), None).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("unknown task"), "{v}");
+    for m in [&leader, &follower] {
         m.stop.cancel();
     }
 }
