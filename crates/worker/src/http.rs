@@ -74,13 +74,13 @@ async fn metrics(State(r): State<Runner>) -> Response {
                 "queued" => t.queued as f64,
                 _ => t.fetch_ms,
             };
-            let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", t.name);
+            let _ = writeln!(s, "{name}{{task=\"{}\"}} {v}", label(&t.name));
         }
     }
     let _ = writeln!(s, "# TYPE crawler_task_partitions gauge");
     for t in &statuses {
         if let Some(parts) = &t.partitions {
-            let _ = writeln!(s, "crawler_task_partitions{{task=\"{}\"}} {}", t.name, parts.len());
+            let _ = writeln!(s, "crawler_task_partitions{{task=\"{}\"}} {}", label(&t.name), parts.len());
         }
     }
     let _ = writeln!(s, "# TYPE crawler_task_partition_queued gauge");
@@ -89,9 +89,38 @@ async fn metrics(State(r): State<Runner>) -> Response {
             let _ = writeln!(
                 s,
                 "crawler_task_partition_queued{{task=\"{}\",partition=\"{}\"}} {}",
-                t.name, p.part, p.queued
+                label(&t.name),
+                p.part,
+                p.queued
             );
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}
+
+/// A label value as the text format writes it: `\`, `"` and newlines escaped (a task named
+/// by an `etcdctl put` of an odd key made lines a scraper refuses).
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 4);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_asks() {
+        assert_eq!(super::label("books"), "books");
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
