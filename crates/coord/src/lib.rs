@@ -19,7 +19,7 @@ pub use client::{CoordError, Etcd};
 pub use election::{Fence, Leadership};
 pub use resources::{CreateOutcome, Partitions, ResourceRecord};
 pub use retry::Backoff;
-pub use session::Session;
+pub use session::{revoke_lease, Session};
 pub use watcher::{read_prefix, Entry, PrefixWatch, Snapshot};
 
 /// Stores `value` as JSON under `key`, attached to the session's lease (deleted with it).

@@ -56,13 +56,16 @@ impl Session {
     pub async fn close(self) {
         self.done.cancel();
         self.keeper.abort();
-        let lease = self.lease;
-        if let Err(e) =
-            self.etcd.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await
-        {
-            tracing::warn!(lease, error = %e, "could not revoke the lease; it will expire");
+        if let Err(e) = revoke_lease(&self.etcd, self.lease).await {
+            tracing::warn!(lease = self.lease, error = %e, "could not revoke the lease; it will expire");
         }
     }
+}
+
+/// Revokes `lease`, deleting every key attached to it (also the lease of a session already
+/// dropped, which may live on in etcd).
+pub async fn revoke_lease(etcd: &Etcd, lease: i64) -> Result<(), CoordError> {
+    etcd.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await.map(|_| ())
 }
 
 impl Drop for Session {

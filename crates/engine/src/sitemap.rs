@@ -108,15 +108,15 @@ fn parse_xml(xml: &[u8]) -> Result<Sitemap, SitemapError> {
     let mut kind = None;
     // The local names of the open elements.
     let mut path: Vec<Vec<u8>> = Vec::new();
-    // Inside an entry's location element: its text so far.
-    let mut loc: Option<String> = None;
+    // Inside an entry's location element: how deep it is, and its text so far.
+    let mut loc: Option<(usize, String)> = None;
     let mut locs = Vec::new();
     loop {
         let event = reader.read_event().map_err(xml_err)?;
         let (Event::Start(e) | Event::Empty(e)) = &event else {
             match event {
                 Event::Text(t) => {
-                    if let Some(l) = &mut loc {
+                    if let Some((_, l)) = &mut loc {
                         match t.unescape() {
                             Ok(text) => l.push_str(&text),
                             Err(_) => l.push_str(&unescape_leniently(&String::from_utf8_lossy(&t))),
@@ -124,13 +124,13 @@ fn parse_xml(xml: &[u8]) -> Result<Sitemap, SitemapError> {
                     }
                 }
                 Event::CData(c) => {
-                    if let Some(l) = &mut loc {
+                    if let Some((_, l)) = &mut loc {
                         l.push_str(&String::from_utf8_lossy(&c.into_inner()));
                     }
                 }
                 Event::End(_) => {
-                    if path.len() == loc_depth(kind) {
-                        if let Some(l) = loc.take() {
+                    if loc.as_ref().is_some_and(|(depth, _)| *depth == path.len()) {
+                        if let Some((_, l)) = loc.take() {
                             push_loc(&mut locs, &l);
                         }
                     }
@@ -162,7 +162,7 @@ fn parse_xml(xml: &[u8]) -> Result<Sitemap, SitemapError> {
                 push_loc(&mut locs, &href);
             }
         } else if entry && loc.is_none() {
-            loc = Some(String::new());
+            loc = Some((path.len(), String::new()));
         }
         if matches!(event, Event::Empty(_)) {
             path.pop();
@@ -187,14 +187,6 @@ fn is_location(kind: Kind, path: &[Vec<u8>]) -> bool {
         Kind::Rss => path.len() == 4 && at(2, b"item") && at(3, b"link"),
         Kind::Rdf => path.len() == 3 && at(1, b"item") && at(2, b"link"),
         Kind::Atom => path.len() == 3 && at(1, b"entry") && at(2, b"link"),
-    }
-}
-
-/// How deep the location elements whose text is read are.
-fn loc_depth(kind: Option<Kind>) -> usize {
-    match kind {
-        Some(Kind::Rss) => 4,
-        _ => 3,
     }
 }
 

@@ -34,7 +34,7 @@ pub(crate) async fn coordinate(
             // It may live on in etcd (renewals failed before it expired, or a restarted etcd
             // gave every lease a new TTL): its election key would hold every new candidacy,
             // ours and the others', back until it expires. Revoked first.
-            match etcd.call("lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await {
+            match crawler_coord::revoke_lease(&etcd, lease).await {
                 Err(CoordError::Unavailable(e)) => {
                     tracing::warn!(lease, error = %e, "cannot revoke the lost session's lease yet; retrying");
                     tokio::select! { _ = stop.cancelled() => return, _ = backoff.wait() => continue }

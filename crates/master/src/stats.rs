@@ -257,37 +257,26 @@ impl Stats {
 mod tests {
     use super::*;
 
-    /// A worker's `/tasks` on 127.0.0.1 answering `body` to every request.
-    async fn worker(body: &'static str) -> String {
+    /// A worker's `/tasks` on 127.0.0.1 answering `body` to every request (the fixture's
+    /// scripted server; dropped, it stops).
+    async fn worker(body: &'static str) -> crawler_fixture::Fixture {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = [0u8; 4096];
-                    let _ = conn.read(&mut buf).await;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        addr
+        let script = [("/tasks".to_owned(), vec![crawler_fixture::Page::body("application/json", body)])];
+        crawler_fixture::Fixture::start_scripted(Default::default(), listener, script.into_iter().collect())
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn a_split_task_is_finished_only_when_every_share_says_so() {
         let done = r#"[{"name":"t","pages":5,"items":5,"errors":0,"queued":0,"started_at":"2026-01-01T00:00:00Z","finished":true}]"#;
         let w1 = worker(done).await;
+        let w1_addr = w1.addr().to_string();
         // w2's address refuses connections (a worker not answering, or its share starting).
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let w2 = gone.local_addr().unwrap().to_string();
         drop(gone);
-        let workers = BTreeMap::from([("w1".to_owned(), w1), ("w2".to_owned(), w2)]);
+        let workers = BTreeMap::from([("w1".to_owned(), w1_addr), ("w2".to_owned(), w2)]);
         let split = || Assigned {
             name: "t".into(),
             worker: "w1".into(),

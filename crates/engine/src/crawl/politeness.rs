@@ -151,8 +151,8 @@ impl Politeness {
     /// then the host is paused (`host`) and its requests wait; after them everything is disallowed.
     pub(super) async fn robots_for(&self, url: &Url, host: Option<HostId>) -> Option<Arc<Robots>> {
         let origin = url.origin().ascii_serialization();
-        if let Some(r) = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner()).get(&origin) {
-            return Some(r.clone());
+        if let Some(r) = self.settled(&origin) {
+            return Some(r);
         }
         let cell = {
             let mut map = self.robots.lock().unwrap_or_else(|p| p.into_inner());
@@ -302,8 +302,12 @@ impl Politeness {
             return false;
         }
         let origin = url.origin().ascii_serialization();
-        let settled = self.robots_settled.lock().unwrap_or_else(|p| p.into_inner());
-        settled.get(&origin).is_some_and(|r| !r.allowed(super::job::path_and_query(url)))
+        self.settled(&origin).is_some_and(|r| !r.allowed(super::job::path_and_query(url)))
+    }
+
+    /// The robots.txt of `origin`, once read for good.
+    fn settled(&self, origin: &str) -> Option<Arc<Robots>> {
+        self.robots_settled.lock().unwrap_or_else(|p| p.into_inner()).get(origin).cloned()
     }
 
     /// When the dispatcher, having just taken a request of `host`, may take the next one: after
