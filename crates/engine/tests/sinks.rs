@@ -46,13 +46,24 @@ fn item_conformance(sink: &mut dyn Sink, rows: &dyn Fn() -> Vec<String>) {
     // the databases compare names (SQLite failed every write with "duplicate column name").
     sink.write(&items(vec![item("t", "http://h/4", &[("Title", Some("Four")), ("PRICE", Some("£4"))])]))
         .unwrap();
+    // Keys are compared exactly: URLs (and tasks) that differ only in case are rows of their
+    // own (MySQL's ASCII collation ignored case: the second replaced the first).
+    sink.write(&items(vec![
+        item("t", "http://h/Go", &[("title", Some("upper"))]),
+        item("t", "http://h/go", &[("title", Some("lower"))]),
+        item("T", "http://h/1", &[("title", Some("Task in capitals"))]),
+    ]))
+    .unwrap();
     assert_eq!(
         rows(),
         [
+            "T|http://h/1|Task in capitals|NULL",
             "t|http://h/1|One again|£1",
             "t|http://h/2|Twö — ünïcode|NULL",
             "t|http://h/3|NULL|NULL",
             "t|http://h/4|Four|£4",
+            "t|http://h/Go|upper|NULL",
+            "t|http://h/go|lower|NULL",
             "u|http://h/1|Other task, same url|NULL",
         ]
     );
@@ -300,6 +311,14 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     assert!(again.resumed);
     assert_eq!((again.handled, again.waiting), (1, 1));
     assert_eq!(sorted(again.seen.clone()), [1, 2]);
+
+    // Tasks and labels are compared exactly: task `B` is not `b`'s unfinished run (MySQL's
+    // collation ignored case: `B` took `b`'s run over), and label `RES-2` is not `res-2`.
+    let upper = state.open_run("B", "standalone", Epoch::Next, false, 100).unwrap();
+    assert!(!upper.resumed);
+    assert_ne!(upper.id, again.id);
+    let other_label = state.open_run("c", "RES-2", Epoch::At(80), false, 100).unwrap();
+    assert!(!other_label.over && other_label.id != moved.id, "res-2's finished run");
 }
 
 #[test]
@@ -396,6 +415,15 @@ fn mysql_store_conforms() {
     let db = MariaDb::start();
     // Over TCP, as to a database on another host (the driver would move to the server's unix
     // socket on this one).
+    // Runs as an earlier version made them: task and label ignoring case. The sink makes
+    // them exact (the state conformance below tells `B` from `b`).
+    db.query(
+        "CREATE TABLE crawler_runs (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+              task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
+              epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
+              pages_taken BIGINT NOT NULL DEFAULT 0, KEY crawler_runs_by_task (task, label, state)) \
+              DEFAULT CHARSET = utf8mb4",
+    );
     let mut sink = MysqlSink::open(&format!("{}?prefer_socket=false", db.url)).unwrap();
     // The sink's connection probes a silent server (a host gone, a network cut) after 10 s idle
     // rather than wait for it for ever (the default keepalive starts after two hours).
@@ -427,8 +455,12 @@ fn mysql_store_conforms() {
     let mut article = item("t", "http://h/long", &[("body", Some(&long)), ("lead", Some(&long))]);
     article.table = "article".into();
     let mut fresh = MysqlSink::open(&db.url).unwrap();
-    fresh.write(&items(vec![article])).unwrap();
+    fresh.write(&items(vec![article.clone()])).unwrap();
     assert_eq!(db.query("SELECT LENGTH(body), LENGTH(lead) FROM article").trim(), "100000\t100000");
+    // Its keys, which ignored case, are exact now: another row for a URL in capitals.
+    article.url = "http://h/LONG".into();
+    fresh.write(&items(vec![article])).unwrap();
+    assert_eq!(db.query("SELECT url FROM article ORDER BY url").trim(), "http://h/LONG\nhttp://h/long");
 }
 
 #[test]

@@ -55,9 +55,17 @@ fn part_list(parts: &[(u32, i64)]) -> String {
     format!("({})", list.join(", "))
 }
 
+/// The collation of item keys: exact, as SQLite compares (ASCII's default ignores case, so
+/// `/Go` and `/GO` were one row). URLs are ASCII once normalized; ASCII keys keep the primary
+/// key within InnoDB's limit.
+const EXACT_ASCII: &str = "ascii_bin";
+const TASK_COLUMN: &str = "task VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL";
+const URL_COLUMN: &str = "url VARCHAR(3000) CHARACTER SET ascii COLLATE ascii_bin NOT NULL";
+
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS crawler_runs (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-     task VARCHAR(255) NOT NULL, label VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, \
+     task VARCHAR(255) COLLATE utf8mb4_bin NOT NULL, label VARCHAR(255) COLLATE utf8mb4_bin NOT NULL, \
+     state VARCHAR(16) NOT NULL, \
      epoch BIGINT NOT NULL, started_at VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NULL, \
      pages_taken BIGINT NOT NULL DEFAULT 0, \
      KEY crawler_runs_by_task (task, label, state)) DEFAULT CHARSET = utf8mb4",
@@ -127,8 +135,21 @@ fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
             r => r?,
         }
     }
+    let runs_key: Option<Option<String>> = conn.query_first(
+        "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+         AND TABLE_NAME = 'crawler_runs' AND COLUMN_NAME = 'task'",
+    )?;
+    if runs_key.flatten().as_deref() != Some("utf8mb4_bin") {
+        conn.query_drop(EXACT_RUN_KEYS)?;
+    }
     Ok(conn)
 }
+
+/// Task names and labels compared exactly, in runs of earlier versions (whose collation
+/// ignored case: task `Books` took the run of `books` over).
+const EXACT_RUN_KEYS: &str =
+    "ALTER TABLE crawler_runs MODIFY task VARCHAR(255) COLLATE utf8mb4_bin NOT NULL, \
+     MODIFY label VARCHAR(255) COLLATE utf8mb4_bin NOT NULL";
 
 /// How long a failed write waits for its server to come back (a restart, a failover) before
 /// the writer gives up, unless [`MysqlSink::waiting_for`] says otherwise. Meanwhile the crawls
@@ -206,18 +227,17 @@ impl MysqlSink {
             }
         }
         let table = &item.table;
-        // URLs are ASCII once normalized; ASCII keys keep the primary key within InnoDB's limit.
         self.conn
             .query_drop(format!(
-                "CREATE TABLE IF NOT EXISTS `{table}` (task VARCHAR(64) CHARACTER SET ascii NOT NULL, \
-                 url VARCHAR(3000) CHARACTER SET ascii NOT NULL, crawled_at VARCHAR(32) NOT NULL, \
-                 PRIMARY KEY (task, url)) DEFAULT CHARSET = utf8mb4"
+                "CREATE TABLE IF NOT EXISTS `{table}` ({TASK_COLUMN}, {URL_COLUMN}, \
+                 crawled_at VARCHAR(32) NOT NULL, PRIMARY KEY (task, url)) DEFAULT CHARSET = utf8mb4"
             ))
             .map_err(err)?;
-        let existing: Vec<(String, String)> = self
+        let existing: Vec<(String, String, Option<String>)> = self
             .conn
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                "SELECT COLUMN_NAME, DATA_TYPE, COLLATION_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
                 (&**table,),
             )
             .map_err(err)?;
@@ -226,16 +246,21 @@ impl MysqlSink {
         // be refused for ever (strict mode), and with it the batch and the writer.
         let narrow: Vec<&str> = existing
             .iter()
-            .filter(|(column, kind)| {
+            .filter(|(column, kind, _)| {
                 kind.eq_ignore_ascii_case("text")
                     && item.fields.iter().any(|(f, _)| f.eq_ignore_ascii_case(column))
             })
-            .map(|(column, _)| column.as_str())
+            .map(|(column, _, _)| column.as_str())
             .collect();
-        if !narrow.is_empty() {
-            self.widen(table, &narrow)?;
+        // Keys made by earlier versions ignore case (ASCII's default collation): they are made
+        // exact once.
+        let loose_keys = existing.iter().any(|(column, _, collation)| {
+            (column == "task" || column == "url") && collation.as_deref() != Some(EXACT_ASCII)
+        });
+        if !narrow.is_empty() || loose_keys {
+            self.upgrade(table, &narrow)?;
         }
-        let mut existing: HashSet<String> = existing.into_iter().map(|(c, _)| c).collect();
+        let mut existing: HashSet<String> = existing.into_iter().map(|(c, _, _)| c).collect();
         for (f, _) in &item.fields {
             if existing.contains(&**f) {
                 continue;
@@ -252,10 +277,11 @@ impl MysqlSink {
         Ok(())
     }
 
-    /// Widens a table's field columns `fields` that are TEXT to MEDIUMTEXT in one `ALTER` (a
-    /// table rebuild), under a named lock (the session's: a dropped connection lets it go) so
-    /// that of the workers finding them narrow, one widens and the others then find them wide.
-    fn widen(&mut self, table: &str, fields: &[&str]) -> Result<(), SinkError> {
+    /// Widens a table's field columns `fields` that are TEXT to MEDIUMTEXT, and makes its keys
+    /// exact where they ignore case, in one `ALTER` (a table rebuild), under a named lock (the
+    /// session's: a dropped connection lets it go) so that of the workers finding the table
+    /// old, one changes it and the others then find it changed.
+    fn upgrade(&mut self, table: &str, fields: &[&str]) -> Result<(), SinkError> {
         // Lock names are at most 64 characters, and a table's name may be as long.
         let mut h = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(table, &mut h);
@@ -265,28 +291,35 @@ impl MysqlSink {
         if got.flatten() != Some(1) {
             return Err(SinkError {
                 sink: "mysql",
-                message: format!("another worker is still widening the columns of {table}"),
+                message: format!("another worker is still changing the columns of {table}"),
             });
         }
-        let widened = (|| -> Result<(), mysql::Error> {
-            let narrow: Vec<String> = self.conn.exec(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
-                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND DATA_TYPE = 'text'",
+        let changed = (|| -> Result<(), mysql::Error> {
+            let columns: Vec<(String, String, Option<String>)> = self.conn.exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLLATION_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
                 (table,),
             )?;
-            let columns: Vec<String> = narrow
-                .iter()
-                .filter(|c| fields.contains(&c.as_str()))
-                .map(|c| format!("MODIFY COLUMN `{c}` MEDIUMTEXT"))
-                .collect();
-            if columns.is_empty() {
+            let mut changes = Vec::new();
+            for (column, kind, collation) in &columns {
+                let exact = collation.as_deref() == Some(EXACT_ASCII);
+                match column.as_str() {
+                    "task" if !exact => changes.push(format!("MODIFY COLUMN {TASK_COLUMN}")),
+                    "url" if !exact => changes.push(format!("MODIFY COLUMN {URL_COLUMN}")),
+                    c if kind == "text" && fields.contains(&c) => {
+                        changes.push(format!("MODIFY COLUMN `{c}` MEDIUMTEXT"))
+                    }
+                    _ => {}
+                }
+            }
+            if changes.is_empty() {
                 return Ok(());
             }
-            tracing::info!(table, columns = columns.len(), "widening field columns to MEDIUMTEXT");
-            self.conn.query_drop(format!("ALTER TABLE `{table}` {}", columns.join(", ")))
+            tracing::info!(table, changes = ?changes, "bringing an item table up to date");
+            self.conn.query_drop(format!("ALTER TABLE `{table}` {}", changes.join(", ")))
         })();
         self.conn.exec_drop("SELECT RELEASE_LOCK(?)", (&lock,)).map_err(err)?;
-        widened.map_err(err)
+        changed.map_err(err)
     }
 
     fn write_once(&mut self, batch: &[Commit]) -> Result<(), SinkError> {
