@@ -25,8 +25,9 @@ impl GrpcApi {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|m| self.0.marks_a_master(m));
         let token = bearer(req);
-        let checked =
-            self.0.authorize(token.as_deref()).and_then(|()| if forwarded { Ok(()) } else { self.0.admit() });
+        // The rate first, as over HTTP: failed authentications count against it.
+        let admitted = if forwarded { Ok(()) } else { self.0.admit() };
+        let checked = admitted.and_then(|()| self.0.authorize(token.as_deref()));
         if let Err(e) = checked {
             self.0.metrics().call(route, e.http_status());
             return Err(e.to_status());

@@ -144,8 +144,10 @@ async fn timed<T>(f: impl std::future::Future<Output = Result<T, ApiError>>) -> 
 async fn add(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
     let token = bearer(&headers);
     let result = async {
-        m.authorize(token.as_deref())?;
+        // The rate first: failed authentications count against it, so guessing a token is
+        // throttled like any other call.
         m.admit()?;
+        m.authorize(token.as_deref())?;
         let b: AddBody = parse(&body(raw)?)?;
         let id = b.id.filter(|i| !i.is_empty());
         let node = timed(m.add(AddRequest { name: b.name, task: b.task, id }, false, token)).await?;
@@ -158,8 +160,10 @@ async fn add(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, Byt
 async fn delete(State(m): State<Master>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
     let token = bearer(&headers);
     let result = async {
-        m.authorize(token.as_deref())?;
+        // The rate first: failed authentications count against it, so guessing a token is
+        // throttled like any other call.
         m.admit()?;
+        m.authorize(token.as_deref())?;
         let b: DeleteBody = parse(&body(raw)?)?;
         timed(m.delete(&b.name, false, token)).await?;
         Ok(json!({}))

@@ -331,6 +331,9 @@ async fn bearer_token_and_rate_limit() {
     let (s, _) =
         call(M::DELETE, m.http, "/crawler/resource", Some(json!({"name": "books"})), Some("wrong")).await;
     assert_eq!(s, 401);
+    // Failed authentications take from the rate (2/s, a burst of 2) too: a fresh bucket for
+    // the next two calls.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut grpc =
         crawler_proto::crawler_master_client::CrawlerMasterClient::connect(format!("http://{}", m.grpc))
             .await
@@ -367,6 +370,23 @@ async fn bearer_token_and_rate_limit() {
         .as_str()
         .unwrap()
         .contains("crawler_api_calls_total{route=\"GET /crawler/resources\",status=\"429\"} 6"));
+    // Guessing the token is throttled like any call: of eight wrong tokens at once, two are
+    // answered 401 and six 429 (all eight were 401 before, at any rate).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let guesses: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let body = json!({"name": "books"});
+                call(M::DELETE, m.http, "/crawler/resource", Some(body), Some(&format!("guess{i}"))).await.0
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [401, 401, 429, 429, 429, 429, 429, 429]);
     m.stop.cancel();
 }
 
