@@ -403,7 +403,6 @@ async fn follow(
             // Finish what is in flight and store it, then revoke the lease: once the lease is
             // gone, the next owners take over and would fetch anything not stored yet again.
             runner.stop_all(true).await;
-            runner.flush().await;
             session.close().await;
             return;
         }

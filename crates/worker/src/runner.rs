@@ -709,8 +709,8 @@ impl Runner {
         Task::compile(spec).map_err(|e| e.to_string())
     }
 
-    /// Stops every crawl (their items are flushed by the writer): gracefully (`drain`: what is
-    /// in flight is finished and committed), or at once.
+    /// Stops every crawl, gracefully (`drain`: what is in flight is finished and committed) or
+    /// at once, and waits until what they committed is stored.
     pub async fn stop_all(&self, drain: bool) {
         let mut running = self.0.running.lock().await;
         // Shares waiting for a release wait anew once assigned again (after a lost lease).
@@ -725,6 +725,11 @@ impl Runner {
         }
         self.relist(&running);
         while stops.join_next().await.is_some() {}
+        drop(running);
+        // What they committed is stored before a run is opened here again (after a lost
+        // lease, at once and at the same epoch): the open would otherwise take their last
+        // pages for unfetched ones, and their late commits would be taken for the new crawl's.
+        self.flush().await;
     }
 
     /// Waits until everything the crawls handed to the writer is stored.
@@ -936,22 +941,51 @@ mod tests {
     }
 
     async fn runner_with(state: Option<Arc<dyn StateStore>>) -> (Runner, SinkWriter) {
-        let cfg = EngineConfig { obey_robots: false, retries: 0, ..EngineConfig::default() };
         let writer = SinkWriter::spawn(Vec::new(), 10, Duration::from_millis(10));
+        (runner_on(state, &writer), writer)
+    }
+
+    /// A runner whose crawls commit to `writer`.
+    fn runner_on(state: Option<Arc<dyn StateStore>>, writer: &SinkWriter) -> Runner {
+        let cfg = EngineConfig { obey_robots: false, retries: 0, ..EngineConfig::default() };
         let known: TaskSpec = serde_json::from_value(
             json!({"name": "known", "seeds": ["http://127.0.0.1:9/"], "rule": [{"name": "a"}]}),
         )
         .unwrap();
-        (
-            Runner::new(
-                "w1".into(),
-                vec![known],
-                Arc::new(Fetcher::new(cfg).unwrap()),
-                writer.sender(),
-                state,
-            ),
-            writer,
-        )
+        Runner::new("w1".into(), vec![known], Arc::new(Fetcher::new(cfg).unwrap()), writer.sender(), state)
+    }
+
+    /// A sink whose writes take 300 ms, counting the writes begun and those ended.
+    #[derive(Clone, Default)]
+    struct SlowSink(Arc<(AtomicU64, AtomicU64)>);
+
+    impl crawler_engine::Sink for SlowSink {
+        fn write(&mut self, _: &[crawler_engine::Commit]) -> Result<(), crawler_engine::SinkError> {
+            self.0 .0.fetch_add(1, Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
+            self.0 .1.fetch_add(1, Relaxed);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stopping_every_crawl_waits_until_what_they_committed_is_stored() {
+        // After a lost lease the worker stops its crawls and may open their runs again at
+        // once, at the same epoch: commits of the stopped crawls still on their way would
+        // then be taken for the new crawl's (its first pages fetched again, its new rows
+        // dropped as already there).
+        let slow = SlowSink::default();
+        let writer = SinkWriter::spawn(vec![Box::new(slow.clone())], 10, Duration::from_millis(10));
+        let r = runner_on(Some(Arc::new(Held::default())), &writer);
+        r.reconcile(&snapshot(&[("known", "id2", "w1", None)])).await;
+        let started = std::time::Instant::now();
+        while slow.0 .0.load(Relaxed) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the crawl committed nothing");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        r.stop_all(false).await;
+        let (begun, ended) = (slow.0 .0.load(Relaxed), slow.0 .1.load(Relaxed));
+        assert_eq!(begun, ended, "a write was still under way when every crawl had stopped");
     }
 
     /// A state store whose split run's partitions another live worker holds until `released`
