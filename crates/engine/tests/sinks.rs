@@ -461,6 +461,25 @@ fn mysql_store_conforms() {
     article.url = "http://h/LONG".into();
     fresh.write(&items(vec![article])).unwrap();
     assert_eq!(db.query("SELECT url FROM article ORDER BY url").trim(), "http://h/LONG\nhttp://h/long");
+
+    // Four processes opening a new run at once, on a server whose default isolation is READ
+    // COMMITTED: one run, which each of them opens (there were several, as nothing held the
+    // others back, or under REPEATABLE READ one deadlocked and failed).
+    db.query("SET GLOBAL TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    let state = Arc::new(MysqlState::open(&db.url).unwrap());
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (state, barrier) = (state.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                state.open_run("race", "res-r", Epoch::At(5), false, 100).map(|r| r.id)
+            })
+        })
+        .collect();
+    let ids: Vec<i64> = opens.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(db.query("SELECT COUNT(*) FROM crawler_runs WHERE task = 'race'").trim(), "1");
 }
 
 #[test]

@@ -111,7 +111,16 @@ fn opts(url: &str) -> Result<Opts, SinkError> {
         .tcp_keepalive_time_ms(opts.get_tcp_keepalive_time_ms().or(Some(10_000)))
         .tcp_keepalive_probe_interval_secs(opts.get_tcp_keepalive_probe_interval_secs().or(Some(5)))
         .tcp_keepalive_probe_count(opts.get_tcp_keepalive_probe_count().or(Some(3)))
-        .tcp_connect_timeout(opts.get_tcp_connect_timeout().or(Some(std::time::Duration::from_secs(10))));
+        .tcp_connect_timeout(opts.get_tcp_connect_timeout().or(Some(std::time::Duration::from_secs(10))))
+        // The state's transactions rely on REPEATABLE READ's gap locks (two workers opening a
+        // task's run at once: one creates it, the other waits and finds it); a server whose
+        // default is READ COMMITTED (a common choice) let both create one.
+        .init(
+            opts.get_init()
+                .into_iter()
+                .chain(["SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ".to_owned()])
+                .collect(),
+        );
     #[cfg(target_os = "linux")]
     {
         b = b.tcp_user_timeout_ms(opts.get_tcp_user_timeout_ms().or(Some(30_000)));
@@ -1034,10 +1043,9 @@ impl MysqlState {
         connect(&opts)?;
         Ok(MysqlState { opts })
     }
-}
 
-impl StateStore for MysqlState {
-    fn open_run(
+    /// [`StateStore::open_run`], once.
+    fn open_run_once(
         &self,
         task: &str,
         label: &str,
@@ -1103,6 +1111,26 @@ impl StateStore for MysqlState {
         load_rows(&mut tx, id, "", &mut loader).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(OpenedRun { taken_over, ..loader.finish() })
+    }
+}
+
+impl StateStore for MysqlState {
+    fn open_run(
+        &self,
+        task: &str,
+        label: &str,
+        epoch: Epoch,
+        fresh: bool,
+        window: usize,
+    ) -> Result<OpenedRun, SinkError> {
+        // Two processes creating the run at once: one of them deadlocks (1213) and tries again.
+        let mut tries = 0;
+        loop {
+            match self.open_run_once(task, label, epoch, fresh, window) {
+                Err(e) if e.message.contains("ERROR 1213 (") && tries < 5 => tries += 1,
+                r => return r,
+            }
+        }
     }
 
     fn open_parts(
