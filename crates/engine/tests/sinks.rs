@@ -480,6 +480,21 @@ fn mysql_store_conforms() {
     let ids: Vec<i64> = opens.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(db.query("SELECT COUNT(*) FROM crawler_runs WHERE task = 'race'").trim(), "1");
+
+    // A refill on a connection the server closed while it was idle (`wait_timeout`, a proxy):
+    // it reads its rows (it failed, and a refill is not tried again: the crawl stopped).
+    let idle = state.open_run("idle", "standalone", Epoch::Next, false, 100).unwrap();
+    let hi = handle(&idle);
+    fresh
+        .write(&[Commit { run: Some(hi.clone()), queued: vec![spilled(1, 3, 0)], ..Commit::default() }])
+        .unwrap();
+    let idle_ids = db.query(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Sleep' AND ID <> CONNECTION_ID()",
+    );
+    for id in idle_ids.lines() {
+        db.query(&format!("KILL {id}"));
+    }
+    assert_eq!(keys(&fresh.refill(&hi, "h0.example", 10).unwrap().unwrap()), [(3, 1, 0)]);
 }
 
 #[test]

@@ -766,7 +766,19 @@ impl Sink for MysqlSink {
     ) -> Option<Result<Vec<QueuedUrl>, SinkError>> {
         // Not tried again on a fresh connection: if the first try committed and only its
         // answer was lost, a second would read other rows and the first ones would stay held
-        // with nobody holding them. The crawl stops instead and its run is reopened.
+        // with nobody holding them. The crawl stops instead and its run is reopened. So a
+        // connection the server closed while it was idle (`wait_timeout`, a proxy: refills
+        // may come far apart) is found out first, with a ping.
+        if self.conn.ping().is_err() {
+            tracing::debug!("mysql connection lost while idle; reconnecting before a refill");
+            match connect_waiting(&self.opts, self.outage) {
+                Ok(conn) => {
+                    self.conn = conn;
+                    self.columns.clear();
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
         Some(self.with_retries("refill", false, |s| s.refill_once(run, host, limit)))
     }
 
