@@ -368,12 +368,17 @@ async fn a_draining_worker_answers_its_http_api_until_it_has_left() {
     let started = Instant::now();
     let mut answered = 0;
     loop {
-        let ok = client
-            .get(format!("http://{}/tasks", w.http))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
+        // `/tasks` for the masters, `/healthz` for a liveness probe (which answered 503 for
+        // the whole drain).
+        let mut ok = true;
+        for path in ["/tasks", "/healthz"] {
+            ok &= client
+                .get(format!("http://{}{path}", w.http))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+        }
         // Asked after the request: a record gone now was gone or going when it was refused.
         let still = registered().await;
         if !still {

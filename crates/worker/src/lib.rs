@@ -388,13 +388,13 @@ async fn follow(
                 look.abort();
             }
         }
-        runner.set_registered(false);
         if cut_off && !shutdown.is_cancelled() {
             // The stores cannot be reached from here (the writer waited out its outage and a
             // new one cannot open them): give the tasks up, revoking the lease so the masters
             // move them at once to workers that may reach the stores; register again when
             // they can be written.
             tracing::warn!(id = %cfg.id, "the stores cannot be reached: stopping every task and leaving");
+            runner.set_registered(false);
             runner.stop_all(false).await;
             session.close().await;
             continue;
@@ -404,11 +404,15 @@ async fn follow(
             // gone, the next owners take over and would fetch anything not stored yet again.
             runner.stop_all(true).await;
             session.close().await;
+            // Registered (`/healthz` 200) until the lease is revoked: a probe that took the
+            // drain for a dead worker would kill it with its pages in flight.
+            runner.set_registered(false);
             return;
         }
         // The lease is gone: the masters move our resources; stop them here so no task runs
         // on two workers, then register again and take whatever is assigned then.
         tracing::warn!(id = %cfg.id, "lease lost: stopping every task and registering again");
+        runner.set_registered(false);
         runner.stop_all(false).await;
     }
 }
