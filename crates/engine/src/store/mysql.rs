@@ -292,9 +292,7 @@ impl MysqlSink {
     /// old, one changes it and the others then find it changed.
     fn upgrade(&mut self, table: &str, fields: &[&str]) -> Result<(), SinkError> {
         // Lock names are at most 64 characters, and a table's name may be as long.
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(table, &mut h);
-        let lock = format!("crawler_widen_{:016x}", std::hash::Hasher::finish(&h));
+        let lock = format!("crawler_widen_{:016x}", crate::scope::stable_hash(table));
         let got: Option<Option<i64>> =
             self.conn.exec_first("SELECT GET_LOCK(?, 120)", (&lock,)).map_err(err)?;
         if got.flatten() != Some(1) {
