@@ -41,7 +41,9 @@ pub use charset::decode_html;
 pub use config::EngineConfig;
 pub use crawl::{Crawl, CrawlStats, Recent, RecentError, RecentItem, RobotsRead, Split};
 pub use fetch::{FetchError, FetchReport, Fetched, Fetcher, Throttled, Want};
-pub use frontier::{host_name, partition_of, Admission, Frontier, HostId, Refill, Request};
+pub use frontier::{
+    host_name, partition_of, Admission, Frontier, HostId, Refill, Request, BUDGET_WINDOWS, MIN_HELD,
+};
 pub use item::{rfc3339, Item};
 pub use limiter::RateLimiter;
 pub use robots::Robots;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crawler_engine::{
     Commit, Epoch, Item, MysqlSink, MysqlState, PageStatus, QueuedUrl, RunHandle, Sink, SqliteSink,
-    SqliteState, StateStore,
+    SqliteState, StateStore, BUDGET_WINDOWS, MIN_HELD,
 };
 use crawler_fixture::mariadb::MariaDb;
 use tokio_util::sync::CancellationToken;
@@ -319,6 +319,31 @@ fn state_conformance(sink: &mut dyn Sink, state: &dyn StateStore, count_items: &
     assert_ne!(upper.id, again.id);
     let other_label = state.open_run("c", "RES-2", Epoch::At(80), false, 100).unwrap();
     assert!(!other_label.over && other_label.id != moved.id, "res-2's finished run");
+
+    // A resumed run keeps the budget a live frontier keeps: 100 hosts of 30 waiting requests
+    // and a window of 20 hold full windows until 50 windows are held, then 16 a host (all 100
+    // hosts held a full window before: with 1,000 hosts, 2M rows instead of about 116k).
+    let (window, hosts) = (20, 100);
+    let many = state.open_run("many", "standalone", Epoch::Next, false, window).unwrap();
+    let rows: Vec<QueuedUrl> = (0..30 * hosts as u64)
+        .map(|i| {
+            let host = format!("m{}.example", i % hosts as u64);
+            QueuedUrl {
+                url: format!("http://{host}/p{i}").into(),
+                host: host.into(),
+                held: false,
+                ..queued(i + 1, 1_000 + i, 1)
+            }
+        })
+        .collect();
+    sink.write(&[Commit { run: Some(handle(&many)), queued: rows, ..Commit::default() }]).unwrap();
+    let resumed = state.open_run("many", "standalone", Epoch::Next, false, window).unwrap();
+    assert_eq!(resumed.waiting, 30 * hosts as u64);
+    let full = BUDGET_WINDOWS; // hosts with a full window
+    assert_eq!(resumed.queued.len(), full * window + (hosts - full) * MIN_HELD);
+    assert_eq!(resumed.spilled.len(), hosts, "every host has rows to read back");
+    let beyond: u64 = resumed.spilled.iter().map(|(_, n)| n).sum();
+    assert_eq!(beyond as usize + resumed.queued.len(), 30 * hosts);
 }
 
 #[test]

@@ -372,7 +372,13 @@ impl RunLoader {
             self.end_host();
             self.host = Some(q.host.clone());
         }
-        if self.in_host < self.window {
+        // The cap a live frontier keeps: full windows until the held requests reach the
+        // budget of all hosts, then a few per host.
+        let cap = match self.run.queued.len() >= self.window.saturating_mul(crate::frontier::BUDGET_WINDOWS) {
+            true => crate::frontier::MIN_HELD.min(self.window),
+            false => self.window,
+        };
+        if self.in_host < cap {
             self.in_host += 1;
             self.last = Some(q.url.clone());
             self.run.queued.push(QueuedUrl { held: true, ..q });
