@@ -198,6 +198,15 @@ impl Config {
             if path.is_empty() {
                 return Err(key("storage.url", "sqlite:// needs a file path"));
             }
+            // Each of a crawl's connections (state, items) would get a database of its own.
+            if path == ":memory:" || path.starts_with("file:") {
+                return Err(key(
+                    "storage.url",
+                    &format!(
+                        "{path:?} is not a file path (the crawl state needs a file its connections share)"
+                    ),
+                ));
+            }
             return Ok(Storage::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("mysql://") {
@@ -258,6 +267,8 @@ mod tests {
             err("[engine]\ntimeout = \"10 parsecs\"").starts_with("engine.timeout: unknown duration unit")
         );
         assert!(err("[storage]\nurl = \"postgres://x\"").starts_with("storage.url:"));
+        assert!(err("[storage]\nurl = \"sqlite://:memory:\"")
+            .starts_with("storage.url: \":memory:\" is not a file"));
         assert!(err("[api]\nrate = \"fast\"").starts_with("api.rate:"));
         assert!(err("[cluster]\nlease_ttl = \"1s\"").starts_with("cluster.lease_ttl:"));
         // A syntax error at the start of a line names that line (the one before, before).

@@ -63,7 +63,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crawl(args) => standalone(args),
-        Command::Worker(w) if !w.cluster => standalone(w.common),
+        Command::Worker(w) if !w.cluster => {
+            // Cluster flags on a standalone worker would be silently ignored.
+            let cluster_only = [
+                ("--id", w.id.is_some()),
+                ("--etcd", w.etcd.is_some()),
+                ("--http", w.http.is_some()),
+                ("--advertise", w.advertise.is_some()),
+            ];
+            match cluster_only.iter().find(|(_, given)| *given) {
+                Some((flag, _)) => usage_error(&ConfigError::Key {
+                    key: (*flag).into(),
+                    problem: "only with --cluster (--cluster=false crawls standalone)".into(),
+                }),
+                None => standalone(w.common),
+            }
+        }
         Command::Worker(args) => worker(args),
         Command::Master(args) => master(args),
         Command::Ctl(args) => run_ctl(args),
@@ -285,7 +300,11 @@ fn standalone(args: CrawlArgs) -> ExitCode {
         let ntasks = tasks.len();
         match crawl::run(&config, tasks, output, args.fresh, shutdown.clone(), progress).await {
             Ok(outcome) => {
-                println!("{}", serde_json::to_string(&outcome.summary).expect("summary serializes"));
+                // A closed stdout loses the summary, not the exit status.
+                let line = serde_json::to_string(&outcome.summary).expect("summary serializes");
+                if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+                    eprintln!("crawler: the summary could not be written to stdout: {e}");
+                }
                 if shutdown.is_cancelled() {
                     ExitCode::from(EXIT_INTERRUPTED)
                 } else if !outcome.stopped.is_empty() {

@@ -243,7 +243,29 @@ async fn bad_input_exits_2_with_one_line_naming_the_key_and_starts_nothing() {
     assert!(stderr.contains("--frobnicate"), "{stderr}");
 
     // Cluster commands check their flags before starting anything.
+    let good_path = dir.path().join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let good_path = good_path.to_str().unwrap();
+    let no_etcd = dir.path().join("no-etcd.toml");
+    std::fs::write(&no_etcd, "[cluster]\netcd = []\n").unwrap();
+    let no_etcd = no_etcd.to_str().unwrap();
     for (args, expect) in [
+        // Found before the runs are opened (with --fresh, after they were deleted, before).
+        (
+            vec!["crawl", "--config", good_path, "--fresh", "--output", "no/such/dir/items.jsonl"],
+            "crawler: config: --output: no/such/dir/items.jsonl: No such file",
+        ),
+        // Named where it came from (as --etcd before).
+        (
+            vec!["worker", "--cluster", "--id", "w", "--config", no_etcd],
+            "crawler: config: cluster.etcd: no etcd",
+        ),
+        // Cluster flags a standalone worker would ignore.
+        (vec!["worker", "--cluster=false", "--id", "w"], "crawler: config: --id: only with --cluster"),
+        (
+            vec!["worker", "--cluster=false", "--etcd", "http://127.0.0.1:9"],
+            "crawler: config: --etcd: only with",
+        ),
         (vec!["worker", "--cluster", "--etcd", "http://127.0.0.1:9"], "crawler: config: --id: a worker id"),
         (
             vec!["master", "--id", "m", "--http", "nope", "--grpc", ":0"],
@@ -499,6 +521,29 @@ async fn sigkill_at_any_moment_then_rerun_ends_with_the_tables_of_an_uninterrupt
         assert_eq!(summary(&out)["resumed"], false);
         assert_eq!(summary(&out)["items"], 2006);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_loses_the_summary_not_the_exit_status() {
+    let fx = Fixture::start(Site::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&fx, dir.path(), "");
+    let mut child = crawler()
+        .arg("crawl")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the summary is written (`crawler crawl | head -c0`).
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A panic, exit 101, before.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("crawler: the summary could not be written to stdout: Broken pipe"), "{stderr}");
+    assert!(!sqlite_titles(&dir.path().join("crawl.db")).is_empty());
 }
 
 #[test]

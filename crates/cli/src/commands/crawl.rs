@@ -181,6 +181,14 @@ pub async fn run(
     progress: bool,
 ) -> Result<Outcome, RunError> {
     let started = Instant::now();
+    if let Some(path) = output {
+        // A path that cannot be written is found before any run is opened (or, with
+        // `--fresh`, deleted); the file is created here if it is missing.
+        std::fs::OpenOptions::new().append(true).create(true).open(path).map_err(|e| ConfigError::Key {
+            key: "--output".into(),
+            problem: format!("{}: {e}", path.display()),
+        })?;
+    }
     let fetcher = Arc::new(Fetcher::new(config.engine.clone()).map_err(|e| RunError::Client(e.to_string()))?);
     let runs = open_runs(open_state(config)?, &tasks, fresh, config.engine.queue_window).await?;
     let resumed = runs.iter().any(|r| r.resumed);

@@ -67,17 +67,19 @@ fn route_source(etcd: &[String]) -> Option<std::net::IpAddr> {
 
 /// etcd endpoints from `--etcd` (comma-separated) or the config.
 pub fn etcd_endpoints(flag: Option<&str>, config: &Config) -> Result<Vec<String>, ConfigError> {
+    // A bad list is named where it came from.
+    let key = if flag.is_some() { "--etcd" } else { "cluster.etcd" };
     let list: Vec<String> = match flag {
         Some(f) => f.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
         None => config.cluster.etcd.clone(),
     };
     if list.is_empty() {
-        return Err(ConfigError::Key { key: "--etcd".into(), problem: "no etcd endpoints".into() });
+        return Err(ConfigError::Key { key: key.into(), problem: "no etcd endpoints".into() });
     }
     for e in &list {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
             return Err(ConfigError::Key {
-                key: "--etcd".into(),
+                key: key.into(),
                 problem: format!("{e:?} is not an http(s) URL"),
             });
         }
@@ -163,6 +165,12 @@ mod tests {
         let c = Config::default();
         assert_eq!(etcd_endpoints(None, &c).unwrap(), ["http://127.0.0.1:2379"]);
         assert_eq!(etcd_endpoints(Some("http://a:1, http://b:2"), &c).unwrap(), ["http://a:1", "http://b:2"]);
-        assert!(etcd_endpoints(Some("a:1"), &c).is_err());
+        assert!(etcd_endpoints(Some("a:1"), &c).unwrap_err().to_string().starts_with("--etcd:"));
+        assert!(etcd_endpoints(Some(" , "), &c).unwrap_err().to_string().starts_with("--etcd:"));
+        let mut c = Config::default();
+        c.cluster.etcd = vec![];
+        assert!(etcd_endpoints(None, &c).unwrap_err().to_string().starts_with("cluster.etcd:"));
+        c.cluster.etcd = vec!["h:1".into()];
+        assert!(etcd_endpoints(None, &c).unwrap_err().to_string().starts_with("cluster.etcd:"));
     }
 }
