@@ -248,7 +248,13 @@ pub(crate) struct TaskInner {
     pub allow_hosts: HashSet<String>,
     pub limits: Vec<(u32, Duration)>,
     pub rules: Vec<Rule>,
+    /// The id each rule is stored under in a run's frontier (see [`Task::rule_of`]).
+    pub rule_ids: Vec<u32>,
 }
+
+/// Stored rule ids are in `RULE_IDS..2 * RULE_IDS` (a MySQL `INT` holds them); below are the
+/// rule indices runs stored before ids were.
+const RULE_IDS: u32 = 1 << 30;
 
 #[derive(Debug)]
 pub(crate) struct Rule {
@@ -376,6 +382,16 @@ impl Task {
             }
             names.push(r.name.as_str());
         }
+        let rule_ids: Vec<u32> =
+            names.iter().map(|n| crate::scope::stable_hash(n) as u32 % RULE_IDS + RULE_IDS).collect();
+        for (i, id) in rule_ids.iter().enumerate() {
+            if let Some(j) = rule_ids[..i].iter().position(|other| other == id) {
+                return Err(err(
+                    format!("{base}.rule[{}].name", names[i]),
+                    format!("is stored under the same id as rule {:?}: rename one of them", names[j]),
+                ));
+            }
+        }
         let sitemap_rule = match &spec.sitemap_rule {
             None => 0,
             Some(name) => names
@@ -472,6 +488,7 @@ impl Task {
             allow_hosts,
             limits,
             rules,
+            rule_ids,
             spec,
         })))
     }
@@ -484,6 +501,18 @@ impl Task {
     /// The spec this task was compiled from.
     pub fn spec(&self) -> &TaskSpec {
         &self.0.spec
+    }
+
+    /// The rule a stored request was queued under: by id, a hash of the rule's name (so that a
+    /// run resumed after the task's rules were reordered, added to or removed from gives each
+    /// request the rule it was queued under; the index, stored before, gave it whichever rule
+    /// had taken that place), or by index in a run stored before ids were (`None`: the task
+    /// has no such rule now).
+    pub(crate) fn rule_of(&self, stored: u32) -> Option<usize> {
+        match stored >= RULE_IDS {
+            true => self.0.rule_ids.iter().position(|&id| id == stored),
+            false => Some(stored as usize).filter(|&i| i < self.0.rules.len()),
+        }
     }
 
     /// Requests per host a stored run of this task keeps in memory, given the configured
@@ -552,6 +581,20 @@ mod tests {
         assert_eq!(t.0.rules[0].follows[0].rule, 1);
         assert_eq!(t.0.allow_hosts, HashSet::from(["127.0.0.1".to_owned()]));
         assert_eq!(t.0.rules[1].fields.len(), 3);
+    }
+
+    #[test]
+    fn stored_rules_are_found_by_name_or_by_the_index_stored_before() {
+        let t = Task::compile(spec(r#"[{"name":"index"},{"name":"book"}]"#)).unwrap();
+        let swapped = Task::compile(spec(r#"[{"name":"new"},{"name":"book"},{"name":"index"}]"#)).unwrap();
+        // Ids follow the name wherever the rule stands, and are fixed: they are stored.
+        assert_eq!(t.0.rule_ids, [1_612_778_062, 1_513_175_971]);
+        assert_eq!(swapped.rule_of(t.0.rule_ids[0]), Some(2));
+        assert_eq!(swapped.rule_of(t.0.rule_ids[1]), Some(1));
+        assert!(t.0.rule_ids.iter().all(|&id| (RULE_IDS..2 * RULE_IDS).contains(&id)));
+        assert_eq!(t.rule_of(swapped.0.rule_ids[0]), None, "a rule the task no longer has");
+        // A run stored before ids: the index.
+        assert_eq!((t.rule_of(1), t.rule_of(2)), (Some(1), None));
     }
 
     #[test]

@@ -493,7 +493,12 @@ async fn a_cancelled_run_resumes_without_refetching_what_was_stored() {
     assert!(resumed.queued.len() <= WINDOW, "{} held", resumed.queued.len());
     assert_eq!(resumed.spilled.len(), 1);
     assert_eq!(resumed.queued.len() as u64 + resumed.spilled[0].1, resumed.waiting);
-    let stats = crawl(cfg.clone(), spec.clone(), &db).await;
+    // Resumed with the task's rules in another order (as after a rule is inserted before the
+    // others): each waiting request keeps the rule it was queued under (rules were stored by
+    // index, and the book pages waiting under rule 2 were handled by the rule now third).
+    let mut reordered = spec.clone();
+    reordered.rules.reverse();
+    let stats = crawl(cfg.clone(), reordered, &db).await;
     assert!(stats.pages > 0);
     let all = rows(&db);
     assert_eq!(all.len(), books as usize);

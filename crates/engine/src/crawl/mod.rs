@@ -318,7 +318,8 @@ async fn run_crawl(
     let inner = &ctx.task.0;
     let record = ctx.run.is_some();
     let cfg = ctx.fetcher.config();
-    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, cfg.per_host);
+    let mut frontier = Frontier::new(inner.spec.max_depth, inner.spec.reload, cfg.per_host)
+        .with_rule_ids(inner.rule_ids.clone());
     if record {
         frontier = frontier.with_window(cfg.queue_window);
     }
@@ -644,9 +645,9 @@ async fn queue_found(ctx: &Ctx, frontier: &mut Frontier, urls: Vec<Url>) {
 
 /// A stored request as the frontier takes it, if it still fits the task.
 fn stored_request(ctx: &Ctx, q: &QueuedUrl) -> Option<Request> {
-    match (Url::parse(&q.url), ctx.task.0.rules.get(q.rule as usize)) {
+    match (Url::parse(&q.url), ctx.task.rule_of(q.rule)) {
         (Ok(url), Some(rule)) => {
-            Some(Request { seq: q.seq, ..Request::new(url, q.depth, q.rule as usize, rule.priority) })
+            Some(Request { seq: q.seq, ..Request::new(url, q.depth, rule, ctx.task.0.rules[rule].priority) })
         }
         _ => {
             tracing::warn!(task = %ctx.task.name(), url = %q.url, rule = q.rule, "stored url no longer fits the task; dropped");

@@ -251,6 +251,8 @@ pub struct Frontier {
     refills: Vec<HostId>,
     /// Rows asked for by refills not answered yet.
     incoming: usize,
+    /// The id each rule is stored under (see `Task::rule_of`); none: the rule's index.
+    rule_ids: Vec<u32>,
 }
 
 impl Frontier {
@@ -276,7 +278,19 @@ impl Frontier {
             spilled: 0,
             refills: Vec::new(),
             incoming: 0,
+            rule_ids: Vec::new(),
         }
+    }
+
+    /// Stores rule `i` as `ids[i]` in the rows it gives to record (a task's rules by name).
+    pub fn with_rule_ids(mut self, ids: Vec<u32>) -> Frontier {
+        self.rule_ids = ids;
+        self
+    }
+
+    /// What a row records for rule `index`.
+    fn stored_rule(&self, index: usize) -> u32 {
+        self.rule_ids.get(index).copied().unwrap_or(index as u32)
     }
 
     /// Keeps at most `window` requests per host in memory, and once `BUDGET_WINDOWS` windows'
@@ -361,6 +375,7 @@ impl Frontier {
         };
         let url: Arc<str> = Arc::from(String::from(req.url));
         let cap = self.cap();
+        let stored_rule = self.stored_rule(req.rule);
         let hq = &mut self.hosts[host as usize];
         // Spill: the window (or the host's share of the budget) is full, or requests before
         // this one are spilled already. Redirect hops stay in memory with their chain (loop
@@ -373,7 +388,7 @@ impl Frontier {
             host: hq.name.clone(),
             part,
             depth: req.depth,
-            rule: req.rule as u32,
+            rule: stored_rule,
             priority: req.priority,
             replaces,
             held: !spill,
@@ -423,6 +438,7 @@ impl Frontier {
                 }
             }
         }
+        let stored_rule = self.stored_rule(req.rule);
         let hq = &self.hosts[host as usize];
         let row = record.then(|| QueuedUrl {
             seq: 0,
@@ -431,7 +447,7 @@ impl Frontier {
             host: hq.name.clone(),
             part: hq.part,
             depth: req.depth,
-            rule: req.rule as u32,
+            rule: stored_rule,
             priority: req.priority,
             replaces: None,
             held: false,
