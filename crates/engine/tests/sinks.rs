@@ -546,3 +546,96 @@ fn a_mysql_write_waits_out_a_server_restart() {
     sink.write(&items(vec![item("t", "http://h/3", &[("title", Some("Three"))])])).unwrap();
     assert_eq!(db.query("SELECT COUNT(*) FROM book").trim(), "3");
 }
+
+/// A TCP proxy to `target` on a free loopback port. Once `armed`, the next chunk a client sends
+/// that holds a COMMIT is not forwarded: the client's side is closed there and the server's
+/// left open and silent, as in a network cut (the server keeps the session, in its
+/// transaction). The server sides cut off are kept in `held`.
+struct CutOnCommit {
+    addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutOnCommit {
+    fn start(target: std::net::SocketAddr) -> CutOnCommit {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = CutOnCommit { addr, armed: Default::default(), held: Default::default() };
+        let (armed, held) = (proxy.armed.clone(), proxy.held.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let (Ok(client), Ok(server)) = (client, std::net::TcpStream::connect(target)) else {
+                    continue;
+                };
+                let (mut from_server, mut to_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+                let (armed, held) = (armed.clone(), held.clone());
+                std::thread::spawn(move || {
+                    let (mut from_client, mut to_server) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let mut buf = vec![0; 1 << 16];
+                    loop {
+                        let n = match from_client.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if armed.load(SeqCst) && buf[..n].windows(6).any(|w| w == b"COMMIT") {
+                            armed.store(false, SeqCst);
+                            held.lock().unwrap().push(server);
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        proxy
+    }
+}
+
+#[test]
+fn a_write_cut_off_before_its_commit_ends_the_session_it_left_behind() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let db = MariaDb::start();
+    // A lock wait gives up after 2 s (50 by default), so that a write stuck behind the stale
+    // session fails within the test.
+    db.query("SET GLOBAL innodb_lock_wait_timeout = 2");
+    let port: u16 = db.url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap();
+    let proxy = CutOnCommit::start(([127, 0, 0, 1], port).into());
+    let through_proxy = db.url.replace(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()));
+    let state = MysqlState::open(&db.url).unwrap();
+    let run = state.open_run("s", "standalone", Epoch::Next, false, 100).unwrap();
+    let h = handle(&run);
+    let commit = |page: Option<(u64, PageStatus)>, queued: Vec<QueuedUrl>| Commit {
+        run: Some(h.clone()),
+        page,
+        queued,
+        ..Commit::default()
+    };
+    let mut sink = MysqlSink::open(&format!("{through_proxy}?prefer_socket=false")).unwrap();
+    sink.write(&[commit(None, vec![queued(1, 1, 0)])]).unwrap();
+    // The next write's COMMIT is lost on the way: its session stays on the server, in its
+    // transaction, holding the run's row. The write is tried again on a new connection.
+    proxy.armed.store(true, SeqCst);
+    sink.write(&[Commit {
+        item: Some(item("s", "http://h1.example/p1", &[("title", Some("one"))])),
+        ..commit(Some((1, PageStatus::Done)), vec![queued(2, 2, 1)])
+    }])
+    .unwrap(); // waited for its own old session's locks, and failed, before
+    assert!(!proxy.armed.load(SeqCst), "the commit was not cut");
+    assert_eq!(proxy.held.lock().unwrap().len(), 1);
+    assert!(!h.is_fenced());
+    assert_eq!(db.query("SELECT url, title FROM book"), "http://h1.example/p1\tone\n");
+    let statuses =
+        db.query(&format!("SELECT seq, status FROM crawler_frontier WHERE run = {} ORDER BY seq", run.id));
+    assert_eq!(statuses, "1\t1\n2\t5\n");
+    // The sink goes on.
+    sink.write(&[commit(Some((2, PageStatus::Done)), Vec::new())]).unwrap();
+}

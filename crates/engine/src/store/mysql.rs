@@ -154,6 +154,27 @@ fn connect_or_why(opts: &Opts) -> Result<Conn, mysql::Error> {
     Ok(conn)
 }
 
+/// A connection's server session: its id, and when the server instance it is on started
+/// (Unix seconds), which tells one instance from the next (ids start again at a restart).
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    id: u64,
+    server_started: i64,
+}
+
+impl Session {
+    /// `None` when the server would not say (the old session is then left alone).
+    fn of(conn: &mut Conn) -> Option<Session> {
+        let row: Option<(u64, i64)> = conn
+            .query_first(
+                "SELECT CONNECTION_ID(), UNIX_TIMESTAMP() - CAST(VARIABLE_VALUE AS SIGNED)                  FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
+            )
+            .ok()
+            .flatten();
+        row.map(|(id, server_started)| Session { id, server_started })
+    }
+}
+
 /// Task names and labels compared exactly, in runs of earlier versions (whose collation
 /// ignored case: task `Books` took the run of `books` over).
 const EXACT_RUN_KEYS: &str =
@@ -203,6 +224,8 @@ fn connect_waiting(opts: &Opts, within: std::time::Duration) -> Result<Conn, Sin
 pub struct MysqlSink {
     opts: Opts,
     conn: Conn,
+    /// The server session of `conn` (see [`Session`]).
+    session: Option<Session>,
     columns: HashMap<Arc<str>, HashSet<String>>,
     /// How long a failed write waits for a server that cannot be reached.
     outage: std::time::Duration,
@@ -218,8 +241,32 @@ impl MysqlSink {
     /// Connects to `mysql://user:pass@host:port/db` and creates the state tables.
     pub fn open(url: &str) -> Result<MysqlSink, SinkError> {
         let opts = opts(url)?;
-        let conn = connect(&opts)?;
-        Ok(MysqlSink { opts, conn, columns: HashMap::new(), outage: DEFAULT_OUTAGE })
+        let mut conn = connect(&opts)?;
+        let session = Session::of(&mut conn);
+        Ok(MysqlSink { opts, conn, session, columns: HashMap::new(), outage: DEFAULT_OUTAGE })
+    }
+
+    /// Goes on over `conn`, a new connection, and ends the server session of the one it
+    /// replaces. A connection lost mid-transaction (a network cut, a proxy gone) can leave its
+    /// session on the server, idle in its transaction and holding the row locks it took (the
+    /// run's row among them) until the server notices, which may take hours: the retried
+    /// write then waited for its own locks and failed.
+    fn replace_conn(&mut self, mut conn: Conn) {
+        let session = Session::of(&mut conn);
+        if let (Some(old), Some(new)) = (self.session, session) {
+            // Only on the server instance the old session was on: after a restart, ids start
+            // again and the old one may be another client's.
+            if (old.server_started - new.server_started).abs() <= 2 {
+                match conn.query_drop(format!("KILL {}", old.id)) {
+                    Ok(()) => tracing::debug!(id = old.id, "ended the server session of a lost connection"),
+                    // Gone already (1094, unknown thread id), or not ours to end.
+                    Err(e) => tracing::debug!(id = old.id, error = %e, "old server session not ended"),
+                }
+            }
+        }
+        self.conn = conn;
+        self.session = session;
+        self.columns.clear();
     }
 
     /// How long a failed write waits for a server that cannot be reached (a restart, a
@@ -735,14 +782,13 @@ impl MysqlSink {
                 Err(e) if reconnect && !reconnected => {
                     tracing::warn!(error = %e, what, "mysql call failed; reconnecting once");
                     reconnected = true;
-                    self.conn = connect_waiting(&self.opts, self.outage)?;
-                    self.columns.clear();
+                    let conn = connect_waiting(&self.opts, self.outage)?;
+                    self.replace_conn(conn);
                 }
                 Err(e) => {
                     // The next call starts on a fresh connection.
                     if let Ok(conn) = connect(&self.opts) {
-                        self.conn = conn;
-                        self.columns.clear();
+                        self.replace_conn(conn);
                     }
                     return Err(e);
                 }
@@ -770,10 +816,7 @@ impl Sink for MysqlSink {
         if self.conn.ping().is_err() {
             tracing::debug!("mysql connection lost while idle; reconnecting before a refill");
             match connect_waiting(&self.opts, self.outage) {
-                Ok(conn) => {
-                    self.conn = conn;
-                    self.columns.clear();
-                }
+                Ok(conn) => self.replace_conn(conn),
                 Err(e) => return Some(Err(e)),
             }
         }
