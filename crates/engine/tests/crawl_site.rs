@@ -1040,6 +1040,22 @@ fn robots(body: &str) -> Page {
     Page::body("text/plain", body)
 }
 
+#[tokio::test]
+async fn a_robots_txt_longer_than_is_read_has_its_cut_line_dropped() {
+    // The first 500 KiB (what is parsed) end inside `Disallow: /private/`, cut to
+    // `Disallow: /`: taken for a rule before (the whole host disallowed, no book fetched), as
+    // the fetch stopped at exactly the bytes parsed and the parser could not know of the cut.
+    const PARSED: usize = 500 * 1024;
+    let mut txt = String::from("User-agent: *\n");
+    txt.push_str(&"\n".repeat(PARSED - "Disallow: /".len() - txt.len()));
+    txt.push_str("Disallow: /private/\n");
+    txt.push_str(&"\n".repeat(1000));
+    let fx = scripted(|_| vec![("/robots.txt", vec![robots(&txt)])]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stats = crawl(engine(), books(&fx, 0..4), &dir.path().join("c.db")).await;
+    assert_eq!((stats.items, stats.robots_blocked), (4, 0));
+}
+
 /// A task of book pages given as seeds, under the book rule, and nothing else.
 fn books(fx: &Fixture, ids: std::ops::Range<u32>) -> TaskSpec {
     let mut spec = task(fx);
@@ -1076,6 +1092,35 @@ async fn a_seed_redirected_out_of_scope_is_the_crawls_first_problem() {
     assert_eq!((stats.pages, stats.items), (1, 0));
     assert!(problem.contains("not in allow_hosts") && problem.contains("\"localhost\""), "{problem}");
     assert_eq!(fx.count("/index.html"), 0);
+}
+
+#[tokio::test]
+async fn a_sitemap_redirected_out_of_scope_is_an_error_naming_the_host() {
+    // A crawl of sitemaps alone whose sitemap moved to another host ended with nothing, no
+    // error and no word of why.
+    let fx = scripted(|base| {
+        let port = base.rsplit(':').next().unwrap().to_owned();
+        vec![(
+            "/maps/index.xml",
+            vec![Page::redirect(301, &format!("http://localhost:{port}/maps/index.xml"))],
+        )]
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut spec = task(&fx);
+    spec.seeds = Vec::new();
+    spec.sitemaps = vec![fx.url("/maps/index.xml")];
+    let task = Task::compile(spec).unwrap();
+    let run = SqliteState::open(&db).unwrap().open_run(task.name(), "test", Epoch::Next, false, 100).unwrap();
+    let (crawl, writer) =
+        resume_stored(engine(), task, run, &db, (10, Duration::from_millis(50)), &CancellationToken::new());
+    let stats = crawl.join().await;
+    let problem = crawl.first_problem().unwrap_or_default();
+    drop(crawl);
+    writer.close().await.unwrap();
+    assert_eq!((stats.pages, stats.items, stats.errors), (1, 0, 1));
+    assert!(problem.contains("not in allow_hosts") && problem.contains("\"localhost\""), "{problem}");
 }
 
 #[tokio::test]

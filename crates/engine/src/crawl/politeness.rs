@@ -209,10 +209,12 @@ impl Politeness {
         let ua = &self.fetcher.config().user_agent;
         // Follow up to five redirects (RFC 9309), so up to six fetches; a missing file (4xx)
         // allows all, an unavailable one (5xx, unreachable) disallows all; only the first
-        // 500 KiB are read.
+        // 500 KiB are parsed. One byte more is read, so that the parser knows a longer file
+        // was cut and drops its cut line (at exactly the cap it took `Disallow: /private/` cut
+        // to `Disallow: /` for a rule).
         for _ in 0..6 {
-            let report =
-                self.fetcher.fetch(&url, None, Want::Prefix(MAX_ROBOTS_BYTES as u64), &self.cancel).await;
+            let want = Want::Prefix(MAX_ROBOTS_BYTES as u64 + 1);
+            let report = self.fetcher.fetch(&url, None, want, &self.cancel).await;
             match report.result {
                 Ok(Fetched::Body { body, .. }) => return Some((Robots::parse(&body, ua), true)),
                 Ok(Fetched::Redirect { location, .. }) => match url.join(&location) {

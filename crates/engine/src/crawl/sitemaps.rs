@@ -48,8 +48,19 @@ pub(super) async fn read_sitemaps(ctx: Arc<Ctx>, found: mpsc::Sender<Vec<Url>>) 
         let body = match report.result {
             Ok(Fetched::Body { body, .. }) => body,
             Ok(Fetched::Redirect { location, .. }) => {
-                // Only to hosts the task may visit (as every sitemap it reads).
-                queue.extend(url.join(&location).ok().filter(|u| host_allowed(u, &inner.allow_hosts)));
+                // Only to hosts the task may visit (as every sitemap it reads); a sitemap that
+                // moved elsewhere is a problem the user can mend (it went without a word, and
+                // a crawl of sitemaps alone ended with nothing and no error).
+                match url.join(&location) {
+                    Ok(next) if host_allowed(&next, &inner.allow_hosts) => queue.push_back(next),
+                    Ok(next) => {
+                        let host = next.host_str().unwrap_or_default();
+                        failed(&format_args!(
+                            "redirected to {next}, whose host is not in allow_hosts (add {host:?} to allow_hosts)"
+                        ));
+                    }
+                    Err(e) => failed(&format_args!("redirected to {location:?}, not a URL: {e}")),
+                }
                 continue;
             }
             Ok(Fetched::NotHtml { .. }) => unreachable!("sitemaps are fetched as any content type"),
