@@ -58,6 +58,13 @@ fn meta_charset(head: &[u8]) -> Option<&'static Encoding> {
     let lower: Vec<u8> = head.iter().map(u8::to_ascii_lowercase).collect();
     let mut from = 0;
     while let Some(pos) = find(&lower[from..], b"<meta") {
+        // A comment before it is skipped whole, as the HTML prescan does: a `<meta>` in a
+        // comment (an old declaration left commented out) declares nothing.
+        if let Some(c) = find(&lower[from..from + pos], b"<!--") {
+            let open = from + c + 4;
+            from = find(&lower[open..], b"-->").map_or(lower.len(), |e| open + e + 3);
+            continue;
+        }
         let start = from + pos + 5;
         let end = lower[start..].iter().position(|&b| b == b'>').map_or(lower.len(), |e| start + e);
         let tag = &lower[start..end];
@@ -103,6 +110,19 @@ mod tests {
         let body = gbk("<p>中文标题</p>");
         assert_eq!(decode_html(&body, Some("text/html; charset=GBK")), "<p>中文标题</p>");
         assert_eq!(decode_html(&body, Some("text/html; charset=\"gb2312\"")), "<p>中文标题</p>");
+    }
+
+    #[test]
+    fn a_meta_charset_in_a_comment_declares_nothing() {
+        let body = gbk("<!-- <meta charset=\"iso-8859-1\"> --><meta charset=\"gbk\"><h1>网络爬虫</h1>");
+        assert_eq!(
+            decode_html(&body, Some("text/html")),
+            "<!-- <meta charset=\"iso-8859-1\"> --><meta charset=\"gbk\"><h1>网络爬虫</h1>"
+        );
+        // An unclosed comment hides the rest; then the text is detected (GBK here).
+        let body = gbk("<!-- <meta charset=\"iso-8859-1\"> <h1>网络爬虫，分布式的网络爬虫</h1>");
+        assert_eq!(meta_charset(&body), None);
+        assert_eq!(meta_charset(b"<!----><meta charset=utf-8>"), Some(UTF_8));
     }
 
     #[test]

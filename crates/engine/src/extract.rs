@@ -40,7 +40,8 @@ pub struct ExtractError(String);
 enum Capture {
     #[default]
     Pending,
-    Open(String),
+    /// Text so far, and how many `<noscript>` elements were open when the element opened.
+    Open(String, u32),
     Done(String),
 }
 
@@ -49,6 +50,8 @@ struct State {
     base: Option<String>,
     links: Vec<(String, usize)>,
     fields: Vec<Capture>,
+    /// `<noscript>` elements open now (their content is raw text to the parser).
+    in_noscript: u32,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -130,7 +133,7 @@ pub(crate) fn extract_in(
             .map(|(field, capture)| {
                 let value = match (&field.selector, capture) {
                     (Some(_), Capture::Pending) => None,
-                    (Some(_), Capture::Open(t) | Capture::Done(t)) => Some(if field.attr.is_some() {
+                    (Some(_), Capture::Open(t, _) | Capture::Done(t)) => Some(if field.attr.is_some() {
                         unescape_attribute(t.trim()).into_owned()
                     } else {
                         collapse_whitespace(&unescape(t.as_str()))
@@ -185,6 +188,8 @@ fn pass(
             }),
         ));
     }
+    // Whether `<noscript>` elements are counted in this pass.
+    let counting = noscript.is_some();
     for (i, field) in rule.fields.iter().enumerate() {
         let Some(selector) = &field.selector else { continue };
         let st = state.clone();
@@ -194,15 +199,22 @@ fn pass(
                 return Ok(());
             }
             if let Some(attr) = &field.attr {
-                let mut value = String::new();
-                push_capped(&mut value, &el.get_attribute(attr).unwrap_or_default(), MAX_FIELD_BYTES);
-                s.fields[i] = Capture::Done(value);
+                // The first match that has the attribute (as Scrapy's `::attr()` takes it): a
+                // first match without it gave "" where a later one had the value.
+                if let Some(v) = el.get_attribute(attr) {
+                    let mut value = String::new();
+                    push_capped(&mut value, &v, MAX_FIELD_BYTES);
+                    s.fields[i] = Capture::Done(value);
+                }
             } else if el.can_have_content() && !el.is_self_closing() {
-                s.fields[i] = Capture::Open(String::new());
+                // A `<noscript>` selected itself keeps its raw text (its own start is counted
+                // after this handler).
+                let own = counting && el.tag_name().eq_ignore_ascii_case("noscript");
+                s.fields[i] = Capture::Open(String::new(), s.in_noscript + u32::from(own));
                 let st = st.clone();
                 el.on_end_tag(Box::new(move |_: &mut EndTag| {
                     let mut s = st.borrow_mut();
-                    if let Capture::Open(text) = std::mem::take(&mut s.fields[i]) {
+                    if let Capture::Open(text, _) = std::mem::take(&mut s.fields[i]) {
                         s.fields[i] = Capture::Done(text);
                     }
                     Ok(())
@@ -216,8 +228,15 @@ fn pass(
         if field.attr.is_none() {
             let st = state.clone();
             content = content.text(move |t: &mut TextChunk| {
-                if let Capture::Open(buf) = &mut st.borrow_mut().fields[i] {
-                    push_capped(buf, t.as_str(), MAX_FIELD_BYTES);
+                let mut s = st.borrow_mut();
+                let in_noscript = s.in_noscript;
+                // The markup of a `<noscript>` inside the element is not its text (it came
+                // as raw text: `Great book<img src="c.jpg">`); its text is read as markup
+                // in the second pass.
+                if let Capture::Open(buf, at) = &mut s.fields[i] {
+                    if in_noscript == *at {
+                        push_capped(buf, t.as_str(), MAX_FIELD_BYTES);
+                    }
                 }
                 Ok(())
             });
@@ -229,9 +248,19 @@ fn pass(
     }
     if let Some(out) = noscript {
         let out = out.clone();
+        let st = state.clone();
+        let opened = move |el: &mut Element| {
+            st.borrow_mut().in_noscript += 1;
+            let st = st.clone();
+            el.on_end_tag(Box::new(move |_: &mut EndTag| {
+                st.borrow_mut().in_noscript -= 1;
+                Ok(())
+            }))?;
+            Ok(())
+        };
         handlers.push((
             Cow::Borrowed(noscript_selector()),
-            ElementContentHandlers::default().text(move |t: &mut TextChunk| {
+            ElementContentHandlers::default().element(opened).text(move |t: &mut TextChunk| {
                 let mut out = out.borrow_mut();
                 push_capped(&mut out, t.as_str(), MAX_NOSCRIPT_BYTES);
                 if t.last_in_text_node() {
@@ -383,6 +412,26 @@ mod tests {
         assert_eq!(f[1].1.as_deref(), Some("å μ œ – € \u{2aa2}\u{338} ©=2 &c &bogus;"));
         // In an attribute a name without ';' before '=' is left as written (the HTML rule).
         assert_eq!(f[0].1.as_deref(), Some("/?a=1&copy=2&b=<"));
+    }
+
+    #[test]
+    fn a_field_skips_the_markup_of_a_noscript_inside_it_and_attrs_take_the_first_match_that_has_one() {
+        let t = task(
+            r#"[{"name":"b","table":"t","fields":{"d":"div.d","ns":"noscript","pdf":{"select":"a.dl","attr":"href"},
+                 "none":{"select":"a.dl","attr":"data-x"},"img":{"select":"img","attr":"src"}}}]"#,
+        );
+        let html = r#"<div class="d">Great <b>book</b><noscript><img src="c.jpg"> Enable JS</noscript> indeed</div>
+            <noscript>Plain</noscript><a class="dl">soon</a><a class="dl" href="/f.pdf">pdf</a>"#;
+        let got = run(&t, 0, html);
+        let f = got.fields.unwrap();
+        let get = |k: &str| f.iter().find(|(n, _)| &**n == k).unwrap().1.clone();
+        // Before: `Great book<img src="c.jpg"> Enable JS indeed`, "" (the first a.dl has no href).
+        assert_eq!(get("d").as_deref(), Some("Great book indeed"));
+        // A noscript selected itself keeps its text; an element inside one is found in it.
+        assert_eq!(get("ns").as_deref(), Some("<img src=\"c.jpg\"> Enable JS"));
+        assert_eq!(get("pdf").as_deref(), Some("/f.pdf"));
+        assert_eq!(get("none"), None, "no match has the attribute");
+        assert_eq!(get("img").as_deref(), Some("c.jpg"));
     }
 
     #[test]
